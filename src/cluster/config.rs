@@ -1,0 +1,339 @@
+//! Protocol settings: documented defaults, presets, and a `validate()` that checks the rules
+//! between fields before a core is built.
+//!
+//! The same struct is read from the `[protocol]` table of a TOML file (`dcore sim --config`,
+//! later `dcore agent --config`); durations are written as in `"500ms"` or `"2s"`.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Smallest packet budget that still fits a ping plus one full-size alive message.
+pub const PACKET_BYTES_MIN: usize = 512;
+/// Largest number of indirect probers per failed probe.
+pub const INDIRECT_CHECKS_MAX: usize = 16;
+
+/// Why a config was refused. Nothing was started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid protocol config: {field}: {reason}")]
+pub struct ConfigError {
+    /// The offending field (or fields, for a rule between fields).
+    pub field: &'static str,
+    /// What is wrong and what would be accepted.
+    pub reason: String,
+}
+
+fn bad(field: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
+    Err(ConfigError { field, reason: reason.into() })
+}
+
+/// Settings of the SWIM/Lifeguard core. Every field has a default (see [`Config::lan`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Time between two probes of this node (one member per interval, round-robin over a shuffled
+    /// list). Scaled up by the local health multiplier when Lifeguard is on. Default 500 ms.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// How long to wait for a direct ack before asking `indirect_checks` members to probe.
+    /// Must be shorter than `probe_interval`. Default 200 ms.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+    /// Members asked to probe on our behalf (ping-req) after a missed direct ack. Default 3.
+    pub indirect_checks: usize,
+    /// Also send a ping over the stream (TCP) channel when the direct ack is missed, so a node
+    /// whose UDP is blocked but TCP works is not declared failed. Default true.
+    pub tcp_fallback_probe: bool,
+    /// Lifeguard: local health awareness, nacks, buddy system and the dynamic suspicion timeout.
+    /// Off, the core behaves as plain SWIM with a fixed suspicion timeout. Default true.
+    pub lifeguard: bool,
+    /// Highest local health multiplier: probe interval and timeout stretch up to
+    /// `(awareness_max + 1)` times when this node is itself slow. Default 8.
+    pub awareness_max: u32,
+    /// Suspicion timeout multiplier: `min = suspicion_mult * log10(max(n, 10)) * probe_interval`.
+    /// Default 4.
+    pub suspicion_mult: u32,
+    /// The suspicion timeout starts at `suspicion_max_mult * min` and shrinks towards `min` as
+    /// independent members confirm the suspicion (Lifeguard). Default 6.
+    pub suspicion_max_mult: u32,
+    /// Time between two gossip rounds (piggyback queue flushed to `gossip_fanout` members).
+    /// Default 200 ms.
+    #[serde(with = "humantime_serde")]
+    pub gossip_interval: Duration,
+    /// Random members sent a gossip packet each round. Default 3.
+    pub gossip_fanout: usize,
+    /// Dead members still receive gossip for this long (it helps them learn and refute).
+    /// Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub gossip_to_the_dead: Duration,
+    /// Each broadcast is sent `retransmit_mult * ceil(log10(n + 1))` times. Default 4.
+    pub retransmit_mult: u32,
+    /// Base time between two full-state exchanges with a random member; grows with cluster size
+    /// (`x (ceil(log2 n - log2 32) + 1)` above 32 members). Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub push_pull_interval: Duration,
+    /// Time between attempts to reach a failed member (healing of partitions). Each attempt is
+    /// made with probability `failed / alive`, capped at 1. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_interval: Duration,
+    /// Failed and left members are forgotten after this long. Default 24 h.
+    #[serde(with = "humantime_serde")]
+    pub dead_retention: Duration,
+    /// Bytes available for messages in one packet (the transport's datagram limit minus frame
+    /// and encryption overhead). Default 1,350.
+    pub packet_bytes_max: usize,
+    /// Largest tag set, counted by [`crate::identity::tags_len`]. Default 512.
+    pub tags_bytes_max: usize,
+    /// Largest user event, name plus payload. Default 512.
+    pub user_event_bytes_max: usize,
+    /// User events remembered for dedup, in Lamport time slots; older events are dropped.
+    /// Default 512.
+    pub user_event_buffer: usize,
+    /// Broadcasts waiting in the piggyback queue at most; beyond it the most sent are dropped.
+    /// Default 8,192.
+    pub broadcast_queue_max: usize,
+    /// Members accepted from one push-pull message at most. Default 65,536.
+    pub push_pull_members_max: usize,
+    /// Indirect probes this node runs for others at once; further ping-reqs are dropped.
+    /// Default 1,024.
+    pub indirect_pending_max: usize,
+    /// First wait before a join is retried when no seed answered; doubles up to
+    /// `join_retry_max`, with full jitter. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub join_retry_base: Duration,
+    /// Longest wait between join retries. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub join_retry_max: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::lan()
+    }
+}
+
+impl Config {
+    /// Defaults for a data-centre network (round trips of a few ms), tuned with the simulator:
+    /// see `docs/tuning.md`.
+    pub fn lan() -> Self {
+        Config {
+            probe_interval: Duration::from_millis(500),
+            probe_timeout: Duration::from_millis(200),
+            indirect_checks: 3,
+            tcp_fallback_probe: true,
+            lifeguard: true,
+            awareness_max: 8,
+            suspicion_mult: 4,
+            suspicion_max_mult: 6,
+            gossip_interval: Duration::from_millis(200),
+            gossip_fanout: 3,
+            gossip_to_the_dead: Duration::from_secs(30),
+            retransmit_mult: 4,
+            push_pull_interval: Duration::from_secs(30),
+            reconnect_interval: Duration::from_secs(10),
+            dead_retention: Duration::from_secs(24 * 3600),
+            packet_bytes_max: 1350,
+            tags_bytes_max: 512,
+            user_event_bytes_max: 512,
+            user_event_buffer: 512,
+            broadcast_queue_max: 8192,
+            push_pull_members_max: 65_536,
+            indirect_pending_max: 1024,
+            join_retry_base: Duration::from_secs(1),
+            join_retry_max: Duration::from_secs(30),
+        }
+    }
+
+    /// Wide-area settings (round trips up to a few hundred ms), after memberlist's WAN preset.
+    pub fn wan() -> Self {
+        Config {
+            probe_interval: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(3),
+            suspicion_mult: 6,
+            gossip_interval: Duration::from_millis(500),
+            gossip_fanout: 4,
+            gossip_to_the_dead: Duration::from_secs(60),
+            push_pull_interval: Duration::from_secs(60),
+            reconnect_interval: Duration::from_secs(30),
+            ..Config::lan()
+        }
+    }
+
+    /// One host (loopback): short timeouts, after memberlist's local preset.
+    pub fn local() -> Self {
+        Config {
+            probe_interval: Duration::from_millis(200),
+            probe_timeout: Duration::from_millis(100),
+            suspicion_mult: 3,
+            gossip_interval: Duration::from_millis(100),
+            push_pull_interval: Duration::from_secs(15),
+            reconnect_interval: Duration::from_secs(5),
+            ..Config::lan()
+        }
+    }
+
+    /// Preset by name: `lan`, `wan` or `local`.
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "lan" => Some(Self::lan()),
+            "wan" => Some(Self::wan()),
+            "local" => Some(Self::local()),
+            _ => None,
+        }
+    }
+
+    /// Checks each field and the rules between fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_durations()?;
+        self.validate_counts()?;
+        self.validate_limits()
+    }
+
+    fn validate_durations(&self) -> Result<(), ConfigError> {
+        if self.probe_interval < Duration::from_millis(10) {
+            return bad("probe_interval", "must be at least 10ms");
+        }
+        if self.probe_timeout.is_zero() || self.probe_timeout >= self.probe_interval {
+            return bad("probe_timeout", "must be above zero and below probe_interval");
+        }
+        if self.gossip_interval < Duration::from_millis(1) {
+            return bad("gossip_interval", "must be at least 1ms");
+        }
+        if self.push_pull_interval < self.probe_interval {
+            return bad("push_pull_interval", "must be at least probe_interval");
+        }
+        if self.reconnect_interval < self.probe_interval {
+            return bad("reconnect_interval", "must be at least probe_interval");
+        }
+        if self.dead_retention < self.gossip_to_the_dead {
+            return bad("dead_retention", "must be at least gossip_to_the_dead");
+        }
+        if self.join_retry_base.is_zero() || self.join_retry_max < self.join_retry_base {
+            return bad("join_retry_base", "must be above zero and at most join_retry_max");
+        }
+        Ok(())
+    }
+
+    fn validate_counts(&self) -> Result<(), ConfigError> {
+        if self.indirect_checks > INDIRECT_CHECKS_MAX {
+            return bad("indirect_checks", format!("must be at most {INDIRECT_CHECKS_MAX}"));
+        }
+        if self.suspicion_mult == 0 {
+            return bad("suspicion_mult", "must be at least 1");
+        }
+        if self.suspicion_max_mult == 0 {
+            return bad("suspicion_max_mult", "must be at least 1 (1 disables the shrinking)");
+        }
+        if self.awareness_max > 64 {
+            return bad("awareness_max", "must be at most 64");
+        }
+        if self.gossip_fanout == 0 || self.gossip_fanout > 64 {
+            return bad("gossip_fanout", "must be 1..=64");
+        }
+        if self.retransmit_mult == 0 {
+            return bad("retransmit_mult", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        if !(PACKET_BYTES_MIN..=65_000).contains(&self.packet_bytes_max) {
+            return bad("packet_bytes_max", format!("must be {PACKET_BYTES_MIN}..=65000"));
+        }
+        // An Alive claim carries the tags; it must fit a packet with a ping beside it.
+        if self.tags_bytes_max + 200 > self.packet_bytes_max {
+            return bad("tags_bytes_max", "tags_bytes_max + 200 must fit in packet_bytes_max");
+        }
+        if self.user_event_bytes_max + 64 > self.packet_bytes_max {
+            return bad("user_event_bytes_max", "user_event_bytes_max + 64 must fit a packet");
+        }
+        let nonzero = [
+            ("user_event_buffer", self.user_event_buffer),
+            ("broadcast_queue_max", self.broadcast_queue_max),
+            ("push_pull_members_max", self.push_pull_members_max),
+            ("indirect_pending_max", self.indirect_pending_max),
+        ];
+        for (field, value) in nonzero {
+            if value == 0 {
+                return bad(field, "must be at least 1");
+            }
+        }
+        Ok(())
+    }
+
+    /// The probe interval and timeout stretched by the local health multiplier `awareness`.
+    pub fn scaled(&self, d: Duration, awareness: u32) -> Duration {
+        d * (awareness + 1)
+    }
+
+    /// How many times a broadcast is sent in a cluster of `n` members.
+    pub fn retransmit_limit(&self, n: usize) -> u32 {
+        let n = n as f64 + 1.0;
+        self.retransmit_mult * n.log10().ceil().max(1.0) as u32
+    }
+
+    /// The push-pull interval for a cluster of `n` members: above 32 members it grows by one
+    /// base interval per doubling, so that large clusters do not storm.
+    pub fn push_pull_interval_for(&self, n: usize) -> Duration {
+        const BASE: f64 = 32.0;
+        if n as f64 <= BASE {
+            return self.push_pull_interval;
+        }
+        let mult = ((n as f64).log2() - BASE.log2()).ceil() + 1.0;
+        self.push_pull_interval.mul_f64(mult)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate() {
+        for name in ["lan", "wan", "local"] {
+            Config::preset(name).unwrap().validate().unwrap();
+        }
+        assert!(Config::preset("moon").is_none());
+    }
+
+    #[test]
+    fn rules_between_fields_are_checked() {
+        let mut c = Config::lan();
+        c.probe_timeout = c.probe_interval;
+        assert_eq!(c.validate().unwrap_err().field, "probe_timeout");
+        let mut c = Config::lan();
+        c.tags_bytes_max = c.packet_bytes_max;
+        assert_eq!(c.validate().unwrap_err().field, "tags_bytes_max");
+        let mut c = Config::lan();
+        c.broadcast_queue_max = 0;
+        assert_eq!(c.validate().unwrap_err().field, "broadcast_queue_max");
+    }
+
+    #[test]
+    fn retransmit_limit_table() {
+        let c = Config::lan();
+        for (n, want) in [(0, 4), (1, 4), (9, 4), (10, 8), (99, 8), (100, 12), (1000, 16)] {
+            assert_eq!(c.retransmit_limit(n), want, "n={n}");
+        }
+    }
+
+    #[test]
+    fn push_pull_interval_grows_with_size() {
+        let c = Config::lan();
+        let base = c.push_pull_interval;
+        for (n, mult) in [(1, 1), (32, 1), (33, 2), (64, 2), (65, 3), (1000, 6), (10_000, 10)] {
+            assert_eq!(c.push_pull_interval_for(n), base * mult, "n={n}");
+        }
+    }
+
+    #[test]
+    fn toml_round_trip_and_unknown_keys_refused() {
+        let c = Config::lan();
+        let text = toml::to_string(&c).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+        let partial: Config = toml::from_str("probe_interval = \"1s\"").unwrap();
+        assert_eq!(partial.probe_interval, Duration::from_secs(1));
+        assert_eq!(partial.gossip_fanout, 3);
+        assert!(toml::from_str::<Config>("probe_intervall = \"1s\"").is_err());
+    }
+}

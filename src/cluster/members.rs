@@ -1,0 +1,191 @@
+//! The membership table: one row per known member, in an order reshuffled once per probe round.
+//!
+//! Rows live in a `Vec` (iteration order is deterministic: it only changes through the seeded
+//! shuffle) with a hash index for lookups; the index is never iterated.
+
+use super::message::{Incarnation, MemberState};
+use super::time::Time;
+use crate::identity::{NodeId, NodeInfo};
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rustc_hash::FxHashMap;
+use std::sync::Arc;
+
+/// One member as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Id, address, tags (shared, immutable; replaced on change).
+    pub info: Arc<NodeInfo>,
+    /// Latest incarnation known.
+    pub incarnation: Incarnation,
+    /// Current state.
+    pub state: MemberState,
+    /// When the state last changed (monotonic).
+    pub state_since: Time,
+}
+
+impl Member {
+    /// The member's id.
+    pub fn id(&self) -> &NodeId {
+        &self.info.id
+    }
+
+    /// Alive or suspect: still a probe and gossip target.
+    pub fn is_active(&self) -> bool {
+        matches!(self.state, MemberState::Alive | MemberState::Suspect)
+    }
+}
+
+/// The table. Row 0 is not special: the local node is a row like any other.
+#[derive(Debug, Default)]
+pub(crate) struct Members {
+    rows: Vec<Member>,
+    index: FxHashMap<NodeId, usize>,
+    /// Rows in state Alive or Suspect.
+    active: usize,
+}
+
+impl Members {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Members alive or suspect, this node included.
+    pub fn active(&self) -> usize {
+        self.active
+    }
+
+    pub fn get(&self, id: &NodeId) -> Option<&Member> {
+        self.index.get(id).map(|&i| &self.rows[i])
+    }
+
+    pub fn at(&self, i: usize) -> &Member {
+        &self.rows[i]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Member> {
+        self.rows.iter()
+    }
+
+    /// Adds a member not yet in the table.
+    pub fn insert(&mut self, m: Member) {
+        debug_assert!(!self.index.contains_key(m.id()));
+        self.active += usize::from(m.is_active());
+        self.index.insert(m.id().clone(), self.rows.len());
+        self.rows.push(m);
+    }
+
+    /// Changes a member's row in place; keeps the active count right.
+    pub fn update(&mut self, id: &NodeId, f: impl FnOnce(&mut Member)) -> Option<&Member> {
+        let &i = self.index.get(id)?;
+        let row = &mut self.rows[i];
+        let was_active = row.is_active();
+        f(row);
+        debug_assert_eq!(row.id(), id, "a row's id never changes");
+        self.active = self.active + usize::from(row.is_active()) - usize::from(was_active);
+        Some(&self.rows[i])
+    }
+
+    /// Shuffles the rows (new probe order) and drops the dead and left members older than
+    /// `reap_before`, except `keep`.
+    pub fn reshuffle_and_reap(&mut self, rng: &mut impl Rng, reap_before: Time, keep: &NodeId) {
+        self.rows.retain(|m| {
+            m.is_active() || m.state_since >= reap_before || m.id() == keep
+        });
+        self.rows.shuffle(rng);
+        self.index.clear();
+        for (i, m) in self.rows.iter().enumerate() {
+            self.index.insert(m.id().clone(), i);
+        }
+        debug_assert_eq!(self.active, self.rows.iter().filter(|m| m.is_active()).count());
+    }
+
+    /// Up to `k` distinct random rows that pass `pick`, drawn by rejection with a bounded number
+    /// of tries (so a table where few rows qualify costs at most `4k + len` draws).
+    pub fn sample(
+        &self,
+        rng: &mut impl Rng,
+        k: usize,
+        mut pick: impl FnMut(&Member) -> bool,
+    ) -> Vec<usize> {
+        let n = self.rows.len();
+        let mut out = Vec::with_capacity(k);
+        if n == 0 || k == 0 {
+            return out;
+        }
+        for _ in 0..4 * k + 8 {
+            let i = rng.gen_range(0..n);
+            if !out.contains(&i) && pick(&self.rows[i]) {
+                out.push(i);
+                if out.len() == k {
+                    return out;
+                }
+            }
+        }
+        // Few rows qualify: fall back to a scan from a random start.
+        let start = rng.gen_range(0..n);
+        for j in 0..n {
+            let i = (start + j) % n;
+            if out.len() == k {
+                break;
+            }
+            if !out.contains(&i) && pick(&self.rows[i]) {
+                out.push(i);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn member(name: &str, state: MemberState, since_ms: u64) -> Member {
+        let id = NodeId::new(name).unwrap();
+        Member {
+            info: Arc::new(NodeInfo::new(id, "127.0.0.1:1".parse().unwrap())),
+            incarnation: Incarnation(0),
+            state,
+            state_since: Time::from_millis(since_ms),
+        }
+    }
+
+    #[test]
+    fn active_count_follows_updates_and_reaping() {
+        let mut t = Members::default();
+        t.insert(member("a", MemberState::Alive, 0));
+        t.insert(member("b", MemberState::Alive, 0));
+        t.insert(member("c", MemberState::Dead, 0));
+        assert_eq!(t.active(), 2);
+        let b = NodeId::new("b").unwrap();
+        t.update(&b, |m| m.state = MemberState::Left);
+        assert_eq!(t.active(), 1);
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        t.reshuffle_and_reap(&mut rng, Time::from_millis(1), &NodeId::new("x").unwrap());
+        assert_eq!(t.len(), 1);
+        assert!(t.get(&b).is_none());
+        assert_eq!(t.get(&NodeId::new("a").unwrap()).unwrap().state, MemberState::Alive);
+    }
+
+    #[test]
+    fn sample_returns_distinct_qualifying_rows() {
+        let mut t = Members::default();
+        for i in 0..50 {
+            let state = if i % 10 == 0 { MemberState::Alive } else { MemberState::Dead };
+            t.insert(member(&format!("n{i}"), state, 0));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let got = t.sample(&mut rng, 3, |m| m.state == MemberState::Alive);
+        assert_eq!(got.len(), 3);
+        let mut d = got.clone();
+        d.sort();
+        d.dedup();
+        assert_eq!(d.len(), 3);
+        assert!(got.iter().all(|&i| t.at(i).state == MemberState::Alive));
+        // Asking for more than qualify returns all that qualify.
+        assert_eq!(t.sample(&mut rng, 10, |m| m.state == MemberState::Alive).len(), 5);
+    }
+}

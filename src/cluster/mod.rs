@@ -1,0 +1,216 @@
+//! The membership protocol core: SWIM with the Lifeguard extensions, as a sans-io state machine.
+//!
+//! [`Swim`] never reads a clock, never touches a socket and draws randomness only from a seeded
+//! RNG it owns. The driver (the tokio runtime in `node/`, or the simulator in `sim/`) feeds it
+//! [`Input`]s with the current [`Now`] and carries out the [`Output`]s it returns: packets and
+//! stream messages to send, timers to arm, events for the application.
+//!
+//! Layout:
+//! - `config.rs`: [`Config`], presets and validation.
+//! - `message.rs`: the messages and their byte layout.
+//! - `members.rs`: the membership table and its merge rules.
+//! - `broadcast.rs`: the piggyback (dissemination) queue.
+//! - `suspicion.rs`: Lifeguard's dynamic suspicion timeout and local health awareness.
+//! - `user_events.rs`: Lamport clock and dedup buffer for user events.
+//! - `swim.rs` (with `probe.rs`, `gossip.rs`, `merge.rs`): the state machine itself.
+//! - `phi.rs`: a phi-accrual failure detector for heartbeat streams.
+
+
+mod config;
+mod members;
+mod message;
+
+
+
+
+mod swim;
+mod time;
+
+
+pub use config::{Config, ConfigError, INDIRECT_CHECKS_MAX, PACKET_BYTES_MIN};
+pub use members::Member;
+pub use message::{
+    decode_packet, encode_packet, item_len, msg_type, packet_header_len, packet_len, varint_len,
+    Ack, Alive, Dead, DecodeMessageError, DecodedPacket, Incarnation, MemberState, Message, Nack,
+    Ping, PingReq, PushMember, PushPull, Suspect, UserEvent, PACKET_MESSAGES_MAX,
+    PROTOCOL_VERSION,
+};
+pub use swim::Swim;
+pub use time::{Now, Time};
+
+use crate::identity::{NodeId, NodeInfo, Tags};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Something for the core to act on.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A datagram's messages, decoded by the transport.
+    Packet {
+        /// Sender's address.
+        from: SocketAddr,
+        /// The messages, in packet order.
+        msgs: Vec<Message>,
+    },
+    /// One message received over the stream channel.
+    Stream {
+        /// Sender's address.
+        from: SocketAddr,
+        /// The message.
+        msg: Message,
+    },
+    /// A timer armed by an earlier [`Output::Timer`] fired.
+    Timer(Timer),
+    /// The application asks for something.
+    Command(Command),
+}
+
+/// What the application can ask of the core.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Join a cluster through these seeds (full-state exchange with each), retried with backoff
+    /// until one answers.
+    Join(Vec<SocketAddr>),
+    /// Leave gracefully: announce `Left` and stop probing.
+    Leave,
+    /// Replace this node's tags (refused if over `tags_bytes_max`).
+    SetTags(Tags),
+    /// Spread a user event to every member.
+    Broadcast {
+        /// Event name.
+        name: String,
+        /// Opaque payload.
+        payload: Vec<u8>,
+    },
+}
+
+/// Timers are data: the driver arms them and hands them back; the core ignores stale ones.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Timer {
+    /// Start the next probe.
+    ProbeTick,
+    /// The direct ack of probe `seq` is overdue: go indirect.
+    ProbeTimeout {
+        /// Probe sequence number.
+        seq: u32,
+    },
+    /// The probe period of `seq` is over: suspect the target unless someone acked.
+    ProbeEnd {
+        /// Probe sequence number.
+        seq: u32,
+    },
+    /// An indirect probe run for another node is overdue: send a nack.
+    IndirectNack {
+        /// Our own sequence number for that probe.
+        seq: u32,
+    },
+    /// Forget an indirect probe run for another node.
+    IndirectExpire {
+        /// Our own sequence number for that probe.
+        seq: u32,
+    },
+    /// Send a round of gossip.
+    GossipTick,
+    /// Exchange full state with a random member.
+    PushPullTick,
+    /// Try to reach a failed member; also reaps old dead members.
+    ReconnectTick,
+    /// Retry the join if no seed has answered yet.
+    JoinRetry {
+        /// The join attempt this timer belongs to.
+        attempt: u32,
+    },
+    /// A suspicion may have run out.
+    Suspicion {
+        /// The suspect.
+        node: NodeId,
+        /// Which arming of the suspicion timer this is.
+        generation: u64,
+    },
+}
+
+/// What the core asks the driver to do, or tells the application.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Send these messages as one datagram.
+    Packet {
+        /// Destination.
+        to: SocketAddr,
+        /// Messages, the first being the reason for the packet, piggybacked gossip after it.
+        msgs: Vec<Message>,
+    },
+    /// Send one message over the stream channel (push-pull, fallback ping, large messages).
+    Stream {
+        /// Destination.
+        to: SocketAddr,
+        /// The message.
+        msg: Message,
+    },
+    /// Hand `timer` back at `at`.
+    Timer {
+        /// When.
+        at: Time,
+        /// Which.
+        timer: Timer,
+    },
+    /// Tell the application.
+    Event(Event),
+}
+
+/// A member as the application sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    /// Id, address, tags.
+    pub info: Arc<NodeInfo>,
+    /// Latest incarnation known.
+    pub incarnation: Incarnation,
+    /// State in this node's table.
+    pub state: MemberState,
+}
+
+/// Events for the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A member appeared, or came back after leaving.
+    MemberJoined(MemberView),
+    /// An alive member changed its address or tags.
+    MemberUpdated(MemberView),
+    /// A member is suspected of having failed.
+    MemberSuspected(MemberView),
+    /// A member was declared failed.
+    MemberFailed(MemberView),
+    /// A member left gracefully.
+    MemberLeft(MemberView),
+    /// A suspected or failed member is alive again.
+    MemberRecovered(MemberView),
+    /// A user event, delivered once.
+    UserEvent(UserEvent),
+    /// A seed answered our join: the full state is merged.
+    JoinCompleted {
+        /// Members known after the merge, this node included.
+        members: usize,
+    },
+    /// Another node suspected or declared this node dead and this node refuted it.
+    Refuted {
+        /// The new incarnation.
+        incarnation: Incarnation,
+    },
+}
+
+impl Event {
+    /// The member the event is about, for member events.
+    pub fn member(&self) -> Option<&MemberView> {
+        match self {
+            Event::MemberJoined(m)
+            | Event::MemberUpdated(m)
+            | Event::MemberSuspected(m)
+            | Event::MemberFailed(m)
+            | Event::MemberLeft(m)
+            | Event::MemberRecovered(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+
+

@@ -1,0 +1,4 @@
+//! distributed-core (in progress)
+pub mod cluster;
+pub mod identity;
+pub mod transport;
