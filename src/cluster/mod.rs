@@ -16,15 +16,21 @@
 //! - `phi.rs`: a phi-accrual failure detector for heartbeat streams.
 
 
+mod broadcast;
 mod config;
 mod members;
+mod merge;
 mod message;
+pub mod phi;
+mod probe;
+mod suspicion;
 
 
 
 
 mod swim;
 mod time;
+mod user_events;
 
 
 pub use config::{Config, ConfigError, INDIRECT_CHECKS_MAX, PACKET_BYTES_MIN};
@@ -35,7 +41,7 @@ pub use message::{
     Ping, PingReq, PushMember, PushPull, Suspect, UserEvent, PACKET_MESSAGES_MAX,
     PROTOCOL_VERSION,
 };
-pub use swim::Swim;
+pub use swim::{CommandError, Stats, Swim};
 pub use time::{Now, Time};
 
 use crate::identity::{NodeId, NodeInfo, Tags};
@@ -212,5 +218,5 @@ impl Event {
     }
 }
 
-
-
+#[cfg(test)]
+mod tests;

@@ -1,40 +1,563 @@
-//! Skeleton being written (API fixed).
-use super::*;
-use super::members::Members;
+//! The state machine: dispatch of inputs, commands, gossip rounds and anti-entropy.
+//! Probing lives in `probe.rs`, the merge rules for claims in `merge.rs`.
+
+use super::broadcast::{BroadcastKey, BroadcastQueue};
+use super::members::{Member, Members};
+use super::message::{
+    packet_header_len, Alive, Dead, Incarnation, MemberState, Message, PushMember, PushPull,
+    UserEvent, PACKET_MESSAGES_MAX,
+};
+use super::probe::ProbeState;
+use super::suspicion::{Awareness, Suspicion};
+use super::time::{Now, Time};
+use super::user_events::{digest, UserEvents, Verdict};
+use super::{Command, Config, ConfigError, Event, Input, MemberView, Output, Timer};
+use crate::identity::{tags_len, NodeId, NodeInfo, Tags};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rustc_hash::FxHashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a command was refused. The state is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// `Join` with no seed address.
+    #[error("join needs at least one seed address")]
+    NoSeeds,
+    /// Tags over `tags_bytes_max`.
+    #[error("tags take {len} bytes, more than tags_bytes_max = {max}")]
+    TagsTooLarge {
+        /// Bytes the tags take.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A user event over `user_event_bytes_max`.
+    #[error("user event takes {len} bytes, more than user_event_bytes_max = {max}")]
+    EventTooLarge {
+        /// Bytes of name and payload.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The node has left; it takes no more commands.
+    #[error("the node has left the cluster")]
+    Left,
+}
+
+/// Counters kept by the core for the runtime's metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Probes started.
+    pub probes: u64,
+    /// Probes that ended without any ack.
+    pub probes_failed: u64,
+    /// Ping-reqs sent.
+    pub indirect_probes: u64,
+    /// Nacks received.
+    pub nacks: u64,
+    /// Suspicions this node raised (its own failed probes).
+    pub suspicions_raised: u64,
+    /// Times this node refuted a claim about itself.
+    pub refutations: u64,
+    /// Members this node declared failed (its own suspicion timeouts).
+    pub failures_declared: u64,
+    /// Messages received.
+    pub messages_in: u64,
+    /// Messages dropped as misaddressed, unexpected or over a limit.
+    pub dropped: u64,
+    /// User events delivered.
+    pub user_events: u64,
+}
+
+/// Which channel a message came in on; replies go back the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Channel {
+    Packet,
+    Stream,
+}
+
+#[derive(Debug, Default)]
+struct JoinState {
+    seeds: Vec<SocketAddr>,
+    attempt: u32,
+    pending: bool,
+}
 
 /// The SWIM/Lifeguard state machine of one node.
 pub struct Swim {
-    config: Config,
-    members: Members,
-    id: NodeId,
+    pub(crate) config: Config,
+    pub(crate) id: NodeId,
+    pub(crate) rng: ChaCha8Rng,
+    pub(crate) members: Members,
+    pub(crate) awareness: Awareness,
+    pub(crate) broadcasts: BroadcastQueue,
+    /// Running suspicions, by member (looked up, never iterated).
+    pub(crate) suspicions: FxHashMap<NodeId, Suspicion>,
+    pub(crate) generation: u64,
+    pub(crate) probe: ProbeState,
+    pub(crate) user_events: UserEvents,
+    join: JoinState,
+    pub(crate) leaving: bool,
+    pub(crate) now: Now,
+    pub(crate) out: Vec<Output>,
+    pub(crate) stats: Stats,
 }
 
 impl Swim {
-    /// Builds a core for the local node `info` starting at `incarnation`, drawing randomness from
-    /// `seed`. Validates `config`.
-    pub fn new(config: Config, info: NodeInfo, incarnation: Incarnation, seed: u64) -> Result<Self, ConfigError> {
-        todo!()
+    /// Builds a core for the local node `info` starting at `incarnation` (a restarted node passes
+    /// one above any it used before), drawing randomness from `seed`. Validates `config`.
+    pub fn new(
+        config: Config,
+        info: NodeInfo,
+        incarnation: Incarnation,
+        seed: u64,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let mut members = Members::default();
+        members.insert(Member {
+            info: Arc::new(info.clone()),
+            incarnation,
+            state: MemberState::Alive,
+            state_since: Time::ZERO,
+        });
+        Ok(Swim {
+            id: info.id,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            members,
+            awareness: Awareness::new(config.awareness_max),
+            broadcasts: BroadcastQueue::new(config.broadcast_queue_max),
+            suspicions: FxHashMap::default(),
+            generation: 0,
+            probe: ProbeState::default(),
+            user_events: UserEvents::new(config.user_event_buffer),
+            join: JoinState::default(),
+            leaving: false,
+            now: Now::default(),
+            out: Vec::new(),
+            stats: Stats::default(),
+            config,
+        })
     }
-    /// Arms the periodic timers. Call once, before any `handle`.
-    pub fn start(&mut self, now: Now, out: &mut Vec<Output>) { todo!() }
-    /// Feeds one input; results are appended to `out`.
-    pub fn handle(&mut self, now: Now, input: Input, out: &mut Vec<Output>) { todo!() }
+
+    /// Arms the periodic timers, each at a random phase so that nodes started together do not
+    /// act in lockstep, and queues this node's own alive claim. Call once, before `handle`.
+    pub fn start(&mut self, now: Now, out: &mut Vec<Output>) {
+        self.now = now;
+        let me = self.id.clone();
+        self.members.update(&me, |m| m.state_since = now.mono);
+        let c = &self.config;
+        let phases = [
+            (c.probe_interval, Timer::ProbeTick),
+            (c.gossip_interval, Timer::GossipTick),
+            (c.push_pull_interval, Timer::PushPullTick),
+            (c.reconnect_interval, Timer::ReconnectTick),
+        ];
+        for (interval, timer) in phases {
+            let phase = self.jitter(interval);
+            self.arm(phase, timer);
+        }
+        self.broadcast_self();
+        out.append(&mut self.out);
+    }
+
+    /// Feeds one input; the results are appended to `out`.
+    pub fn handle(&mut self, now: Now, input: Input, out: &mut Vec<Output>) {
+        debug_assert!(now.mono >= self.now.mono, "monotonic time went backwards");
+        self.now = now;
+        match input {
+            Input::Packet { from, msgs } => {
+                for msg in msgs {
+                    self.on_message(from, msg, Channel::Packet);
+                }
+            }
+            Input::Stream { from, msg } => self.on_message(from, msg, Channel::Stream),
+            Input::Timer(timer) => self.on_timer(timer),
+            Input::Command(cmd) => {
+                if let Err(e) = self.apply_command(cmd) {
+                    tracing::warn!(node = %self.id, error = %e, "command refused");
+                }
+            }
+        }
+        out.append(&mut self.out);
+    }
+
+    /// Carries out an application command; results are appended to `out`.
+    pub fn command(
+        &mut self,
+        now: Now,
+        cmd: Command,
+        out: &mut Vec<Output>,
+    ) -> Result<(), CommandError> {
+        self.now = now;
+        let r = self.apply_command(cmd);
+        out.append(&mut self.out);
+        r
+    }
+
     /// This node's id.
-    pub fn id(&self) -> &NodeId { &self.id }
+    pub fn id(&self) -> &NodeId {
+        &self.id
+    }
+
     /// This node's own row.
-    pub fn local(&self) -> &Member { todo!() }
+    pub fn local(&self) -> &Member {
+        self.members.get(&self.id).expect("the local row is never removed")
+    }
+
     /// This node's current incarnation.
-    pub fn incarnation(&self) -> Incarnation { todo!() }
+    pub fn incarnation(&self) -> Incarnation {
+        self.local().incarnation
+    }
+
     /// One member's row.
-    pub fn member(&self, id: &NodeId) -> Option<&Member> { self.members.get(id) }
+    pub fn member(&self, id: &NodeId) -> Option<&Member> {
+        self.members.get(id)
+    }
+
     /// All rows, this node included, in the table's (deterministic) order.
-    pub fn members(&self) -> impl Iterator<Item = &Member> { self.members.iter() }
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter()
+    }
+
     /// Members alive or suspect, this node included.
-    pub fn active_members(&self) -> usize { self.members.active() }
+    pub fn active_members(&self) -> usize {
+        self.members.active()
+    }
+
     /// Lifeguard's local health multiplier (0 = healthy).
-    pub fn awareness(&self) -> u32 { todo!() }
+    pub fn awareness(&self) -> u32 {
+        self.awareness.score()
+    }
+
     /// Broadcasts waiting in the piggyback queue.
-    pub fn broadcast_queue_len(&self) -> usize { todo!() }
+    pub fn broadcast_queue_len(&self) -> usize {
+        self.broadcasts.len()
+    }
+
     /// The config in force.
-    pub fn config(&self) -> &Config { &self.config }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The user-event Lamport clock.
+    pub fn event_clock(&self) -> u64 {
+        self.user_events.clock()
+    }
+
+    /// After `Leave`: whether the `Left` claim has been sent at least once (or has already been
+    /// sent its full number of times).
+    pub fn leave_announced(&self) -> bool {
+        let key = BroadcastKey::Member(self.id.clone());
+        self.leaving && self.broadcasts.transmits(&key).is_none_or(|t| t > 0)
+    }
+
+    fn on_message(&mut self, from: SocketAddr, msg: Message, channel: Channel) {
+        self.stats.messages_in += 1;
+        match msg {
+            Message::Ping(m) => self.on_ping(from, m, channel),
+            Message::PingReq(m) => self.on_ping_req(from, m),
+            Message::Ack(m) => self.on_ack(m.seq),
+            Message::Nack(m) => self.on_nack(m.seq),
+            Message::Alive(m) => self.on_alive(m),
+            Message::Suspect(m) => self.on_suspect(m),
+            Message::Dead(m) => self.on_dead(m),
+            Message::PushPull(m) => self.on_push_pull(from, m),
+            Message::UserEvent(m) => self.on_user_event(m),
+        }
+    }
+
+    fn on_timer(&mut self, timer: Timer) {
+        match timer {
+            Timer::ProbeTick => self.on_probe_tick(),
+            Timer::ProbeTimeout { seq } => self.on_probe_timeout(seq),
+            Timer::ProbeEnd { seq } => self.on_probe_end(seq),
+            Timer::IndirectNack { seq } => self.on_indirect_nack(seq),
+            Timer::IndirectExpire { seq } => self.on_indirect_expire(seq),
+            Timer::GossipTick => self.on_gossip_tick(),
+            Timer::PushPullTick => self.on_push_pull_tick(),
+            Timer::ReconnectTick => self.on_reconnect_tick(),
+            Timer::JoinRetry { attempt } => self.on_join_retry(attempt),
+            Timer::Suspicion { node, generation } => self.on_suspicion_timeout(node, generation),
+        }
+    }
+
+    fn apply_command(&mut self, cmd: Command) -> Result<(), CommandError> {
+        if self.leaving {
+            return Err(CommandError::Left);
+        }
+        match cmd {
+            Command::Join(seeds) => self.join(seeds),
+            Command::Leave => {
+                self.leave();
+                Ok(())
+            }
+            Command::SetTags(tags) => self.set_tags(tags),
+            Command::Broadcast { name, payload } => self.broadcast_event(name, payload),
+        }
+    }
+
+    // ---- helpers shared by probe.rs and merge.rs ----
+
+    pub(crate) fn arm(&mut self, after: Duration, timer: Timer) {
+        let at = self.now.mono + after;
+        self.out.push(Output::Timer { at, timer });
+    }
+
+    /// A uniformly random duration in `[0, d)`.
+    pub(crate) fn jitter(&mut self, d: Duration) -> Duration {
+        let micros = d.as_micros().max(1) as u64;
+        Duration::from_micros(self.rng.gen_range(0..micros))
+    }
+
+    pub(crate) fn emit(&mut self, event: Event) {
+        self.out.push(Output::Event(event));
+    }
+
+    pub(crate) fn view(m: &Member) -> MemberView {
+        MemberView { info: m.info.clone(), incarnation: m.incarnation, state: m.state }
+    }
+
+    /// Number used for the retransmit limit and the suspicion timeout: live members.
+    pub(crate) fn cluster_size(&self) -> usize {
+        self.members.active()
+    }
+
+    /// Sends `first` as a datagram, with as many queued broadcasts as fit behind it.
+    pub(crate) fn send_packet(&mut self, to: SocketAddr, first: Message) {
+        let header = packet_header_len(PACKET_MESSAGES_MAX);
+        let first_len = super::message::item_len(first.encoded_len());
+        let budget = self.config.packet_bytes_max.saturating_sub(header + first_len);
+        let mut msgs = vec![first];
+        let limit = self.config.retransmit_limit(self.cluster_size());
+        self.broadcasts.pick(budget, PACKET_MESSAGES_MAX - 1, limit, &mut msgs);
+        self.out.push(Output::Packet { to, msgs });
+    }
+
+    pub(crate) fn send_stream(&mut self, to: SocketAddr, msg: Message) {
+        self.out.push(Output::Stream { to, msg });
+    }
+
+    pub(crate) fn queue_member_claim(&mut self, node: NodeId, msg: Message) {
+        self.broadcasts.push(BroadcastKey::Member(node), msg);
+    }
+
+    /// Queues this node's own alive claim.
+    pub(crate) fn broadcast_self(&mut self) {
+        let me = self.local();
+        let msg = Message::Alive(Alive { incarnation: me.incarnation, info: me.info.clone() });
+        self.queue_member_claim(self.id.clone(), msg);
+    }
+
+    /// Raises our incarnation above `seen` and announces it.
+    pub(crate) fn refute(&mut self, seen: Incarnation) {
+        let inc = Incarnation(seen.0.max(self.incarnation().0) + 1);
+        let me = self.id.clone();
+        self.members.update(&me, |m| m.incarnation = inc);
+        self.broadcast_self();
+        self.stats.refutations += 1;
+        if self.config.lifeguard {
+            self.awareness.apply(1);
+        }
+        tracing::debug!(node = %self.id, incarnation = inc.0, "refuted a claim about us");
+        self.emit(Event::Refuted { incarnation: inc });
+    }
+
+    // ---- commands ----
+
+    fn join(&mut self, seeds: Vec<SocketAddr>) -> Result<(), CommandError> {
+        if seeds.is_empty() {
+            return Err(CommandError::NoSeeds);
+        }
+        self.join = JoinState { seeds, attempt: 0, pending: true };
+        self.send_join();
+        Ok(())
+    }
+
+    fn send_join(&mut self) {
+        let seeds = self.join.seeds.clone();
+        for seed in seeds {
+            let msg = self.push_pull_message(true, false);
+            self.send_stream(seed, msg);
+        }
+        let attempt = self.join.attempt;
+        let cap = self.config.join_retry_max.min(self.config.join_retry_base * 2u32.pow(attempt.min(16)));
+        let wait = cap / 2 + self.jitter(cap / 2);
+        self.arm(wait, Timer::JoinRetry { attempt });
+    }
+
+    fn on_join_retry(&mut self, attempt: u32) {
+        if !self.join.pending || attempt != self.join.attempt || self.leaving {
+            return;
+        }
+        self.join.attempt += 1;
+        self.send_join();
+    }
+
+    fn leave(&mut self) {
+        self.leaving = true;
+        let me = self.id.clone();
+        let now = self.now.mono;
+        let m = self
+            .members
+            .update(&me, |m| {
+                m.state = MemberState::Left;
+                m.state_since = now;
+            })
+            .expect("local row");
+        let msg = Message::Dead(Dead { incarnation: m.incarnation, node: me.clone(), from: me.clone() });
+        self.queue_member_claim(me, msg);
+    }
+
+    fn set_tags(&mut self, tags: Tags) -> Result<(), CommandError> {
+        let len = tags_len(&tags);
+        if len > self.config.tags_bytes_max {
+            return Err(CommandError::TagsTooLarge { len, max: self.config.tags_bytes_max });
+        }
+        let me = self.id.clone();
+        let mut info = (*self.local().info).clone();
+        info.tags = tags;
+        let info = Arc::new(info);
+        self.members.update(&me, |m| {
+            m.info = info;
+            m.incarnation = Incarnation(m.incarnation.0 + 1);
+        });
+        self.broadcast_self();
+        Ok(())
+    }
+
+    fn broadcast_event(&mut self, name: String, payload: Vec<u8>) -> Result<(), CommandError> {
+        let len = name.len() + payload.len();
+        if len > self.config.user_event_bytes_max {
+            return Err(CommandError::EventTooLarge { len, max: self.config.user_event_bytes_max });
+        }
+        let ltime = self.user_events.next_time();
+        let event = UserEvent { ltime, origin: self.id.clone(), wall_ms: self.now.wall_ms, name, payload };
+        // Record it so that our own event coming back is a duplicate.
+        self.user_events.observe(&event.origin, ltime, digest(&event.name, &event.payload));
+        self.broadcasts.push(BroadcastKey::Event(self.id.clone(), ltime), Message::UserEvent(event));
+        Ok(())
+    }
+
+    // ---- user events ----
+
+    fn on_user_event(&mut self, ev: UserEvent) {
+        if ev.name.len() + ev.payload.len() > self.config.user_event_bytes_max {
+            self.stats.dropped += 1;
+            return;
+        }
+        match self.user_events.observe(&ev.origin, ev.ltime, digest(&ev.name, &ev.payload)) {
+            Verdict::Deliver => {
+                self.stats.user_events += 1;
+                let key = BroadcastKey::Event(ev.origin.clone(), ev.ltime);
+                self.broadcasts.push(key, Message::UserEvent(ev.clone()));
+                self.emit(Event::UserEvent(ev));
+            }
+            Verdict::Duplicate => {}
+            Verdict::TooOld => self.stats.dropped += 1,
+        }
+    }
+
+    // ---- gossip and anti-entropy ----
+
+    fn on_gossip_tick(&mut self) {
+        self.arm(self.config.gossip_interval, Timer::GossipTick);
+        if self.broadcasts.len() == 0 {
+            return;
+        }
+        let now = self.now.mono;
+        let dead_window = self.config.gossip_to_the_dead;
+        let me = self.id.clone();
+        let targets = self.members.sample(&mut self.rng, self.config.gossip_fanout, |m| {
+            m.id() != &me
+                && (m.is_active()
+                    || (m.state == MemberState::Dead && now.saturating_since(m.state_since) < dead_window))
+        });
+        let header = packet_header_len(PACKET_MESSAGES_MAX);
+        let limit = self.config.retransmit_limit(self.cluster_size());
+        for i in targets {
+            let to = self.members.at(i).info.addr;
+            let mut msgs = Vec::new();
+            self.broadcasts.pick(self.config.packet_bytes_max - header, PACKET_MESSAGES_MAX, limit, &mut msgs);
+            if msgs.is_empty() {
+                break;
+            }
+            self.out.push(Output::Packet { to, msgs });
+        }
+    }
+
+    pub(crate) fn push_pull_message(&mut self, join: bool, reply: bool) -> Message {
+        let members = self
+            .members
+            .iter()
+            .take(self.config.push_pull_members_max)
+            .map(|m| PushMember { info: m.info.clone(), incarnation: m.incarnation, state: m.state })
+            .collect();
+        Message::PushPull(PushPull { join, reply, event_ltime: self.user_events.clock(), members })
+    }
+
+    fn on_push_pull_tick(&mut self) {
+        let interval = self.config.push_pull_interval_for(self.cluster_size());
+        self.arm(interval, Timer::PushPullTick);
+        if self.leaving {
+            return;
+        }
+        let me = self.id.clone();
+        let picked = self.members.sample(&mut self.rng, 1, |m| m.id() != &me && m.state == MemberState::Alive);
+        if let Some(&i) = picked.first() {
+            let to = self.members.at(i).info.addr;
+            let msg = self.push_pull_message(false, false);
+            self.send_stream(to, msg);
+        }
+    }
+
+    /// Reconnect: with probability `failed / alive` push-pull one random failed member, so a
+    /// healed partition merges without operator help; large clusters do not storm.
+    fn on_reconnect_tick(&mut self) {
+        self.arm(self.config.reconnect_interval, Timer::ReconnectTick);
+        if self.leaving {
+            return;
+        }
+        let failed = self.members.iter().filter(|m| m.state == MemberState::Dead).count();
+        if failed == 0 {
+            return;
+        }
+        let alive = self.members.active().max(1);
+        if self.rng.gen_range(0.0..1.0) >= failed as f64 / alive as f64 {
+            return;
+        }
+        let picked = self.members.sample(&mut self.rng, 1, |m| m.state == MemberState::Dead);
+        if let Some(&i) = picked.first() {
+            let to = self.members.at(i).info.addr;
+            let msg = self.push_pull_message(false, false);
+            self.send_stream(to, msg);
+        }
+    }
+
+    fn on_push_pull(&mut self, from: SocketAddr, pp: PushPull) {
+        if pp.members.len() > self.config.push_pull_members_max {
+            self.stats.dropped += 1;
+            return;
+        }
+        self.user_events.witness(pp.event_ltime);
+        if !pp.reply {
+            let reply = self.push_pull_message(false, true);
+            self.send_stream(from, reply);
+        }
+        for m in pp.members {
+            self.merge_remote(m);
+        }
+        if pp.reply && self.join.pending {
+            self.join.pending = false;
+            let members = self.members.len();
+            self.emit(Event::JoinCompleted { members });
+        }
+    }
 }

@@ -28,6 +28,11 @@ impl Time {
         self.0
     }
 
+    /// A time `secs` seconds after the origin.
+    pub const fn from_secs(secs: u64) -> Self {
+        Time(secs * 1_000_000)
+    }
+
     /// Time since the origin.
     pub const fn since_origin(self) -> Duration {
         Duration::from_micros(self.0)

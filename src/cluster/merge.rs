@@ -1,0 +1,185 @@
+//! The merge rules for membership claims (design §3): a higher incarnation wins; at equal
+//! incarnation `Dead`/`Left` beat `Suspect`, which beats `Alive`. Only a member raises its own
+//! incarnation, to refute a suspicion or death claim about itself.
+
+use super::members::Member;
+use super::message::{Alive, Dead, MemberState, Message, PushMember, Suspect};
+use super::suspicion::{suspicion_min, Suspicion};
+use super::swim::Swim;
+use super::{Event, Timer};
+use crate::identity::NodeId;
+
+impl Swim {
+    pub(crate) fn on_alive(&mut self, a: Alive) {
+        if a.info.id == self.id {
+            self.on_alive_about_us(a);
+            return;
+        }
+        let id = a.info.id.clone();
+        let Some(old) = self.members.get(&id) else {
+            self.add_member(a);
+            return;
+        };
+        if a.incarnation <= old.incarnation {
+            return;
+        }
+        let (old_state, changed) = (old.state, old.info != a.info);
+        let now = self.now.mono;
+        let info = if changed { a.info.clone() } else { old.info.clone() };
+        self.members.update(&id, |m| {
+            m.incarnation = a.incarnation;
+            m.info = info;
+            if m.state != MemberState::Alive {
+                m.state = MemberState::Alive;
+                m.state_since = now;
+            }
+        });
+        self.suspicions.remove(&id);
+        let view = Swim::view(self.members.get(&id).expect("just updated"));
+        match old_state {
+            MemberState::Alive if changed => self.emit(Event::MemberUpdated(view)),
+            MemberState::Alive => {}
+            MemberState::Suspect | MemberState::Dead => self.emit(Event::MemberRecovered(view)),
+            MemberState::Left => self.emit(Event::MemberJoined(view)),
+        }
+        self.queue_member_claim(id, Message::Alive(a));
+    }
+
+    /// Someone claims we are alive: fine if it is our own claim; a higher incarnation (a claim
+    /// from before a restart) or different details (an impostor or stale address) get refuted.
+    fn on_alive_about_us(&mut self, a: Alive) {
+        let me = self.local();
+        let stale = a.incarnation > me.incarnation || (a.incarnation == me.incarnation && a.info != me.info);
+        if stale && !self.leaving {
+            self.refute(a.incarnation);
+        }
+    }
+
+    fn add_member(&mut self, a: Alive) {
+        let id = a.info.id.clone();
+        let m = Member { info: a.info.clone(), incarnation: a.incarnation, state: MemberState::Alive, state_since: self.now.mono };
+        self.emit(Event::MemberJoined(Swim::view(&m)));
+        self.members.insert(m);
+        self.queue_member_claim(id, Message::Alive(a));
+    }
+
+    pub(crate) fn on_suspect(&mut self, s: Suspect) {
+        if s.node == self.id {
+            if s.incarnation >= self.incarnation() && !self.leaving {
+                self.refute(s.incarnation);
+            }
+            return;
+        }
+        let Some(m) = self.members.get(&s.node) else {
+            return;
+        };
+        if s.incarnation < m.incarnation || !m.is_active() {
+            return;
+        }
+        if m.state == MemberState::Suspect && s.incarnation == m.incarnation {
+            self.confirm_suspicion(s);
+            return;
+        }
+        self.start_suspicion(s);
+    }
+
+    /// Another member independently suspects the same incarnation: the timeout shrinks and the
+    /// confirmation is passed on so that others shrink theirs too.
+    fn confirm_suspicion(&mut self, s: Suspect) {
+        let Some(susp) = self.suspicions.get_mut(&s.node) else {
+            return;
+        };
+        if !self.config.lifeguard || !susp.confirm(&s.from) {
+            return;
+        }
+        self.generation += 1;
+        susp.generation = self.generation;
+        let (deadline, generation) = (susp.deadline(), susp.generation);
+        let after = deadline.saturating_since(self.now.mono);
+        self.arm(after, Timer::Suspicion { node: s.node.clone(), generation });
+        self.queue_member_claim(s.node.clone(), Message::Suspect(s));
+    }
+
+    fn start_suspicion(&mut self, s: Suspect) {
+        let n = self.cluster_size();
+        let min = suspicion_min(self.config.suspicion_mult, n, self.config.probe_interval);
+        let (max, k) = if self.config.lifeguard {
+            let k = self.config.suspicion_mult.saturating_sub(2);
+            let k = if n.saturating_sub(2) < k as usize { 0 } else { k };
+            (min * self.config.suspicion_max_mult, k)
+        } else {
+            (min, 0)
+        };
+        self.generation += 1;
+        let susp = Suspicion::new(s.from.clone(), self.now.mono, min, max, k, self.generation);
+        let after = susp.timeout();
+        let now = self.now.mono;
+        self.members.update(&s.node, |m| {
+            m.incarnation = s.incarnation;
+            m.state = MemberState::Suspect;
+            m.state_since = now;
+        });
+        self.suspicions.insert(s.node.clone(), susp);
+        self.arm(after, Timer::Suspicion { node: s.node.clone(), generation: self.generation });
+        let view = Swim::view(self.members.get(&s.node).expect("present"));
+        tracing::debug!(node = %self.id, suspect = %s.node, from = %s.from, "suspect");
+        self.emit(Event::MemberSuspected(view));
+        self.queue_member_claim(s.node.clone(), Message::Suspect(s));
+    }
+
+    pub(crate) fn on_suspicion_timeout(&mut self, node: NodeId, generation: u64) {
+        let current = self.suspicions.get(&node).is_some_and(|s| s.generation == generation);
+        let suspect = self.members.get(&node).filter(|m| m.state == MemberState::Suspect);
+        let Some(m) = suspect.filter(|_| current) else {
+            return;
+        };
+        self.stats.failures_declared += 1;
+        let d = Dead { incarnation: m.incarnation, node, from: self.id.clone() };
+        self.on_dead(d);
+    }
+
+    pub(crate) fn on_dead(&mut self, d: Dead) {
+        if d.node == self.id {
+            if !self.leaving && d.incarnation >= self.incarnation() {
+                self.refute(d.incarnation);
+            }
+            return;
+        }
+        let Some(m) = self.members.get(&d.node) else {
+            return;
+        };
+        if d.incarnation < m.incarnation || !m.is_active() {
+            return;
+        }
+        let left = d.from == d.node;
+        let state = if left { MemberState::Left } else { MemberState::Dead };
+        let now = self.now.mono;
+        self.members.update(&d.node, |m| {
+            m.incarnation = d.incarnation;
+            m.state = state;
+            m.state_since = now;
+        });
+        self.suspicions.remove(&d.node);
+        let view = Swim::view(self.members.get(&d.node).expect("present"));
+        tracing::debug!(node = %self.id, member = %d.node, left, "member down");
+        self.emit(if left { Event::MemberLeft(view) } else { Event::MemberFailed(view) });
+        self.queue_member_claim(d.node.clone(), Message::Dead(d));
+    }
+
+    /// One row of a peer's full state. A peer's "dead" becomes our "suspect" (as memberlist
+    /// does): the member gets a chance to refute before we believe it, which is what lets a
+    /// healed partition merge back instead of each side killing the other again.
+    pub(crate) fn merge_remote(&mut self, r: PushMember) {
+        match r.state {
+            MemberState::Alive => self.on_alive(Alive { incarnation: r.incarnation, info: r.info }),
+            MemberState::Left => {
+                let id = r.info.id.clone();
+                self.on_dead(Dead { incarnation: r.incarnation, node: id.clone(), from: id });
+            }
+            MemberState::Suspect | MemberState::Dead => {
+                let s = Suspect { incarnation: r.incarnation, node: r.info.id.clone(), from: self.id.clone() };
+                self.on_suspect(s);
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The probe cycle: ping, then ping-req through `indirect_checks` members (and a stream ping),
+//! then suspicion; and the other side: answering pings and running indirect probes for others.
+
+use super::message::{Ack, Incarnation, MemberState, Message, Nack, Ping, PingReq, Suspect};
+use super::swim::{Channel, Swim};
+use super::Timer;
+use crate::identity::NodeId;
+use rustc_hash::FxHashMap;
+use std::net::SocketAddr;
+
+/// The probe this node is running.
+#[derive(Debug, Clone)]
+pub(crate) struct ActiveProbe {
+    pub seq: u32,
+    pub target: NodeId,
+    pub target_addr: SocketAddr,
+    pub incarnation: Incarnation,
+    pub acked: bool,
+    pub expected_nacks: u32,
+    pub nacks: u32,
+}
+
+/// An indirect probe run on behalf of another node.
+#[derive(Debug, Clone)]
+pub(crate) struct IndirectProbe {
+    pub requester: SocketAddr,
+    pub requester_seq: u32,
+    pub nack: bool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct ProbeState {
+    /// Next row of the member table to consider.
+    pub index: usize,
+    pub seq: u32,
+    pub current: Option<ActiveProbe>,
+    /// By our own sequence number (looked up, never iterated).
+    pub indirect: FxHashMap<u32, IndirectProbe>,
+}
+
+impl Swim {
+    fn next_seq(&mut self) -> u32 {
+        self.probe.seq = self.probe.seq.wrapping_add(1);
+        self.probe.seq
+    }
+
+    pub(crate) fn on_probe_tick(&mut self) {
+        let interval = self.config.scaled(self.config.probe_interval, self.awareness.score());
+        self.arm(interval, Timer::ProbeTick);
+        if self.leaving {
+            return;
+        }
+        if let Some(target) = self.next_probe_target() {
+            self.probe_member(target);
+        }
+    }
+
+    /// Round-robin over the table; at the end of a round the table is reshuffled and old dead
+    /// members reaped. Returns the row index of the next alive or suspect member.
+    fn next_probe_target(&mut self) -> Option<usize> {
+        for _ in 0..=self.members.len() {
+            if self.probe.index >= self.members.len() {
+                let reap_before = crate::cluster::Time::from_micros(
+                    self.now.mono.as_micros().saturating_sub(self.config.dead_retention.as_micros() as u64),
+                );
+                let me = self.id.clone();
+                self.members.reshuffle_and_reap(&mut self.rng, reap_before, &me);
+                self.probe.index = 0;
+            }
+            let i = self.probe.index;
+            self.probe.index += 1;
+            let m = self.members.at(i);
+            if m.id() != &self.id && m.is_active() {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    fn probe_member(&mut self, row: usize) {
+        let m = self.members.at(row);
+        let (target, addr, incarnation, suspect) = (m.id().clone(), m.info.addr, m.incarnation, m.state == MemberState::Suspect);
+        let seq = self.next_seq();
+        self.stats.probes += 1;
+        self.probe.current = Some(ActiveProbe {
+            seq,
+            target: target.clone(),
+            target_addr: addr,
+            incarnation,
+            acked: false,
+            expected_nacks: 0,
+            nacks: 0,
+        });
+        let ping = Message::Ping(Ping { seq, target: target.clone(), source: self.id.clone() });
+        self.send_probe_packet(addr, ping, suspect.then_some((target, incarnation)));
+        let a = self.awareness.score();
+        self.arm(self.config.scaled(self.config.probe_timeout, a), Timer::ProbeTimeout { seq });
+        self.arm(self.config.scaled(self.config.probe_interval, a), Timer::ProbeEnd { seq });
+    }
+
+    /// A ping, with (Lifeguard's buddy system) the suspicion about the target right behind it so
+    /// that a suspect learns of it from its prober and can refute at once.
+    fn send_probe_packet(&mut self, to: SocketAddr, ping: Message, buddy: Option<(NodeId, Incarnation)>) {
+        self.send_packet(to, ping);
+        let Some((node, incarnation)) = buddy.filter(|_| self.config.lifeguard) else {
+            return;
+        };
+        let suspect = Message::Suspect(Suspect { incarnation, node, from: self.id.clone() });
+        if let Some(super::Output::Packet { msgs, .. }) = self.out.last_mut() {
+            if msgs.len() < super::PACKET_MESSAGES_MAX {
+                msgs.insert(1, suspect);
+            }
+        }
+    }
+
+    pub(crate) fn on_probe_timeout(&mut self, seq: u32) {
+        let Some(p) = self.probe.current.as_ref().filter(|p| p.seq == seq && !p.acked) else {
+            return;
+        };
+        let (target, addr) = (p.target.clone(), p.target_addr);
+        let me = self.id.clone();
+        let helpers = self.members.sample(&mut self.rng, self.config.indirect_checks, |m| {
+            m.state == MemberState::Alive && m.id() != &me && m.id() != &target
+        });
+        let nack = self.config.lifeguard;
+        for &i in &helpers {
+            let to = self.members.at(i).info.addr;
+            let req = PingReq { seq, target: target.clone(), target_addr: addr, source: me.clone(), nack };
+            self.stats.indirect_probes += 1;
+            self.send_packet(to, Message::PingReq(req));
+        }
+        if let Some(p) = self.probe.current.as_mut() {
+            p.expected_nacks = if nack { helpers.len() as u32 } else { 0 };
+        }
+        if self.config.tcp_fallback_probe {
+            let ping = Message::Ping(Ping { seq, target, source: me });
+            self.send_stream(addr, ping);
+        }
+    }
+
+    pub(crate) fn on_probe_end(&mut self, seq: u32) {
+        let Some(p) = self.probe.current.take_if(|p| p.seq == seq) else {
+            return;
+        };
+        if p.acked {
+            return;
+        }
+        self.stats.probes_failed += 1;
+        if self.config.lifeguard {
+            let missed = p.expected_nacks.saturating_sub(p.nacks);
+            let delta = if p.expected_nacks > 0 { missed } else { 1 };
+            self.awareness.apply(delta as i32);
+        }
+        let still_there = self
+            .members
+            .get(&p.target)
+            .is_some_and(|m| m.is_active() && m.incarnation == p.incarnation);
+        if still_there {
+            self.stats.suspicions_raised += 1;
+            let s = Suspect { incarnation: p.incarnation, node: p.target, from: self.id.clone() };
+            self.on_suspect(s);
+        }
+    }
+
+    pub(crate) fn on_ack(&mut self, seq: u32) {
+        if let Some(p) = self.probe.current.as_mut().filter(|p| p.seq == seq) {
+            if !p.acked {
+                p.acked = true;
+                if self.config.lifeguard {
+                    self.awareness.apply(-1);
+                }
+            }
+            return;
+        }
+        if let Some(ind) = self.probe.indirect.remove(&seq) {
+            self.send_packet(ind.requester, Message::Ack(Ack { seq: ind.requester_seq }));
+        }
+    }
+
+    pub(crate) fn on_nack(&mut self, seq: u32) {
+        if let Some(p) = self.probe.current.as_mut().filter(|p| p.seq == seq) {
+            p.nacks += 1;
+            self.stats.nacks += 1;
+        }
+    }
+
+    pub(crate) fn on_ping(&mut self, from: SocketAddr, ping: Ping, channel: Channel) {
+        if ping.target != self.id {
+            // Meant for a previous owner of our address: staying silent lets it be detected.
+            self.stats.dropped += 1;
+            return;
+        }
+        let ack = Message::Ack(Ack { seq: ping.seq });
+        match channel {
+            Channel::Packet => self.send_packet(from, ack),
+            Channel::Stream => self.send_stream(from, ack),
+        }
+    }
+
+    pub(crate) fn on_ping_req(&mut self, from: SocketAddr, req: PingReq) {
+        if self.probe.indirect.len() >= self.config.indirect_pending_max || self.leaving {
+            self.stats.dropped += 1;
+            return;
+        }
+        let seq = self.next_seq();
+        self.probe.indirect.insert(seq, IndirectProbe { requester: from, requester_seq: req.seq, nack: req.nack });
+        let ping = Message::Ping(Ping { seq, target: req.target, source: self.id.clone() });
+        self.send_packet(req.target_addr, ping);
+        if req.nack {
+            self.arm(self.config.probe_timeout, Timer::IndirectNack { seq });
+        }
+        self.arm(self.config.probe_interval, Timer::IndirectExpire { seq });
+    }
+
+    pub(crate) fn on_indirect_nack(&mut self, seq: u32) {
+        if let Some(ind) = self.probe.indirect.get(&seq).filter(|i| i.nack) {
+            let (to, requester_seq) = (ind.requester, ind.requester_seq);
+            self.send_packet(to, Message::Nack(Nack { seq: requester_seq }));
+        }
+    }
+
+    pub(crate) fn on_indirect_expire(&mut self, seq: u32) {
+        self.probe.indirect.remove(&seq);
+    }
+}

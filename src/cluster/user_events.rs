@@ -1,0 +1,115 @@
+//! User events: a Lamport clock and a dedup buffer (after serf's event buffer).
+//!
+//! The buffer has one slot per Lamport time modulo its length; an event older than the buffer
+//! can no longer be checked for duplicates, so it is dropped rather than delivered twice.
+
+use crate::identity::NodeId;
+
+/// Events remembered per Lamport time at most; beyond it new events at that time are dropped.
+const SLOT_EVENTS_MAX: usize = 64;
+
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    ltime: u64,
+    seen: Vec<(NodeId, u64)>,
+}
+
+/// What to do with an incoming event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// New: deliver it and pass it on.
+    Deliver,
+    /// Seen already.
+    Duplicate,
+    /// Older than the buffer, or the slot is full: dropped.
+    TooOld,
+}
+
+/// Lamport clock plus dedup buffer.
+#[derive(Debug, Clone)]
+pub(crate) struct UserEvents {
+    clock: u64,
+    slots: Vec<Slot>,
+}
+
+impl UserEvents {
+    pub fn new(buffer: usize) -> Self {
+        debug_assert!(buffer > 0);
+        UserEvents { clock: 0, slots: vec![Slot::default(); buffer] }
+    }
+
+    /// Current Lamport time.
+    pub fn clock(&self) -> u64 {
+        self.clock
+    }
+
+    /// Raises the clock past a time seen from another node.
+    pub fn witness(&mut self, ltime: u64) {
+        self.clock = self.clock.max(ltime.saturating_add(1));
+    }
+
+    /// Time for a new local event (the clock moves on).
+    pub fn next_time(&mut self) -> u64 {
+        let t = self.clock;
+        self.clock += 1;
+        t
+    }
+
+    /// Checks and records an event from `origin` at `ltime` with payload digest `digest`.
+    pub fn observe(&mut self, origin: &NodeId, ltime: u64, digest: u64) -> Verdict {
+        let len = self.slots.len() as u64;
+        if self.clock > len && ltime < self.clock - len {
+            return Verdict::TooOld;
+        }
+        self.witness(ltime);
+        let slot = &mut self.slots[(ltime % len) as usize];
+        if slot.ltime != ltime {
+            slot.ltime = ltime;
+            slot.seen.clear();
+        }
+        if slot.seen.iter().any(|(o, d)| o == origin && *d == digest) {
+            return Verdict::Duplicate;
+        }
+        if slot.seen.len() >= SLOT_EVENTS_MAX {
+            return Verdict::TooOld;
+        }
+        slot.seen.push((origin.clone(), digest));
+        Verdict::Deliver
+    }
+}
+
+/// FNV-1a over the event's name and payload: a stable digest for dedup.
+pub(crate) fn digest(name: &str, payload: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in name.as_bytes().iter().chain([0xffu8].iter()).chain(payload) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_and_old_events_are_dropped() {
+        let o = NodeId::new("o").unwrap();
+        let mut e = UserEvents::new(4);
+        let d = digest("deploy", b"v1");
+        assert_eq!(e.observe(&o, 1, d), Verdict::Deliver);
+        assert_eq!(e.observe(&o, 1, d), Verdict::Duplicate);
+        assert_eq!(e.observe(&o, 1, digest("deploy", b"v2")), Verdict::Deliver);
+        assert_eq!(e.clock(), 2);
+        assert_eq!(e.observe(&o, 10, d), Verdict::Deliver);
+        assert_eq!(e.observe(&o, 1, d), Verdict::TooOld, "slot reused, too old to check");
+        assert_eq!(e.observe(&o, 5, d), Verdict::TooOld);
+        assert_eq!(e.next_time(), 11);
+        assert_eq!(e.clock(), 12);
+    }
+
+    #[test]
+    fn digest_separates_name_from_payload() {
+        assert_ne!(digest("ab", b"c"), digest("a", b"bc"));
+    }
+}
