@@ -35,6 +35,8 @@ type Slot = (u32, Reverse<u64>);
 const ITEM_BYTES_MIN: usize = 4;
 /// Items examined per pick at most, so that packing stays cheap with a long queue.
 const SCAN_MAX: usize = 512;
+/// Items in a row that did not fit before packing gives up: the packet is as good as full.
+const MISSES_MAX: usize = 16;
 
 /// Bounded queue of broadcasts.
 #[derive(Debug)]
@@ -106,8 +108,9 @@ impl BroadcastQueue {
     ) -> usize {
         let mut used = 0;
         let mut taken: Vec<u64> = Vec::new();
+        let mut misses = 0;
         for &(_, Reverse(id)) in self.order.iter().take(SCAN_MAX) {
-            if budget - used < ITEM_BYTES_MIN || taken.len() >= count_max {
+            if budget - used < ITEM_BYTES_MIN || taken.len() >= count_max || misses >= MISSES_MAX {
                 break;
             }
             let item = &self.items[&id];
@@ -115,6 +118,9 @@ impl BroadcastQueue {
                 used += item.len;
                 out.push(item.msg.clone());
                 taken.push(id);
+                misses = 0;
+            } else {
+                misses += 1;
             }
         }
         for id in taken {
