@@ -9,8 +9,8 @@
 //!   suspicion, dissemination, push-pull, tags, user events; plus a phi-accrual detector.
 //! - [`identity`]: node ids, addresses, tags.
 //! - [`transport`]: the frame around every packet (sockets and encryption come with the runtime).
-//! - `sim`: the deterministic simulator behind `dcore sim`.
-//! - `cli`: the `dcore` command line.
+//! - [`sim`]: the deterministic simulator behind `dcore sim`.
+//! - `dcore` (the binary, `src/cli/`): the command line.
 //!
 //! The core never reads a clock, never touches a socket and draws randomness only from the seed
 //! it is given. A driver feeds it inputs stamped with the current time and carries out what it
@@ -59,4 +59,5 @@
 
 pub mod cluster;
 pub mod identity;
+pub mod sim;
 pub mod transport;

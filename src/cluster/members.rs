@@ -75,6 +75,19 @@ impl Members {
         self.rows.push(m);
     }
 
+    /// Adds a member at a random position, so that nodes which learn of members in the same
+    /// order (from the same seed) do not all probe them in that order (memberlist does the same).
+    pub fn insert_at_random(&mut self, m: Member, rng: &mut impl Rng) {
+        self.insert(m);
+        let last = self.rows.len() - 1;
+        let j = rng.gen_range(0..=last);
+        if j != last {
+            self.rows.swap(j, last);
+            self.index.insert(self.rows[j].id().clone(), j);
+            self.index.insert(self.rows[last].id().clone(), last);
+        }
+    }
+
     /// Changes a member's row in place; keeps the active count right.
     pub fn update(&mut self, id: &NodeId, f: impl FnOnce(&mut Member)) -> Option<&Member> {
         let &i = self.index.get(id)?;
@@ -168,6 +181,22 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert!(t.get(&b).is_none());
         assert_eq!(t.get(&NodeId::new("a").unwrap()).unwrap().state, MemberState::Alive);
+    }
+
+    #[test]
+    fn random_insertion_keeps_the_index_right() {
+        let mut t = Members::default();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for i in 0..100 {
+            t.insert_at_random(member(&format!("n{i}"), MemberState::Alive, 0), &mut rng);
+        }
+        let mut first_ten = 0;
+        for i in 0..100 {
+            let id = NodeId::new(&format!("n{i}")).unwrap();
+            assert_eq!(t.get(&id).unwrap().id(), &id);
+            first_ten += usize::from(i < 10 && t.rows[..10].iter().any(|m| m.id() == &id));
+        }
+        assert!(first_ten < 10, "insertion order is not kept");
     }
 
     #[test]

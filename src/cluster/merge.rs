@@ -59,7 +59,7 @@ impl Swim {
         let id = a.info.id.clone();
         let m = Member { info: a.info.clone(), incarnation: a.incarnation, state: MemberState::Alive, state_since: self.now.mono };
         self.emit(Event::MemberJoined(Swim::view(&m)));
-        self.members.insert(m);
+        self.members.insert_at_random(m, &mut self.rng);
         self.queue_member_claim(id, Message::Alive(a));
     }
 

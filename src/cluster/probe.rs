@@ -47,6 +47,11 @@ impl Swim {
     pub(crate) fn on_probe_tick(&mut self) {
         let interval = self.config.scaled(self.config.probe_interval, self.awareness.score());
         self.arm(interval, Timer::ProbeTick);
+        // The previous probe's period ends now, whichever of its end timer and this tick the
+        // driver happens to deliver first.
+        if let Some(seq) = self.probe.current.as_ref().map(|p| p.seq) {
+            self.on_probe_end(seq);
+        }
         if self.leaving {
             return;
         }

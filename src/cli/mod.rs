@@ -1,0 +1,30 @@
+//! The `dcore` command line. `main.rs` parses and dispatches; each command lives in its own file.
+
+mod sim;
+
+pub use sim::SimArgs;
+
+use clap::{Parser, Subcommand};
+
+/// distributed-core: cluster membership, failure detection and gossip.
+#[derive(Debug, Parser)]
+#[command(name = "dcore", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Run the deterministic simulator: N protocol cores over a modelled network, in virtual time.
+    Sim(SimArgs),
+}
+
+/// Runs the parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Commands::Sim(args) => sim::run(args),
+    }
+}

@@ -1,0 +1,205 @@
+//! `dcore sim`: the simulator from the command line.
+
+use distributed_core::cluster::Config;
+use distributed_core::sim::{self, Report, Scenario};
+use anyhow::{bail, Context};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Flags of `dcore sim`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Nodes start min(5 ms, 5 s / N) apart and join through node 0. Faults (--kill, --pause, --slow)
+hit nodes chosen by the seed once the cluster has converged (plus 1 s), or at a third of the run.
+The same seed gives the same run: compare the printed trace_hash.
+
+--config takes a TOML file of protocol settings, the fields of the [protocol] table of the agent
+config, at the top level (e.g. probe_interval = \"1s\"); unknown keys are errors. --preset picks
+the base the file overrides; --no-lifeguard overrides both.
+
+Example: dcore sim --nodes 1000 --kill 1 --duration 120 --json")]
+pub struct SimArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 100)]
+    pub nodes: usize,
+    /// Seed deciding every random choice of the run.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Virtual seconds to simulate.
+    #[arg(long, default_value_t = 60.0)]
+    pub duration: f64,
+    /// Probability that a datagram is lost (streams are retransmitted, and slowed).
+    #[arg(long, default_value_t = 0.0)]
+    pub loss: f64,
+    /// Probability that a datagram is delivered twice.
+    #[arg(long, default_value_t = 0.0)]
+    pub dup: f64,
+    /// One-way latency range in ms, uniform: LO..HI.
+    #[arg(long, default_value = "1..5", value_name = "LO..HI")]
+    pub latency_ms: String,
+    /// Crash K nodes (no leave) after convergence.
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub kill: usize,
+    /// Pause K nodes for SECS seconds after convergence.
+    #[arg(long, value_name = "K:SECS")]
+    pub pause: Option<String>,
+    /// Make K nodes handle every incoming message MS milliseconds late.
+    #[arg(long, value_name = "K:MS")]
+    pub slow: Option<String>,
+    /// Cut the last FRACTION of the nodes off from the rest from FROM to TO seconds.
+    #[arg(long, value_name = "FRACTION:FROM..TO")]
+    pub partition: Option<String>,
+    /// Make N random nodes' wall clocks jump by up to an hour (membership must not care).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub clock_jumps: usize,
+    /// Count encryption overhead (key id, nonce, tag) in every message's bytes.
+    #[arg(long)]
+    pub encrypt: bool,
+    /// Protocol preset the config starts from: lan, wan or local.
+    #[arg(long, default_value = "lan")]
+    pub preset: String,
+    /// TOML file of protocol settings (see below).
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+    /// Switch Lifeguard off (plain SWIM: fixed suspicion timeout, no local health, no nacks).
+    #[arg(long)]
+    pub no_lifeguard: bool,
+    /// Print one JSON object on stdout instead of the readable summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl SimArgs {
+    /// The scenario these flags describe.
+    pub fn scenario(&self) -> anyhow::Result<Scenario> {
+        let mut config = self.protocol_config()?;
+        if self.no_lifeguard {
+            config.lifeguard = false;
+        }
+        if !(self.duration.is_finite() && self.duration > 0.0) {
+            bail!("--duration must be a positive number of seconds");
+        }
+        let s = Scenario {
+            nodes: self.nodes,
+            seed: self.seed,
+            duration: Duration::from_secs_f64(self.duration),
+            loss: self.loss,
+            dup: self.dup,
+            latency: sim::parse_latency(&self.latency_ms)?,
+            kill: self.kill,
+            pause: self.pause.as_deref().map(|p| sim::parse_node_fault(p, "--pause", 1000)).transpose()?,
+            slow: self.slow.as_deref().map(|p| sim::parse_node_fault(p, "--slow", 1)).transpose()?,
+            partition: self.partition.as_deref().map(sim::parse_partition).transpose()?,
+            clock_jumps: self.clock_jumps,
+            encrypt: self.encrypt,
+            config,
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn protocol_config(&self) -> anyhow::Result<Config> {
+        let Some(base) = Config::preset(&self.preset) else {
+            bail!("--preset must be lan, wan or local, not '{}'", self.preset);
+        };
+        let Some(path) = &self.config else { return Ok(base) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let mut merged = toml::Table::try_from(&base).context("encoding the preset")?;
+        merged.extend(table);
+        let config: Config = merged.try_into().with_context(|| format!("in {}", path.display()))?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Runs `dcore sim`.
+pub fn run(args: SimArgs) -> anyhow::Result<i32> {
+    let scenario = args.scenario()?;
+    let report = sim::run(&scenario)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", readable(&report, &scenario));
+    }
+    Ok(0)
+}
+
+fn opt_ms(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_string(), |ms| format!("{ms} ms"))
+}
+
+fn readable(r: &Report, s: &Scenario) -> String {
+    let d = &r.detect_ms;
+    let lines = [
+        ("nodes", r.nodes.to_string()),
+        ("seed", r.seed.to_string()),
+        ("duration", format!("{} s virtual, {} ms wall", r.duration_s, r.wall_ms)),
+        ("lifeguard", s.config.lifeguard.to_string()),
+        ("converged", opt_ms(r.converged_ms)),
+        ("converged at end", r.converged_at_end.to_string()),
+        ("killed", format!("{:?}", r.killed)),
+        ("detect p50 / p99 / max", format!("{} / {} / {}", opt_ms(d.p50), opt_ms(d.p99), opt_ms(d.max))),
+        ("undetected pairs", d.undetected.to_string()),
+        ("false positives", r.false_positives.to_string()),
+        ("false suspicions", r.false_suspicions.to_string()),
+        ("paused declared dead", r.paused_declared_dead.to_string()),
+        ("paused recovered", r.paused_recovered.map_or("-".into(), |b| b.to_string())),
+        ("partition declared dead", r.partition_declared_dead.to_string()),
+        ("healed, converged after", opt_ms(r.heal_converged_ms)),
+        ("messages / node / s", r.msgs_per_node_s.to_string()),
+        ("bytes / node / s", r.bytes_per_node_s.to_string()),
+        ("trace hash", r.trace_hash.clone()),
+    ];
+    lines.iter().map(|(k, v)| format!("{k:>24}: {v}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> anyhow::Result<Scenario> {
+        let cli = crate::cli::Cli::try_parse_from(std::iter::once("dcore").chain(args.iter().copied()))?;
+        match cli.command {
+            crate::cli::Commands::Sim(a) => a.scenario(),
+        }
+    }
+
+    #[test]
+    fn flags_become_a_scenario() {
+        let s = parse(&["sim", "--nodes", "200", "--slow", "5:400", "--no-lifeguard", "--partition", "0.5:60..120"]).unwrap();
+        assert_eq!(s.nodes, 200);
+        assert_eq!(s.slow.unwrap().amount, Duration::from_millis(400));
+        assert!(!s.config.lifeguard);
+        assert_eq!(s.partition.unwrap().to, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn bad_flags_are_refused_with_a_reason() {
+        assert!(parse(&["sim", "--loss", "1.5"]).is_err());
+        assert!(parse(&["sim", "--nodes", "3", "--kill", "3"]).is_err());
+        assert!(parse(&["sim", "--preset", "moon"]).is_err());
+        assert!(parse(&["sim", "--latency-ms", "9..1"]).is_err());
+    }
+
+    #[test]
+    fn config_file_overrides_preset_and_refuses_unknown_keys() {
+        let dir = std::env::temp_dir().join(format!("dcore-sim-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.toml");
+        std::fs::write(&good, "probe_interval = \"2s\"\nprobe_timeout = \"1s\"\n").unwrap();
+        let s = parse(&["sim", "--config", good.to_str().unwrap()]).unwrap();
+        assert_eq!(s.config.probe_interval, Duration::from_secs(2));
+        assert_eq!(s.config.gossip_fanout, Config::lan().gossip_fanout);
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "probe_intervall = \"2s\"\n").unwrap();
+        let err = parse(&["sim", "--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(format!("{err:#}").contains("probe_intervall"), "{err:#}");
+        let invalid = dir.join("invalid.toml");
+        std::fs::write(&invalid, "probe_timeout = \"5s\"\n").unwrap();
+        assert!(parse(&["sim", "--config", invalid.to_str().unwrap()]).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,543 @@
+//! A deterministic simulator: N [`Swim`] cores over a modelled network, in virtual time.
+//!
+//! Layout:
+//! - `scenario.rs`: what a run is asked to do ([`Scenario`]) and the CLI's fault syntax.
+//! - `net.rs`: addresses, latency, loss, duplication, TCP-like streams, byte counts.
+//! - `metrics.rs`: convergence, detection latency, false alarms, kept incrementally.
+//! - this file: the event loop.
+//!
+//! ## The event loop
+//! One binary heap of events ordered by `(time, seq)` (`seq` breaks ties in insertion order) and
+//! one seeded ChaCha8 RNG for every network and fault decision; each core gets its own seed drawn
+//! from the run seed. Popping an event hands one input to one core and turns the core's outputs
+//! into new events: a datagram becomes a delivery after a random latency (or nothing, if lost;
+//! or two deliveries, if duplicated), a stream message a delivery after a TCP-like delay, a timer
+//! an event at its time. Only the nodes an event concerns are touched, which is what lets one
+//! process run ten thousand nodes. The same seed gives the same run, event for event: the report
+//! carries a hash of the trace of membership events to prove it.
+//!
+//! ## Time and clocks
+//! Each node's monotonic clock has its own random origin; its wall clock may jump (`clock_jumps`).
+//! The core times everything on the monotonic clock, so jumps change no membership event (the
+//! trace hash leaves wall stamps out, and a test compares runs with and without jumps).
+//!
+//! ## Faults
+//! Nodes start `min(5 ms, 5 s / N)` apart and join through node 0. Once every node sees every
+//! other alive (plus one second; or at a third of the run if that never happens) the seed picks
+//! distinct victims among nodes 1..N: crashed (gone for good), paused (inputs held, then
+//! delivered in order, like SIGSTOP/SIGCONT) and slow (every incoming message handled late).
+//! A partition cuts the last fraction of the nodes off from the rest between two times.
+
+mod metrics;
+mod net;
+mod scenario;
+
+pub use metrics::Detect;
+pub use net::{addr, index};
+pub use scenario::{
+    parse_latency, parse_node_fault, parse_partition, NodeFault, PartitionSpec, Scenario,
+    ScenarioError,
+};
+
+use crate::cluster::{Command, Event, Incarnation, Input, Message, Now, Output, Swim, Time, Timer};
+use crate::identity::{NodeId, NodeInfo};
+use metrics::{Excuse, Metrics};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+use std::time::{Duration, Instant};
+
+/// Wall-clock epoch of the simulated world (2026-01-01), so wall stamps look like real ones.
+const WALL_EPOCH_MS: u64 = 1_767_225_600_000;
+
+/// The figures of one run. Field order is the JSON key order.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Nodes simulated.
+    pub nodes: usize,
+    /// The run's seed.
+    pub seed: u64,
+    /// Virtual seconds simulated.
+    pub duration_s: f64,
+    /// First time every live node saw every other live node alive, ms from the start.
+    pub converged_ms: Option<u64>,
+    /// From each crash to each survivor's verdict.
+    pub detect_ms: Detect,
+    /// (observer, live node) pairs declared dead, without pause or partition to excuse it.
+    pub false_positives: usize,
+    /// (observer, live node) pairs ever suspected, same exclusions.
+    pub false_suspicions: usize,
+    /// Every live node sees every other live node alive at the end.
+    pub converged_at_end: bool,
+    /// Messages sent per node per virtual second (a compound packet of 3 counts 3).
+    pub msgs_per_node_s: f64,
+    /// Bytes sent per node per virtual second, headers included.
+    pub bytes_per_node_s: f64,
+    /// Real time the run took.
+    pub wall_ms: u64,
+    /// Datagrams sent per node per virtual second.
+    pub datagrams_per_node_s: f64,
+    /// Stream messages sent per node per virtual second.
+    pub streams_per_node_s: f64,
+    /// When the node faults were applied, ms from the start.
+    pub faults_at_ms: Option<u64>,
+    /// Crashed nodes.
+    pub killed: Vec<usize>,
+    /// (observer, paused node) pairs declared dead: right, not a false positive.
+    pub paused_declared_dead: usize,
+    /// Every paused node is seen alive by every live node at the end.
+    pub paused_recovered: Option<bool>,
+    /// (observer, node across the partition) pairs declared dead.
+    pub partition_declared_dead: usize,
+    /// From the heal to full convergence, ms.
+    pub heal_converged_ms: Option<u64>,
+    /// Events processed.
+    pub events: u64,
+    /// Hash of the membership event trace (same seed, same hash).
+    pub trace_hash: String,
+}
+
+/// Runs a scenario to its end.
+pub fn run(scenario: &Scenario) -> Result<Report, ScenarioError> {
+    scenario.validate()?;
+    let started = Instant::now();
+    let mut sim = Sim::new(scenario)?;
+    sim.run();
+    Ok(sim.report(started.elapsed()))
+}
+
+#[derive(Debug)]
+enum Ev {
+    Start(usize),
+    Packet { to: usize, from: usize, msgs: Vec<Message> },
+    Stream { to: usize, from: usize, msg: Message },
+    Timer { node: usize, timer: Timer },
+    ApplyFaults,
+    PauseEnd(usize),
+    ClockJump { node: usize, delta_ms: i64 },
+}
+
+impl Ev {
+    /// The node this event is delivered to, if any.
+    fn node(&self) -> Option<usize> {
+        match *self {
+            Ev::Start(n) | Ev::Packet { to: n, .. } | Ev::Stream { to: n, .. } | Ev::Timer { node: n, .. } => Some(n),
+            _ => None,
+        }
+    }
+}
+
+struct Entry {
+    at: Duration,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, o: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Up,
+    Crashed,
+    Paused,
+}
+
+struct Node {
+    swim: Swim,
+    origin: Duration,
+    wall_offset_ms: i64,
+    status: Status,
+    slow: Duration,
+    held: Vec<Ev>,
+    paused_ever: bool,
+}
+
+#[derive(Default)]
+struct Counters {
+    msgs: u64,
+    bytes: u64,
+    datagrams: u64,
+    streams: u64,
+    events: u64,
+}
+
+struct Sim<'a> {
+    s: &'a Scenario,
+    model: net::Model,
+    now: Duration,
+    heap: BinaryHeap<Reverse<Entry>>,
+    seq: u64,
+    nodes: Vec<Node>,
+    rng: ChaCha8Rng,
+    metrics: Metrics,
+    out: Vec<Output>,
+    count: Counters,
+    trace: u64,
+    faults_at: Option<Duration>,
+    far_side: usize,
+    heal_converged: Option<Duration>,
+    /// Declarations this long after a heal are still the partition's doing.
+    partition_grace: Duration,
+}
+
+impl<'a> Sim<'a> {
+    fn new(s: &'a Scenario) -> Result<Self, ScenarioError> {
+        let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
+        let mut nodes = Vec::with_capacity(s.nodes);
+        for i in 0..s.nodes {
+            let id = NodeId::new(&format!("n{i}")).expect("short id");
+            let swim = Swim::new(s.config.clone(), NodeInfo::new(id, addr(i)), Incarnation(0), rng.gen())?;
+            let origin = Duration::from_micros(rng.gen_range(0..3_600_000_000));
+            nodes.push(Node { swim, origin, wall_offset_ms: 0, status: Status::Up, slow: Duration::ZERO, held: Vec::new(), paused_ever: false });
+        }
+        let far_side = s.partition.map_or(s.nodes, |p| s.nodes - ((p.fraction * s.nodes as f64).round() as usize).clamp(1, s.nodes - 1));
+        let c = &s.config;
+        let min = c.probe_interval.mul_f64(f64::from(c.suspicion_mult) * (s.nodes as f64).log10().max(1.0));
+        let partition_grace = min * c.suspicion_max_mult + c.probe_interval * (c.awareness_max + 1);
+        let mut sim = Sim {
+            s,
+            model: net::Model { latency: s.latency, loss: s.loss, dup: s.dup, encrypt: s.encrypt },
+            now: Duration::ZERO,
+            heap: BinaryHeap::new(),
+            seq: 0,
+            nodes,
+            rng,
+            metrics: Metrics::new(s.nodes),
+            out: Vec::new(),
+            count: Counters::default(),
+            trace: 0xcbf2_9ce4_8422_2325,
+            faults_at: None,
+            far_side,
+            heal_converged: None,
+            partition_grace,
+        };
+        sim.schedule_start();
+        Ok(sim)
+    }
+
+    fn schedule_start(&mut self) {
+        let stagger = Duration::from_millis(5).min(Duration::from_secs(5) / self.s.nodes as u32);
+        for i in 0..self.s.nodes {
+            self.push(stagger * i as u32, Ev::Start(i));
+        }
+        self.push(self.s.duration / 3, Ev::ApplyFaults);
+        // Clock jumps draw from their own RNG so that a run with jumps makes every other
+        // decision exactly as the run without.
+        let mut jr = ChaCha8Rng::seed_from_u64(self.s.seed ^ 0x6a75_6d70);
+        for _ in 0..self.s.clock_jumps {
+            let node = jr.gen_range(0..self.s.nodes);
+            let at = Duration::from_micros(jr.gen_range(0..self.s.duration.as_micros() as u64));
+            let delta_ms = jr.gen_range(1_000..=3_600_000) * if jr.gen_bool(0.5) { 1 } else { -1 };
+            self.push(at, Ev::ClockJump { node, delta_ms });
+        }
+    }
+
+    fn push(&mut self, at: Duration, ev: Ev) {
+        self.seq += 1;
+        self.heap.push(Reverse(Entry { at, seq: self.seq, ev }));
+    }
+
+    fn run(&mut self) {
+        while let Some(Reverse(e)) = self.heap.pop() {
+            if e.at > self.s.duration {
+                break;
+            }
+            self.now = e.at;
+            self.count.events += 1;
+            self.dispatch(e.ev);
+            self.check_convergence();
+        }
+        self.now = self.s.duration;
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        if let Some(n) = ev.node() {
+            match self.nodes[n].status {
+                Status::Crashed => return,
+                Status::Paused => {
+                    self.nodes[n].held.push(ev);
+                    return;
+                }
+                Status::Up => {}
+            }
+        }
+        match ev {
+            Ev::Start(n) => self.start(n),
+            Ev::Packet { to, from, msgs } => self.feed(to, Input::Packet { from: addr(from), msgs }),
+            Ev::Stream { to, from, msg } => self.feed(to, Input::Stream { from: addr(from), msg }),
+            Ev::Timer { node, timer } => self.feed(node, Input::Timer(timer)),
+            Ev::ApplyFaults => self.apply_faults(),
+            Ev::PauseEnd(n) => self.resume(n),
+            Ev::ClockJump { node, delta_ms } => self.nodes[node].wall_offset_ms += delta_ms,
+        }
+    }
+
+    fn node_now(&self, n: usize) -> Now {
+        let node = &self.nodes[n];
+        let mono = Time::from_micros((self.now + node.origin).as_micros() as u64);
+        let wall = (WALL_EPOCH_MS + self.now.as_millis() as u64) as i64 + node.wall_offset_ms;
+        Now { mono, wall_ms: wall.max(0) as u64 }
+    }
+
+    fn start(&mut self, n: usize) {
+        let now = self.node_now(n);
+        let mut out = std::mem::take(&mut self.out);
+        self.nodes[n].swim.start(now, &mut out);
+        if n > 0 {
+            self.nodes[n].swim.handle(now, Input::Command(Command::Join(vec![addr(0)])), &mut out);
+        }
+        self.apply_outputs(n, &mut out);
+        self.out = out;
+    }
+
+    fn feed(&mut self, n: usize, input: Input) {
+        let now = self.node_now(n);
+        let mut out = std::mem::take(&mut self.out);
+        self.nodes[n].swim.handle(now, input, &mut out);
+        self.apply_outputs(n, &mut out);
+        self.out = out;
+    }
+
+    fn apply_outputs(&mut self, n: usize, out: &mut Vec<Output>) {
+        for o in out.drain(..) {
+            match o {
+                Output::Packet { to, msgs } => self.send_packet(n, to, msgs),
+                Output::Stream { to, msg } => self.send_stream(n, to, msg),
+                Output::Timer { at, timer } => {
+                    let at = at.since_origin().saturating_sub(self.nodes[n].origin);
+                    self.push(at.max(self.now), Ev::Timer { node: n, timer });
+                }
+                Output::Event(e) => self.on_event(n, &e),
+            }
+        }
+    }
+
+    fn cut(&self, a: usize, b: usize) -> bool {
+        let Some(p) = self.s.partition else { return false };
+        (self.now >= p.from && self.now < p.to) && ((a >= self.far_side) != (b >= self.far_side))
+    }
+
+    fn send_packet(&mut self, from: usize, to: std::net::SocketAddr, msgs: Vec<Message>) {
+        self.count.msgs += msgs.len() as u64;
+        self.count.datagrams += 1;
+        self.count.bytes += self.model.datagram_bytes(&msgs) as u64;
+        let Some(to) = index(to).filter(|&t| t < self.nodes.len()) else { return };
+        if self.cut(from, to) {
+            return;
+        }
+        let slow = self.nodes[to].slow;
+        match self.model.datagram(&mut self.rng) {
+            (Some(d), None) => self.push(self.now + d + slow, Ev::Packet { to, from, msgs }),
+            (Some(d), Some(d2)) => {
+                self.push(self.now + d2 + slow, Ev::Packet { to, from, msgs: msgs.clone() });
+                self.push(self.now + d + slow, Ev::Packet { to, from, msgs });
+            }
+            _ => {}
+        }
+    }
+
+    fn send_stream(&mut self, from: usize, to: std::net::SocketAddr, msg: Message) {
+        self.count.msgs += 1;
+        self.count.streams += 1;
+        self.count.bytes += self.model.stream_bytes(&msg) as u64;
+        let Some(to) = index(to).filter(|&t| t < self.nodes.len()) else { return };
+        if self.cut(from, to) {
+            return;
+        }
+        if let Some(d) = self.model.stream(&mut self.rng) {
+            let slow = self.nodes[to].slow;
+            self.push(self.now + d + slow, Ev::Stream { to, from, msg });
+        }
+    }
+
+    fn excuse(&self, observer: usize, target: usize) -> Excuse {
+        if self.nodes[target].paused_ever {
+            return Excuse::Paused;
+        }
+        if let Some(p) = self.s.partition {
+            let across = (observer >= self.far_side) != (target >= self.far_side);
+            if across && self.now >= p.from && self.now < p.to + self.partition_grace {
+                return Excuse::Partition;
+            }
+        }
+        Excuse::None
+    }
+
+    fn on_event(&mut self, n: usize, e: &Event) {
+        let Some(view) = e.member() else { return };
+        let Some(target) = index(view.info.addr) else { return };
+        self.trace_event(n, target, e, view.incarnation);
+        if std::env::var("DBG_T").ok().and_then(|v| v.parse::<usize>().ok()) == Some(target) {
+            eprintln!("{:>10.3} obs {n} {:?} inc {}", self.now.as_secs_f64(), view.state, view.incarnation.0);
+        }
+        let excuse = self.excuse(n, target);
+        self.metrics.on_event(self.now, n, target, e, excuse);
+    }
+
+    fn trace_event(&mut self, n: usize, target: usize, e: &Event, inc: Incarnation) {
+        let kind = match e {
+            Event::MemberJoined(_) => 1,
+            Event::MemberUpdated(_) => 2,
+            Event::MemberSuspected(_) => 3,
+            Event::MemberFailed(_) => 4,
+            Event::MemberLeft(_) => 5,
+            Event::MemberRecovered(_) => 6,
+            _ => 0,
+        };
+        for word in [self.now.as_micros() as u64, n as u64, target as u64, kind, inc.0] {
+            for b in word.to_le_bytes() {
+                self.trace ^= u64::from(b);
+                self.trace = self.trace.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+    }
+
+    fn check_convergence(&mut self) {
+        if !self.metrics.converged() {
+            return;
+        }
+        if self.metrics.converged_at.is_none() {
+            self.metrics.converged_at = Some(self.now);
+            self.push(self.now + Duration::from_secs(1), Ev::ApplyFaults);
+        }
+        if let Some(p) = self.s.partition {
+            if self.now >= p.to && self.heal_converged.is_none() {
+                self.heal_converged = Some(self.now - p.to);
+            }
+        }
+    }
+
+    fn apply_faults(&mut self) {
+        if self.faults_at.is_some() {
+            return;
+        }
+        self.faults_at = Some(self.now);
+        let mut victims: Vec<usize> = (1..self.s.nodes).collect();
+        victims.shuffle(&mut self.rng);
+        let mut victims = victims.into_iter();
+        for n in victims.by_ref().take(self.s.kill) {
+            self.nodes[n].status = Status::Crashed;
+            self.nodes[n].held.clear();
+            self.metrics.crash(self.now, n);
+        }
+        if let Some(p) = self.s.pause {
+            for n in victims.by_ref().take(p.count) {
+                self.nodes[n].status = Status::Paused;
+                self.nodes[n].paused_ever = true;
+                self.push(self.now + p.amount, Ev::PauseEnd(n));
+            }
+        }
+        if let Some(sl) = self.s.slow {
+            for n in victims.by_ref().take(sl.count) {
+                self.nodes[n].slow = sl.amount;
+            }
+        }
+    }
+
+    fn resume(&mut self, n: usize) {
+        if self.nodes[n].status != Status::Paused {
+            return;
+        }
+        self.nodes[n].status = Status::Up;
+        for ev in std::mem::take(&mut self.nodes[n].held) {
+            self.push(self.now, ev);
+        }
+    }
+
+    fn report(&self, wall: Duration) -> Report {
+        let secs = self.s.duration.as_secs_f64();
+        let per_node_s = |v: u64| v as f64 / self.s.nodes as f64 / secs;
+        let ms = |d: Duration| d.as_millis() as u64;
+        let killed: Vec<usize> = (0..self.s.nodes).filter(|&i| self.nodes[i].status == Status::Crashed).collect();
+        let paused: Vec<usize> = (0..self.s.nodes).filter(|&i| self.nodes[i].paused_ever).collect();
+        let paused_recovered = (!paused.is_empty()).then(|| {
+            paused.iter().all(|&p| self.nodes[p].status == Status::Up && self.metrics.seen_alive_by_all(p))
+        });
+        Report {
+            nodes: self.s.nodes,
+            seed: self.s.seed,
+            duration_s: secs,
+            converged_ms: self.metrics.converged_at.map(ms),
+            detect_ms: self.metrics.detect_summary(),
+            false_positives: self.metrics.false_dead.len(),
+            false_suspicions: self.metrics.false_suspect.len(),
+            converged_at_end: self.metrics.converged(),
+            msgs_per_node_s: round2(per_node_s(self.count.msgs)),
+            bytes_per_node_s: round2(per_node_s(self.count.bytes)),
+            wall_ms: ms(wall),
+            datagrams_per_node_s: round2(per_node_s(self.count.datagrams)),
+            streams_per_node_s: round2(per_node_s(self.count.streams)),
+            faults_at_ms: self.faults_at.map(ms),
+            killed,
+            paused_declared_dead: self.metrics.paused_dead.len(),
+            paused_recovered,
+            partition_declared_dead: self.metrics.partition_dead.len(),
+            heal_converged_ms: self.heal_converged.map(ms),
+            events: self.count.events,
+            trace_hash: format!("{:016x}", self.trace),
+        }
+    }
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heap_pops_by_time_then_insertion_order() {
+        let mut h = BinaryHeap::new();
+        let e = |at: u64, seq| Reverse(Entry { at: Duration::from_millis(at), seq, ev: Ev::ApplyFaults });
+        h.push(e(5, 1));
+        h.push(e(3, 2));
+        h.push(e(5, 0));
+        h.push(e(3, 3));
+        let order: Vec<_> = std::iter::from_fn(|| h.pop()).map(|Reverse(x)| (x.at.as_millis(), x.seq)).collect();
+        assert_eq!(order, [(3, 2), (3, 3), (5, 0), (5, 1)]);
+    }
+
+    #[test]
+    fn small_cluster_converges_and_detects_a_crash() {
+        let s = Scenario { nodes: 8, duration: Duration::from_secs(40), kill: 1, ..Scenario::default() };
+        let r = run(&s).unwrap();
+        assert!(r.converged_ms.is_some(), "{r:?}");
+        assert_eq!(r.detect_ms.undetected, 0, "{r:?}");
+        assert_eq!(r.false_positives, 0, "{r:?}");
+        assert!(r.converged_at_end);
+    }
+}
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+    #[test]
+    fn dbg_timeline() {
+        let s = Scenario { nodes: 100, seed: 1, duration: Duration::from_secs(60), kill: 1, ..Scenario::default() };
+        let mut sim = Sim::new(&s).unwrap();
+        sim.run();
+        let k = 89;
+        for (i, n) in sim.nodes.iter().enumerate().take(5) { eprintln!("{i} {:?} {:?}", n.swim.stats(), n.swim.member(&NodeId::new("n89").unwrap())); }
+        let _ = k;
+        panic!();
+    }
+}

@@ -1,0 +1,194 @@
+//! What a simulation run is asked to do, and the parsing of the CLI's compact fault syntax.
+
+use crate::cluster::{Config, ConfigError};
+use std::time::Duration;
+
+/// Why a scenario was refused. Nothing was run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScenarioError {
+    /// A value out of range or a spec that does not parse.
+    #[error("{0}")]
+    Invalid(String),
+    /// The protocol config did not validate.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+fn invalid<T>(msg: impl Into<String>) -> Result<T, ScenarioError> {
+    Err(ScenarioError::Invalid(msg.into()))
+}
+
+/// `K` nodes affected for `for_`: a pause length or a per-message delay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeFault {
+    /// How many nodes.
+    pub count: usize,
+    /// Pause length, or the delay each message suffers.
+    pub amount: Duration,
+}
+
+/// The last `fraction` of the nodes (by index) cut off from the rest during `[from, to)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PartitionSpec {
+    /// Share of the nodes on the far side, in (0, 1).
+    pub fraction: f64,
+    /// Start, from the beginning of the run.
+    pub from: Duration,
+    /// End (heal).
+    pub to: Duration,
+}
+
+/// A simulation run.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Nodes; node 0 is the seed every other node joins through.
+    pub nodes: usize,
+    /// Decides everything: same seed, same run.
+    pub seed: u64,
+    /// Virtual time simulated.
+    pub duration: Duration,
+    /// Probability a datagram is lost.
+    pub loss: f64,
+    /// Probability a datagram is delivered twice.
+    pub dup: f64,
+    /// One-way latency range (uniform), inclusive.
+    pub latency: (Duration, Duration),
+    /// Nodes crashed for good after convergence.
+    pub kill: usize,
+    /// Nodes paused after convergence, and for how long.
+    pub pause: Option<NodeFault>,
+    /// Nodes whose every incoming message is handled late, and by how much.
+    pub slow: Option<NodeFault>,
+    /// A partition that heals.
+    pub partition: Option<PartitionSpec>,
+    /// Nodes whose wall clock jumps once, by up to an hour either way.
+    pub clock_jumps: usize,
+    /// Count encryption overhead in every datagram and stream message.
+    pub encrypt: bool,
+    /// The protocol settings every node runs.
+    pub config: Config,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            nodes: 100,
+            seed: 1,
+            duration: Duration::from_secs(60),
+            loss: 0.0,
+            dup: 0.0,
+            latency: (Duration::from_millis(1), Duration::from_millis(5)),
+            kill: 0,
+            pause: None,
+            slow: None,
+            partition: None,
+            clock_jumps: 0,
+            encrypt: false,
+            config: Config::lan(),
+        }
+    }
+}
+
+impl Scenario {
+    /// Checks ranges and that the faults fit in the cluster.
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        self.config.validate()?;
+        if self.nodes < 2 || self.nodes > 1 << 20 {
+            return invalid("--nodes must be 2..=1048576");
+        }
+        if !(0.0..1.0).contains(&self.loss) || !(0.0..1.0).contains(&self.dup) {
+            return invalid("--loss and --dup must be in [0, 1)");
+        }
+        if self.latency.0 > self.latency.1 {
+            return invalid("--latency-ms: LO must be at most HI");
+        }
+        let faulty = self.kill + self.pause.map_or(0, |p| p.count) + self.slow.map_or(0, |s| s.count);
+        if faulty >= self.nodes {
+            return invalid(format!("{faulty} faulty nodes leave none but the seed; use fewer"));
+        }
+        if let Some(p) = self.partition {
+            if !(p.fraction > 0.0 && p.fraction < 1.0) || p.from >= p.to {
+                return invalid("--partition: FRACTION in (0, 1) and FROM < TO");
+            }
+        }
+        if self.duration.is_zero() {
+            return invalid("--duration must be above zero");
+        }
+        Ok(())
+    }
+}
+
+fn parse_u64(s: &str, what: &str) -> Result<u64, ScenarioError> {
+    s.trim().parse().or_else(|_| invalid(format!("{what}: '{s}' is not a whole number")))
+}
+
+fn parse_f64(s: &str, what: &str) -> Result<f64, ScenarioError> {
+    s.trim().parse().or_else(|_| invalid(format!("{what}: '{s}' is not a number")))
+}
+
+fn split2<'a>(s: &'a str, sep: &str, what: &str) -> Result<(&'a str, &'a str), ScenarioError> {
+    s.split_once(sep).map_or_else(|| invalid(format!("{what}: expected '{sep}' in '{s}'")), Ok)
+}
+
+/// `LO..HI` in milliseconds.
+pub fn parse_latency(s: &str) -> Result<(Duration, Duration), ScenarioError> {
+    let (lo, hi) = split2(s, "..", "--latency-ms")?;
+    let (lo, hi) = (parse_u64(lo, "--latency-ms")?, parse_u64(hi, "--latency-ms")?);
+    if lo > hi {
+        return invalid("--latency-ms: LO must be at most HI");
+    }
+    Ok((Duration::from_millis(lo), Duration::from_millis(hi)))
+}
+
+/// `K:SECS` (pause) or `K:MS` (slow), with `unit_ms` the size of one unit in milliseconds.
+pub fn parse_node_fault(s: &str, what: &str, unit_ms: u64) -> Result<NodeFault, ScenarioError> {
+    let (k, amount) = split2(s, ":", what)?;
+    let amount = parse_f64(amount, what)?;
+    if !(amount.is_finite() && amount > 0.0) {
+        return invalid(format!("{what}: the amount must be above zero"));
+    }
+    let count = parse_u64(k, what)? as usize;
+    Ok(NodeFault { count, amount: Duration::from_secs_f64(amount * unit_ms as f64 / 1000.0) })
+}
+
+/// `FRACTION:FROM..TO` with FROM and TO in seconds.
+pub fn parse_partition(s: &str) -> Result<PartitionSpec, ScenarioError> {
+    let (fraction, range) = split2(s, ":", "--partition")?;
+    let (from, to) = split2(range, "..", "--partition")?;
+    let fraction = parse_f64(fraction, "--partition")?;
+    let (from, to) = (parse_f64(from, "--partition")?, parse_f64(to, "--partition")?);
+    if !(fraction > 0.0 && fraction < 1.0) || !(0.0 <= from && from < to && to.is_finite()) {
+        return invalid("--partition: FRACTION in (0, 1) and 0 <= FROM < TO");
+    }
+    Ok(PartitionSpec { fraction, from: Duration::from_secs_f64(from), to: Duration::from_secs_f64(to) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_specs_parse() {
+        assert_eq!(parse_latency("1..5").unwrap(), (Duration::from_millis(1), Duration::from_millis(5)));
+        assert!(parse_latency("5..1").is_err());
+        assert!(parse_latency("5").is_err());
+        let p = parse_node_fault("2:30", "--pause", 1000).unwrap();
+        assert_eq!(p, NodeFault { count: 2, amount: Duration::from_secs(30) });
+        let s = parse_node_fault("5:400", "--slow", 1).unwrap();
+        assert_eq!(s.amount, Duration::from_millis(400));
+        assert!(parse_node_fault("5:-1", "--slow", 1).is_err());
+        let part = parse_partition("0.5:60..120").unwrap();
+        assert_eq!((part.fraction, part.from, part.to), (0.5, Duration::from_secs(60), Duration::from_secs(120)));
+        assert!(parse_partition("1.5:60..120").is_err());
+        assert!(parse_partition("0.5:120..60").is_err());
+    }
+
+    #[test]
+    fn scenario_validation() {
+        assert!(Scenario::default().validate().is_ok());
+        let s = Scenario { nodes: 3, kill: 3, ..Scenario::default() };
+        assert!(s.validate().is_err());
+        let s = Scenario { loss: 1.0, ..Scenario::default() };
+        assert!(s.validate().is_err());
+    }
+}
