@@ -18,6 +18,8 @@ pub(crate) struct ActiveProbe {
     pub acked: bool,
     pub expected_nacks: u32,
     pub nacks: u32,
+    /// The direct ack was overdue and indirect probes went out.
+    pub overdue: bool,
 }
 
 /// An indirect probe run on behalf of another node.
@@ -95,6 +97,7 @@ impl Swim {
             acked: false,
             expected_nacks: 0,
             nacks: 0,
+            overdue: false,
         });
         let ping = Message::Ping(Ping { seq, target: target.clone(), source: self.id.clone() });
         self.send_probe_packet(addr, ping, suspect.then_some((target, incarnation)));
@@ -136,6 +139,7 @@ impl Swim {
         }
         if let Some(p) = self.probe.current.as_mut() {
             p.expected_nacks = if nack { helpers.len() as u32 } else { 0 };
+            p.overdue = true;
         }
         if self.config.tcp_fallback_probe {
             let ping = Message::Ping(Ping { seq, target, source: me });
@@ -171,7 +175,10 @@ impl Swim {
         if let Some(p) = self.probe.current.as_mut().filter(|p| p.seq == seq) {
             if !p.acked {
                 p.acked = true;
-                if self.config.lifeguard {
+                // Only an ack in time is a sign of good health. One that needed the indirect
+                // round is not: a node that is itself slow sees every ack late, and must not
+                // talk its multiplier down with them (memberlist counts any ack as -1).
+                if self.config.lifeguard && !p.overdue {
                     self.awareness.apply(-1);
                 }
             }

@@ -68,6 +68,8 @@ pub(crate) struct Metrics {
     detected: FxHashSet<(u32, u32)>,
     pub false_dead: FxHashSet<(u32, u32)>,
     pub false_suspect: FxHashSet<(u32, u32)>,
+    /// Suspect events about live nodes (a pair suspected three times counts three).
+    pub false_suspect_events: u64,
     pub paused_dead: FxHashSet<(u32, u32)>,
     pub partition_dead: FxHashSet<(u32, u32)>,
     pub converged_at: Option<Duration>,
@@ -86,6 +88,7 @@ impl Metrics {
             detected: FxHashSet::default(),
             false_dead: FxHashSet::default(),
             false_suspect: FxHashSet::default(),
+            false_suspect_events: 0,
             paused_dead: FxHashSet::default(),
             partition_dead: FxHashSet::default(),
             converged_at: None,
@@ -123,6 +126,7 @@ impl Metrics {
             }
             (SUSPECT, None) if excuse == Excuse::None => {
                 self.false_suspect.insert(pair);
+                self.false_suspect_events += 1;
             }
             _ => {}
         }

@@ -72,6 +72,8 @@ pub struct Report {
     pub false_suspicions: usize,
     /// Every live node sees every other live node alive at the end.
     pub converged_at_end: bool,
+    /// Suspect events about live nodes, summed over observers (repeats count).
+    pub false_suspicion_events: u64,
     /// Messages sent per node per virtual second (a compound packet of 3 counts 3).
     pub msgs_per_node_s: f64,
     /// Bytes sent per node per virtual second, headers included.
@@ -86,6 +88,10 @@ pub struct Report {
     pub faults_at_ms: Option<u64>,
     /// Crashed nodes.
     pub killed: Vec<usize>,
+    /// Paused nodes.
+    pub paused: Vec<usize>,
+    /// Slow nodes.
+    pub slowed: Vec<usize>,
     /// (observer, paused node) pairs declared dead: right, not a false positive.
     pub paused_declared_dead: usize,
     /// Every paused node is seen alive by every live node at the end.
@@ -480,6 +486,7 @@ impl<'a> Sim<'a> {
             false_positives: self.metrics.false_dead.len(),
             false_suspicions: self.metrics.false_suspect.len(),
             converged_at_end: self.metrics.converged(),
+            false_suspicion_events: self.metrics.false_suspect_events,
             msgs_per_node_s: round2(per_node_s(self.count.msgs)),
             bytes_per_node_s: round2(per_node_s(self.count.bytes)),
             wall_ms: ms(wall),
@@ -487,6 +494,8 @@ impl<'a> Sim<'a> {
             streams_per_node_s: round2(per_node_s(self.count.streams)),
             faults_at_ms: self.faults_at.map(ms),
             killed,
+            paused: paused.clone(),
+            slowed: (0..self.s.nodes).filter(|&i| !self.nodes[i].slow.is_zero()).collect(),
             paused_declared_dead: self.metrics.paused_dead.len(),
             paused_recovered,
             partition_declared_dead: self.metrics.partition_dead.len(),
