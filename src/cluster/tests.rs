@@ -188,7 +188,7 @@ fn missed_ack_goes_indirect_then_suspects() {
             _ => None,
         })
         .collect();
-    assert_eq!(reqs.len(), 3, "indirect_checks = 3 of the 3 other members");
+    assert_eq!(reqs.len(), 3, "all 3 other members (indirect_checks = 5)");
     assert!(reqs.iter().all(|(to, r)| *to != target && r.target == id(target_id) && r.nack && r.seq == seq));
     assert_eq!(streams(&out), vec![(target, ping(seq, target_id, 1))], "tcp fallback ping");
     // One helper answers with a nack: the other two missed, awareness rises by 2.

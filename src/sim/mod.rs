@@ -70,6 +70,8 @@ pub struct Report {
     pub false_positives: usize,
     /// (observer, live node) pairs ever suspected, same exclusions.
     pub false_suspicions: usize,
+    /// Up to 20 of the false-positive pairs, `[observer, target]`, for investigation.
+    pub false_positive_pairs: Vec<(u32, u32)>,
     /// Every live node sees every other live node alive at the end.
     pub converged_at_end: bool,
     /// Suspect events about live nodes, summed over observers (repeats count).
@@ -391,9 +393,6 @@ impl<'a> Sim<'a> {
         let Some(view) = e.member() else { return };
         let Some(target) = index(view.info.addr) else { return };
         self.trace_event(n, target, e, view.incarnation);
-        if std::env::var("DBG_T").ok().and_then(|v| v.parse::<usize>().ok()) == Some(target) {
-            eprintln!("{:>10.3} obs {n} {:?} inc {}", self.now.as_secs_f64(), view.state, view.incarnation.0);
-        }
         let excuse = self.excuse(n, target);
         self.metrics.on_event(self.now, n, target, e, excuse);
     }
@@ -485,6 +484,12 @@ impl<'a> Sim<'a> {
             detect_ms: self.metrics.detect_summary(),
             false_positives: self.metrics.false_dead.len(),
             false_suspicions: self.metrics.false_suspect.len(),
+            false_positive_pairs: {
+                let mut v: Vec<_> = self.metrics.false_dead.iter().copied().collect();
+                v.sort_unstable();
+                v.truncate(20);
+                v
+            },
             converged_at_end: self.metrics.converged(),
             false_suspicion_events: self.metrics.false_suspect_events,
             msgs_per_node_s: round2(per_node_s(self.count.msgs)),
@@ -534,19 +539,5 @@ mod tests {
         assert_eq!(r.detect_ms.undetected, 0, "{r:?}");
         assert_eq!(r.false_positives, 0, "{r:?}");
         assert!(r.converged_at_end);
-    }
-}
-#[cfg(test)]
-mod debug_tests {
-    use super::*;
-    #[test]
-    fn dbg_timeline() {
-        let s = Scenario { nodes: 100, seed: 1, duration: Duration::from_secs(60), kill: 1, ..Scenario::default() };
-        let mut sim = Sim::new(&s).unwrap();
-        sim.run();
-        let k = 89;
-        for (i, n) in sim.nodes.iter().enumerate().take(5) { eprintln!("{i} {:?} {:?}", n.swim.stats(), n.swim.member(&NodeId::new("n89").unwrap())); }
-        let _ = k;
-        panic!();
     }
 }
