@@ -77,7 +77,8 @@ fn a_partition_splits_the_cluster_and_heals_without_help() {
         ensure(r.partition_declared_dead >= 700, format!("only {} cross pairs failed", r.partition_declared_dead))?;
         ensure(r.heal_converged_ms.is_some(), "never converged after the heal")?;
         ensure(r.converged_at_end, "not converged at the end")?;
-        ensure(r.false_positives == 0, "same-side false positives")
+        ensure(r.false_positives == 0, "same-side false positives")?;
+        ensure(r.false_suspicions == 0, "the heal made nodes suspect their own side")
     });
 }
 

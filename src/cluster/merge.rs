@@ -166,9 +166,12 @@ impl Swim {
         self.queue_member_claim(d.node.clone(), Message::Dead(d));
     }
 
-    /// One row of a peer's full state. A peer's "dead" becomes our "suspect" (as memberlist
-    /// does): the member gets a chance to refute before we believe it, which is what lets a
-    /// healed partition merge back instead of each side killing the other again.
+    /// One row of a peer's full state. A peer's "suspect" or "dead" about a member we see alive
+    /// at the same or an older incarnation is not believed outright: the member is told
+    /// directly (a suspect message in a packet to it) so that it refutes if it lives, and our
+    /// own probes find out if it does not. memberlist instead suspects it locally, which after a
+    /// healed partition has every node suspect every other for a moment; this keeps the heal
+    /// quiet while still forcing the refutation that merges the two sides.
     pub(crate) fn merge_remote(&mut self, r: PushMember) {
         match r.state {
             MemberState::Alive => self.on_alive(Alive { incarnation: r.incarnation, info: r.info }),
@@ -176,10 +179,20 @@ impl Swim {
                 let id = r.info.id.clone();
                 self.on_dead(Dead { incarnation: r.incarnation, node: id.clone(), from: id });
             }
-            MemberState::Suspect | MemberState::Dead => {
-                let s = Suspect { incarnation: r.incarnation, node: r.info.id.clone(), from: self.id.clone() };
-                self.on_suspect(s);
-            }
+            MemberState::Suspect | MemberState::Dead => self.merge_remote_down(r),
+        }
+    }
+
+    fn merge_remote_down(&mut self, r: PushMember) {
+        let s = Suspect { incarnation: r.incarnation, node: r.info.id.clone(), from: self.id.clone() };
+        let alive_here = self
+            .members
+            .get(&s.node)
+            .filter(|m| m.state == MemberState::Alive && m.incarnation <= s.incarnation)
+            .map(|m| m.info.addr);
+        match alive_here {
+            Some(addr) if s.node != self.id => self.send_packet(addr, Message::Suspect(s)),
+            _ => self.on_suspect(s),
         }
     }
 }

@@ -434,13 +434,20 @@ fn join_exchanges_state_and_retries_until_answered() {
 }
 
 #[test]
-fn push_pull_dead_becomes_suspect_and_dead_about_us_is_refuted() {
+fn push_pull_down_rows_are_told_to_the_member_and_dead_about_us_is_refuted() {
     let mut t = T::new(1, &[2, 3]);
+    t.msg(3, Message::Suspect(Suspect { incarnation: Incarnation(0), node: id(3), from: id(2) }));
     let row = |i: u8, state| PushMember { info: info(i), incarnation: Incarnation(0), state };
-    let pp = PushPull { join: false, reply: true, event_ltime: 5, members: vec![row(1, MemberState::Dead), row(2, MemberState::Dead)] };
-    t.input(Input::Stream { from: addr(3), msg: Message::PushPull(pp) });
-    assert_eq!(t.state(2), Some((MemberState::Suspect, 0)));
-    assert_eq!(t.swim.incarnation(), Incarnation(1));
+    let rows = vec![row(1, MemberState::Dead), row(2, MemberState::Dead), row(3, MemberState::Dead)];
+    let pp = PushPull { join: false, reply: true, event_ltime: 5, members: rows };
+    let out = t.input(Input::Stream { from: addr(3), msg: Message::PushPull(pp) });
+    // n2 is alive here: not suspected locally, but told so that it refutes if it lives.
+    assert_eq!(t.state(2), Some((MemberState::Alive, 0)));
+    let told = packets(&out).into_iter().any(|(to, m)| to == addr(2) && matches!(&m[0], Message::Suspect(s) if s.node == id(2)));
+    assert!(told);
+    // n3 was already suspect here: the row counts as our own confirmation (no change) and stays.
+    assert_eq!(t.state(3), Some((MemberState::Suspect, 0)));
+    assert_eq!(t.swim.incarnation(), Incarnation(1), "dead about us is refuted");
     assert_eq!(t.swim.event_clock(), 6, "the Lamport clock witnesses the peer's");
 }
 
