@@ -15,11 +15,17 @@ fn addr(i: u32) -> SocketAddr {
 }
 
 fn info(i: u32) -> Arc<NodeInfo> {
-    Arc::new(NodeInfo::new(NodeId::new(&format!("n{i}")).unwrap(), addr(i)))
+    Arc::new(NodeInfo::new(
+        NodeId::new(&format!("n{i}")).unwrap(),
+        addr(i),
+    ))
 }
 
 fn alive(i: u32, inc: u64) -> Message {
-    Message::Alive(Alive { incarnation: Incarnation(inc), info: info(i) })
+    Message::Alive(Alive {
+        incarnation: Incarnation(inc),
+        info: info(i),
+    })
 }
 
 /// A core that knows `n` members; its broadcast queue holds their alive claims.
@@ -29,7 +35,14 @@ fn core_with(n: u32) -> Swim {
     swim.start(Now::at(Time::ZERO), &mut out);
     let msgs = (1..n).map(|i| alive(i, 0)).collect::<Vec<_>>();
     for chunk in msgs.chunks(200) {
-        swim.handle(Now::at(Time::ZERO), Input::Packet { from: addr(1), msgs: chunk.to_vec() }, &mut out);
+        swim.handle(
+            Now::at(Time::ZERO),
+            Input::Packet {
+                from: addr(1),
+                msgs: chunk.to_vec(),
+            },
+            &mut out,
+        );
     }
     swim
 }
@@ -44,13 +57,24 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             inc += 1;
             let msgs = vec![
-                Message::Ping(Ping { seq: 1, target: base.id().clone(), source: NodeId::new("n1").unwrap() }),
+                Message::Ping(Ping {
+                    seq: 1,
+                    target: base.id().clone(),
+                    source: NodeId::new("n1").unwrap(),
+                }),
                 alive(2, inc),
                 alive(3, inc),
                 alive(4, inc),
             ];
             out.clear();
-            swim.handle(Now::at(Time::ZERO), Input::Packet { from: addr(1), msgs }, &mut out);
+            swim.handle(
+                Now::at(Time::ZERO),
+                Input::Packet {
+                    from: addr(1),
+                    msgs,
+                },
+                &mut out,
+            );
             black_box(&out);
         })
     });
@@ -59,22 +83,39 @@ fn bench(c: &mut Criterion) {
             || core_with(n),
             |mut swim| {
                 let mut out = Vec::new();
-                swim.handle(Now::at(Time::ZERO), Input::Timer(Timer::GossipTick), &mut out);
+                swim.handle(
+                    Now::at(Time::ZERO),
+                    Input::Timer(Timer::GossipTick),
+                    &mut out,
+                );
                 (swim, out) // dropped outside the measurement
             },
             BatchSize::LargeInput,
         )
     });
     let members: Vec<_> = (0..n)
-        .map(|i| PushMember { info: info(i), incarnation: Incarnation(5), state: MemberState::Alive })
+        .map(|i| PushMember {
+            info: info(i),
+            incarnation: Incarnation(5),
+            state: MemberState::Alive,
+        })
         .collect();
     c.bench_function("merge a 1000-member push-pull", |b| {
         b.iter_batched(
             || (core_with(n), members.clone()),
             |(mut swim, members)| {
-                let msg = Message::PushPull(PushPull { join: false, reply: true, event_ltime: 0, members });
+                let msg = Message::PushPull(PushPull {
+                    join: false,
+                    reply: true,
+                    event_ltime: 0,
+                    members,
+                });
                 let mut out = Vec::new();
-                swim.handle(Now::at(Time::ZERO), Input::Stream { from: addr(1), msg }, &mut out);
+                swim.handle(
+                    Now::at(Time::ZERO),
+                    Input::Stream { from: addr(1), msg },
+                    &mut out,
+                );
                 (swim, out) // dropped outside the measurement
             },
             BatchSize::LargeInput,

@@ -16,7 +16,11 @@ fn id(s: &str) -> NodeId {
 
 #[test]
 fn golden_ping_packet() {
-    let msg = Message::Ping(Ping { seq: 1, target: id("b"), source: id("a") });
+    let msg = Message::Ping(Ping {
+        seq: 1,
+        target: id("b"),
+        source: id("a"),
+    });
     let bytes = encode_packet(std::slice::from_ref(&msg));
     // version 1, one message of 6 bytes: type 1, seq 1, "b", "a".
     assert_eq!(bytes, [1, 1, 6, 1, 1, 1, b'b', 1, b'a']);
@@ -25,9 +29,20 @@ fn golden_ping_packet() {
 
 #[test]
 fn golden_alive_and_dead() {
-    let info = NodeInfo { id: id("n1"), addr: "127.0.0.1:7946".parse().unwrap(), tags: Tags::new() };
-    let alive = Message::Alive(Alive { incarnation: Incarnation(300), info: Arc::new(info) });
-    let dead = Message::Dead(Dead { incarnation: Incarnation(2), node: id("n1"), from: id("n2") });
+    let info = NodeInfo {
+        id: id("n1"),
+        addr: "127.0.0.1:7946".parse().unwrap(),
+        tags: Tags::new(),
+    };
+    let alive = Message::Alive(Alive {
+        incarnation: Incarnation(300),
+        info: Arc::new(info),
+    });
+    let dead = Message::Dead(Dead {
+        incarnation: Incarnation(2),
+        node: id("n1"),
+        from: id("n2"),
+    });
     let bytes = encode_packet(&[alive, dead]);
     let want: &[u8] = &[
         1, 2, // version, count
@@ -35,7 +50,7 @@ fn golden_alive_and_dead() {
         0xac, 0x02, // incarnation 300 (varint)
         2, b'n', b'1', // id
         0, 127, 0, 0, 1, 0x8a, 0x3e, // SocketAddr::V4 (variant 0), ip, port 7946 (varint)
-        0, // no tags
+        0,    // no tags
         8, 7, 2, 2, b'n', b'1', 2, b'n', b'2', // dead: len, type, inc, node, from
     ];
     assert_eq!(bytes, want);
@@ -54,10 +69,23 @@ fn unknown_message_types_are_skipped_not_fatal() {
 fn malformed_packets_name_their_fault() {
     assert_eq!(decode_packet(&[]), Err(DecodeMessageError::Truncated));
     assert_eq!(decode_packet(&[9, 0]), Err(DecodeMessageError::Version(9)));
-    assert_eq!(decode_packet(&[1, 0xff, 0x01]), Err(DecodeMessageError::Truncated), "255 announced, none there");
-    assert_eq!(decode_packet(&[1, 0x80, 0x02]), Err(DecodeMessageError::TooManyMessages(256)));
-    assert_eq!(decode_packet(&[1, 1, 5, 3]), Err(DecodeMessageError::Truncated));
-    assert_eq!(decode_packet(&[1, 1, 1, 3]), Err(DecodeMessageError::Body(3)));
+    assert_eq!(
+        decode_packet(&[1, 0xff, 0x01]),
+        Err(DecodeMessageError::Truncated),
+        "255 announced, none there"
+    );
+    assert_eq!(
+        decode_packet(&[1, 0x80, 0x02]),
+        Err(DecodeMessageError::TooManyMessages(256))
+    );
+    assert_eq!(
+        decode_packet(&[1, 1, 5, 3]),
+        Err(DecodeMessageError::Truncated)
+    );
+    assert_eq!(
+        decode_packet(&[1, 1, 1, 3]),
+        Err(DecodeMessageError::Body(3))
+    );
     assert_eq!(decode_packet(&[1, 0, 0]), Err(DecodeMessageError::Trailing));
 }
 
@@ -66,8 +94,19 @@ fn arb_id() -> impl Strategy<Value = NodeId> {
 }
 
 fn arb_info() -> impl Strategy<Value = Arc<NodeInfo>> {
-    (arb_id(), any::<[u8; 4]>(), any::<u16>(), proptest::collection::btree_map("[a-z]{1,8}", "[ -~]{0,16}", 0..4))
-        .prop_map(|(id, ip, port, tags)| Arc::new(NodeInfo { id, addr: SocketAddr::from((ip, port)), tags }))
+    (
+        arb_id(),
+        any::<[u8; 4]>(),
+        any::<u16>(),
+        proptest::collection::btree_map("[a-z]{1,8}", "[ -~]{0,16}", 0..4),
+    )
+        .prop_map(|(id, ip, port, tags)| {
+            Arc::new(NodeInfo {
+                id,
+                addr: SocketAddr::from((ip, port)),
+                tags,
+            })
+        })
 }
 
 fn arb_state() -> impl Strategy<Value = MemberState> {
@@ -82,24 +121,78 @@ fn arb_state() -> impl Strategy<Value = MemberState> {
 fn arb_message() -> impl Strategy<Value = Message> {
     let inc = any::<u64>().prop_map(Incarnation);
     prop_oneof![
-        (any::<u32>(), arb_id(), arb_id()).prop_map(|(seq, target, source)| Message::Ping(Ping { seq, target, source })),
-        (any::<u32>(), arb_id(), arb_info(), arb_id(), any::<bool>()).prop_map(|(seq, target, i, source, nack)| {
-            Message::PingReq(PingReq { seq, target, target_addr: i.addr, source, nack })
-        }),
-        any::<u32>().prop_map(|seq| Message::Ack(Ack { seq })),
-        any::<u32>().prop_map(|seq| Message::Nack(Nack { seq })),
-        (inc.clone(), arb_info()).prop_map(|(incarnation, info)| Message::Alive(Alive { incarnation, info })),
-        (inc.clone(), arb_id(), arb_id()).prop_map(|(incarnation, node, from)| Message::Suspect(Suspect { incarnation, node, from })),
-        (inc.clone(), arb_id(), arb_id()).prop_map(|(incarnation, node, from)| Message::Dead(Dead { incarnation, node, from })),
-        (any::<bool>(), any::<bool>(), any::<u64>(), proptest::collection::vec((arb_info(), inc, arb_state()), 0..5)).prop_map(
-            |(join, reply, event_ltime, rows)| {
-                let members = rows.into_iter().map(|(info, incarnation, state)| PushMember { info, incarnation, state }).collect();
-                Message::PushPull(PushPull { join, reply, event_ltime, members })
+        (any::<u32>(), arb_id(), arb_id()).prop_map(|(seq, target, source)| Message::Ping(Ping {
+            seq,
+            target,
+            source
+        })),
+        (any::<u32>(), arb_id(), arb_info(), arb_id(), any::<bool>()).prop_map(
+            |(seq, target, i, source, nack)| {
+                Message::PingReq(PingReq {
+                    seq,
+                    target,
+                    target_addr: i.addr,
+                    source,
+                    nack,
+                })
             }
         ),
-        (any::<u64>(), arb_id(), any::<u64>(), "[ -~]{0,20}", proptest::collection::vec(any::<u8>(), 0..64)).prop_map(
-            |(ltime, origin, wall_ms, name, payload)| Message::UserEvent(UserEvent { ltime, origin, wall_ms, name, payload })
-        ),
+        any::<u32>().prop_map(|seq| Message::Ack(Ack { seq })),
+        any::<u32>().prop_map(|seq| Message::Nack(Nack { seq })),
+        (inc.clone(), arb_info())
+            .prop_map(|(incarnation, info)| Message::Alive(Alive { incarnation, info })),
+        (inc.clone(), arb_id(), arb_id()).prop_map(|(incarnation, node, from)| Message::Suspect(
+            Suspect {
+                incarnation,
+                node,
+                from
+            }
+        )),
+        (inc.clone(), arb_id(), arb_id()).prop_map(|(incarnation, node, from)| Message::Dead(
+            Dead {
+                incarnation,
+                node,
+                from
+            }
+        )),
+        (
+            any::<bool>(),
+            any::<bool>(),
+            any::<u64>(),
+            proptest::collection::vec((arb_info(), inc, arb_state()), 0..5)
+        )
+            .prop_map(|(join, reply, event_ltime, rows)| {
+                let members = rows
+                    .into_iter()
+                    .map(|(info, incarnation, state)| PushMember {
+                        info,
+                        incarnation,
+                        state,
+                    })
+                    .collect();
+                Message::PushPull(PushPull {
+                    join,
+                    reply,
+                    event_ltime,
+                    members,
+                })
+            }),
+        (
+            any::<u64>(),
+            arb_id(),
+            any::<u64>(),
+            "[ -~]{0,20}",
+            proptest::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(
+                |(ltime, origin, wall_ms, name, payload)| Message::UserEvent(UserEvent {
+                    ltime,
+                    origin,
+                    wall_ms,
+                    name,
+                    payload
+                })
+            ),
     ]
 }
 

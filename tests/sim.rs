@@ -16,40 +16,70 @@ fn secs(s: u64) -> Duration {
 
 #[test]
 fn cluster_forms_and_stays_converged() {
-    let s = Scenario { nodes: 64, duration: secs(30), ..Scenario::default() };
+    let s = Scenario {
+        nodes: 64,
+        duration: secs(30),
+        ..Scenario::default()
+    };
     for_seeds(&s, &SEEDS, |r| {
         // Gossip converges in about a second; rarely a node misses a burst of joins and has to
         // wait for a push-pull, so the bound is the push-pull interval at this size.
-        ensure(r.converged_ms.is_some_and(|ms| ms < 60_000), "formation took over 60 s")?;
+        ensure(
+            r.converged_ms.is_some_and(|ms| ms < 60_000),
+            "formation took over 60 s",
+        )?;
         ensure(r.converged_at_end, "not converged at the end")?;
-        ensure(r.false_suspicions == 0 && r.false_positives == 0, "false alarms on a clean network")
+        ensure(
+            r.false_suspicions == 0 && r.false_positives == 0,
+            "false alarms on a clean network",
+        )
     });
 }
 
 /// The bound a crash must be detected within (see docs/tuning.md): the first probe of the dead
 /// node, one probe period, the longest suspicion timeout, and a few seconds of dissemination.
 fn detect_bound_ms(c: &Config, n: usize) -> u64 {
-    let min = c.probe_interval.mul_f64(f64::from(c.suspicion_mult) * (n as f64).log10().max(1.0));
+    let min = c
+        .probe_interval
+        .mul_f64(f64::from(c.suspicion_mult) * (n as f64).log10().max(1.0));
     let bound = c.probe_interval * 2 + min * c.suspicion_max_mult + secs(3);
     bound.as_millis() as u64
 }
 
 #[test]
 fn a_crash_is_detected_by_every_survivor_within_the_bound() {
-    let s = Scenario { nodes: 64, duration: secs(60), kill: 2, ..Scenario::default() };
+    let s = Scenario {
+        nodes: 64,
+        duration: secs(60),
+        kill: 2,
+        ..Scenario::default()
+    };
     let bound = detect_bound_ms(&s.config, s.nodes);
     for_seeds(&s, &SEEDS, |r| {
         ensure(r.killed.len() == 2, "two nodes killed")?;
-        ensure(r.detect_ms.undetected == 0, "some survivor never marked a crashed node failed")?;
-        ensure(r.detect_ms.max.is_some_and(|m| m <= bound), format!("detection over the bound of {bound} ms"))?;
+        ensure(
+            r.detect_ms.undetected == 0,
+            "some survivor never marked a crashed node failed",
+        )?;
+        ensure(
+            r.detect_ms.max.is_some_and(|m| m <= bound),
+            format!("detection over the bound of {bound} ms"),
+        )?;
         ensure(r.false_positives == 0, "a live node was declared failed")
     });
 }
 
 #[test]
 fn ten_percent_loss_gives_no_false_positive() {
-    let s = Scenario { nodes: 100, duration: secs(120), loss: 0.1, ..Scenario::default() };
-    for_seeds(&s, &SEEDS, |r| ensure(r.false_positives == 0, "false positives under 10 % loss"));
+    let s = Scenario {
+        nodes: 100,
+        duration: secs(120),
+        loss: 0.1,
+        ..Scenario::default()
+    };
+    for_seeds(&s, &SEEDS, |r| {
+        ensure(r.false_positives == 0, "false positives under 10 % loss")
+    });
 }
 
 #[test]
@@ -70,15 +100,33 @@ fn duplicated_and_reordered_packets_are_harmless() {
 
 #[test]
 fn a_partition_splits_the_cluster_and_heals_without_help() {
-    let partition = PartitionSpec { fraction: 0.5, from: secs(15), to: secs(60) };
-    let s = Scenario { nodes: 40, duration: secs(150), partition: Some(partition), ..Scenario::default() };
+    let partition = PartitionSpec {
+        fraction: 0.5,
+        from: secs(15),
+        to: secs(60),
+    };
+    let s = Scenario {
+        nodes: 40,
+        duration: secs(150),
+        partition: Some(partition),
+        ..Scenario::default()
+    };
     for_seeds(&s, &SEEDS, |r| {
         // Each side must have marked (most of) the other side failed: 2 x 20 x 20 pairs.
-        ensure(r.partition_declared_dead >= 700, format!("only {} cross pairs failed", r.partition_declared_dead))?;
-        ensure(r.heal_converged_ms.is_some(), "never converged after the heal")?;
+        ensure(
+            r.partition_declared_dead >= 700,
+            format!("only {} cross pairs failed", r.partition_declared_dead),
+        )?;
+        ensure(
+            r.heal_converged_ms.is_some(),
+            "never converged after the heal",
+        )?;
         ensure(r.converged_at_end, "not converged at the end")?;
         ensure(r.false_positives == 0, "same-side false positives")?;
-        ensure(r.false_suspicions == 0, "the heal made nodes suspect their own side")
+        ensure(
+            r.false_suspicions == 0,
+            "the heal made nodes suspect their own side",
+        )
     });
 }
 
@@ -87,12 +135,21 @@ fn a_node_paused_past_its_timeout_is_declared_dead_then_comes_back() {
     let s = Scenario {
         nodes: 30,
         duration: secs(120),
-        pause: Some(NodeFault { count: 1, amount: secs(40) }),
+        pause: Some(NodeFault {
+            count: 1,
+            amount: secs(40),
+        }),
         ..Scenario::default()
     };
     for_seeds(&s, &SEEDS, |r| {
-        ensure(r.paused_declared_dead > 0, "the paused node was never declared dead")?;
-        ensure(r.paused_recovered == Some(true), "the paused node did not come back alive")?;
+        ensure(
+            r.paused_declared_dead > 0,
+            "the paused node was never declared dead",
+        )?;
+        ensure(
+            r.paused_recovered == Some(true),
+            "the paused node did not come back alive",
+        )?;
         ensure(r.false_positives == 0, "false positives")
     });
 }
@@ -102,11 +159,17 @@ fn a_short_pause_is_forgiven() {
     let s = Scenario {
         nodes: 30,
         duration: secs(60),
-        pause: Some(NodeFault { count: 1, amount: Duration::from_millis(1500) }),
+        pause: Some(NodeFault {
+            count: 1,
+            amount: Duration::from_millis(1500),
+        }),
         ..Scenario::default()
     };
     for_seeds(&s, &SEEDS, |r| {
-        ensure(r.paused_declared_dead == 0, "a 1.5 s pause got a node declared dead")?;
+        ensure(
+            r.paused_declared_dead == 0,
+            "a 1.5 s pause got a node declared dead",
+        )?;
         ensure(r.converged_at_end, "not converged at the end")
     });
 }
@@ -116,43 +179,83 @@ fn lifeguard_cuts_false_suspicions_from_slow_nodes() {
     let s = Scenario {
         nodes: 100,
         duration: secs(200),
-        slow: Some(NodeFault { count: 5, amount: Duration::from_millis(400) }),
+        slow: Some(NodeFault {
+            count: 5,
+            amount: Duration::from_millis(400),
+        }),
         ..Scenario::default()
     };
     let mut plain = s.clone();
     plain.config.lifeguard = false;
     for seed in [1, 2] {
         let with = sim::run(&Scenario { seed, ..s.clone() }).unwrap();
-        let without = sim::run(&Scenario { seed, ..plain.clone() }).unwrap();
-        assert_eq!(with.false_positives, 0, "seed {seed}: false positives with Lifeguard");
+        let without = sim::run(&Scenario {
+            seed,
+            ..plain.clone()
+        })
+        .unwrap();
+        assert_eq!(
+            with.false_positives, 0,
+            "seed {seed}: false positives with Lifeguard"
+        );
         assert!(
             with.false_suspicion_events * 4 < without.false_suspicion_events,
             "seed {seed}: Lifeguard {} vs plain SWIM {} false suspicion events",
             with.false_suspicion_events,
             without.false_suspicion_events
         );
-        assert!(with.false_suspicions <= without.false_suspicions, "seed {seed}: more suspected pairs with Lifeguard");
+        assert!(
+            with.false_suspicions <= without.false_suspicions,
+            "seed {seed}: more suspected pairs with Lifeguard"
+        );
     }
 }
 
 #[test]
 fn the_same_seed_gives_the_same_run_and_another_seed_does_not() {
-    let s = Scenario { nodes: 40, duration: secs(30), loss: 0.05, kill: 1, ..Scenario::default() };
+    let s = Scenario {
+        nodes: 40,
+        duration: secs(30),
+        loss: 0.05,
+        kill: 1,
+        ..Scenario::default()
+    };
     let a = sim::run(&s).unwrap();
     let b = sim::run(&s).unwrap();
     assert_eq!(a.trace_hash, b.trace_hash, "seed {}", s.seed);
-    assert_eq!((a.events, a.msgs_per_node_s, a.bytes_per_node_s), (b.events, b.msgs_per_node_s, b.bytes_per_node_s));
-    let c = sim::run(&Scenario { seed: s.seed + 1, ..s }).unwrap();
+    assert_eq!(
+        (a.events, a.msgs_per_node_s, a.bytes_per_node_s),
+        (b.events, b.msgs_per_node_s, b.bytes_per_node_s)
+    );
+    let c = sim::run(&Scenario {
+        seed: s.seed + 1,
+        ..s
+    })
+    .unwrap();
     assert_ne!(a.trace_hash, c.trace_hash);
 }
 
 #[test]
 fn wall_clock_jumps_change_nothing_in_membership() {
-    let s = Scenario { nodes: 40, duration: secs(40), kill: 1, ..Scenario::default() };
+    let s = Scenario {
+        nodes: 40,
+        duration: secs(40),
+        kill: 1,
+        ..Scenario::default()
+    };
     for seed in SEEDS {
         let calm = sim::run(&Scenario { seed, ..s.clone() }).unwrap();
-        let jumpy = sim::run(&Scenario { seed, clock_jumps: 20, ..s.clone() }).unwrap();
+        let jumpy = sim::run(&Scenario {
+            seed,
+            clock_jumps: 20,
+            ..s.clone()
+        })
+        .unwrap();
         assert_eq!(calm.trace_hash, jumpy.trace_hash, "seed {seed}");
-        assert_eq!(calm.events, jumpy.events - 20, "seed {seed}: only the 20 jump events differ");
+        assert_eq!(
+            calm.events,
+            jumpy.events - 20,
+            "seed {seed}: only the 20 jump events differ"
+        );
     }
 }

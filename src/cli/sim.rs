@@ -1,9 +1,9 @@
 //! `dcore sim`: the simulator from the command line.
 
-use distributed_core::cluster::Config;
-use distributed_core::sim::{self, Report, Scenario};
 use anyhow::{bail, Context};
 use clap::Args;
+use distributed_core::cluster::Config;
+use distributed_core::sim::{self, Report, Scenario};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -88,9 +88,21 @@ impl SimArgs {
             dup: self.dup,
             latency: sim::parse_latency(&self.latency_ms)?,
             kill: self.kill,
-            pause: self.pause.as_deref().map(|p| sim::parse_node_fault(p, "--pause", 1000)).transpose()?,
-            slow: self.slow.as_deref().map(|p| sim::parse_node_fault(p, "--slow", 1)).transpose()?,
-            partition: self.partition.as_deref().map(sim::parse_partition).transpose()?,
+            pause: self
+                .pause
+                .as_deref()
+                .map(|p| sim::parse_node_fault(p, "--pause", 1000))
+                .transpose()?,
+            slow: self
+                .slow
+                .as_deref()
+                .map(|p| sim::parse_node_fault(p, "--slow", 1))
+                .transpose()?,
+            partition: self
+                .partition
+                .as_deref()
+                .map(sim::parse_partition)
+                .transpose()?,
             clock_jumps: self.clock_jumps,
             encrypt: self.encrypt,
             config,
@@ -103,12 +115,18 @@ impl SimArgs {
         let Some(base) = Config::preset(&self.preset) else {
             bail!("--preset must be lan, wan or local, not '{}'", self.preset);
         };
-        let Some(path) = &self.config else { return Ok(base) };
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let Some(path) = &self.config else {
+            return Ok(base);
+        };
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let mut merged = toml::Table::try_from(&base).context("encoding the preset")?;
         merged.extend(table);
-        let config: Config = merged.try_into().with_context(|| format!("in {}", path.display()))?;
+        let config: Config = merged
+            .try_into()
+            .with_context(|| format!("in {}", path.display()))?;
         config.validate()?;
         Ok(config)
     }
@@ -135,24 +153,39 @@ fn readable(r: &Report, s: &Scenario) -> String {
     let lines = [
         ("nodes", r.nodes.to_string()),
         ("seed", r.seed.to_string()),
-        ("duration", format!("{} s virtual, {} ms wall", r.duration_s, r.wall_ms)),
+        (
+            "duration",
+            format!("{} s virtual, {} ms wall", r.duration_s, r.wall_ms),
+        ),
         ("lifeguard", s.config.lifeguard.to_string()),
         ("converged", opt_ms(r.converged_ms)),
         ("converged at end", r.converged_at_end.to_string()),
         ("killed", format!("{:?}", r.killed)),
-        ("detect p50 / p99 / max", format!("{} / {} / {}", opt_ms(d.p50), opt_ms(d.p99), opt_ms(d.max))),
+        (
+            "detect p50 / p99 / max",
+            format!("{} / {} / {}", opt_ms(d.p50), opt_ms(d.p99), opt_ms(d.max)),
+        ),
         ("undetected pairs", d.undetected.to_string()),
         ("false positives", r.false_positives.to_string()),
         ("false suspicions", r.false_suspicions.to_string()),
         ("paused declared dead", r.paused_declared_dead.to_string()),
-        ("paused recovered", r.paused_recovered.map_or("-".into(), |b| b.to_string())),
-        ("partition declared dead", r.partition_declared_dead.to_string()),
+        (
+            "paused recovered",
+            r.paused_recovered.map_or("-".into(), |b| b.to_string()),
+        ),
+        (
+            "partition declared dead",
+            r.partition_declared_dead.to_string(),
+        ),
         ("healed, converged after", opt_ms(r.heal_converged_ms)),
         ("messages / node / s", r.msgs_per_node_s.to_string()),
         ("bytes / node / s", r.bytes_per_node_s.to_string()),
         ("trace hash", r.trace_hash.clone()),
     ];
-    lines.iter().map(|(k, v)| format!("{k:>24}: {v}\n")).collect()
+    lines
+        .iter()
+        .map(|(k, v)| format!("{k:>24}: {v}\n"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -161,7 +194,8 @@ mod tests {
     use clap::Parser;
 
     fn parse(args: &[&str]) -> anyhow::Result<Scenario> {
-        let cli = crate::cli::Cli::try_parse_from(std::iter::once("dcore").chain(args.iter().copied()))?;
+        let cli =
+            crate::cli::Cli::try_parse_from(std::iter::once("dcore").chain(args.iter().copied()))?;
         match cli.command {
             crate::cli::Commands::Sim(a) => a.scenario(),
         }
@@ -169,7 +203,17 @@ mod tests {
 
     #[test]
     fn flags_become_a_scenario() {
-        let s = parse(&["sim", "--nodes", "200", "--slow", "5:400", "--no-lifeguard", "--partition", "0.5:60..120"]).unwrap();
+        let s = parse(&[
+            "sim",
+            "--nodes",
+            "200",
+            "--slow",
+            "5:400",
+            "--no-lifeguard",
+            "--partition",
+            "0.5:60..120",
+        ])
+        .unwrap();
         assert_eq!(s.nodes, 200);
         assert_eq!(s.slow.unwrap().amount, Duration::from_millis(400));
         assert!(!s.config.lifeguard);

@@ -75,7 +75,15 @@ impl BroadcastQueue {
         let len = item_len(msg.encoded_len());
         self.order.insert((0, Reverse(id)));
         self.by_key.insert(key.clone(), id);
-        self.items.insert(id, Item { key, msg, len, transmits: 0 });
+        self.items.insert(
+            id,
+            Item {
+                key,
+                msg,
+                len,
+                transmits: 0,
+            },
+        );
         while self.items.len() > self.max {
             let &(_, Reverse(worst)) = self.order.last().expect("non-empty");
             self.remove(worst);
@@ -148,7 +156,11 @@ mod tests {
 
     fn dead(name: &str, inc: u64) -> (BroadcastKey, Message) {
         let id = NodeId::new(name).unwrap();
-        let msg = Message::Dead(Dead { incarnation: Incarnation(inc), node: id.clone(), from: id.clone() });
+        let msg = Message::Dead(Dead {
+            incarnation: Incarnation(inc),
+            node: id.clone(),
+            from: id.clone(),
+        });
         (BroadcastKey::Member(id), msg)
     }
 
@@ -177,7 +189,13 @@ mod tests {
         q.pick(1000, 1, 2, &mut out); // takes c (newest)
         out.clear();
         q.pick(1000, 2, 2, &mut out); // b and a (never sent) before c
-        let names: Vec<_> = out.iter().map(|m| match m { Message::Dead(d) => d.node.to_string(), _ => unreachable!() }).collect();
+        let names: Vec<_> = out
+            .iter()
+            .map(|m| match m {
+                Message::Dead(d) => d.node.to_string(),
+                _ => unreachable!(),
+            })
+            .collect();
         assert_eq!(names, ["b", "a"]);
         out.clear();
         q.pick(1000, 10, 2, &mut out); // every item's second send: all retire
@@ -190,7 +208,10 @@ mod tests {
         let mut q = BroadcastQueue::new(10);
         let (k, big) = dead(&"x".repeat(100), 0);
         q.push(k, big);
-        q.push(BroadcastKey::Event(NodeId::new("o").unwrap(), 1), Message::Ack(Ack { seq: 1 }));
+        q.push(
+            BroadcastKey::Event(NodeId::new("o").unwrap(), 1),
+            Message::Ack(Ack { seq: 1 }),
+        );
         let mut out = Vec::new();
         let used = q.pick(20, 10, 5, &mut out);
         assert_eq!(out, vec![Message::Ack(Ack { seq: 1 })]);

@@ -23,7 +23,10 @@ pub struct ConfigError {
 }
 
 fn bad(field: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
-    Err(ConfigError { field, reason: reason.into() })
+    Err(ConfigError {
+        field,
+        reason: reason.into(),
+    })
 }
 
 /// Settings of the SWIM/Lifeguard core. Every field has a default (see [`Config::lan`]).
@@ -195,7 +198,10 @@ impl Config {
             return bad("probe_interval", "must be at least 10ms");
         }
         if self.probe_timeout.is_zero() || self.probe_timeout >= self.probe_interval {
-            return bad("probe_timeout", "must be above zero and below probe_interval");
+            return bad(
+                "probe_timeout",
+                "must be above zero and below probe_interval",
+            );
         }
         if self.gossip_interval < Duration::from_millis(1) {
             return bad("gossip_interval", "must be at least 1ms");
@@ -210,20 +216,29 @@ impl Config {
             return bad("dead_retention", "must be at least gossip_to_the_dead");
         }
         if self.join_retry_base.is_zero() || self.join_retry_max < self.join_retry_base {
-            return bad("join_retry_base", "must be above zero and at most join_retry_max");
+            return bad(
+                "join_retry_base",
+                "must be above zero and at most join_retry_max",
+            );
         }
         Ok(())
     }
 
     fn validate_counts(&self) -> Result<(), ConfigError> {
         if self.indirect_checks > INDIRECT_CHECKS_MAX {
-            return bad("indirect_checks", format!("must be at most {INDIRECT_CHECKS_MAX}"));
+            return bad(
+                "indirect_checks",
+                format!("must be at most {INDIRECT_CHECKS_MAX}"),
+            );
         }
         if self.suspicion_mult == 0 {
             return bad("suspicion_mult", "must be at least 1");
         }
         if self.suspicion_max_mult == 0 {
-            return bad("suspicion_max_mult", "must be at least 1 (1 disables the shrinking)");
+            return bad(
+                "suspicion_max_mult",
+                "must be at least 1 (1 disables the shrinking)",
+            );
         }
         if self.awareness_max > 64 {
             return bad("awareness_max", "must be at most 64");
@@ -239,14 +254,23 @@ impl Config {
 
     fn validate_limits(&self) -> Result<(), ConfigError> {
         if !(PACKET_BYTES_MIN..=65_000).contains(&self.packet_bytes_max) {
-            return bad("packet_bytes_max", format!("must be {PACKET_BYTES_MIN}..=65000"));
+            return bad(
+                "packet_bytes_max",
+                format!("must be {PACKET_BYTES_MIN}..=65000"),
+            );
         }
         // An Alive claim carries the tags; it must fit a packet with a ping beside it.
         if self.tags_bytes_max + 200 > self.packet_bytes_max {
-            return bad("tags_bytes_max", "tags_bytes_max + 200 must fit in packet_bytes_max");
+            return bad(
+                "tags_bytes_max",
+                "tags_bytes_max + 200 must fit in packet_bytes_max",
+            );
         }
         if self.user_event_bytes_max + 64 > self.packet_bytes_max {
-            return bad("user_event_bytes_max", "user_event_bytes_max + 64 must fit a packet");
+            return bad(
+                "user_event_bytes_max",
+                "user_event_bytes_max + 64 must fit a packet",
+            );
         }
         let nonzero = [
             ("user_event_buffer", self.user_event_buffer),
@@ -313,7 +337,15 @@ mod tests {
     #[test]
     fn retransmit_limit_table() {
         let c = Config::lan();
-        for (n, want) in [(0, 4), (1, 4), (9, 4), (10, 8), (99, 8), (100, 12), (1000, 16)] {
+        for (n, want) in [
+            (0, 4),
+            (1, 4),
+            (9, 4),
+            (10, 8),
+            (99, 8),
+            (100, 12),
+            (1000, 16),
+        ] {
             assert_eq!(c.retransmit_limit(n), want, "n={n}");
         }
     }
@@ -322,7 +354,15 @@ mod tests {
     fn push_pull_interval_grows_with_size() {
         let c = Config::lan();
         let base = c.push_pull_interval;
-        for (n, mult) in [(1, 1), (32, 1), (33, 2), (64, 2), (65, 3), (1000, 6), (10_000, 10)] {
+        for (n, mult) in [
+            (1, 1),
+            (32, 1),
+            (33, 2),
+            (64, 2),
+            (65, 3),
+            (1000, 6),
+            (10_000, 10),
+        ] {
             assert_eq!(c.push_pull_interval_for(n), base * mult, "n={n}");
         }
     }

@@ -102,15 +102,17 @@ impl Members {
     /// Shuffles the rows (new probe order) and drops the dead and left members older than
     /// `reap_before`, except `keep`.
     pub fn reshuffle_and_reap(&mut self, rng: &mut impl Rng, reap_before: Time, keep: &NodeId) {
-        self.rows.retain(|m| {
-            m.is_active() || m.state_since >= reap_before || m.id() == keep
-        });
+        self.rows
+            .retain(|m| m.is_active() || m.state_since >= reap_before || m.id() == keep);
         self.rows.shuffle(rng);
         self.index.clear();
         for (i, m) in self.rows.iter().enumerate() {
             self.index.insert(m.id().clone(), i);
         }
-        debug_assert_eq!(self.active, self.rows.iter().filter(|m| m.is_active()).count());
+        debug_assert_eq!(
+            self.active,
+            self.rows.iter().filter(|m| m.is_active()).count()
+        );
     }
 
     /// Up to `k` distinct random rows that pass `pick`, drawn by rejection with a bounded number
@@ -180,7 +182,10 @@ mod tests {
         t.reshuffle_and_reap(&mut rng, Time::from_millis(1), &NodeId::new("x").unwrap());
         assert_eq!(t.len(), 1);
         assert!(t.get(&b).is_none());
-        assert_eq!(t.get(&NodeId::new("a").unwrap()).unwrap().state, MemberState::Alive);
+        assert_eq!(
+            t.get(&NodeId::new("a").unwrap()).unwrap().state,
+            MemberState::Alive
+        );
     }
 
     #[test]
@@ -203,7 +208,11 @@ mod tests {
     fn sample_returns_distinct_qualifying_rows() {
         let mut t = Members::default();
         for i in 0..50 {
-            let state = if i % 10 == 0 { MemberState::Alive } else { MemberState::Dead };
+            let state = if i % 10 == 0 {
+                MemberState::Alive
+            } else {
+                MemberState::Dead
+            };
             t.insert(member(&format!("n{i}"), state, 0));
         }
         let mut rng = ChaCha8Rng::seed_from_u64(7);
@@ -215,6 +224,10 @@ mod tests {
         assert_eq!(d.len(), 3);
         assert!(got.iter().all(|&i| t.at(i).state == MemberState::Alive));
         // Asking for more than qualify returns all that qualify.
-        assert_eq!(t.sample(&mut rng, 10, |m| m.state == MemberState::Alive).len(), 5);
+        assert_eq!(
+            t.sample(&mut rng, 10, |m| m.state == MemberState::Alive)
+                .len(),
+            5
+        );
     }
 }

@@ -25,7 +25,11 @@ impl Swim {
         }
         let (old_state, changed) = (old.state, old.info != a.info);
         let now = self.now.mono;
-        let info = if changed { a.info.clone() } else { old.info.clone() };
+        let info = if changed {
+            a.info.clone()
+        } else {
+            old.info.clone()
+        };
         self.members.update(&id, |m| {
             m.incarnation = a.incarnation;
             m.info = info;
@@ -49,7 +53,8 @@ impl Swim {
     /// from before a restart) or different details (an impostor or stale address) get refuted.
     fn on_alive_about_us(&mut self, a: Alive) {
         let me = self.local();
-        let stale = a.incarnation > me.incarnation || (a.incarnation == me.incarnation && a.info != me.info);
+        let stale = a.incarnation > me.incarnation
+            || (a.incarnation == me.incarnation && a.info != me.info);
         if stale && !self.leaving {
             self.refute(a.incarnation);
         }
@@ -57,7 +62,12 @@ impl Swim {
 
     fn add_member(&mut self, a: Alive) {
         let id = a.info.id.clone();
-        let m = Member { info: a.info.clone(), incarnation: a.incarnation, state: MemberState::Alive, state_since: self.now.mono };
+        let m = Member {
+            info: a.info.clone(),
+            incarnation: a.incarnation,
+            state: MemberState::Alive,
+            state_since: self.now.mono,
+        };
         self.emit(Event::MemberJoined(Swim::view(&m)));
         self.members.insert_at_random(m, &mut self.rng);
         self.queue_member_claim(id, Message::Alive(a));
@@ -96,7 +106,13 @@ impl Swim {
         susp.generation = self.generation;
         let (deadline, generation) = (susp.deadline(), susp.generation);
         let after = deadline.saturating_since(self.now.mono);
-        self.arm(after, Timer::Suspicion { node: s.node.clone(), generation });
+        self.arm(
+            after,
+            Timer::Suspicion {
+                node: s.node.clone(),
+                generation,
+            },
+        );
         self.queue_member_claim(s.node.clone(), Message::Suspect(s));
     }
 
@@ -105,7 +121,11 @@ impl Swim {
         let min = suspicion_min(self.config.suspicion_mult, n, self.config.probe_interval);
         let (max, k) = if self.config.lifeguard {
             let k = self.config.suspicion_mult.saturating_sub(2);
-            let k = if n.saturating_sub(2) < k as usize { 0 } else { k };
+            let k = if n.saturating_sub(2) < k as usize {
+                0
+            } else {
+                k
+            };
             (min * self.config.suspicion_max_mult, k)
         } else {
             (min, 0)
@@ -120,7 +140,13 @@ impl Swim {
             m.state_since = now;
         });
         self.suspicions.insert(s.node.clone(), susp);
-        self.arm(after, Timer::Suspicion { node: s.node.clone(), generation: self.generation });
+        self.arm(
+            after,
+            Timer::Suspicion {
+                node: s.node.clone(),
+                generation: self.generation,
+            },
+        );
         let view = Swim::view(self.members.get(&s.node).expect("present"));
         tracing::debug!(node = %self.id, suspect = %s.node, from = %s.from, "suspect");
         self.emit(Event::MemberSuspected(view));
@@ -128,13 +154,23 @@ impl Swim {
     }
 
     pub(crate) fn on_suspicion_timeout(&mut self, node: NodeId, generation: u64) {
-        let current = self.suspicions.get(&node).is_some_and(|s| s.generation == generation);
-        let suspect = self.members.get(&node).filter(|m| m.state == MemberState::Suspect);
+        let current = self
+            .suspicions
+            .get(&node)
+            .is_some_and(|s| s.generation == generation);
+        let suspect = self
+            .members
+            .get(&node)
+            .filter(|m| m.state == MemberState::Suspect);
         let Some(m) = suspect.filter(|_| current) else {
             return;
         };
         self.stats.failures_declared += 1;
-        let d = Dead { incarnation: m.incarnation, node, from: self.id.clone() };
+        let d = Dead {
+            incarnation: m.incarnation,
+            node,
+            from: self.id.clone(),
+        };
         self.on_dead(d);
     }
 
@@ -152,7 +188,11 @@ impl Swim {
             return;
         }
         let left = d.from == d.node;
-        let state = if left { MemberState::Left } else { MemberState::Dead };
+        let state = if left {
+            MemberState::Left
+        } else {
+            MemberState::Dead
+        };
         let now = self.now.mono;
         self.members.update(&d.node, |m| {
             m.incarnation = d.incarnation;
@@ -162,7 +202,11 @@ impl Swim {
         self.suspicions.remove(&d.node);
         let view = Swim::view(self.members.get(&d.node).expect("present"));
         tracing::debug!(node = %self.id, member = %d.node, left, "member down");
-        self.emit(if left { Event::MemberLeft(view) } else { Event::MemberFailed(view) });
+        self.emit(if left {
+            Event::MemberLeft(view)
+        } else {
+            Event::MemberFailed(view)
+        });
         self.queue_member_claim(d.node.clone(), Message::Dead(d));
     }
 
@@ -174,17 +218,28 @@ impl Swim {
     /// quiet while still forcing the refutation that merges the two sides.
     pub(crate) fn merge_remote(&mut self, r: PushMember) {
         match r.state {
-            MemberState::Alive => self.on_alive(Alive { incarnation: r.incarnation, info: r.info }),
+            MemberState::Alive => self.on_alive(Alive {
+                incarnation: r.incarnation,
+                info: r.info,
+            }),
             MemberState::Left => {
                 let id = r.info.id.clone();
-                self.on_dead(Dead { incarnation: r.incarnation, node: id.clone(), from: id });
+                self.on_dead(Dead {
+                    incarnation: r.incarnation,
+                    node: id.clone(),
+                    from: id,
+                });
             }
             MemberState::Suspect | MemberState::Dead => self.merge_remote_down(r),
         }
     }
 
     fn merge_remote_down(&mut self, r: PushMember) {
-        let s = Suspect { incarnation: r.incarnation, node: r.info.id.clone(), from: self.id.clone() };
+        let s = Suspect {
+            incarnation: r.incarnation,
+            node: r.info.id.clone(),
+            from: self.id.clone(),
+        };
         let alive_here = self
             .members
             .get(&s.node)

@@ -373,7 +373,11 @@ pub fn encode_packet(msgs: &[Message]) -> Vec<u8> {
 
 /// Bytes [`encode_packet`] would produce.
 pub fn packet_len(msgs: &[Message]) -> usize {
-    packet_header_len(msgs.len()) + msgs.iter().map(|m| item_len(m.encoded_len())).sum::<usize>()
+    packet_header_len(msgs.len())
+        + msgs
+            .iter()
+            .map(|m| item_len(m.encoded_len()))
+            .sum::<usize>()
 }
 
 /// What a packet held: the messages this build knows, and how many it skipped as unknown.
@@ -397,7 +401,10 @@ pub fn decode_packet(mut bytes: &[u8]) -> Result<DecodedPacket, DecodeMessageErr
     if count > PACKET_MESSAGES_MAX as u64 {
         return Err(DecodeMessageError::TooManyMessages(count));
     }
-    let mut out = DecodedPacket { messages: Vec::with_capacity(count as usize), unknown: 0 };
+    let mut out = DecodedPacket {
+        messages: Vec::with_capacity(count as usize),
+        unknown: 0,
+    };
     for _ in 0..count {
         let len = take_varint(&mut bytes)?;
         if len > bytes.len() as u64 {

@@ -15,7 +15,6 @@
 //! - `swim.rs` (with `probe.rs`, `gossip.rs`, `merge.rs`): the state machine itself.
 //! - `phi.rs`: a phi-accrual failure detector for heartbeat streams.
 
-
 mod broadcast;
 mod config;
 mod members;
@@ -25,21 +24,16 @@ pub mod phi;
 mod probe;
 mod suspicion;
 
-
-
-
 mod swim;
 mod time;
 mod user_events;
-
 
 pub use config::{Config, ConfigError, INDIRECT_CHECKS_MAX, PACKET_BYTES_MIN};
 pub use members::Member;
 pub use message::{
     decode_packet, encode_packet, item_len, msg_type, packet_header_len, packet_len, varint_len,
     Ack, Alive, Dead, DecodeMessageError, DecodedPacket, Incarnation, MemberState, Message, Nack,
-    Ping, PingReq, PushMember, PushPull, Suspect, UserEvent, PACKET_MESSAGES_MAX,
-    PROTOCOL_VERSION,
+    Ping, PingReq, PushMember, PushPull, Suspect, UserEvent, PACKET_MESSAGES_MAX, PROTOCOL_VERSION,
 };
 pub use swim::{CommandError, Stats, Swim};
 pub use time::{Now, Time};

@@ -47,7 +47,9 @@ impl Swim {
     }
 
     pub(crate) fn on_probe_tick(&mut self) {
-        let interval = self.config.scaled(self.config.probe_interval, self.awareness.score());
+        let interval = self
+            .config
+            .scaled(self.config.probe_interval, self.awareness.score());
         self.arm(interval, Timer::ProbeTick);
         // The previous probe's period ends now, whichever of its end timer and this tick the
         // driver happens to deliver first.
@@ -68,10 +70,14 @@ impl Swim {
         for _ in 0..=self.members.len() {
             if self.probe.index >= self.members.len() {
                 let reap_before = crate::cluster::Time::from_micros(
-                    self.now.mono.as_micros().saturating_sub(self.config.dead_retention.as_micros() as u64),
+                    self.now
+                        .mono
+                        .as_micros()
+                        .saturating_sub(self.config.dead_retention.as_micros() as u64),
                 );
                 let me = self.id.clone();
-                self.members.reshuffle_and_reap(&mut self.rng, reap_before, &me);
+                self.members
+                    .reshuffle_and_reap(&mut self.rng, reap_before, &me);
                 self.probe.index = 0;
             }
             let i = self.probe.index;
@@ -86,7 +92,12 @@ impl Swim {
 
     fn probe_member(&mut self, row: usize) {
         let m = self.members.at(row);
-        let (target, addr, incarnation, suspect) = (m.id().clone(), m.info.addr, m.incarnation, m.state == MemberState::Suspect);
+        let (target, addr, incarnation, suspect) = (
+            m.id().clone(),
+            m.info.addr,
+            m.incarnation,
+            m.state == MemberState::Suspect,
+        );
         let seq = self.next_seq();
         self.stats.probes += 1;
         self.probe.current = Some(ActiveProbe {
@@ -99,21 +110,40 @@ impl Swim {
             nacks: 0,
             overdue: false,
         });
-        let ping = Message::Ping(Ping { seq, target: target.clone(), source: self.id.clone() });
+        let ping = Message::Ping(Ping {
+            seq,
+            target: target.clone(),
+            source: self.id.clone(),
+        });
         self.send_probe_packet(addr, ping, suspect.then_some((target, incarnation)));
         let a = self.awareness.score();
-        self.arm(self.config.scaled(self.config.probe_timeout, a), Timer::ProbeTimeout { seq });
-        self.arm(self.config.scaled(self.config.probe_interval, a), Timer::ProbeEnd { seq });
+        self.arm(
+            self.config.scaled(self.config.probe_timeout, a),
+            Timer::ProbeTimeout { seq },
+        );
+        self.arm(
+            self.config.scaled(self.config.probe_interval, a),
+            Timer::ProbeEnd { seq },
+        );
     }
 
     /// A ping, with (Lifeguard's buddy system) the suspicion about the target right behind it so
     /// that a suspect learns of it from its prober and can refute at once.
-    fn send_probe_packet(&mut self, to: SocketAddr, ping: Message, buddy: Option<(NodeId, Incarnation)>) {
+    fn send_probe_packet(
+        &mut self,
+        to: SocketAddr,
+        ping: Message,
+        buddy: Option<(NodeId, Incarnation)>,
+    ) {
         self.send_packet(to, ping);
         let Some((node, incarnation)) = buddy.filter(|_| self.config.lifeguard) else {
             return;
         };
-        let suspect = Message::Suspect(Suspect { incarnation, node, from: self.id.clone() });
+        let suspect = Message::Suspect(Suspect {
+            incarnation,
+            node,
+            from: self.id.clone(),
+        });
         if let Some(super::Output::Packet { msgs, .. }) = self.out.last_mut() {
             if msgs.len() < super::PACKET_MESSAGES_MAX {
                 msgs.insert(1, suspect);
@@ -122,18 +152,31 @@ impl Swim {
     }
 
     pub(crate) fn on_probe_timeout(&mut self, seq: u32) {
-        let Some(p) = self.probe.current.as_ref().filter(|p| p.seq == seq && !p.acked) else {
+        let Some(p) = self
+            .probe
+            .current
+            .as_ref()
+            .filter(|p| p.seq == seq && !p.acked)
+        else {
             return;
         };
         let (target, addr) = (p.target.clone(), p.target_addr);
         let me = self.id.clone();
-        let helpers = self.members.sample(&mut self.rng, self.config.indirect_checks, |m| {
-            m.state == MemberState::Alive && m.id() != &me && m.id() != &target
-        });
+        let helpers = self
+            .members
+            .sample(&mut self.rng, self.config.indirect_checks, |m| {
+                m.state == MemberState::Alive && m.id() != &me && m.id() != &target
+            });
         let nack = self.config.lifeguard;
         for &i in &helpers {
             let to = self.members.at(i).info.addr;
-            let req = PingReq { seq, target: target.clone(), target_addr: addr, source: me.clone(), nack };
+            let req = PingReq {
+                seq,
+                target: target.clone(),
+                target_addr: addr,
+                source: me.clone(),
+                nack,
+            };
             self.stats.indirect_probes += 1;
             self.send_packet(to, Message::PingReq(req));
         }
@@ -142,7 +185,11 @@ impl Swim {
             p.overdue = true;
         }
         if self.config.tcp_fallback_probe {
-            let ping = Message::Ping(Ping { seq, target, source: me });
+            let ping = Message::Ping(Ping {
+                seq,
+                target,
+                source: me,
+            });
             self.send_stream(addr, ping);
         }
     }
@@ -166,7 +213,11 @@ impl Swim {
             .is_some_and(|m| m.is_active() && m.incarnation == p.incarnation);
         if still_there {
             self.stats.suspicions_raised += 1;
-            let s = Suspect { incarnation: p.incarnation, node: p.target, from: self.id.clone() };
+            let s = Suspect {
+                incarnation: p.incarnation,
+                node: p.target,
+                from: self.id.clone(),
+            };
             self.on_suspect(s);
         }
     }
@@ -185,7 +236,12 @@ impl Swim {
             return;
         }
         if let Some(ind) = self.probe.indirect.remove(&seq) {
-            self.send_packet(ind.requester, Message::Ack(Ack { seq: ind.requester_seq }));
+            self.send_packet(
+                ind.requester,
+                Message::Ack(Ack {
+                    seq: ind.requester_seq,
+                }),
+            );
         }
     }
 
@@ -215,8 +271,19 @@ impl Swim {
             return;
         }
         let seq = self.next_seq();
-        self.probe.indirect.insert(seq, IndirectProbe { requester: from, requester_seq: req.seq, nack: req.nack });
-        let ping = Message::Ping(Ping { seq, target: req.target, source: self.id.clone() });
+        self.probe.indirect.insert(
+            seq,
+            IndirectProbe {
+                requester: from,
+                requester_seq: req.seq,
+                nack: req.nack,
+            },
+        );
+        let ping = Message::Ping(Ping {
+            seq,
+            target: req.target,
+            source: self.id.clone(),
+        });
         self.send_packet(req.target_addr, ping);
         if req.nack {
             self.arm(self.config.probe_timeout, Timer::IndirectNack { seq });

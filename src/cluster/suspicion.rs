@@ -33,9 +33,23 @@ pub(crate) struct Suspicion {
 
 impl Suspicion {
     /// With `k == 0` the timeout is `min` from the start (no confirmations to wait for).
-    pub fn new(from: NodeId, start: Time, min: Duration, max: Duration, k: u32, generation: u64) -> Self {
+    pub fn new(
+        from: NodeId,
+        start: Time,
+        min: Duration,
+        max: Duration,
+        k: u32,
+        generation: u64,
+    ) -> Self {
         debug_assert!(min <= max);
-        Suspicion { start, min, max, k, suspectors: vec![from], generation }
+        Suspicion {
+            start,
+            min,
+            max,
+            k,
+            suspectors: vec![from],
+            generation,
+        }
     }
 
     /// Records an independent confirmation. Returns true if it was new and counted (the
@@ -60,7 +74,9 @@ impl Suspicion {
         }
         let frac = (f64::from(self.confirmations()) + 1.0).ln() / (f64::from(self.k) + 1.0).ln();
         let span = self.max.saturating_sub(self.min);
-        self.max.saturating_sub(span.mul_f64(frac.clamp(0.0, 1.0))).max(self.min)
+        self.max
+            .saturating_sub(span.mul_f64(frac.clamp(0.0, 1.0)))
+            .max(self.min)
     }
 
     /// When the suspect is declared dead unless it refutes.
@@ -104,7 +120,11 @@ mod tests {
     fn min_timeout_table() {
         let i = Duration::from_secs(1);
         for (n, want_ms) in [(0, 4000), (1, 4000), (10, 4000), (100, 8000), (1000, 12000)] {
-            assert_eq!(suspicion_min(4, n, i), Duration::from_millis(want_ms), "n={n}");
+            assert_eq!(
+                suspicion_min(4, n, i),
+                Duration::from_millis(want_ms),
+                "n={n}"
+            );
         }
     }
 
@@ -113,7 +133,10 @@ mod tests {
         let (min, max) = (Duration::from_secs(2), Duration::from_secs(12));
         let mut s = Suspicion::new(id("a"), Time::ZERO, min, max, 3, 0);
         assert_eq!(s.timeout(), max);
-        assert!(!s.confirm(&id("a")), "the first suspector does not confirm itself");
+        assert!(
+            !s.confirm(&id("a")),
+            "the first suspector does not confirm itself"
+        );
         assert!(s.confirm(&id("b")));
         // 12 - 10 * ln 2 / ln 4 = 7 s
         assert_eq!(s.timeout(), Duration::from_secs(7));
@@ -126,7 +149,14 @@ mod tests {
 
     #[test]
     fn k_zero_means_min_at_once() {
-        let s = Suspicion::new(id("a"), Time::ZERO, Duration::from_secs(2), Duration::from_secs(9), 0, 0);
+        let s = Suspicion::new(
+            id("a"),
+            Time::ZERO,
+            Duration::from_secs(2),
+            Duration::from_secs(9),
+            0,
+            0,
+        );
         assert_eq!(s.timeout(), Duration::from_secs(2));
     }
 

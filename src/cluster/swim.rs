@@ -204,7 +204,9 @@ impl Swim {
 
     /// This node's own row.
     pub fn local(&self) -> &Member {
-        self.members.get(&self.id).expect("the local row is never removed")
+        self.members
+            .get(&self.id)
+            .expect("the local row is never removed")
     }
 
     /// This node's current incarnation.
@@ -322,7 +324,11 @@ impl Swim {
     }
 
     pub(crate) fn view(m: &Member) -> MemberView {
-        MemberView { info: m.info.clone(), incarnation: m.incarnation, state: m.state }
+        MemberView {
+            info: m.info.clone(),
+            incarnation: m.incarnation,
+            state: m.state,
+        }
     }
 
     /// Number used for the retransmit limit and the suspicion timeout: live members.
@@ -334,10 +340,14 @@ impl Swim {
     pub(crate) fn send_packet(&mut self, to: SocketAddr, first: Message) {
         let header = packet_header_len(PACKET_MESSAGES_MAX);
         let first_len = super::message::item_len(first.encoded_len());
-        let budget = self.config.packet_bytes_max.saturating_sub(header + first_len);
+        let budget = self
+            .config
+            .packet_bytes_max
+            .saturating_sub(header + first_len);
         let mut msgs = vec![first];
         let limit = self.config.retransmit_limit(self.cluster_size());
-        self.broadcasts.pick(budget, PACKET_MESSAGES_MAX - 1, limit, &mut msgs);
+        self.broadcasts
+            .pick(budget, PACKET_MESSAGES_MAX - 1, limit, &mut msgs);
         self.out.push(Output::Packet { to, msgs });
     }
 
@@ -352,7 +362,10 @@ impl Swim {
     /// Queues this node's own alive claim.
     pub(crate) fn broadcast_self(&mut self) {
         let me = self.local();
-        let msg = Message::Alive(Alive { incarnation: me.incarnation, info: me.info.clone() });
+        let msg = Message::Alive(Alive {
+            incarnation: me.incarnation,
+            info: me.info.clone(),
+        });
         self.queue_member_claim(self.id.clone(), msg);
     }
 
@@ -376,7 +389,11 @@ impl Swim {
         if seeds.is_empty() {
             return Err(CommandError::NoSeeds);
         }
-        self.join = JoinState { seeds, attempt: 0, pending: true };
+        self.join = JoinState {
+            seeds,
+            attempt: 0,
+            pending: true,
+        };
         self.send_join();
         Ok(())
     }
@@ -388,7 +405,10 @@ impl Swim {
             self.send_stream(seed, msg);
         }
         let attempt = self.join.attempt;
-        let cap = self.config.join_retry_max.min(self.config.join_retry_base * 2u32.pow(attempt.min(16)));
+        let cap = self
+            .config
+            .join_retry_max
+            .min(self.config.join_retry_base * 2u32.pow(attempt.min(16)));
         let wait = cap / 2 + self.jitter(cap / 2);
         self.arm(wait, Timer::JoinRetry { attempt });
     }
@@ -412,14 +432,21 @@ impl Swim {
                 m.state_since = now;
             })
             .expect("local row");
-        let msg = Message::Dead(Dead { incarnation: m.incarnation, node: me.clone(), from: me.clone() });
+        let msg = Message::Dead(Dead {
+            incarnation: m.incarnation,
+            node: me.clone(),
+            from: me.clone(),
+        });
         self.queue_member_claim(me, msg);
     }
 
     fn set_tags(&mut self, tags: Tags) -> Result<(), CommandError> {
         let len = tags_len(&tags);
         if len > self.config.tags_bytes_max {
-            return Err(CommandError::TagsTooLarge { len, max: self.config.tags_bytes_max });
+            return Err(CommandError::TagsTooLarge {
+                len,
+                max: self.config.tags_bytes_max,
+            });
         }
         let me = self.id.clone();
         let mut info = (*self.local().info).clone();
@@ -436,13 +463,26 @@ impl Swim {
     fn broadcast_event(&mut self, name: String, payload: Vec<u8>) -> Result<(), CommandError> {
         let len = name.len() + payload.len();
         if len > self.config.user_event_bytes_max {
-            return Err(CommandError::EventTooLarge { len, max: self.config.user_event_bytes_max });
+            return Err(CommandError::EventTooLarge {
+                len,
+                max: self.config.user_event_bytes_max,
+            });
         }
         let ltime = self.user_events.next_time();
-        let event = UserEvent { ltime, origin: self.id.clone(), wall_ms: self.now.wall_ms, name, payload };
+        let event = UserEvent {
+            ltime,
+            origin: self.id.clone(),
+            wall_ms: self.now.wall_ms,
+            name,
+            payload,
+        };
         // Record it so that our own event coming back is a duplicate.
-        self.user_events.observe(&event.origin, ltime, digest(&event.name, &event.payload));
-        self.broadcasts.push(BroadcastKey::Event(self.id.clone(), ltime), Message::UserEvent(event));
+        self.user_events
+            .observe(&event.origin, ltime, digest(&event.name, &event.payload));
+        self.broadcasts.push(
+            BroadcastKey::Event(self.id.clone(), ltime),
+            Message::UserEvent(event),
+        );
         Ok(())
     }
 
@@ -453,7 +493,10 @@ impl Swim {
             self.stats.dropped += 1;
             return;
         }
-        match self.user_events.observe(&ev.origin, ev.ltime, digest(&ev.name, &ev.payload)) {
+        match self
+            .user_events
+            .observe(&ev.origin, ev.ltime, digest(&ev.name, &ev.payload))
+        {
             Verdict::Deliver => {
                 self.stats.user_events += 1;
                 let key = BroadcastKey::Event(ev.origin.clone(), ev.ltime);
@@ -475,17 +518,25 @@ impl Swim {
         let now = self.now.mono;
         let dead_window = self.config.gossip_to_the_dead;
         let me = self.id.clone();
-        let targets = self.members.sample(&mut self.rng, self.config.gossip_fanout, |m| {
-            m.id() != &me
-                && (m.is_active()
-                    || (m.state == MemberState::Dead && now.saturating_since(m.state_since) < dead_window))
-        });
+        let targets = self
+            .members
+            .sample(&mut self.rng, self.config.gossip_fanout, |m| {
+                m.id() != &me
+                    && (m.is_active()
+                        || (m.state == MemberState::Dead
+                            && now.saturating_since(m.state_since) < dead_window))
+            });
         let header = packet_header_len(PACKET_MESSAGES_MAX);
         let limit = self.config.retransmit_limit(self.cluster_size());
         for i in targets {
             let to = self.members.at(i).info.addr;
             let mut msgs = Vec::new();
-            self.broadcasts.pick(self.config.packet_bytes_max - header, PACKET_MESSAGES_MAX, limit, &mut msgs);
+            self.broadcasts.pick(
+                self.config.packet_bytes_max - header,
+                PACKET_MESSAGES_MAX,
+                limit,
+                &mut msgs,
+            );
             if msgs.is_empty() {
                 break;
             }
@@ -498,9 +549,18 @@ impl Swim {
             .members
             .iter()
             .take(self.config.push_pull_members_max)
-            .map(|m| PushMember { info: m.info.clone(), incarnation: m.incarnation, state: m.state })
+            .map(|m| PushMember {
+                info: m.info.clone(),
+                incarnation: m.incarnation,
+                state: m.state,
+            })
             .collect();
-        Message::PushPull(PushPull { join, reply, event_ltime: self.user_events.clock(), members })
+        Message::PushPull(PushPull {
+            join,
+            reply,
+            event_ltime: self.user_events.clock(),
+            members,
+        })
     }
 
     fn on_push_pull_tick(&mut self) {
@@ -510,7 +570,9 @@ impl Swim {
             return;
         }
         let me = self.id.clone();
-        let picked = self.members.sample(&mut self.rng, 1, |m| m.id() != &me && m.state == MemberState::Alive);
+        let picked = self.members.sample(&mut self.rng, 1, |m| {
+            m.id() != &me && m.state == MemberState::Alive
+        });
         if let Some(&i) = picked.first() {
             let to = self.members.at(i).info.addr;
             let msg = self.push_pull_message(false, false);
@@ -525,7 +587,11 @@ impl Swim {
         if self.leaving {
             return;
         }
-        let failed = self.members.iter().filter(|m| m.state == MemberState::Dead).count();
+        let failed = self
+            .members
+            .iter()
+            .filter(|m| m.state == MemberState::Dead)
+            .count();
         if failed == 0 {
             return;
         }
@@ -533,7 +599,9 @@ impl Swim {
         if self.rng.gen_range(0.0..1.0) >= failed as f64 / alive as f64 {
             return;
         }
-        let picked = self.members.sample(&mut self.rng, 1, |m| m.state == MemberState::Dead);
+        let picked = self
+            .members
+            .sample(&mut self.rng, 1, |m| m.state == MemberState::Dead);
         if let Some(&i) = picked.first() {
             let to = self.members.at(i).info.addr;
             let msg = self.push_pull_message(false, false);

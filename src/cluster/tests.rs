@@ -38,7 +38,13 @@ impl T {
         swim.start(at(0), &mut out);
         let mut t = T { swim, out, ms: 0 };
         for &o in others {
-            t.msg(o, Message::Alive(Alive { incarnation: Incarnation(0), info: info(o) }));
+            t.msg(
+                o,
+                Message::Alive(Alive {
+                    incarnation: Incarnation(0),
+                    info: info(o),
+                }),
+            );
         }
         // Keep the armed timers for `fire_until`; drop the rest.
         t.out.retain(|o| matches!(o, Output::Timer { .. }));
@@ -53,7 +59,10 @@ impl T {
     }
 
     fn msg(&mut self, from: u8, msg: Message) -> Vec<Output> {
-        self.input(Input::Packet { from: addr(from), msgs: vec![msg] })
+        self.input(Input::Packet {
+            from: addr(from),
+            msgs: vec![msg],
+        })
     }
 
     fn timer(&mut self, timer: Timer) -> Vec<Output> {
@@ -71,12 +80,16 @@ impl T {
                 .out
                 .iter()
                 .filter_map(|o| match o {
-                    Output::Timer { at, timer } if at.as_micros() <= until_ms * 1000 => Some((*at, timer.clone())),
+                    Output::Timer { at, timer } if at.as_micros() <= until_ms * 1000 => {
+                        Some((*at, timer.clone()))
+                    }
                     _ => None,
                 })
                 .min_by_key(|(at, _)| *at);
             let Some((when, timer)) = next else { break };
-            self.out.retain(|o| !matches!(o, Output::Timer { at, timer: t } if *at == when && *t == timer));
+            self.out.retain(
+                |o| !matches!(o, Output::Timer { at, timer: t } if *at == when && *t == timer),
+            );
             self.ms = self.ms.max(when.as_micros() / 1000);
             self.input(Input::Timer(timer));
         }
@@ -119,7 +132,11 @@ fn timer_at(out: &[Output], want: &Timer) -> Option<Time> {
 }
 
 fn ping(seq: u32, target: u8, source: u8) -> Message {
-    Message::Ping(Ping { seq, target: id(target), source: id(source) })
+    Message::Ping(Ping {
+        seq,
+        target: id(target),
+        source: id(source),
+    })
 }
 
 /// The ping the node sent by its last probe tick: (target address, seq).
@@ -154,7 +171,10 @@ fn ping_for_someone_else_is_not_acked() {
 #[test]
 fn stream_ping_is_acked_over_stream() {
     let mut t = T::new(1, &[2]);
-    let out = t.input(Input::Stream { from: addr(2), msg: ping(3, 1, 2) });
+    let out = t.input(Input::Stream {
+        from: addr(2),
+        msg: ping(3, 1, 2),
+    });
     assert_eq!(streams(&out), vec![(addr(2), Message::Ack(Ack { seq: 3 }))]);
 }
 
@@ -178,7 +198,14 @@ fn missed_ack_goes_indirect_then_suspects() {
     let mut t = T::new(1, &[2, 3, 4, 5]);
     let out = t.timer(Timer::ProbeTick);
     let (target, seq) = probe_ping(&out);
-    let target_id = (target.ip().to_string().rsplit('.').next().unwrap().parse::<u8>()).unwrap();
+    let target_id = (target
+        .ip()
+        .to_string()
+        .rsplit('.')
+        .next()
+        .unwrap()
+        .parse::<u8>())
+    .unwrap();
     t.ms = 200;
     let out = t.timer(Timer::ProbeTimeout { seq });
     let reqs: Vec<_> = packets(&out)
@@ -189,8 +216,14 @@ fn missed_ack_goes_indirect_then_suspects() {
         })
         .collect();
     assert_eq!(reqs.len(), 3, "all 3 other members (indirect_checks = 5)");
-    assert!(reqs.iter().all(|(to, r)| *to != target && r.target == id(target_id) && r.nack && r.seq == seq));
-    assert_eq!(streams(&out), vec![(target, ping(seq, target_id, 1))], "tcp fallback ping");
+    assert!(reqs
+        .iter()
+        .all(|(to, r)| *to != target && r.target == id(target_id) && r.nack && r.seq == seq));
+    assert_eq!(
+        streams(&out),
+        vec![(target, ping(seq, target_id, 1))],
+        "tcp fallback ping"
+    );
     // One helper answers with a nack: the other two missed, awareness rises by 2.
     t.msg(3, Message::Nack(Nack { seq }));
     t.ms = 500;
@@ -209,18 +242,29 @@ fn awareness_stretches_probe_interval_and_timeout() {
     let out = t.timer(Timer::ProbeTick);
     let (_, seq) = probe_ping(&out);
     let c = Config::lan();
-    assert_eq!(timer_at(&out, &Timer::ProbeTick), Some(Time::from_millis(1000) + c.probe_interval * 4));
-    assert_eq!(timer_at(&out, &Timer::ProbeTimeout { seq }), Some(Time::from_millis(1000) + c.probe_timeout * 4));
+    assert_eq!(
+        timer_at(&out, &Timer::ProbeTick),
+        Some(Time::from_millis(1000) + c.probe_interval * 4)
+    );
+    assert_eq!(
+        timer_at(&out, &Timer::ProbeTimeout { seq }),
+        Some(Time::from_millis(1000) + c.probe_timeout * 4)
+    );
 }
 
 #[test]
 fn without_lifeguard_awareness_stays_zero_and_no_nack_is_asked() {
-    let cfg = Config { lifeguard: false, ..Config::lan() };
+    let cfg = Config {
+        lifeguard: false,
+        ..Config::lan()
+    };
     let mut t = T::with(cfg, 1, &[2, 3]);
     let out = t.timer(Timer::ProbeTick);
     let (_, seq) = probe_ping(&out);
     let out = t.timer(Timer::ProbeTimeout { seq });
-    assert!(packets(&out).iter().all(|(_, m)| matches!(&m[0], Message::PingReq(r) if !r.nack)));
+    assert!(packets(&out)
+        .iter()
+        .all(|(_, m)| matches!(&m[0], Message::PingReq(r) if !r.nack)));
     t.timer(Timer::ProbeEnd { seq });
     assert_eq!(t.swim.awareness(), 0);
 }
@@ -228,13 +272,22 @@ fn without_lifeguard_awareness_stays_zero_and_no_nack_is_asked() {
 #[test]
 fn indirect_probe_forwards_ack_or_sends_nack() {
     let mut t = T::new(1, &[2, 3]);
-    let req = PingReq { seq: 40, target: id(3), target_addr: addr(3), source: id(2), nack: true };
+    let req = PingReq {
+        seq: 40,
+        target: id(3),
+        target_addr: addr(3),
+        source: id(2),
+        nack: true,
+    };
     let out = t.msg(2, Message::PingReq(req.clone()));
     let (to, my_seq) = probe_ping(&out);
     assert_eq!(to, addr(3));
     let out = t.msg(3, Message::Ack(Ack { seq: my_seq }));
     let p = packets(&out);
-    assert_eq!((p[0].0, &p[0].1[0]), (addr(2), &Message::Ack(Ack { seq: 40 })));
+    assert_eq!(
+        (p[0].0, &p[0].1[0]),
+        (addr(2), &Message::Ack(Ack { seq: 40 }))
+    );
     // Second request: the target stays silent, the nack timer fires.
     let out = t.msg(2, Message::PingReq(PingReq { seq: 41, ..req }));
     let (_, my_seq) = probe_ping(&out);
@@ -242,25 +295,59 @@ fn indirect_probe_forwards_ack_or_sends_nack() {
     assert_eq!(packets(&out)[0].1[0], Message::Nack(Nack { seq: 41 }));
     t.timer(Timer::IndirectExpire { seq: my_seq });
     let out = t.msg(3, Message::Ack(Ack { seq: my_seq }));
-    assert!(packets(&out).is_empty(), "expired indirect probes forward nothing");
+    assert!(
+        packets(&out).is_empty(),
+        "expired indirect probes forward nothing"
+    );
 }
 
 #[test]
 fn suspicion_about_us_is_refuted_with_higher_incarnation() {
     let mut t = T::new(1, &[2]);
-    let out = t.msg(2, Message::Suspect(Suspect { incarnation: Incarnation(0), node: id(1), from: id(2) }));
+    let out = t.msg(
+        2,
+        Message::Suspect(Suspect {
+            incarnation: Incarnation(0),
+            node: id(1),
+            from: id(2),
+        }),
+    );
     assert_eq!(t.swim.incarnation(), Incarnation(1));
-    assert_eq!(events(&out), vec![Event::Refuted { incarnation: Incarnation(1) }]);
-    assert_eq!(t.swim.awareness(), 1, "refuting is a sign of our own trouble");
+    assert_eq!(
+        events(&out),
+        vec![Event::Refuted {
+            incarnation: Incarnation(1)
+        }]
+    );
+    assert_eq!(
+        t.swim.awareness(),
+        1,
+        "refuting is a sign of our own trouble"
+    );
     // The refutation rides on the next packet.
     let out = t.msg(2, ping(1, 1, 2));
-    let alive = packets(&out)[0].1.iter().any(|m| matches!(m, Message::Alive(a) if a.info.id == id(1) && a.incarnation == Incarnation(1)));
+    let alive = packets(&out)[0].1.iter().any(
+        |m| matches!(m, Message::Alive(a) if a.info.id == id(1) && a.incarnation == Incarnation(1)),
+    );
     assert!(alive);
     // An old claim is not refuted again.
-    t.msg(2, Message::Dead(Dead { incarnation: Incarnation(0), node: id(1), from: id(2) }));
+    t.msg(
+        2,
+        Message::Dead(Dead {
+            incarnation: Incarnation(0),
+            node: id(1),
+            from: id(2),
+        }),
+    );
     assert_eq!(t.swim.incarnation(), Incarnation(1));
     // A claim from before a restart (higher incarnation) is.
-    t.msg(2, Message::Alive(Alive { incarnation: Incarnation(9), info: info(1) }));
+    t.msg(
+        2,
+        Message::Alive(Alive {
+            incarnation: Incarnation(9),
+            info: info(1),
+        }),
+    );
     assert_eq!(t.swim.incarnation(), Incarnation(10));
 }
 
@@ -293,38 +380,83 @@ fn merge_rules_table() {
     ];
     for (i, (state, inc, claim, cinc, want, want_inc)) in cases.into_iter().enumerate() {
         let mut t = T::new(1, &[]);
-        t.msg(2, Message::Alive(Alive { incarnation: Incarnation(inc), info: info(2) }));
+        t.msg(
+            2,
+            Message::Alive(Alive {
+                incarnation: Incarnation(inc),
+                info: info(2),
+            }),
+        );
         let me = id(2);
         t.swim.members.update(&me, |m| m.state = state);
         let ci = Incarnation(cinc);
         let msg = match claim {
-            C::A => Message::Alive(Alive { incarnation: ci, info: info(2) }),
-            C::S => Message::Suspect(Suspect { incarnation: ci, node: id(2), from: id(3) }),
-            C::D => Message::Dead(Dead { incarnation: ci, node: id(2), from: id(3) }),
-            C::L => Message::Dead(Dead { incarnation: ci, node: id(2), from: id(2) }),
+            C::A => Message::Alive(Alive {
+                incarnation: ci,
+                info: info(2),
+            }),
+            C::S => Message::Suspect(Suspect {
+                incarnation: ci,
+                node: id(2),
+                from: id(3),
+            }),
+            C::D => Message::Dead(Dead {
+                incarnation: ci,
+                node: id(2),
+                from: id(3),
+            }),
+            C::L => Message::Dead(Dead {
+                incarnation: ci,
+                node: id(2),
+                from: id(2),
+            }),
         };
         t.msg(3, msg);
-        assert_eq!(t.state(2), Some((want, want_inc)), "case {i}: {state:?}@{inc} + {claim:?}@{cinc}");
+        assert_eq!(
+            t.state(2),
+            Some((want, want_inc)),
+            "case {i}: {state:?}@{inc} + {claim:?}@{cinc}"
+        );
     }
 }
 
 #[test]
 fn suspicion_times_out_to_dead_and_stale_timers_are_ignored() {
     let mut t = T::new(1, &[2, 3, 4, 5, 6]);
-    let out = t.msg(3, Message::Suspect(Suspect { incarnation: Incarnation(0), node: id(2), from: id(3) }));
+    let out = t.msg(
+        3,
+        Message::Suspect(Suspect {
+            incarnation: Incarnation(0),
+            node: id(2),
+            from: id(3),
+        }),
+    );
     let (generation, deadline) = out
         .iter()
         .find_map(|o| match o {
-            Output::Timer { at, timer: Timer::Suspicion { generation, .. } } => Some((*generation, *at)),
+            Output::Timer {
+                at,
+                timer: Timer::Suspicion { generation, .. },
+            } => Some((*generation, *at)),
             _ => None,
         })
         .unwrap();
     // n = 6: min = 4 * 1 * 500ms = 2 s; max = 6 * min = 12 s; k = 2.
     assert_eq!(deadline, Time::from_secs(12));
-    t.timer(Timer::Suspicion { node: id(2), generation: generation + 100 });
-    assert_eq!(t.state(2), Some((MemberState::Suspect, 0)), "a stale timer does nothing");
+    t.timer(Timer::Suspicion {
+        node: id(2),
+        generation: generation + 100,
+    });
+    assert_eq!(
+        t.state(2),
+        Some((MemberState::Suspect, 0)),
+        "a stale timer does nothing"
+    );
     t.ms = 12_000;
-    let out = t.timer(Timer::Suspicion { node: id(2), generation });
+    let out = t.timer(Timer::Suspicion {
+        node: id(2),
+        generation,
+    });
     assert_eq!(t.state(2), Some((MemberState::Dead, 0)));
     assert!(matches!(&events(&out)[..], [Event::MemberFailed(v)] if v.info.id == id(2)));
 }
@@ -332,31 +464,88 @@ fn suspicion_times_out_to_dead_and_stale_timers_are_ignored() {
 #[test]
 fn independent_confirmations_shrink_the_suspicion_timeout() {
     let mut t = T::new(1, &[2, 3, 4, 5, 6]);
-    t.msg(3, Message::Suspect(Suspect { incarnation: Incarnation(0), node: id(2), from: id(3) }));
+    t.msg(
+        3,
+        Message::Suspect(Suspect {
+            incarnation: Incarnation(0),
+            node: id(2),
+            from: id(3),
+        }),
+    );
     t.ms = 1000;
-    let out = t.msg(4, Message::Suspect(Suspect { incarnation: Incarnation(0), node: id(2), from: id(4) }));
+    let out = t.msg(
+        4,
+        Message::Suspect(Suspect {
+            incarnation: Incarnation(0),
+            node: id(2),
+            from: id(4),
+        }),
+    );
     let first = out.iter().find_map(|o| match o {
-        Output::Timer { at, timer: Timer::Suspicion { .. } } => Some(*at),
+        Output::Timer {
+            at,
+            timer: Timer::Suspicion { .. },
+        } => Some(*at),
         _ => None,
     });
     // 12 s - 10 s * ln 2 / ln 3 = 5.69 s after the start.
-    let want = Time::ZERO + (Duration::from_secs(12) - Duration::from_secs(10).mul_f64(2f64.ln() / 3f64.ln()));
+    let want = Time::ZERO
+        + (Duration::from_secs(12) - Duration::from_secs(10).mul_f64(2f64.ln() / 3f64.ln()));
     let got = first.unwrap();
-    assert!(got.as_micros().abs_diff(want.as_micros()) <= 1, "{got:?} vs {want:?}");
-    let out = t.msg(5, Message::Suspect(Suspect { incarnation: Incarnation(0), node: id(2), from: id(5) }));
-    assert_eq!(timer_at(&out, &Timer::Suspicion { node: id(2), generation: t.swim.generation }), Some(Time::from_secs(2)));
+    assert!(
+        got.as_micros().abs_diff(want.as_micros()) <= 1,
+        "{got:?} vs {want:?}"
+    );
+    let out = t.msg(
+        5,
+        Message::Suspect(Suspect {
+            incarnation: Incarnation(0),
+            node: id(2),
+            from: id(5),
+        }),
+    );
+    assert_eq!(
+        timer_at(
+            &out,
+            &Timer::Suspicion {
+                node: id(2),
+                generation: t.swim.generation
+            }
+        ),
+        Some(Time::from_secs(2))
+    );
     // A repeat confirmation does not re-arm.
-    let out = t.msg(5, Message::Suspect(Suspect { incarnation: Incarnation(0), node: id(2), from: id(5) }));
+    let out = t.msg(
+        5,
+        Message::Suspect(Suspect {
+            incarnation: Incarnation(0),
+            node: id(2),
+            from: id(5),
+        }),
+    );
     assert!(out.is_empty());
 }
 
 #[test]
 fn without_lifeguard_the_suspicion_timeout_is_fixed_at_min() {
-    let cfg = Config { lifeguard: false, ..Config::lan() };
+    let cfg = Config {
+        lifeguard: false,
+        ..Config::lan()
+    };
     let mut t = T::with(cfg, 1, &[2, 3, 4, 5, 6]);
-    let out = t.msg(3, Message::Suspect(Suspect { incarnation: Incarnation(0), node: id(2), from: id(3) }));
+    let out = t.msg(
+        3,
+        Message::Suspect(Suspect {
+            incarnation: Incarnation(0),
+            node: id(2),
+            from: id(3),
+        }),
+    );
     let deadline = out.iter().find_map(|o| match o {
-        Output::Timer { at, timer: Timer::Suspicion { .. } } => Some(*at),
+        Output::Timer {
+            at,
+            timer: Timer::Suspicion { .. },
+        } => Some(*at),
         _ => None,
     });
     assert_eq!(deadline, Some(Time::from_secs(2)));
@@ -365,7 +554,14 @@ fn without_lifeguard_the_suspicion_timeout_is_fixed_at_min() {
 #[test]
 fn probing_a_suspect_carries_the_suspicion_buddy_system() {
     let mut t = T::new(1, &[2]);
-    t.msg(3, Message::Suspect(Suspect { incarnation: Incarnation(0), node: id(2), from: id(3) }));
+    t.msg(
+        3,
+        Message::Suspect(Suspect {
+            incarnation: Incarnation(0),
+            node: id(2),
+            from: id(3),
+        }),
+    );
     let out = t.timer(Timer::ProbeTick);
     let p = packets(&out);
     assert!(matches!(&p[0].1[0], Message::Ping(_)));
@@ -375,14 +571,30 @@ fn probing_a_suspect_carries_the_suspicion_buddy_system() {
 #[test]
 fn broadcasts_piggyback_until_their_retransmit_limit() {
     let mut t = T::new(1, &[2]);
-    t.msg(2, Message::Dead(Dead { incarnation: Incarnation(0), node: id(3), from: id(2) })); // unknown: ignored
-    t.msg(2, Message::Alive(Alive { incarnation: Incarnation(0), info: info(4) }));
+    t.msg(
+        2,
+        Message::Dead(Dead {
+            incarnation: Incarnation(0),
+            node: id(3),
+            from: id(2),
+        }),
+    ); // unknown: ignored
+    t.msg(
+        2,
+        Message::Alive(Alive {
+            incarnation: Incarnation(0),
+            info: info(4),
+        }),
+    );
     // n = 3 -> limit = 4 * ceil(log10 4) = 4. Our own alive and n4's are queued.
     let mut carried = 0;
     for seq in 0..10 {
         let out = t.msg(2, ping(seq, 1, 2));
         let msgs = &packets(&out)[0].1;
-        if msgs.iter().any(|m| matches!(m, Message::Alive(a) if a.info.id == id(4))) {
+        if msgs
+            .iter()
+            .any(|m| matches!(m, Message::Alive(a) if a.info.id == id(4)))
+        {
             carried += 1;
         }
     }
@@ -407,7 +619,10 @@ fn gossip_goes_to_fanout_members_only_when_there_is_news() {
     }
     let out = t.timer(Timer::GossipTick);
     assert!(packets(&out).is_empty());
-    assert_eq!(timer_at(&out, &Timer::GossipTick), Some(Time::ZERO + Config::lan().gossip_interval));
+    assert_eq!(
+        timer_at(&out, &Timer::GossipTick),
+        Some(Time::ZERO + Config::lan().gossip_interval)
+    );
 }
 
 #[test]
@@ -421,11 +636,17 @@ fn join_exchanges_state_and_retries_until_answered() {
     // No answer: the retry timer sends it again.
     let out = joiner.timer(Timer::JoinRetry { attempt: 0 });
     assert_eq!(streams(&out).len(), 1);
-    let out = seed.input(Input::Stream { from: addr(2), msg: s[0].1.clone() });
+    let out = seed.input(Input::Stream {
+        from: addr(2),
+        msg: s[0].1.clone(),
+    });
     assert_eq!(seed.state(2), Some((MemberState::Alive, 0)));
     let reply = streams(&out).pop().unwrap();
     assert_eq!(reply.0, addr(2));
-    let out = joiner.input(Input::Stream { from: addr(1), msg: reply.1 });
+    let out = joiner.input(Input::Stream {
+        from: addr(1),
+        msg: reply.1,
+    });
     assert!(events(&out).contains(&Event::JoinCompleted { members: 3 }));
     assert_eq!(joiner.state(3), Some((MemberState::Alive, 0)));
     // Later retries of the finished join do nothing.
@@ -436,19 +657,52 @@ fn join_exchanges_state_and_retries_until_answered() {
 #[test]
 fn push_pull_down_rows_are_told_to_the_member_and_dead_about_us_is_refuted() {
     let mut t = T::new(1, &[2, 3]);
-    t.msg(3, Message::Suspect(Suspect { incarnation: Incarnation(0), node: id(3), from: id(2) }));
-    let row = |i: u8, state| PushMember { info: info(i), incarnation: Incarnation(0), state };
-    let rows = vec![row(1, MemberState::Dead), row(2, MemberState::Dead), row(3, MemberState::Dead)];
-    let pp = PushPull { join: false, reply: true, event_ltime: 5, members: rows };
-    let out = t.input(Input::Stream { from: addr(3), msg: Message::PushPull(pp) });
+    t.msg(
+        3,
+        Message::Suspect(Suspect {
+            incarnation: Incarnation(0),
+            node: id(3),
+            from: id(2),
+        }),
+    );
+    let row = |i: u8, state| PushMember {
+        info: info(i),
+        incarnation: Incarnation(0),
+        state,
+    };
+    let rows = vec![
+        row(1, MemberState::Dead),
+        row(2, MemberState::Dead),
+        row(3, MemberState::Dead),
+    ];
+    let pp = PushPull {
+        join: false,
+        reply: true,
+        event_ltime: 5,
+        members: rows,
+    };
+    let out = t.input(Input::Stream {
+        from: addr(3),
+        msg: Message::PushPull(pp),
+    });
     // n2 is alive here: not suspected locally, but told so that it refutes if it lives.
     assert_eq!(t.state(2), Some((MemberState::Alive, 0)));
-    let told = packets(&out).into_iter().any(|(to, m)| to == addr(2) && matches!(&m[0], Message::Suspect(s) if s.node == id(2)));
+    let told = packets(&out)
+        .into_iter()
+        .any(|(to, m)| to == addr(2) && matches!(&m[0], Message::Suspect(s) if s.node == id(2)));
     assert!(told);
     // n3 was already suspect here: the row counts as our own confirmation (no change) and stays.
     assert_eq!(t.state(3), Some((MemberState::Suspect, 0)));
-    assert_eq!(t.swim.incarnation(), Incarnation(1), "dead about us is refuted");
-    assert_eq!(t.swim.event_clock(), 6, "the Lamport clock witnesses the peer's");
+    assert_eq!(
+        t.swim.incarnation(),
+        Incarnation(1),
+        "dead about us is refuted"
+    );
+    assert_eq!(
+        t.swim.event_clock(),
+        6,
+        "the Lamport clock witnesses the peer's"
+    );
 }
 
 #[test]
@@ -457,32 +711,75 @@ fn tags_change_bumps_incarnation_and_peers_see_an_update() {
     let mut tags = Tags::new();
     tags.insert("zone".into(), "eu-1".into());
     let mut out = Vec::new();
-    a.swim.command(at(0), Command::SetTags(tags.clone()), &mut out).unwrap();
+    a.swim
+        .command(at(0), Command::SetTags(tags.clone()), &mut out)
+        .unwrap();
     assert_eq!(a.swim.incarnation(), Incarnation(1));
     let out = a.msg(2, ping(1, 1, 2));
-    let alive = packets(&out)[0].1.iter().find(|m| matches!(m, Message::Alive(x) if x.info.id == id(1))).cloned().unwrap();
+    let alive = packets(&out)[0]
+        .1
+        .iter()
+        .find(|m| matches!(m, Message::Alive(x) if x.info.id == id(1)))
+        .cloned()
+        .unwrap();
     let mut b = T::new(2, &[1]);
     let out = b.msg(1, alive);
     assert!(matches!(&events(&out)[..], [Event::MemberUpdated(v)] if v.info.tags == tags));
     let big: Tags = [("k".to_string(), "v".repeat(600))].into();
-    let err = a.swim.command(at(0), Command::SetTags(big), &mut Vec::new()).unwrap_err();
+    let err = a
+        .swim
+        .command(at(0), Command::SetTags(big), &mut Vec::new())
+        .unwrap_err();
     assert!(matches!(err, CommandError::TagsTooLarge { .. }));
-    assert_eq!(a.swim.incarnation(), Incarnation(1), "a refused command changes nothing");
+    assert_eq!(
+        a.swim.incarnation(),
+        Incarnation(1),
+        "a refused command changes nothing"
+    );
 }
 
 #[test]
 fn user_events_are_delivered_once_and_passed_on() {
     let mut a = T::new(1, &[2]);
     let mut out = Vec::new();
-    a.swim.command(at(0), Command::Broadcast { name: "deploy".into(), payload: b"v2".to_vec() }, &mut out).unwrap();
+    a.swim
+        .command(
+            at(0),
+            Command::Broadcast {
+                name: "deploy".into(),
+                payload: b"v2".to_vec(),
+            },
+            &mut out,
+        )
+        .unwrap();
     let out = a.msg(2, ping(1, 1, 2));
-    let ev = packets(&out)[0].1.iter().find(|m| matches!(m, Message::UserEvent(_))).cloned().unwrap();
+    let ev = packets(&out)[0]
+        .1
+        .iter()
+        .find(|m| matches!(m, Message::UserEvent(_)))
+        .cloned()
+        .unwrap();
     let mut b = T::new(2, &[1]);
     let out = b.msg(1, ev.clone());
-    assert!(matches!(&events(&out)[..], [Event::UserEvent(u)] if u.name == "deploy" && u.payload == b"v2"));
-    assert!(events(&b.msg(3, ev.clone())).is_empty(), "a duplicate is not delivered again");
-    assert!(events(&a.msg(2, ev)).is_empty(), "our own event coming back is not delivered");
-    let err = a.swim.command(at(0), Command::Broadcast { name: "x".into(), payload: vec![0; 600] }, &mut Vec::new());
+    assert!(
+        matches!(&events(&out)[..], [Event::UserEvent(u)] if u.name == "deploy" && u.payload == b"v2")
+    );
+    assert!(
+        events(&b.msg(3, ev.clone())).is_empty(),
+        "a duplicate is not delivered again"
+    );
+    assert!(
+        events(&a.msg(2, ev)).is_empty(),
+        "our own event coming back is not delivered"
+    );
+    let err = a.swim.command(
+        at(0),
+        Command::Broadcast {
+            name: "x".into(),
+            payload: vec![0; 600],
+        },
+        &mut Vec::new(),
+    );
     assert!(matches!(err, Err(CommandError::EventTooLarge { .. })));
 }
 
@@ -494,27 +791,51 @@ fn leave_announces_left_and_stops_probing() {
     let out = a.timer(Timer::ProbeTick);
     assert!(packets(&out).is_empty(), "no probes after leaving");
     let out = a.timer(Timer::GossipTick);
-    let left = packets(&out)[0].1.iter().find(|m| matches!(m, Message::Dead(d) if d.node == id(1) && d.from == id(1))).cloned().unwrap();
+    let left = packets(&out)[0]
+        .1
+        .iter()
+        .find(|m| matches!(m, Message::Dead(d) if d.node == id(1) && d.from == id(1)))
+        .cloned()
+        .unwrap();
     assert!(a.swim.leave_announced());
     let mut b = T::new(2, &[1]);
     let out = b.msg(1, left);
     assert!(matches!(&events(&out)[..], [Event::MemberLeft(_)]));
     assert_eq!(b.state(1), Some((MemberState::Left, 0)));
     // A left node does not refute claims about itself.
-    a.msg(2, Message::Suspect(Suspect { incarnation: Incarnation(0), node: id(1), from: id(2) }));
+    a.msg(
+        2,
+        Message::Suspect(Suspect {
+            incarnation: Incarnation(0),
+            node: id(1),
+            from: id(2),
+        }),
+    );
     assert_eq!(a.swim.incarnation(), Incarnation(0));
 }
 
 #[test]
 fn failed_members_are_retried_and_reaped_after_retention() {
-    let cfg = Config { dead_retention: Duration::from_secs(60), ..Config::lan() };
+    let cfg = Config {
+        dead_retention: Duration::from_secs(60),
+        ..Config::lan()
+    };
     let mut t = T::with(cfg, 1, &[2, 3]);
-    t.msg(3, Message::Dead(Dead { incarnation: Incarnation(0), node: id(2), from: id(3) }));
+    t.msg(
+        3,
+        Message::Dead(Dead {
+            incarnation: Incarnation(0),
+            node: id(2),
+            from: id(3),
+        }),
+    );
     // failed / alive = 1 / 2: within a few ticks a push-pull goes to the failed member.
     let mut tried = false;
     for _ in 0..20 {
         let out = t.timer(Timer::ReconnectTick);
-        tried |= streams(&out).iter().any(|(to, m)| *to == addr(2) && matches!(m, Message::PushPull(_)));
+        tried |= streams(&out)
+            .iter()
+            .any(|(to, m)| *to == addr(2) && matches!(m, Message::PushPull(_)));
     }
     assert!(tried);
     t.fire_until(61_000);
@@ -526,11 +847,26 @@ fn failed_members_are_retried_and_reaped_after_retention() {
 
 #[test]
 fn oversized_push_pull_is_dropped() {
-    let cfg = Config { push_pull_members_max: 1, ..Config::lan() };
+    let cfg = Config {
+        push_pull_members_max: 1,
+        ..Config::lan()
+    };
     let mut t = T::with(cfg, 1, &[]);
-    let row = |i: u8| PushMember { info: info(i), incarnation: Incarnation(0), state: MemberState::Alive };
-    let pp = PushPull { join: true, reply: false, event_ltime: 0, members: vec![row(2), row(3)] };
-    let out = t.input(Input::Stream { from: addr(2), msg: Message::PushPull(pp) });
+    let row = |i: u8| PushMember {
+        info: info(i),
+        incarnation: Incarnation(0),
+        state: MemberState::Alive,
+    };
+    let pp = PushPull {
+        join: true,
+        reply: false,
+        event_ltime: 0,
+        members: vec![row(2), row(3)],
+    };
+    let out = t.input(Input::Stream {
+        from: addr(2),
+        msg: Message::PushPull(pp),
+    });
     assert!(out.is_empty());
     assert!(t.state(2).is_none());
 }

@@ -47,7 +47,10 @@ impl Time {
 impl Add<Duration> for Time {
     type Output = Time;
     fn add(self, d: Duration) -> Time {
-        Time(self.0.saturating_add(d.as_micros().min(u64::MAX as u128) as u64))
+        Time(
+            self.0
+                .saturating_add(d.as_micros().min(u64::MAX as u128) as u64),
+        )
     }
 }
 
@@ -72,7 +75,10 @@ pub struct Now {
 impl Now {
     /// A `Now` whose wall clock equals its monotonic time (tests and simple drivers).
     pub fn at(mono: Time) -> Self {
-        Now { mono, wall_ms: mono.as_micros() / 1_000 }
+        Now {
+            mono,
+            wall_ms: mono.as_micros() / 1_000,
+        }
     }
 }
 
@@ -86,6 +92,9 @@ mod tests {
         assert_eq!(t + Duration::from_millis(1), Time::from_micros(6_000));
         assert_eq!(Time::ZERO - t, Duration::ZERO);
         assert_eq!(t - Time::ZERO, Duration::from_millis(5));
-        assert_eq!(Time::from_micros(u64::MAX) + Duration::MAX, Time::from_micros(u64::MAX));
+        assert_eq!(
+            Time::from_micros(u64::MAX) + Duration::MAX,
+            Time::from_micros(u64::MAX)
+        );
     }
 }

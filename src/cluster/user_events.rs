@@ -35,7 +35,10 @@ pub(crate) struct UserEvents {
 impl UserEvents {
     pub fn new(buffer: usize) -> Self {
         debug_assert!(buffer > 0);
-        UserEvents { clock: 0, slots: vec![Slot::default(); buffer] }
+        UserEvents {
+            clock: 0,
+            slots: vec![Slot::default(); buffer],
+        }
     }
 
     /// Current Lamport time.
@@ -102,7 +105,11 @@ mod tests {
         assert_eq!(e.observe(&o, 1, digest("deploy", b"v2")), Verdict::Deliver);
         assert_eq!(e.clock(), 2);
         assert_eq!(e.observe(&o, 10, d), Verdict::Deliver);
-        assert_eq!(e.observe(&o, 1, d), Verdict::TooOld, "slot reused, too old to check");
+        assert_eq!(
+            e.observe(&o, 1, d),
+            Verdict::TooOld,
+            "slot reused, too old to check"
+        );
         assert_eq!(e.observe(&o, 5, d), Verdict::TooOld);
         assert_eq!(e.next_time(), 11);
         assert_eq!(e.clock(), 12);

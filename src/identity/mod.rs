@@ -83,7 +83,11 @@ pub struct NodeInfo {
 impl NodeInfo {
     /// A node with no tags.
     pub fn new(id: NodeId, addr: SocketAddr) -> Self {
-        NodeInfo { id, addr, tags: Tags::new() }
+        NodeInfo {
+            id,
+            addr,
+            tags: Tags::new(),
+        }
     }
 }
 

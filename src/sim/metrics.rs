@@ -101,20 +101,26 @@ impl Metrics {
     }
 
     /// Records a core's event; `excuse` says why `target` may rightly be down.
-    pub fn on_event(&mut self, now: Duration, observer: usize, target: usize, ev: &Event, excuse: Excuse) {
+    pub fn on_event(
+        &mut self,
+        now: Duration,
+        observer: usize,
+        target: usize,
+        ev: &Event,
+        excuse: Excuse,
+    ) {
         let Some(view) = ev.member() else { return };
         let new = code(view.state);
         let cell = observer * self.n + target;
         let old = std::mem::replace(&mut self.view[cell], new);
         if observer != target && self.live[observer] && self.live[target] {
-            self.alive_pairs = self.alive_pairs + usize::from(new == ALIVE) - usize::from(old == ALIVE);
+            self.alive_pairs =
+                self.alive_pairs + usize::from(new == ALIVE) - usize::from(old == ALIVE);
         }
         let pair = (observer as u32, target as u32);
         match (new, self.crash_at[target]) {
-            (DEAD | LEFT, Some(at)) => {
-                if self.detected.insert(pair) {
-                    self.detect.push(now.saturating_sub(at).as_millis() as u64);
-                }
+            (DEAD | LEFT, Some(at)) if self.detected.insert(pair) => {
+                self.detect.push(now.saturating_sub(at).as_millis() as u64);
             }
             (DEAD, None) => {
                 let set = match excuse {
@@ -174,8 +180,15 @@ mod tests {
     use std::sync::Arc;
 
     fn ev(state: MemberState) -> Event {
-        let info = Arc::new(NodeInfo::new(NodeId::new("x").unwrap(), "127.0.0.1:1".parse().unwrap()));
-        let v = MemberView { info, incarnation: Incarnation(0), state };
+        let info = Arc::new(NodeInfo::new(
+            NodeId::new("x").unwrap(),
+            "127.0.0.1:1".parse().unwrap(),
+        ));
+        let v = MemberView {
+            info,
+            incarnation: Incarnation(0),
+            state,
+        };
         match state {
             MemberState::Alive => Event::MemberJoined(v),
             MemberState::Suspect => Event::MemberSuspected(v),
@@ -208,8 +221,20 @@ mod tests {
         assert_eq!(m.false_suspect.len(), 1);
         m.crash(Duration::from_secs(1), 1);
         assert!(m.converged(), "the crashed node no longer counts");
-        m.on_event(Duration::from_millis(3500), 0, 1, &ev(MemberState::Dead), Excuse::None);
-        m.on_event(Duration::from_millis(3600), 0, 1, &ev(MemberState::Dead), Excuse::None);
+        m.on_event(
+            Duration::from_millis(3500),
+            0,
+            1,
+            &ev(MemberState::Dead),
+            Excuse::None,
+        );
+        m.on_event(
+            Duration::from_millis(3600),
+            0,
+            1,
+            &ev(MemberState::Dead),
+            Excuse::None,
+        );
         assert!(m.false_dead.is_empty());
         let d = m.detect_summary();
         assert_eq!((d.p50, d.max, d.undetected), (Some(2500), Some(2500), 1));

@@ -120,19 +120,36 @@ pub fn run(scenario: &Scenario) -> Result<Report, ScenarioError> {
 #[derive(Debug)]
 enum Ev {
     Start(usize),
-    Packet { to: usize, from: usize, msgs: Vec<Message> },
-    Stream { to: usize, from: usize, msg: Message },
-    Timer { node: usize, timer: Timer },
+    Packet {
+        to: usize,
+        from: usize,
+        msgs: Vec<Message>,
+    },
+    Stream {
+        to: usize,
+        from: usize,
+        msg: Message,
+    },
+    Timer {
+        node: usize,
+        timer: Timer,
+    },
     ApplyFaults,
     PauseEnd(usize),
-    ClockJump { node: usize, delta_ms: i64 },
+    ClockJump {
+        node: usize,
+        delta_ms: i64,
+    },
 }
 
 impl Ev {
     /// The node this event is delivered to, if any.
     fn node(&self) -> Option<usize> {
         match *self {
-            Ev::Start(n) | Ev::Packet { to: n, .. } | Ev::Stream { to: n, .. } | Ev::Timer { node: n, .. } => Some(n),
+            Ev::Start(n)
+            | Ev::Packet { to: n, .. }
+            | Ev::Stream { to: n, .. }
+            | Ev::Timer { node: n, .. } => Some(n),
             _ => None,
         }
     }
@@ -212,17 +229,39 @@ impl<'a> Sim<'a> {
         let mut nodes = Vec::with_capacity(s.nodes);
         for i in 0..s.nodes {
             let id = NodeId::new(&format!("n{i}")).expect("short id");
-            let swim = Swim::new(s.config.clone(), NodeInfo::new(id, addr(i)), Incarnation(0), rng.gen())?;
+            let swim = Swim::new(
+                s.config.clone(),
+                NodeInfo::new(id, addr(i)),
+                Incarnation(0),
+                rng.gen(),
+            )?;
             let origin = Duration::from_micros(rng.gen_range(0..3_600_000_000));
-            nodes.push(Node { swim, origin, wall_offset_ms: 0, status: Status::Up, slow: Duration::ZERO, held: Vec::new(), paused_ever: false });
+            nodes.push(Node {
+                swim,
+                origin,
+                wall_offset_ms: 0,
+                status: Status::Up,
+                slow: Duration::ZERO,
+                held: Vec::new(),
+                paused_ever: false,
+            });
         }
-        let far_side = s.partition.map_or(s.nodes, |p| s.nodes - ((p.fraction * s.nodes as f64).round() as usize).clamp(1, s.nodes - 1));
+        let far_side = s.partition.map_or(s.nodes, |p| {
+            s.nodes - ((p.fraction * s.nodes as f64).round() as usize).clamp(1, s.nodes - 1)
+        });
         let c = &s.config;
-        let min = c.probe_interval.mul_f64(f64::from(c.suspicion_mult) * (s.nodes as f64).log10().max(1.0));
+        let min = c
+            .probe_interval
+            .mul_f64(f64::from(c.suspicion_mult) * (s.nodes as f64).log10().max(1.0));
         let partition_grace = min * c.suspicion_max_mult + c.probe_interval * (c.awareness_max + 1);
         let mut sim = Sim {
             s,
-            model: net::Model { latency: s.latency, loss: s.loss, dup: s.dup, encrypt: s.encrypt },
+            model: net::Model {
+                latency: s.latency,
+                loss: s.loss,
+                dup: s.dup,
+                encrypt: s.encrypt,
+            },
             now: Duration::ZERO,
             heap: BinaryHeap::new(),
             seq: 0,
@@ -260,7 +299,11 @@ impl<'a> Sim<'a> {
 
     fn push(&mut self, at: Duration, ev: Ev) {
         self.seq += 1;
-        self.heap.push(Reverse(Entry { at, seq: self.seq, ev }));
+        self.heap.push(Reverse(Entry {
+            at,
+            seq: self.seq,
+            ev,
+        }));
     }
 
     fn run(&mut self) {
@@ -289,8 +332,20 @@ impl<'a> Sim<'a> {
         }
         match ev {
             Ev::Start(n) => self.start(n),
-            Ev::Packet { to, from, msgs } => self.feed(to, Input::Packet { from: addr(from), msgs }),
-            Ev::Stream { to, from, msg } => self.feed(to, Input::Stream { from: addr(from), msg }),
+            Ev::Packet { to, from, msgs } => self.feed(
+                to,
+                Input::Packet {
+                    from: addr(from),
+                    msgs,
+                },
+            ),
+            Ev::Stream { to, from, msg } => self.feed(
+                to,
+                Input::Stream {
+                    from: addr(from),
+                    msg,
+                },
+            ),
             Ev::Timer { node, timer } => self.feed(node, Input::Timer(timer)),
             Ev::ApplyFaults => self.apply_faults(),
             Ev::PauseEnd(n) => self.resume(n),
@@ -302,7 +357,10 @@ impl<'a> Sim<'a> {
         let node = &self.nodes[n];
         let mono = Time::from_micros((self.now + node.origin).as_micros() as u64);
         let wall = (WALL_EPOCH_MS + self.now.as_millis() as u64) as i64 + node.wall_offset_ms;
-        Now { mono, wall_ms: wall.max(0) as u64 }
+        Now {
+            mono,
+            wall_ms: wall.max(0) as u64,
+        }
     }
 
     fn start(&mut self, n: usize) {
@@ -310,7 +368,9 @@ impl<'a> Sim<'a> {
         let mut out = std::mem::take(&mut self.out);
         self.nodes[n].swim.start(now, &mut out);
         if n > 0 {
-            self.nodes[n].swim.handle(now, Input::Command(Command::Join(vec![addr(0)])), &mut out);
+            self.nodes[n]
+                .swim
+                .handle(now, Input::Command(Command::Join(vec![addr(0)])), &mut out);
         }
         self.apply_outputs(n, &mut out);
         self.out = out;
@@ -339,7 +399,9 @@ impl<'a> Sim<'a> {
     }
 
     fn cut(&self, a: usize, b: usize) -> bool {
-        let Some(p) = self.s.partition else { return false };
+        let Some(p) = self.s.partition else {
+            return false;
+        };
         (self.now >= p.from && self.now < p.to) && ((a >= self.far_side) != (b >= self.far_side))
     }
 
@@ -347,7 +409,9 @@ impl<'a> Sim<'a> {
         self.count.msgs += msgs.len() as u64;
         self.count.datagrams += 1;
         self.count.bytes += self.model.datagram_bytes(&msgs) as u64;
-        let Some(to) = index(to).filter(|&t| t < self.nodes.len()) else { return };
+        let Some(to) = index(to).filter(|&t| t < self.nodes.len()) else {
+            return;
+        };
         if self.cut(from, to) {
             return;
         }
@@ -355,7 +419,14 @@ impl<'a> Sim<'a> {
         match self.model.datagram(&mut self.rng) {
             (Some(d), None) => self.push(self.now + d + slow, Ev::Packet { to, from, msgs }),
             (Some(d), Some(d2)) => {
-                self.push(self.now + d2 + slow, Ev::Packet { to, from, msgs: msgs.clone() });
+                self.push(
+                    self.now + d2 + slow,
+                    Ev::Packet {
+                        to,
+                        from,
+                        msgs: msgs.clone(),
+                    },
+                );
                 self.push(self.now + d + slow, Ev::Packet { to, from, msgs });
             }
             _ => {}
@@ -366,7 +437,9 @@ impl<'a> Sim<'a> {
         self.count.msgs += 1;
         self.count.streams += 1;
         self.count.bytes += self.model.stream_bytes(&msg) as u64;
-        let Some(to) = index(to).filter(|&t| t < self.nodes.len()) else { return };
+        let Some(to) = index(to).filter(|&t| t < self.nodes.len()) else {
+            return;
+        };
         if self.cut(from, to) {
             return;
         }
@@ -391,7 +464,9 @@ impl<'a> Sim<'a> {
 
     fn on_event(&mut self, n: usize, e: &Event) {
         let Some(view) = e.member() else { return };
-        let Some(target) = index(view.info.addr) else { return };
+        let Some(target) = index(view.info.addr) else {
+            return;
+        };
         self.trace_event(n, target, e, view.incarnation);
         let excuse = self.excuse(n, target);
         self.metrics.on_event(self.now, n, target, e, excuse);
@@ -407,7 +482,13 @@ impl<'a> Sim<'a> {
             Event::MemberRecovered(_) => 6,
             _ => 0,
         };
-        for word in [self.now.as_micros() as u64, n as u64, target as u64, kind, inc.0] {
+        for word in [
+            self.now.as_micros() as u64,
+            n as u64,
+            target as u64,
+            kind,
+            inc.0,
+        ] {
             for b in word.to_le_bytes() {
                 self.trace ^= u64::from(b);
                 self.trace = self.trace.wrapping_mul(0x0000_0100_0000_01b3);
@@ -471,10 +552,16 @@ impl<'a> Sim<'a> {
         let secs = self.s.duration.as_secs_f64();
         let per_node_s = |v: u64| v as f64 / self.s.nodes as f64 / secs;
         let ms = |d: Duration| d.as_millis() as u64;
-        let killed: Vec<usize> = (0..self.s.nodes).filter(|&i| self.nodes[i].status == Status::Crashed).collect();
-        let paused: Vec<usize> = (0..self.s.nodes).filter(|&i| self.nodes[i].paused_ever).collect();
+        let killed: Vec<usize> = (0..self.s.nodes)
+            .filter(|&i| self.nodes[i].status == Status::Crashed)
+            .collect();
+        let paused: Vec<usize> = (0..self.s.nodes)
+            .filter(|&i| self.nodes[i].paused_ever)
+            .collect();
         let paused_recovered = (!paused.is_empty()).then(|| {
-            paused.iter().all(|&p| self.nodes[p].status == Status::Up && self.metrics.seen_alive_by_all(p))
+            paused
+                .iter()
+                .all(|&p| self.nodes[p].status == Status::Up && self.metrics.seen_alive_by_all(p))
         });
         Report {
             nodes: self.s.nodes,
@@ -500,7 +587,9 @@ impl<'a> Sim<'a> {
             faults_at_ms: self.faults_at.map(ms),
             killed,
             paused: paused.clone(),
-            slowed: (0..self.s.nodes).filter(|&i| !self.nodes[i].slow.is_zero()).collect(),
+            slowed: (0..self.s.nodes)
+                .filter(|&i| !self.nodes[i].slow.is_zero())
+                .collect(),
             paused_declared_dead: self.metrics.paused_dead.len(),
             paused_recovered,
             partition_declared_dead: self.metrics.partition_dead.len(),
@@ -522,18 +611,31 @@ mod tests {
     #[test]
     fn heap_pops_by_time_then_insertion_order() {
         let mut h = BinaryHeap::new();
-        let e = |at: u64, seq| Reverse(Entry { at: Duration::from_millis(at), seq, ev: Ev::ApplyFaults });
+        let e = |at: u64, seq| {
+            Reverse(Entry {
+                at: Duration::from_millis(at),
+                seq,
+                ev: Ev::ApplyFaults,
+            })
+        };
         h.push(e(5, 1));
         h.push(e(3, 2));
         h.push(e(5, 0));
         h.push(e(3, 3));
-        let order: Vec<_> = std::iter::from_fn(|| h.pop()).map(|Reverse(x)| (x.at.as_millis(), x.seq)).collect();
+        let order: Vec<_> = std::iter::from_fn(|| h.pop())
+            .map(|Reverse(x)| (x.at.as_millis(), x.seq))
+            .collect();
         assert_eq!(order, [(3, 2), (3, 3), (5, 0), (5, 1)]);
     }
 
     #[test]
     fn small_cluster_converges_and_detects_a_crash() {
-        let s = Scenario { nodes: 8, duration: Duration::from_secs(40), kill: 1, ..Scenario::default() };
+        let s = Scenario {
+            nodes: 8,
+            duration: Duration::from_secs(40),
+            kill: 1,
+            ..Scenario::default()
+        };
         let r = run(&s).unwrap();
         assert!(r.converged_ms.is_some(), "{r:?}");
         assert_eq!(r.detect_ms.undetected, 0, "{r:?}");

@@ -32,7 +32,9 @@ pub fn addr(i: usize) -> SocketAddr {
 
 /// The node index behind a simulated address.
 pub fn index(addr: SocketAddr) -> Option<usize> {
-    let SocketAddr::V4(v4) = addr else { return None };
+    let SocketAddr::V4(v4) = addr else {
+        return None;
+    };
     let [a, b, c, d] = v4.ip().octets();
     if a != 127 || b == 0 || v4.port() != PORT {
         return None;
@@ -55,7 +57,10 @@ pub struct Model {
 
 impl Model {
     pub fn latency(&self, rng: &mut ChaCha8Rng) -> Duration {
-        let (lo, hi) = (self.latency.0.as_micros() as u64, self.latency.1.as_micros() as u64);
+        let (lo, hi) = (
+            self.latency.0.as_micros() as u64,
+            self.latency.1.as_micros() as u64,
+        );
         Duration::from_micros(rng.gen_range(lo..=hi))
     }
 
@@ -125,12 +130,22 @@ mod tests {
 
     #[test]
     fn loss_model_matches_its_probability() {
-        let m = Model { latency: (Duration::from_millis(1), Duration::from_millis(5)), loss: 0.1, dup: 0.0, encrypt: false };
+        let m = Model {
+            latency: (Duration::from_millis(1), Duration::from_millis(5)),
+            loss: 0.1,
+            dup: 0.0,
+            encrypt: false,
+        };
         let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let lost = (0..10_000).filter(|_| m.datagram(&mut rng).0.is_none()).count();
+        let lost = (0..10_000)
+            .filter(|_| m.datagram(&mut rng).0.is_none())
+            .count();
         assert!((900..1100).contains(&lost), "{lost}");
         // Streams survive loss but slow down: some take an RTO or more.
-        let slow = (0..1000).filter_map(|_| m.stream(&mut rng)).filter(|d| *d >= DATA_RTO).count();
+        let slow = (0..1000)
+            .filter_map(|_| m.stream(&mut rng))
+            .filter(|d| *d >= DATA_RTO)
+            .count();
         assert!(slow > 100, "{slow}");
     }
 }
