@@ -128,13 +128,13 @@ fn arb_message() -> impl Strategy<Value = Message> {
         })),
         (any::<u32>(), arb_id(), arb_info(), arb_id(), any::<bool>()).prop_map(
             |(seq, target, i, source, nack)| {
-                Message::PingReq(PingReq {
+                Message::PingReq(Box::new(PingReq {
                     seq,
                     target,
                     target_addr: i.addr,
                     source,
                     nack,
-                })
+                }))
             }
         ),
         any::<u32>().prop_map(|seq| Message::Ack(Ack { seq })),
@@ -185,13 +185,13 @@ fn arb_message() -> impl Strategy<Value = Message> {
             proptest::collection::vec(any::<u8>(), 0..64)
         )
             .prop_map(
-                |(ltime, origin, wall_ms, name, payload)| Message::UserEvent(UserEvent {
+                |(ltime, origin, wall_ms, name, payload)| Message::UserEvent(Box::new(UserEvent {
                     ltime,
                     origin,
                     wall_ms,
                     name,
                     payload
-                })
+                }))
             ),
     ]
 }

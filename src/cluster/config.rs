@@ -93,8 +93,8 @@ pub struct Config {
     /// User events remembered for dedup, in Lamport time slots; older events are dropped.
     /// Default 512.
     pub user_event_buffer: usize,
-    /// Broadcasts waiting in the piggyback queue at most; beyond it the most sent are dropped.
-    /// Default 8,192.
+    /// Broadcasts waiting in the piggyback queue at most; beyond it the most sent are dropped
+    /// (push-pull repairs what they would have told). Default 4,096, as serf's queue depth.
     pub broadcast_queue_max: usize,
     /// Members accepted from one push-pull message at most. Default 65,536.
     pub push_pull_members_max: usize,
@@ -140,7 +140,7 @@ impl Config {
             tags_bytes_max: 512,
             user_event_bytes_max: 512,
             user_event_buffer: 512,
-            broadcast_queue_max: 8192,
+            broadcast_queue_max: 4096,
             push_pull_members_max: 65_536,
             indirect_pending_max: 1024,
             join_retry_base: Duration::from_secs(1),

@@ -1,15 +1,24 @@
 //! The membership table: one row per known member, in an order reshuffled once per probe round.
 //!
 //! Rows live in a `Vec` (iteration order is deterministic: it only changes through the seeded
-//! shuffle) with a hash index for lookups; the index is never iterated.
+//! shuffle) with a hash index for lookups; the index is never iterated. The index stores only a
+//! `u32` row number per member (a `hashbrown::HashTable` hashed by the row's id), so a table of
+//! ten thousand members costs about 40 bytes a member in all: the simulator holds ten thousand
+//! such tables.
 
 use super::message::{Incarnation, MemberState};
 use super::time::Time;
 use crate::identity::{NodeId, NodeInfo};
+use hashbrown::HashTable;
 use rand::seq::SliceRandom;
 use rand::Rng;
-use rustc_hash::FxHashMap;
+use rustc_hash::FxBuildHasher;
+use std::hash::BuildHasher;
 use std::sync::Arc;
+
+fn hash(id: &NodeId) -> u64 {
+    FxBuildHasher.hash_one(id)
+}
 
 /// One member as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +49,7 @@ impl Member {
 #[derive(Debug, Default)]
 pub(crate) struct Members {
     rows: Vec<Member>,
-    index: FxHashMap<NodeId, usize>,
+    index: HashTable<u32>,
     /// Rows in state Alive or Suspect.
     active: usize,
 }
@@ -55,8 +64,15 @@ impl Members {
         self.active
     }
 
+    fn position(&self, id: &NodeId) -> Option<usize> {
+        let rows = &self.rows;
+        self.index
+            .find(hash(id), |&i| rows[i as usize].id() == id)
+            .map(|&i| i as usize)
+    }
+
     pub fn get(&self, id: &NodeId) -> Option<&Member> {
-        self.index.get(id).map(|&i| &self.rows[i])
+        self.position(id).map(|i| &self.rows[i])
     }
 
     pub fn at(&self, i: usize) -> &Member {
@@ -69,10 +85,26 @@ impl Members {
 
     /// Adds a member not yet in the table.
     pub fn insert(&mut self, m: Member) {
-        debug_assert!(!self.index.contains_key(m.id()));
+        debug_assert!(self.position(m.id()).is_none());
+        assert!(
+            self.rows.len() < u32::MAX as usize,
+            "member table is bounded by u32"
+        );
         self.active += usize::from(m.is_active());
-        self.index.insert(m.id().clone(), self.rows.len());
+        let rows = &self.rows;
+        self.index
+            .insert_unique(hash(m.id()), rows.len() as u32, |&i| {
+                hash(rows[i as usize].id())
+            });
         self.rows.push(m);
+    }
+
+    /// Changes the index entry of the member at row `row` from value `from` to `to`. Entries are
+    /// found by value, so values must stay unique at every step.
+    fn remap(&mut self, row: usize, from: u32, to: u32) {
+        let h = hash(self.rows[row].id());
+        let e = self.index.find_entry(h, |&i| i == from);
+        *e.expect("every row is indexed").get_mut() = to;
     }
 
     /// Adds a member at a random position, so that nodes which learn of members in the same
@@ -83,14 +115,16 @@ impl Members {
         let j = rng.gen_range(0..=last);
         if j != last {
             self.rows.swap(j, last);
-            self.index.insert(self.rows[j].id().clone(), j);
-            self.index.insert(self.rows[last].id().clone(), last);
+            let (j32, last32) = (j as u32, last as u32);
+            self.remap(j, last32, u32::MAX); // the new member, out of the way
+            self.remap(last, j32, last32); // the member moved to the end
+            self.remap(j, u32::MAX, j32);
         }
     }
 
     /// Changes a member's row in place; keeps the active count right.
     pub fn update(&mut self, id: &NodeId, f: impl FnOnce(&mut Member)) -> Option<&Member> {
-        let &i = self.index.get(id)?;
+        let i = self.position(id)?;
         let row = &mut self.rows[i];
         let was_active = row.is_active();
         f(row);
@@ -106,8 +140,10 @@ impl Members {
             .retain(|m| m.is_active() || m.state_since >= reap_before || m.id() == keep);
         self.rows.shuffle(rng);
         self.index.clear();
-        for (i, m) in self.rows.iter().enumerate() {
-            self.index.insert(m.id().clone(), i);
+        let rows = &self.rows;
+        for (i, m) in rows.iter().enumerate() {
+            self.index
+                .insert_unique(hash(m.id()), i as u32, |&r| hash(rows[r as usize].id()));
         }
         debug_assert_eq!(
             self.active,

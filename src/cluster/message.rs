@@ -164,8 +164,8 @@ pub struct UserEvent {
 pub enum Message {
     /// Direct probe.
     Ping(Ping),
-    /// Indirect probe request.
-    PingReq(PingReq),
+    /// Indirect probe request (boxed: the enum stays small for the broadcast queue).
+    PingReq(Box<PingReq>),
     /// Probe answer.
     Ack(Ack),
     /// Indirect probe could not reach the target.
@@ -178,9 +178,12 @@ pub enum Message {
     Dead(Dead),
     /// Full-state exchange.
     PushPull(PushPull),
-    /// Application event.
-    UserEvent(UserEvent),
+    /// Application event (boxed, as `PingReq`).
+    UserEvent(Box<UserEvent>),
 }
+
+// The broadcast queue holds thousands of messages per node; keep the enum small.
+const _: () = assert!(std::mem::size_of::<Message>() <= 48);
 
 /// Message type bytes on the wire. Never reuse a retired number.
 pub mod msg_type {

@@ -178,7 +178,7 @@ impl Swim {
                 nack,
             };
             self.stats.indirect_probes += 1;
-            self.send_packet(to, Message::PingReq(req));
+            self.send_packet(to, Message::PingReq(Box::new(req)));
         }
         if let Some(p) = self.probe.current.as_mut() {
             p.expected_nacks = if nack { helpers.len() as u32 } else { 0 };

@@ -265,14 +265,14 @@ impl Swim {
         self.stats.messages_in += 1;
         match msg {
             Message::Ping(m) => self.on_ping(from, m, channel),
-            Message::PingReq(m) => self.on_ping_req(from, m),
+            Message::PingReq(m) => self.on_ping_req(from, *m),
             Message::Ack(m) => self.on_ack(m.seq),
             Message::Nack(m) => self.on_nack(m.seq),
             Message::Alive(m) => self.on_alive(m),
             Message::Suspect(m) => self.on_suspect(m),
             Message::Dead(m) => self.on_dead(m),
             Message::PushPull(m) => self.on_push_pull(from, m),
-            Message::UserEvent(m) => self.on_user_event(m),
+            Message::UserEvent(m) => self.on_user_event(*m),
         }
     }
 
@@ -481,7 +481,7 @@ impl Swim {
             .observe(&event.origin, ltime, digest(&event.name, &event.payload));
         self.broadcasts.push(
             BroadcastKey::Event(self.id.clone(), ltime),
-            Message::UserEvent(event),
+            Message::UserEvent(Box::new(event)),
         );
         Ok(())
     }
@@ -500,7 +500,8 @@ impl Swim {
             Verdict::Deliver => {
                 self.stats.user_events += 1;
                 let key = BroadcastKey::Event(ev.origin.clone(), ev.ltime);
-                self.broadcasts.push(key, Message::UserEvent(ev.clone()));
+                self.broadcasts
+                    .push(key, Message::UserEvent(Box::new(ev.clone())));
                 self.emit(Event::UserEvent(ev));
             }
             Verdict::Duplicate => {}

@@ -279,7 +279,7 @@ fn indirect_probe_forwards_ack_or_sends_nack() {
         source: id(2),
         nack: true,
     };
-    let out = t.msg(2, Message::PingReq(req.clone()));
+    let out = t.msg(2, Message::PingReq(Box::new(req.clone())));
     let (to, my_seq) = probe_ping(&out);
     assert_eq!(to, addr(3));
     let out = t.msg(3, Message::Ack(Ack { seq: my_seq }));
@@ -289,7 +289,7 @@ fn indirect_probe_forwards_ack_or_sends_nack() {
         (addr(2), &Message::Ack(Ack { seq: 40 }))
     );
     // Second request: the target stays silent, the nack timer fires.
-    let out = t.msg(2, Message::PingReq(PingReq { seq: 41, ..req }));
+    let out = t.msg(2, Message::PingReq(Box::new(PingReq { seq: 41, ..req })));
     let (_, my_seq) = probe_ping(&out);
     let out = t.timer(Timer::IndirectNack { seq: my_seq });
     assert_eq!(packets(&out)[0].1[0], Message::Nack(Nack { seq: 41 }));
