@@ -6,9 +6,11 @@
 
 use super::message::{item_len, Message};
 use crate::identity::NodeId;
-use rustc_hash::FxHashMap;
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
+use std::hash::BuildHasher;
 
 /// What a broadcast is about; a new broadcast replaces a queued one with the same key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -19,17 +21,23 @@ pub(crate) enum BroadcastKey {
     Event(NodeId, u64),
 }
 
+fn hash(key: &BroadcastKey) -> u64 {
+    FxBuildHasher.hash_one(key)
+}
+
 #[derive(Debug)]
 struct Item {
     key: BroadcastKey,
     msg: Message,
+    /// Push order: higher is newer.
+    id: u64,
     /// Bytes in a packet, length prefix included.
-    len: usize,
+    len: u32,
     transmits: u32,
 }
 
-/// Items are ordered by `(transmits, newest first)`; `id` grows with every push.
-type Slot = (u32, Reverse<u64>);
+/// Order of the items: `(transmits, newest first, slot)`.
+type Slot = (u32, Reverse<u64>, u32);
 
 /// Smallest item worth looking for once the budget runs low (an ack is about 4 bytes).
 const ITEM_BYTES_MIN: usize = 4;
@@ -38,71 +46,101 @@ const SCAN_MAX: usize = 512;
 /// Items in a row that did not fit before packing gives up: the packet is as good as full.
 const MISSES_MAX: usize = 16;
 
-/// Bounded queue of broadcasts.
+/// Bounded queue of broadcasts. Items live in a slab (`slots`, reused through `free`); the order
+/// and the key index hold only slot numbers, which keeps an item near 130 bytes in all: the
+/// simulator holds thousands of these queues.
 #[derive(Debug)]
 pub(crate) struct BroadcastQueue {
     order: BTreeSet<Slot>,
-    items: FxHashMap<u64, Item>,
-    by_key: FxHashMap<BroadcastKey, u64>,
+    slots: Vec<Option<Item>>,
+    free: Vec<u32>,
+    by_key: HashTable<u32>,
     next_id: u64,
     max: usize,
 }
 
 impl BroadcastQueue {
     pub fn new(max: usize) -> Self {
-        debug_assert!(max > 0);
+        debug_assert!(max > 0 && max < u32::MAX as usize);
         BroadcastQueue {
             order: BTreeSet::new(),
-            items: FxHashMap::default(),
-            by_key: FxHashMap::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_key: HashTable::new(),
             next_id: 0,
             max,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.order.len()
+    }
+
+    fn item(&self, slot: u32) -> &Item {
+        self.slots[slot as usize]
+            .as_ref()
+            .expect("indexed slots are filled")
+    }
+
+    fn find(&self, key: &BroadcastKey) -> Option<u32> {
+        self.by_key
+            .find(hash(key), |&s| &self.item(s).key == key)
+            .copied()
     }
 
     /// Queues `msg`, replacing a queued item with the same key. Over the bound, the most sent
     /// (then oldest) item is dropped.
     pub fn push(&mut self, key: BroadcastKey, msg: Message) {
-        if let Some(old) = self.by_key.remove(&key) {
+        if let Some(old) = self.find(&key) {
             self.remove(old);
         }
         let id = self.next_id;
         self.next_id += 1;
-        let len = item_len(msg.encoded_len());
-        self.order.insert((0, Reverse(id)));
-        self.by_key.insert(key.clone(), id);
-        self.items.insert(
+        let len = item_len(msg.encoded_len()) as u32;
+        let h = hash(&key);
+        let item = Item {
+            key,
+            msg,
             id,
-            Item {
-                key,
-                msg,
-                len,
-                transmits: 0,
-            },
-        );
-        while self.items.len() > self.max {
-            let &(_, Reverse(worst)) = self.order.last().expect("non-empty");
+            len,
+            transmits: 0,
+        };
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(item);
+                s
+            }
+            None => {
+                self.slots.push(Some(item));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.order.insert((0, Reverse(id), slot));
+        let slots = &self.slots;
+        self.by_key.insert_unique(h, slot, |&s| {
+            hash(&slots[s as usize].as_ref().expect("filled").key)
+        });
+        while self.order.len() > self.max {
+            let &(_, _, worst) = self.order.last().expect("non-empty");
             self.remove(worst);
         }
-        debug_assert_eq!(self.order.len(), self.items.len());
+        debug_assert_eq!(self.order.len(), self.by_key.len());
     }
 
-    fn remove(&mut self, id: u64) {
-        if let Some(item) = self.items.remove(&id) {
-            self.order.remove(&(item.transmits, Reverse(id)));
-            if self.by_key.get(&item.key) == Some(&id) {
-                self.by_key.remove(&item.key);
-            }
+    fn remove(&mut self, slot: u32) {
+        let Some(item) = self.slots[slot as usize].take() else {
+            return;
+        };
+        self.order.remove(&(item.transmits, Reverse(item.id), slot));
+        if let Ok(e) = self.by_key.find_entry(hash(&item.key), |&s| s == slot) {
+            e.remove();
         }
+        self.free.push(slot);
     }
 
     /// How many times the item with `key` was sent, if it is still queued.
     pub fn transmits(&self, key: &BroadcastKey) -> Option<u32> {
-        self.by_key.get(key).map(|id| self.items[id].transmits)
+        self.find(key).map(|s| self.item(s).transmits)
     }
 
     /// Appends up to `count_max` items fitting in `budget` bytes to `out`, least sent first;
@@ -115,36 +153,37 @@ impl BroadcastQueue {
         out: &mut Vec<Message>,
     ) -> usize {
         let mut used = 0;
-        let mut taken: Vec<u64> = Vec::new();
+        let mut taken: Vec<u32> = Vec::new();
         let mut misses = 0;
-        for &(_, Reverse(id)) in self.order.iter().take(SCAN_MAX) {
+        for &(_, _, slot) in self.order.iter().take(SCAN_MAX) {
             if budget - used < ITEM_BYTES_MIN || taken.len() >= count_max || misses >= MISSES_MAX {
                 break;
             }
-            let item = &self.items[&id];
-            if item.len <= budget - used {
-                used += item.len;
+            let item = self.item(slot);
+            if item.len as usize <= budget - used {
+                used += item.len as usize;
                 out.push(item.msg.clone());
-                taken.push(id);
+                taken.push(slot);
                 misses = 0;
             } else {
                 misses += 1;
             }
         }
-        for id in taken {
-            self.bump(id, limit);
+        for slot in taken {
+            self.bump(slot, limit);
         }
         used
     }
 
-    fn bump(&mut self, id: u64, limit: u32) {
-        let item = self.items.get_mut(&id).expect("picked item exists");
-        self.order.remove(&(item.transmits, Reverse(id)));
+    fn bump(&mut self, slot: u32, limit: u32) {
+        let item = self.slots[slot as usize]
+            .as_mut()
+            .expect("picked item exists");
+        self.order.remove(&(item.transmits, Reverse(item.id), slot));
         item.transmits += 1;
+        self.order.insert((item.transmits, Reverse(item.id), slot));
         if item.transmits >= limit {
-            self.remove(id);
-        } else {
-            self.order.insert((item.transmits, Reverse(id)));
+            self.remove(slot);
         }
     }
 }
