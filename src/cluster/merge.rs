@@ -3,7 +3,7 @@
 //! incarnation, to refute a suspicion or death claim about itself.
 
 use super::members::Member;
-use super::message::{Alive, Dead, MemberState, Message, PushMember, Suspect};
+use super::message::{Alive, Dead, MemberState, Message, Ping, PushMember, Suspect};
 use super::suspicion::{suspicion_min, Suspicion};
 use super::swim::Swim;
 use super::{Event, Timer};
@@ -154,17 +154,48 @@ impl Swim {
     }
 
     pub(crate) fn on_suspicion_timeout(&mut self, node: NodeId, generation: u64) {
-        let current = self
+        let Some(susp) = self
             .suspicions
-            .get(&node)
-            .is_some_and(|s| s.generation == generation);
-        let suspect = self
-            .members
-            .get(&node)
-            .filter(|m| m.state == MemberState::Suspect);
-        let Some(m) = suspect.filter(|_| current) else {
+            .get_mut(&node)
+            .filter(|s| s.generation == generation)
+        else {
             return;
         };
+        let Some(m) = self
+            .members
+            .get(&node)
+            .filter(|m| m.state == MemberState::Suspect)
+        else {
+            return;
+        };
+        // A suspicion that ran its full course without the confirmations that would have
+        // shortened it rests on one member's word: before believing it, probe the suspect once
+        // more, with the suspicion attached. A live suspect refutes (or answers with the newer
+        // incarnation we missed); a dead one stays silent and is declared one period later.
+        if self.config.lifeguard && susp.confirmations() < susp.k && !susp.last_chance {
+            susp.last_chance = true;
+            self.generation += 1;
+            susp.generation = self.generation;
+            let (addr, incarnation) = (m.info.addr, m.incarnation);
+            let seq = self.next_seq();
+            let ping = Message::Ping(Ping {
+                seq,
+                target: node.clone(),
+                source: self.id.clone(),
+            });
+            self.send_probe_packet(addr, ping, Some((node.clone(), incarnation)));
+            let wait = self
+                .config
+                .scaled(self.config.probe_interval, self.awareness.score());
+            self.arm(
+                wait,
+                Timer::Suspicion {
+                    node,
+                    generation: self.generation,
+                },
+            );
+            return;
+        }
         self.stats.failures_declared += 1;
         let d = Dead {
             incarnation: m.incarnation,

@@ -41,7 +41,7 @@ pub(crate) struct ProbeState {
 }
 
 impl Swim {
-    fn next_seq(&mut self) -> u32 {
+    pub(crate) fn next_seq(&mut self) -> u32 {
         self.probe.seq = self.probe.seq.wrapping_add(1);
         self.probe.seq
     }
@@ -129,7 +129,7 @@ impl Swim {
 
     /// A ping, with (Lifeguard's buddy system) the suspicion about the target right behind it so
     /// that a suspect learns of it from its prober and can refute at once.
-    fn send_probe_packet(
+    pub(crate) fn send_probe_packet(
         &mut self,
         to: SocketAddr,
         ping: Message,
@@ -144,9 +144,10 @@ impl Swim {
             node,
             from: self.id.clone(),
         });
+        // Ahead of the ping: the suspect refutes first, so the refutation rides on its ack.
         if let Some(super::Output::Packet { msgs, .. }) = self.out.last_mut() {
             if msgs.len() < super::PACKET_MESSAGES_MAX {
-                msgs.insert(1, suspect);
+                msgs.insert(0, suspect);
             }
         }
     }

@@ -29,6 +29,8 @@ pub(crate) struct Suspicion {
     pub suspectors: Vec<NodeId>,
     /// Which arming of the timer is current.
     pub generation: u64,
+    /// The last-chance probe has been sent (see `Swim::on_suspicion_timeout`).
+    pub last_chance: bool,
 }
 
 impl Suspicion {
@@ -49,6 +51,7 @@ impl Suspicion {
             k,
             suspectors: vec![from],
             generation,
+            last_chance: false,
         }
     }
 

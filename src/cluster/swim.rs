@@ -269,10 +269,29 @@ impl Swim {
             Message::Ack(m) => self.on_ack(m.seq),
             Message::Nack(m) => self.on_nack(m.seq),
             Message::Alive(m) => self.on_alive(m),
-            Message::Suspect(m) => self.on_suspect(m),
-            Message::Dead(m) => self.on_dead(m),
+            Message::Suspect(m) => {
+                self.answer_stale_claim(from, &m.node, m.incarnation);
+                self.on_suspect(m)
+            }
+            Message::Dead(m) => {
+                self.answer_stale_claim(from, &m.node, m.incarnation);
+                self.on_dead(m)
+            }
             Message::PushPull(m) => self.on_push_pull(from, m),
             Message::UserEvent(m) => self.on_user_event(*m),
+        }
+    }
+
+    /// Someone passed on a suspicion or death claim about us that we have already refuted: it
+    /// may have missed the refutation, so it gets our current alive claim directly.
+    fn answer_stale_claim(&mut self, from: SocketAddr, node: &NodeId, incarnation: Incarnation) {
+        if node == &self.id && incarnation < self.incarnation() && !self.leaving {
+            let me = self.local();
+            let alive = Alive {
+                incarnation: me.incarnation,
+                info: me.info.clone(),
+            };
+            self.send_packet(from, Message::Alive(alive));
         }
     }
 

@@ -453,12 +453,113 @@ fn suspicion_times_out_to_dead_and_stale_timers_are_ignored() {
         "a stale timer does nothing"
     );
     t.ms = 12_000;
+    // No confirmation came: one last probe of the suspect, with the suspicion attached.
     let out = t.timer(Timer::Suspicion {
         node: id(2),
         generation,
     });
+    assert_eq!(t.state(2), Some((MemberState::Suspect, 0)));
+    let p = packets(&out);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].0, addr(2));
+    assert!(matches!(&p[0].1[0], Message::Suspect(s) if s.node == id(2)));
+    assert!(matches!(&p[0].1[1], Message::Ping(_)));
+    let last = t.swim.generation;
+    assert_eq!(
+        timer_at(
+            &out,
+            &Timer::Suspicion {
+                node: id(2),
+                generation: last
+            }
+        ),
+        Some(Time::from_millis(12_500))
+    );
+    // Still silent one probe period later: failed.
+    t.ms = 12_500;
+    let out = t.timer(Timer::Suspicion {
+        node: id(2),
+        generation: last,
+    });
     assert_eq!(t.state(2), Some((MemberState::Dead, 0)));
     assert!(matches!(&events(&out)[..], [Event::MemberFailed(v)] if v.info.id == id(2)));
+}
+
+#[test]
+fn the_last_chance_probe_lets_a_live_suspect_refute() {
+    let mut t = T::new(1, &[2, 3, 4, 5, 6]);
+    let s = Suspect {
+        incarnation: Incarnation(0),
+        node: id(2),
+        from: id(3),
+    };
+    let out = t.msg(3, Message::Suspect(s));
+    let generation = t.swim.generation;
+    assert!(timer_at(
+        &out,
+        &Timer::Suspicion {
+            node: id(2),
+            generation
+        }
+    )
+    .is_some());
+    t.ms = 12_000;
+    let out = t.timer(Timer::Suspicion {
+        node: id(2),
+        generation,
+    });
+    // The suspect, which had missed the suspicion, refutes on the probe's attached suspicion
+    // and its ack carries the refutation.
+    let mut b = T::new(2, &[1]);
+    let reply = b.msg(1, packets(&out)[0].1[0].clone());
+    let reply2 = b.msg(1, packets(&out)[0].1[1].clone());
+    assert_eq!(b.swim.incarnation(), Incarnation(1));
+    let ack = packets(&reply2).pop().unwrap();
+    assert!(matches!(&ack.1[0], Message::Ack(_)));
+    let alive = ack
+        .1
+        .iter()
+        .find(|m| matches!(m, Message::Alive(a) if a.info.id == id(2)))
+        .cloned();
+    assert!(packets(&reply).is_empty(), "the refutation waits for the ack");
+    t.msg(2, alive.expect("the refutation rides on the ack"));
+    assert_eq!(t.state(2), Some((MemberState::Alive, 1)));
+    // The timer that follows finds nothing to declare.
+    let out = t.timer(Timer::Suspicion {
+        node: id(2),
+        generation: t.swim.generation,
+    });
+    assert!(events(&out).is_empty());
+}
+
+#[test]
+fn a_stale_claim_about_us_is_answered_with_our_alive() {
+    let mut t = T::new(1, &[2]);
+    t.msg(
+        2,
+        Message::Suspect(Suspect {
+            incarnation: Incarnation(0),
+            node: id(1),
+            from: id(2),
+        }),
+    );
+    assert_eq!(t.swim.incarnation(), Incarnation(1));
+    // Node 3 passes on the old suspicion: it missed the refutation, so it is told directly.
+    let out = t.msg(
+        3,
+        Message::Suspect(Suspect {
+            incarnation: Incarnation(0),
+            node: id(1),
+            from: id(2),
+        }),
+    );
+    let p = packets(&out);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].0, addr(3));
+    assert!(
+        matches!(&p[0].1[0], Message::Alive(a) if a.info.id == id(1) && a.incarnation == Incarnation(1))
+    );
+    assert_eq!(t.swim.incarnation(), Incarnation(1), "no second refutation");
 }
 
 #[test]
@@ -564,8 +665,8 @@ fn probing_a_suspect_carries_the_suspicion_buddy_system() {
     );
     let out = t.timer(Timer::ProbeTick);
     let p = packets(&out);
-    assert!(matches!(&p[0].1[0], Message::Ping(_)));
-    assert!(matches!(&p[0].1[1], Message::Suspect(s) if s.node == id(2) && s.from == id(1)));
+    assert!(matches!(&p[0].1[0], Message::Suspect(s) if s.node == id(2) && s.from == id(1)));
+    assert!(matches!(&p[0].1[1], Message::Ping(_)));
 }
 
 #[test]
