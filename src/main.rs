@@ -5,7 +5,13 @@ mod cli;
 
 use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
-    let code = cli::run(cli::Cli::parse())?;
+fn main() {
+    let code = match cli::run(cli::Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    };
     std::process::exit(code);
 }

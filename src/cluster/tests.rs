@@ -521,7 +521,10 @@ fn the_last_chance_probe_lets_a_live_suspect_refute() {
         .iter()
         .find(|m| matches!(m, Message::Alive(a) if a.info.id == id(2)))
         .cloned();
-    assert!(packets(&reply).is_empty(), "the refutation waits for the ack");
+    assert!(
+        packets(&reply).is_empty(),
+        "the refutation waits for the ack"
+    );
     t.msg(2, alive.expect("the refutation rides on the ack"));
     assert_eq!(t.state(2), Some((MemberState::Alive, 1)));
     // The timer that follows finds nothing to declare.

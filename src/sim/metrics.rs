@@ -61,6 +61,9 @@ pub(crate) struct Metrics {
     view: Vec<u8>,
     live: Vec<bool>,
     live_count: usize,
+    /// Nodes paused at some point: they learn of crashes late, so they are left out of the
+    /// detection figures.
+    paused: Vec<bool>,
     /// Live observer -> live other target pairs seen alive.
     alive_pairs: usize,
     pub crash_at: Vec<Option<Duration>>,
@@ -82,6 +85,7 @@ impl Metrics {
             view: vec![UNKNOWN; n * n],
             live: vec![true; n],
             live_count: n,
+            paused: vec![false; n],
             alive_pairs: 0,
             crash_at: vec![None; n],
             detect: Vec::new(),
@@ -119,7 +123,7 @@ impl Metrics {
         }
         let pair = (observer as u32, target as u32);
         match (new, self.crash_at[target]) {
-            (DEAD | LEFT, Some(at)) if self.detected.insert(pair) => {
+            (DEAD | LEFT, Some(at)) if !self.paused[observer] && self.detected.insert(pair) => {
                 self.detect.push(now.saturating_sub(at).as_millis() as u64);
             }
             (DEAD, None) => {
@@ -154,9 +158,21 @@ impl Metrics {
         self.crash_at[node] = Some(now);
     }
 
+    /// `node` is paused: from now on it is no observer for the detection figures.
+    pub fn pause(&mut self, node: usize) {
+        self.paused[node] = true;
+    }
+
     /// Whether every live observer sees `target` alive.
     pub fn seen_alive_by_all(&self, target: usize) -> bool {
         (0..self.n).all(|o| o == target || !self.live[o] || self.view[o * self.n + target] == ALIVE)
+    }
+
+    /// Live nodes never paused: the observers of the detection figures.
+    fn observers(&self) -> usize {
+        (0..self.n)
+            .filter(|&i| self.live[i] && !self.paused[i])
+            .count()
     }
 
     pub fn detect_summary(&self) -> Detect {
@@ -167,7 +183,7 @@ impl Metrics {
             p50: percentile(&d, 50.0),
             p99: percentile(&d, 99.0),
             max: d.last().copied(),
-            undetected: crashed * self.live_count - d.len(),
+            undetected: crashed * self.observers() - d.len(),
         }
     }
 }

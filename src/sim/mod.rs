@@ -64,7 +64,7 @@ pub struct Report {
     pub duration_s: f64,
     /// First time every live node saw every other live node alive, ms from the start.
     pub converged_ms: Option<u64>,
-    /// From each crash to each survivor's verdict.
+    /// From each crash to each survivor's verdict (nodes that were paused are left out).
     pub detect_ms: Detect,
     /// (observer, live node) pairs declared dead, without pause or partition to excuse it.
     pub false_positives: usize,
@@ -528,6 +528,7 @@ impl<'a> Sim<'a> {
             for n in victims.by_ref().take(p.count) {
                 self.nodes[n].status = Status::Paused;
                 self.nodes[n].paused_ever = true;
+                self.metrics.pause(n);
                 self.push(self.now + p.amount, Ev::PauseEnd(n));
             }
         }
