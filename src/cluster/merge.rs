@@ -3,7 +3,7 @@
 //! incarnation, to refute a suspicion or death claim about itself.
 
 use super::members::Member;
-use super::message::{Alive, Dead, MemberState, Message, Ping, PushMember, Suspect};
+use super::message::{Alive, Dead, Incarnation, MemberState, Message, Ping, PushMember, Suspect};
 use super::suspicion::{suspicion_min, Suspicion};
 use super::swim::Swim;
 use super::{Event, Timer};
@@ -73,19 +73,24 @@ impl Swim {
         self.queue_member_claim(id, Message::Alive(a));
     }
 
-    pub(crate) fn on_suspect(&mut self, s: Suspect) {
-        if s.node == self.id {
-            if s.incarnation >= self.incarnation() && !self.leaving {
-                self.refute(s.incarnation);
+    /// The common start of a suspect or dead claim: refuted if it is about us; otherwise the
+    /// member it is about, if we know it alive or suspect at no newer incarnation.
+    fn down_claim_target(&mut self, node: &NodeId, incarnation: Incarnation) -> Option<&Member> {
+        if node == &self.id {
+            if incarnation >= self.incarnation() && !self.leaving {
+                self.refute(incarnation);
             }
-            return;
+            return None;
         }
-        let Some(m) = self.members.get(&s.node) else {
+        self.members
+            .get(node)
+            .filter(|m| incarnation >= m.incarnation && m.is_active())
+    }
+
+    pub(crate) fn on_suspect(&mut self, s: Suspect) {
+        let Some(m) = self.down_claim_target(&s.node, s.incarnation) else {
             return;
         };
-        if s.incarnation < m.incarnation || !m.is_active() {
-            return;
-        }
         if m.state == MemberState::Suspect && s.incarnation == m.incarnation {
             self.confirm_suspicion(s);
             return;
@@ -206,16 +211,7 @@ impl Swim {
     }
 
     pub(crate) fn on_dead(&mut self, d: Dead) {
-        if d.node == self.id {
-            if !self.leaving && d.incarnation >= self.incarnation() {
-                self.refute(d.incarnation);
-            }
-            return;
-        }
-        let Some(m) = self.members.get(&d.node) else {
-            return;
-        };
-        if d.incarnation < m.incarnation || !m.is_active() {
+        if self.down_claim_target(&d.node, d.incarnation).is_none() {
             return;
         }
         let left = d.from == d.node;

@@ -405,16 +405,18 @@ impl<'a> Sim<'a> {
         (self.now >= p.from && self.now < p.to) && ((a >= self.far_side) != (b >= self.far_side))
     }
 
+    /// The receiving node, unless the address is not a node's or a partition cuts the path.
+    fn route(&self, from: usize, to: std::net::SocketAddr) -> Option<usize> {
+        index(to).filter(|&t| t < self.nodes.len() && !self.cut(from, t))
+    }
+
     fn send_packet(&mut self, from: usize, to: std::net::SocketAddr, msgs: Vec<Message>) {
         self.count.msgs += msgs.len() as u64;
         self.count.datagrams += 1;
         self.count.bytes += self.model.datagram_bytes(&msgs) as u64;
-        let Some(to) = index(to).filter(|&t| t < self.nodes.len()) else {
+        let Some(to) = self.route(from, to) else {
             return;
         };
-        if self.cut(from, to) {
-            return;
-        }
         let slow = self.nodes[to].slow;
         match self.model.datagram(&mut self.rng) {
             (Some(d), None) => self.push(self.now + d + slow, Ev::Packet { to, from, msgs }),
@@ -437,12 +439,9 @@ impl<'a> Sim<'a> {
         self.count.msgs += 1;
         self.count.streams += 1;
         self.count.bytes += self.model.stream_bytes(&msg) as u64;
-        let Some(to) = index(to).filter(|&t| t < self.nodes.len()) else {
+        let Some(to) = self.route(from, to) else {
             return;
         };
-        if self.cut(from, to) {
-            return;
-        }
         if let Some(d) = self.model.stream(&mut self.rng) {
             let slow = self.nodes[to].slow;
             self.push(self.now + d + slow, Ev::Stream { to, from, msg });
