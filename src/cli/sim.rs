@@ -11,7 +11,8 @@ use std::time::Duration;
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Nodes start min(5 ms, 5 s / N) apart and join through node 0. Faults (--kill, --pause, --slow)
-hit nodes chosen by the seed once the cluster has converged (plus 1 s), or at a third of the run.
+hit nodes chosen by the seed once the cluster has converged (plus 1 s), or at a third of the run
+if it has not converged by then.
 The same seed gives the same run: compare the printed trace_hash.
 
 --config takes a TOML file of protocol settings, the fields of the [protocol] table of the agent

@@ -23,7 +23,7 @@
 //!
 //! ## Faults
 //! Nodes start `min(5 ms, 5 s / N)` apart and join through node 0. Once every node sees every
-//! other alive (plus one second; or at a third of the run if that never happens) the seed picks
+//! other alive (plus one second; or at a third of the run if it has not converged by then) the seed picks
 //! distinct victims among nodes 1..N: crashed (gone for good), paused (inputs held, then
 //! delivered in order, like SIGSTOP/SIGCONT) and slow (every incoming message handled late).
 //! A partition cuts the last fraction of the nodes off from the rest between two times.
