@@ -4,6 +4,10 @@
 //! `flags` bit 0 says the body is encrypted (then it is `[key_id: u8][nonce: 24][ciphertext+tag]`,
 //! see `docs/protocol.md`); other bits are reserved and must be zero.
 
+use super::crypto::{CryptoError, Keyring, SEAL_OVERHEAD_BYTES};
+use rand::{CryptoRng, RngCore};
+use std::borrow::Cow;
+
 /// The two bytes every frame starts with.
 pub const MAGIC: [u8; 2] = *b"DC";
 /// Frame layout version.
@@ -11,7 +15,7 @@ pub const FRAME_VERSION: u8 = 1;
 /// Bytes of the frame header.
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// Extra bytes an encrypted body takes: key id, XChaCha20 nonce, Poly1305 tag.
-pub const ENCRYPTION_OVERHEAD_BYTES: usize = 1 + 24 + 16;
+pub const ENCRYPTION_OVERHEAD_BYTES: usize = SEAL_OVERHEAD_BYTES;
 /// IPv4 + UDP header bytes, for bandwidth figures that match what an interface counts.
 pub const UDP_IP_HEADER_BYTES: usize = 28;
 
@@ -52,6 +56,85 @@ pub enum DecodeFrameError {
     Flags(u8),
 }
 
+/// How this node protects its frames.
+#[derive(Debug, Clone, Copy)]
+pub enum Security<'a> {
+    /// Plain frames only; an encrypted frame is refused.
+    Plain,
+    /// Seal with the keyring's primary key, binding the cluster `label` (and the frame header)
+    /// as associated data. `accept_plain` lets plain frames in during a migration to encryption.
+    Encrypted {
+        /// The keys.
+        keyring: &'a Keyring,
+        /// The cluster label: two clusters with different labels never accept each other's frames.
+        label: &'a [u8],
+        /// Accept plain frames too (migration only).
+        accept_plain: bool,
+    },
+}
+
+/// Why a frame was not opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenFrameError {
+    /// A bad header.
+    #[error(transparent)]
+    Header(#[from] DecodeFrameError),
+    /// The body did not decrypt.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// A plain frame while encryption is on.
+    #[error("plain frame refused: encryption is on")]
+    PlaintextRefused,
+    /// An encrypted frame while this node has no key.
+    #[error("encrypted frame refused: no keyring")]
+    NoKeyring,
+}
+
+fn aad(header: &[u8], label: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(header.len() + label.len());
+    aad.extend_from_slice(header);
+    aad.extend_from_slice(label);
+    aad
+}
+
+/// Builds a frame around `body`: plain, or sealed (see [`Security`]).
+pub fn seal(body: &[u8], security: Security<'_>, rng: &mut (impl RngCore + CryptoRng)) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + ENCRYPTION_OVERHEAD_BYTES + body.len());
+    match security {
+        Security::Plain => {
+            encode_header(Flags::default(), &mut out);
+            out.extend_from_slice(body);
+        }
+        Security::Encrypted { keyring, label, .. } => {
+            encode_header(Flags::ENCRYPTED, &mut out);
+            let sealed = keyring.seal(&aad(&out, label), body, rng);
+            out.extend_from_slice(&sealed);
+        }
+    }
+    out
+}
+
+/// Checks a frame and returns its body, decrypted if it was sealed.
+pub fn open<'f>(frame: &'f [u8], security: Security<'_>) -> Result<Cow<'f, [u8]>, OpenFrameError> {
+    let (flags, body) = decode(frame)?;
+    let encrypted = flags.contains(Flags::ENCRYPTED);
+    match (security, encrypted) {
+        (Security::Plain, false) => Ok(Cow::Borrowed(body)),
+        (Security::Plain, true) => Err(OpenFrameError::NoKeyring),
+        (Security::Encrypted { accept_plain, .. }, false) => {
+            if accept_plain {
+                Ok(Cow::Borrowed(body))
+            } else {
+                Err(OpenFrameError::PlaintextRefused)
+            }
+        }
+        (Security::Encrypted { keyring, label, .. }, true) => {
+            let header = &frame[..FRAME_HEADER_BYTES];
+            Ok(Cow::Owned(keyring.open(&aad(header, label), body)?))
+        }
+    }
+}
+
 /// Writes the header for a body with `flags` into `out`.
 pub fn encode_header(flags: Flags, out: &mut Vec<u8>) {
     out.extend_from_slice(&MAGIC);
@@ -90,6 +173,47 @@ mod tests {
         let (flags, body) = decode(&out).unwrap();
         assert!(flags.contains(Flags::ENCRYPTED));
         assert_eq!(body, b"body");
+    }
+
+    #[test]
+    fn sealed_frames_open_only_with_key_and_label() {
+        use crate::transport::crypto::{Key, KEY_BYTES};
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let ring = Keyring::new(Key::from_bytes([3; KEY_BYTES]));
+        let enc = |label: &'static [u8], accept_plain| Security::Encrypted {
+            keyring: &ring,
+            label,
+            accept_plain,
+        };
+        let frame = seal(b"body", enc(b"prod", false), &mut rng);
+        assert_eq!(
+            frame.len(),
+            FRAME_HEADER_BYTES + ENCRYPTION_OVERHEAD_BYTES + 4
+        );
+        assert_eq!(&*open(&frame, enc(b"prod", false)).unwrap(), b"body");
+        assert!(matches!(
+            open(&frame, enc(b"staging", false)),
+            Err(OpenFrameError::Crypto(_))
+        ));
+        assert_eq!(
+            open(&frame, Security::Plain),
+            Err(OpenFrameError::NoKeyring)
+        );
+        // Flipping the flags (header is authenticated) breaks the frame.
+        let mut flipped = frame.clone();
+        flipped[3] = 0;
+        assert_eq!(
+            open(&flipped, enc(b"prod", false)),
+            Err(OpenFrameError::PlaintextRefused)
+        );
+        let plain = seal(b"body", Security::Plain, &mut rng);
+        assert_eq!(&*open(&plain, Security::Plain).unwrap(), b"body");
+        assert_eq!(
+            open(&plain, enc(b"prod", false)),
+            Err(OpenFrameError::PlaintextRefused)
+        );
+        assert_eq!(&*open(&plain, enc(b"prod", true)).unwrap(), b"body");
     }
 
     #[test]
