@@ -59,5 +59,6 @@
 
 pub mod cluster;
 pub mod identity;
+pub mod node;
 pub mod sim;
 pub mod transport;

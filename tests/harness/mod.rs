@@ -1,4 +1,5 @@
-//! Shared helpers for the system tests.
+//! Shared helpers for the system tests. Each test binary uses only part of them.
+#![allow(dead_code)]
 
 use distributed_core::sim::{self, Report, Scenario};
 
@@ -30,5 +31,16 @@ pub fn ensure(cond: bool, msg: impl Into<String>) -> Result<(), String> {
         Ok(())
     } else {
         Err(msg.into())
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `deadline` passes; `Err` names what was awaited.
+pub async fn eventually(what: &str, deadline: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let end = tokio::time::Instant::now() + deadline;
+    while !cond() {
+        if tokio::time::Instant::now() >= end {
+            panic!("timed out after {deadline:?} waiting for: {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

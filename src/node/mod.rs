@@ -1,0 +1,255 @@
+//! The tokio runtime around the protocol core: sockets, timers, tasks, and the `Node` API.
+//!
+//! One driver task owns the [`Swim`] core and the UDP socket. It waits on, in this order: an
+//! application command, a datagram, a stream message (read by per-connection tasks from the TCP
+//! listener), the earliest armed timer. Every input goes through `Swim::handle`; the outputs are
+//! carried out at once: datagrams sent on the UDP socket, stream messages written on a fresh TCP
+//! connection by a short task, timers kept in an ordered map, events published to subscribers
+//! and folded into the membership snapshot that `Node::members` reads.
+//!
+//! Stream records are `[len: u32 BE][frame]`; the frame's body is the sender's advertised address
+//! (postcard) followed by a one-message packet, so the address is covered by encryption.
+//!
+//! Layout: `mod.rs` (API, start, shutdown), `driver.rs` (the loop), `stream.rs` (TCP in and out).
+
+mod driver;
+mod stream;
+
+use crate::cluster::{Command, Config, Event, Incarnation, MemberView, Swim};
+use crate::identity::{IdentityError, NodeId, NodeInfo, Tags};
+use crate::transport::crypto::Keyring;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Largest datagram read.
+pub const DATAGRAM_BYTES_MAX: usize = 65_507;
+/// Largest stream record accepted; longer ones close the connection.
+pub const STREAM_RECORD_BYTES_MAX: usize = 8 << 20;
+/// Events buffered per subscriber before a slow subscriber starts missing them.
+pub const EVENT_BUFFER: usize = 1024;
+
+/// Why a node did not start or a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The node name is not a valid id.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The protocol config is invalid; nothing was bound.
+    #[error(transparent)]
+    Config(#[from] crate::cluster::ConfigError),
+    /// Binding or reading a socket failed.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The node has shut down.
+    #[error("the node has shut down")]
+    Closed,
+    /// The core refused the command; the state is unchanged.
+    #[error(transparent)]
+    Command(#[from] crate::cluster::CommandError),
+}
+
+/// Settings of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Unique member name.
+    pub name: String,
+    /// UDP and TCP bind address; port 0 picks a free port (tests).
+    pub bind: SocketAddr,
+    /// Address announced to peers; defaults to the bound address.
+    pub advertise: Option<SocketAddr>,
+    /// Published tags.
+    pub tags: Tags,
+    /// Protocol settings.
+    pub protocol: Config,
+    /// Encrypt with this keyring (and refuse plain frames).
+    pub keyring: Option<Arc<Keyring>>,
+    /// Cluster label bound into every encrypted frame.
+    pub label: String,
+    /// Incarnation to start at: one above any used before (persisted by the caller).
+    pub incarnation: u64,
+    /// Seed for the core's RNG; random when `None`.
+    pub seed: Option<u64>,
+}
+
+impl NodeConfig {
+    /// A node named `name` bound to `bind`, with LAN defaults and no encryption.
+    pub fn new(name: &str, bind: SocketAddr) -> Self {
+        NodeConfig {
+            name: name.to_string(),
+            bind,
+            advertise: None,
+            tags: Tags::new(),
+            protocol: Config::lan(),
+            keyring: None,
+            label: String::new(),
+            incarnation: 0,
+            seed: None,
+        }
+    }
+}
+
+pub(crate) enum Request {
+    Command(
+        Command,
+        oneshot::Sender<Result<(), crate::cluster::CommandError>>,
+    ),
+    LeaveAnnounced(oneshot::Sender<bool>),
+}
+
+struct Shared {
+    requests: mpsc::Sender<Request>,
+    events: broadcast::Sender<Event>,
+    members: Arc<Mutex<Vec<MemberView>>>,
+    local: MemberView,
+    shutdown: Mutex<Option<oneshot::Sender<()>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A running node. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct Node {
+    shared: Arc<Shared>,
+}
+
+impl Node {
+    /// Binds UDP and TCP on `config.bind`, starts the driver, and returns the running node.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        config.protocol.validate()?;
+        let id = NodeId::new(&config.name)?;
+        let udp = UdpSocket::bind(config.bind).await?;
+        let bound = udp.local_addr()?;
+        let tcp = TcpListener::bind(bound).await?;
+        let advertise = config.advertise.unwrap_or(bound);
+        let info = NodeInfo {
+            id,
+            addr: advertise,
+            tags: config.tags.clone(),
+        };
+        let seed = config
+            .seed
+            .unwrap_or_else(|| rand::RngCore::next_u64(&mut rand::rngs::OsRng));
+        let swim = Swim::new(
+            config.protocol.clone(),
+            info.clone(),
+            Incarnation(config.incarnation),
+            seed,
+        )?;
+        let local = MemberView {
+            info: Arc::new(info),
+            incarnation: Incarnation(config.incarnation),
+            state: crate::cluster::MemberState::Alive,
+        };
+        let (req_tx, req_rx) = mpsc::channel(64);
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (stream_tx, stream_rx) = mpsc::channel(1024);
+        let members = Arc::new(Mutex::new(Vec::new()));
+        let security = stream::SecurityOwned::new(config.keyring.clone(), config.label.clone());
+        let accept = tokio::spawn(stream::accept_loop(tcp, stream_tx, security.clone()));
+        let driver = driver::Driver::new(
+            swim,
+            udp,
+            advertise,
+            security,
+            events.clone(),
+            members.clone(),
+        );
+        let run = tokio::spawn(driver.run(req_rx, stream_rx, stop_rx));
+        let shared = Shared {
+            requests: req_tx,
+            events,
+            members,
+            local,
+            shutdown: Mutex::new(Some(stop_tx)),
+            tasks: Mutex::new(vec![run, accept]),
+        };
+        Ok(Node {
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// This node as it started (id, advertised address, tags).
+    pub fn local_member(&self) -> &MemberView {
+        &self.shared.local
+    }
+
+    /// The address peers reach this node at.
+    pub fn addr(&self) -> SocketAddr {
+        self.shared.local.info.addr
+    }
+
+    /// Every other member this node knows, with its state.
+    pub fn members(&self) -> Vec<MemberView> {
+        self.shared.members.lock().expect("members lock").clone()
+    }
+
+    /// Live membership events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+
+    async fn command(&self, cmd: Command) -> Result<(), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .requests
+            .send(Request::Command(cmd, tx))
+            .await
+            .map_err(|_| NodeError::Closed)?;
+        Ok(rx.await.map_err(|_| NodeError::Closed)??)
+    }
+
+    /// Joins a cluster through these seeds (retried by the core until one answers).
+    pub async fn join(&self, seeds: Vec<SocketAddr>) -> Result<(), NodeError> {
+        self.command(Command::Join(seeds)).await
+    }
+
+    /// Replaces this node's tags; peers see `MemberUpdated`.
+    pub async fn set_tags(&self, tags: Tags) -> Result<(), NodeError> {
+        self.command(Command::SetTags(tags)).await
+    }
+
+    /// Sends a user event to every member.
+    pub async fn broadcast_event(&self, name: &str, payload: Vec<u8>) -> Result<(), NodeError> {
+        self.command(Command::Broadcast {
+            name: name.to_string(),
+            payload,
+        })
+        .await
+    }
+
+    /// Leaves gracefully: returns once the `Left` claim has gone out (or `timeout` passed).
+    pub async fn leave(&self, timeout: std::time::Duration) -> Result<bool, NodeError> {
+        self.command(Command::Leave).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (tx, rx) = oneshot::channel();
+            self.shared
+                .requests
+                .send(Request::LeaveAnnounced(tx))
+                .await
+                .map_err(|_| NodeError::Closed)?;
+            if rx.await.map_err(|_| NodeError::Closed)? {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops every task of the node and waits for them (no task is left behind).
+    pub async fn shutdown(&self) {
+        if let Some(stop) = self.shared.shutdown.lock().expect("shutdown lock").take() {
+            let _ = stop.send(());
+        }
+        let tasks = std::mem::take(&mut *self.shared.tasks.lock().expect("tasks lock"));
+        for t in tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Real nodes on 127.0.0.1 (OS-chosen ports, real UDP and TCP, real codec and crypto).
+//! Conditions are awaited with deadlines, never fixed sleeps.
+
+mod harness;
+
+use distributed_core::cluster::{Config, MemberState};
+use distributed_core::node::{Node, NodeConfig};
+use distributed_core::transport::crypto::{Key, Keyring, KEY_BYTES};
+use harness::eventually;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn config(name: &str) -> NodeConfig {
+    let mut c = NodeConfig::new(name, "127.0.0.1:0".parse().unwrap());
+    c.protocol = Config::local();
+    c
+}
+
+async fn cluster(n: usize, make: impl Fn(usize) -> NodeConfig) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        nodes.push(Node::start(make(i)).await.unwrap());
+    }
+    let seed = nodes[0].addr();
+    for node in &nodes[1..] {
+        node.join(vec![seed]).await.unwrap();
+    }
+    nodes
+}
+
+fn alive_count(node: &Node) -> usize {
+    node.members()
+        .iter()
+        .filter(|m| m.state == MemberState::Alive)
+        .count()
+}
+
+fn state_of(node: &Node, name: &str) -> Option<MemberState> {
+    node.members()
+        .iter()
+        .find(|m| m.info.id.as_str() == name)
+        .map(|m| m.state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_converge_and_a_crash_is_detected() {
+    let nodes = cluster(3, |i| config(&format!("n{i}"))).await;
+    eventually(
+        "3 nodes see each other alive",
+        Duration::from_secs(10),
+        || nodes.iter().all(|n| alive_count(n) == 2),
+    )
+    .await;
+    nodes[2].shutdown().await; // gone without leaving
+    eventually(
+        "n2 marked failed by both others",
+        Duration::from_secs(15),
+        || {
+            nodes[..2]
+                .iter()
+                .all(|n| state_of(n, "n2") == Some(MemberState::Dead))
+        },
+    )
+    .await;
+    for n in &nodes[..2] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_leave_is_seen_as_left_never_failed() {
+    let nodes = cluster(3, |i| config(&format!("n{i}"))).await;
+    eventually("converged", Duration::from_secs(10), || {
+        nodes.iter().all(|n| alive_count(n) == 2)
+    })
+    .await;
+    let mut events = nodes[0].subscribe();
+    assert!(
+        nodes[2].leave(Duration::from_secs(5)).await.unwrap(),
+        "left claim sent"
+    );
+    eventually("n2 left everywhere", Duration::from_secs(10), || {
+        nodes[..2]
+            .iter()
+            .all(|n| state_of(n, "n2") == Some(MemberState::Left))
+    })
+    .await;
+    nodes[2].shutdown().await;
+    // Even after it is gone, n2 stays Left: no failure is declared for it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while let Ok(e) = events.try_recv() {
+        if let distributed_core::cluster::Event::MemberFailed(v) = e {
+            panic!("{} declared failed after leaving", v.info.id);
+        }
+    }
+    assert_eq!(state_of(&nodes[0], "n2"), Some(MemberState::Left));
+    for n in &nodes[..2] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_with_different_keys_never_merge() {
+    let ring = |b: u8| Arc::new(Keyring::new(Key::from_bytes([b; KEY_BYTES])));
+    let (k1, k2) = (ring(1), ring(2));
+    let make = |name: &str, k: &Arc<Keyring>| {
+        let mut c = config(name);
+        c.keyring = Some(k.clone());
+        c.label = "prod".into();
+        c
+    };
+    let a = Node::start(make("a", &k1)).await.unwrap();
+    let b = Node::start(make("b", &k1)).await.unwrap();
+    let c = Node::start(make("c", &k2)).await.unwrap();
+    b.join(vec![a.addr()]).await.unwrap();
+    c.join(vec![a.addr()]).await.unwrap();
+    eventually(
+        "a and b converge encrypted",
+        Duration::from_secs(10),
+        || alive_count(&a) == 1 && alive_count(&b) == 1,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        state_of(&a, "c").is_none() && state_of(&c, "a").is_none(),
+        "c has another key"
+    );
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_every_task_and_frees_the_port() {
+    let node = Node::start(config("solo")).await.unwrap();
+    let addr = node.addr();
+    node.shutdown().await;
+    // The UDP socket and the TCP listener were owned by the tasks: both binds succeed again.
+    let udp = tokio::net::UdpSocket::bind(addr)
+        .await
+        .expect("udp port free");
+    let tcp = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("tcp port free");
+    drop((udp, tcp));
+}
