@@ -144,3 +144,52 @@ async fn shutdown_ends_every_task_and_frees_the_port() {
         .expect("tcp port free");
     drop((udp, tcp));
 }
+
+/// Two nodes (no third to probe through) whose datagrams to each other are blocked both ways:
+/// with the TCP fallback probe they stay alive; without it (the control) they fail each other,
+/// which shows the test can fail.
+async fn udp_blocked_pair(fallback: bool) -> (Node, Node, usize) {
+    use distributed_core::transport::faults::Faults;
+    let make = |name: &str, f: &Arc<Faults>| {
+        let mut c = config(name);
+        c.protocol.tcp_fallback_probe = fallback;
+        c.faults = Some(f.clone());
+        c
+    };
+    let (fa, fb) = (Arc::new(Faults::default()), Arc::new(Faults::default()));
+    let a = Node::start(make("a", &fa)).await.unwrap();
+    let b = Node::start(make("b", &fb)).await.unwrap();
+    b.join(vec![a.addr()]).await.unwrap();
+    eventually("pair converged", Duration::from_secs(10), || {
+        alive_count(&a) == 1 && alive_count(&b) == 1
+    })
+    .await;
+    let mut events = a.subscribe();
+    fa.block_packets(b.addr());
+    fb.block_packets(a.addr());
+    // Local preset: suspicion min 0.6 s, max 3.6 s, plus the last-chance probe.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut failed = 0;
+    while let Ok(e) = events.try_recv() {
+        if let distributed_core::cluster::Event::MemberFailed(v) = e {
+            failed += usize::from(v.info.id.as_str() == "b");
+        }
+    }
+    (a, b, failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_blocked_but_tcp_open_is_no_failure() {
+    let (a, b, failed) = udp_blocked_pair(true).await;
+    assert_eq!(failed, 0, "b declared failed despite TCP");
+    assert_eq!(state_of(&a, "b"), Some(MemberState::Alive));
+    a.shutdown().await;
+    b.shutdown().await;
+    let (a, b, failed) = udp_blocked_pair(false).await;
+    assert!(
+        failed > 0,
+        "control: without the fallback probe, b must fail"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -5,7 +5,10 @@ use super::{Request, DATAGRAM_BYTES_MAX};
 use crate::cluster::{
     decode_packet, encode_packet, Event, Input, MemberView, Now, Output, Swim, Time, Timer,
 };
+use crate::transport::faults::Faults;
 use crate::transport::frame;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -27,6 +30,9 @@ pub(crate) struct Driver {
     origin: Instant,
     out: Vec<Output>,
     sends: JoinSet<()>,
+    /// The fault layer, if any: consulted for every datagram in and out.
+    pub faults: Option<Arc<Faults>>,
+    fault_rng: ChaCha8Rng,
 }
 
 impl Driver {
@@ -50,6 +56,8 @@ impl Driver {
             origin: Instant::now(),
             out: Vec::new(),
             sends: JoinSet::new(),
+            faults: None,
+            fault_rng: ChaCha8Rng::from_rng(rand::rngs::OsRng).expect("the OS has randomness"),
         }
     }
 
@@ -117,7 +125,15 @@ impl Driver {
         }
     }
 
+    fn faults_pass(&mut self, peer: SocketAddr) -> bool {
+        let rng = &mut self.fault_rng;
+        self.faults.as_ref().is_none_or(|f| f.pass(peer, rng))
+    }
+
     fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
+        if !self.faults_pass(from) {
+            return;
+        }
         let body = match frame::open(bytes, self.sec.get()) {
             Ok(b) => b,
             Err(e) => {
@@ -150,6 +166,7 @@ impl Driver {
         let mut changed = false;
         for o in std::mem::take(&mut self.out) {
             match o {
+                Output::Packet { to, .. } if !self.faults_pass(to) => {}
                 Output::Packet { to, msgs } => {
                     let frame = frame::seal(
                         &encode_packet(&msgs),

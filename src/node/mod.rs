@@ -18,6 +18,7 @@ mod stream;
 use crate::cluster::{Command, Config, Event, Incarnation, MemberView, Swim};
 use crate::identity::{IdentityError, NodeId, NodeInfo, Tags};
 use crate::transport::crypto::Keyring;
+use crate::transport::faults::Faults;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, UdpSocket};
@@ -72,6 +73,8 @@ pub struct NodeConfig {
     pub incarnation: u64,
     /// Seed for the core's RNG; random when `None`.
     pub seed: Option<u64>,
+    /// The transport's fault layer (tests, chaos); none by default.
+    pub faults: Option<Arc<Faults>>,
 }
 
 impl NodeConfig {
@@ -87,6 +90,7 @@ impl NodeConfig {
             label: String::new(),
             incarnation: 0,
             seed: None,
+            faults: None,
         }
     }
 }
@@ -149,7 +153,7 @@ impl Node {
         let members = Arc::new(Mutex::new(Vec::new()));
         let security = stream::SecurityOwned::new(config.keyring.clone(), config.label.clone());
         let accept = tokio::spawn(stream::accept_loop(tcp, stream_tx, security.clone()));
-        let driver = driver::Driver::new(
+        let mut driver = driver::Driver::new(
             swim,
             udp,
             advertise,
@@ -157,6 +161,7 @@ impl Node {
             events.clone(),
             members.clone(),
         );
+        driver.faults = config.faults.clone();
         let run = tokio::spawn(driver.run(req_rx, stream_rx, stop_rx));
         let shared = Shared {
             requests: req_tx,

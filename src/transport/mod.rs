@@ -6,4 +6,5 @@
 //! the simulator, which uses the frame's size to count honest bytes).
 
 pub mod crypto;
+pub mod faults;
 pub mod frame;

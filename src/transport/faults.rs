@@ -1,0 +1,84 @@
+//! The transport's fault layer: datagrams to or from chosen peers blocked, and a share of all
+//! datagrams dropped. It sits where frames meet the socket, so a test exercises the real stack;
+//! every datagram it drops is counted. Streams are not touched (a node whose UDP is blocked but
+//! whose TCP works must survive on the TCP fallback probe).
+
+use rand::Rng;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Debug, Default)]
+struct State {
+    blocked: BTreeSet<SocketAddr>,
+    drop: f64,
+}
+
+/// Shared, adjustable at runtime. Off (nothing blocked, nothing dropped) by default.
+#[derive(Debug, Default)]
+pub struct Faults {
+    state: Mutex<State>,
+    dropped: AtomicU64,
+}
+
+impl Faults {
+    /// Blocks datagrams to and from `peer`.
+    pub fn block_packets(&self, peer: SocketAddr) {
+        self.state.lock().expect("faults lock").blocked.insert(peer);
+    }
+
+    /// Lets datagrams to and from `peer` through again.
+    pub fn unblock_packets(&self, peer: SocketAddr) {
+        self.state
+            .lock()
+            .expect("faults lock")
+            .blocked
+            .remove(&peer);
+    }
+
+    /// Drops this share of all datagrams, both directions (clamped to `[0, 1]`).
+    pub fn set_drop(&self, p: f64) {
+        self.state.lock().expect("faults lock").drop =
+            if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) };
+    }
+
+    /// Whether a datagram to or from `peer` gets through; counts the ones that do not.
+    pub fn pass(&self, peer: SocketAddr, rng: &mut impl Rng) -> bool {
+        let s = self.state.lock().expect("faults lock");
+        let dropped = s.blocked.contains(&peer) || (s.drop > 0.0 && rng.gen_bool(s.drop));
+        if dropped {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        !dropped
+    }
+
+    /// Datagrams dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn blocks_and_drops_are_counted() {
+        let f = Faults::default();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        assert!(f.pass(a, &mut rng));
+        f.block_packets(a);
+        assert!(!f.pass(a, &mut rng) && f.pass(b, &mut rng));
+        f.unblock_packets(a);
+        f.set_drop(0.5);
+        let passed = (0..1000).filter(|_| f.pass(b, &mut rng)).count();
+        assert!((400..600).contains(&passed), "{passed}");
+        assert_eq!(f.dropped(), 1 + (1000 - passed) as u64);
+    }
+}
