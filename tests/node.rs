@@ -193,3 +193,101 @@ async fn udp_blocked_but_tcp_open_is_no_failure() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_and_fifty_nodes_converge() {
+    for n in [10, 50] {
+        let nodes = cluster(n, |i| config(&format!("n{i}"))).await;
+        eventually(
+            &format!("{n} nodes converge"),
+            Duration::from_secs(30),
+            || nodes.iter().all(|x| alive_count(x) == n - 1),
+        )
+        .await;
+        for x in &nodes {
+            x.shutdown().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_propagate_and_user_events_arrive_exactly_once() {
+    use distributed_core::cluster::Event;
+    let nodes = cluster(5, |i| config(&format!("n{i}"))).await;
+    eventually("converged", Duration::from_secs(10), || {
+        nodes.iter().all(|n| alive_count(n) == 4)
+    })
+    .await;
+    let mut subs: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
+    let tags = [("zone".to_string(), "eu-1".to_string())].into();
+    nodes[3].set_tags(tags).await.unwrap();
+    nodes[1]
+        .broadcast_event("deploy", b"v2".to_vec())
+        .await
+        .unwrap();
+    eventually("tags seen everywhere", Duration::from_secs(10), || {
+        nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 3)
+            .all(|(_, n)| {
+                n.members().iter().any(|m| {
+                    m.info.id.as_str() == "n3"
+                        && m.info.tags.get("zone").map(String::as_str) == Some("eu-1")
+                })
+            })
+    })
+    .await;
+    // Let the event's retransmissions die out, then count deliveries per node.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (i, sub) in subs.iter_mut().enumerate() {
+        let mut got = 0;
+        while let Ok(e) = sub.try_recv() {
+            if let Event::UserEvent(u) = e {
+                assert_eq!(
+                    (u.name.as_str(), u.payload.as_slice()),
+                    ("deploy", b"v2".as_slice())
+                );
+                got += 1;
+            }
+        }
+        let want = usize::from(i != 1); // the origin does not deliver its own event to itself
+        assert_eq!(got, want, "node n{i} got the event {got} times");
+    }
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_node_restarted_with_its_name_rejoins_with_a_higher_incarnation() {
+    let nodes = cluster(3, |i| config(&format!("n{i}"))).await;
+    eventually("converged", Duration::from_secs(10), || {
+        nodes.iter().all(|n| alive_count(n) == 2)
+    })
+    .await;
+    nodes[2].shutdown().await;
+    eventually("n2 failed", Duration::from_secs(15), || {
+        nodes[..2]
+            .iter()
+            .all(|n| state_of(n, "n2") == Some(MemberState::Dead))
+    })
+    .await;
+    // Same name, new port, no memory of its old incarnation: it must out-bid its old self.
+    let again = Node::start(config("n2")).await.unwrap();
+    again.join(vec![nodes[0].addr()]).await.unwrap();
+    eventually("n2 alive again everywhere", Duration::from_secs(15), || {
+        nodes[..2].iter().all(|n| {
+            n.members().iter().any(|m| {
+                m.info.id.as_str() == "n2"
+                    && m.state == MemberState::Alive
+                    && m.incarnation.0 > 0
+                    && m.info.addr == again.addr()
+            })
+        })
+    })
+    .await;
+    for n in nodes[..2].iter().chain([&again]) {
+        n.shutdown().await;
+    }
+}

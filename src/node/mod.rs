@@ -112,6 +112,24 @@ struct Shared {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// Binds UDP and TCP on the same address. With port 0 the OS picks the UDP port, which may be
+/// taken for TCP by someone else: then another port is tried, a bounded number of times.
+async fn bind_pair(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    const TRIES: usize = 16;
+    let mut last = None;
+    for _ in 0..TRIES {
+        let udp = UdpSocket::bind(addr).await?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => {
+                last = Some(e)
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("at least one try"))
+}
+
 /// A running node. Cheap to clone; `Send + Sync`.
 #[derive(Clone)]
 pub struct Node {
@@ -123,9 +141,8 @@ impl Node {
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         config.protocol.validate()?;
         let id = NodeId::new(&config.name)?;
-        let udp = UdpSocket::bind(config.bind).await?;
+        let (udp, tcp) = bind_pair(config.bind).await?;
         let bound = udp.local_addr()?;
-        let tcp = TcpListener::bind(bound).await?;
         let advertise = config.advertise.unwrap_or(bound);
         let info = NodeInfo {
             id,
