@@ -101,17 +101,15 @@ async fn graceful_leave_is_seen_as_left_never_failed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clusters_with_different_keys_never_merge() {
-    let ring = |b: u8| Arc::new(Keyring::new(Key::from_bytes([b; KEY_BYTES])));
-    let (k1, k2) = (ring(1), ring(2));
-    let make = |name: &str, k: &Arc<Keyring>| {
+    let make = |name: &str, k: u8| {
         let mut c = config(name);
-        c.keyring = Some(k.clone());
+        c.keyring = Some(Keyring::new(Key::from_bytes([k; KEY_BYTES])));
         c.label = "prod".into();
         c
     };
-    let a = Node::start(make("a", &k1)).await.unwrap();
-    let b = Node::start(make("b", &k1)).await.unwrap();
-    let c = Node::start(make("c", &k2)).await.unwrap();
+    let a = Node::start(make("a", 1)).await.unwrap();
+    let b = Node::start(make("b", 1)).await.unwrap();
+    let c = Node::start(make("c", 2)).await.unwrap();
     b.join(vec![a.addr()]).await.unwrap();
     c.join(vec![a.addr()]).await.unwrap();
     eventually(
@@ -288,6 +286,63 @@ async fn a_crashed_node_restarted_with_its_name_rejoins_with_a_higher_incarnatio
     })
     .await;
     for n in nodes[..2].iter().chain([&again]) {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_key_across_a_running_cluster_loses_no_member() {
+    use distributed_core::cluster::Event;
+    let (old, new) = (
+        Key::from_bytes([5; KEY_BYTES]),
+        Key::from_bytes([6; KEY_BYTES]),
+    );
+    let nodes = cluster(5, |i| {
+        let mut c = config(&format!("n{i}"));
+        c.keyring = Some(Keyring::new(old.clone()));
+        c.label = "prod".into();
+        c
+    })
+    .await;
+    eventually("converged", Duration::from_secs(10), || {
+        nodes.iter().all(|n| alive_count(n) == 4)
+    })
+    .await;
+    let mut subs: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
+    let settle = || tokio::time::sleep(Duration::from_millis(500));
+    for n in &nodes {
+        n.install_key(new.clone()).unwrap();
+    }
+    settle().await;
+    for n in &nodes {
+        n.use_key(&new).unwrap();
+        settle().await; // nodes switch one by one: old and new primaries coexist
+    }
+    for n in &nodes {
+        n.remove_key(&old).unwrap();
+    }
+    // Let a few suspicion timeouts' worth of probing run on the new key alone.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        nodes.iter().all(|n| alive_count(n) == 4),
+        "a member was lost in the rotation"
+    );
+    for (i, sub) in subs.iter_mut().enumerate() {
+        while let Ok(e) = sub.try_recv() {
+            assert!(
+                !matches!(e, Event::MemberFailed(_)),
+                "n{i} saw a failure: {e:?}"
+            );
+        }
+    }
+    assert_eq!(
+        nodes[0].keys().unwrap(),
+        vec![distributed_core::transport::crypto::KeyInfo {
+            id: new.id(),
+            primary: true
+        }]
+    );
+    for n in &nodes {
         n.shutdown().await;
     }
 }

@@ -6,7 +6,6 @@ use crate::cluster::{
     decode_packet, encode_packet, Event, Input, MemberView, Now, Output, Swim, Time, Timer,
 };
 use crate::transport::faults::Faults;
-use crate::transport::frame;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
@@ -134,7 +133,7 @@ impl Driver {
         if !self.faults_pass(from) {
             return;
         }
-        let body = match frame::open(bytes, self.sec.get()) {
+        let body = match self.sec.open(bytes) {
             Ok(b) => b,
             Err(e) => {
                 tracing::debug!(%from, error = %e, "datagram dropped");
@@ -168,11 +167,7 @@ impl Driver {
             match o {
                 Output::Packet { to, .. } if !self.faults_pass(to) => {}
                 Output::Packet { to, msgs } => {
-                    let frame = frame::seal(
-                        &encode_packet(&msgs),
-                        self.sec.get(),
-                        &mut rand::rngs::OsRng,
-                    );
+                    let frame = self.sec.seal(&encode_packet(&msgs));
                     if let Err(e) = self.udp.send_to(&frame, to).await {
                         tracing::debug!(%to, error = %e, "datagram send failed");
                     }

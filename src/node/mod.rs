@@ -17,7 +17,7 @@ mod stream;
 
 use crate::cluster::{Command, Config, Event, Incarnation, MemberView, Swim};
 use crate::identity::{IdentityError, NodeId, NodeInfo, Tags};
-use crate::transport::crypto::Keyring;
+use crate::transport::crypto::{Key, KeyInfo, Keyring};
 use crate::transport::faults::Faults;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -47,6 +47,12 @@ pub enum NodeError {
     /// The node has shut down.
     #[error("the node has shut down")]
     Closed,
+    /// A keyring call failed, or encryption is off; the keyring is unchanged.
+    #[error(transparent)]
+    Crypto(#[from] crate::transport::crypto::CryptoError),
+    /// Key calls need encryption to be on.
+    #[error("encryption is off: no keyring")]
+    NoKeyring,
     /// The core refused the command; the state is unchanged.
     #[error(transparent)]
     Command(#[from] crate::cluster::CommandError),
@@ -65,8 +71,8 @@ pub struct NodeConfig {
     pub tags: Tags,
     /// Protocol settings.
     pub protocol: Config,
-    /// Encrypt with this keyring (and refuse plain frames).
-    pub keyring: Option<Arc<Keyring>>,
+    /// Encrypt with this keyring (and refuse plain frames); keys can be rotated at runtime.
+    pub keyring: Option<Keyring>,
     /// Cluster label bound into every encrypted frame.
     pub label: String,
     /// Incarnation to start at: one above any used before (persisted by the caller).
@@ -104,6 +110,7 @@ pub(crate) enum Request {
 }
 
 struct Shared {
+    security: stream::SecurityOwned,
     requests: mpsc::Sender<Request>,
     events: broadcast::Sender<Event>,
     members: Arc<Mutex<Vec<MemberView>>>,
@@ -168,7 +175,8 @@ impl Node {
         let (stop_tx, stop_rx) = oneshot::channel();
         let (stream_tx, stream_rx) = mpsc::channel(1024);
         let members = Arc::new(Mutex::new(Vec::new()));
-        let security = stream::SecurityOwned::new(config.keyring.clone(), config.label.clone());
+        let security = stream::SecurityOwned::new(config.keyring, config.label.clone());
+        let security_for_node = security.clone();
         let accept = tokio::spawn(stream::accept_loop(tcp, stream_tx, security.clone()));
         let mut driver = driver::Driver::new(
             swim,
@@ -181,6 +189,7 @@ impl Node {
         driver.faults = config.faults.clone();
         let run = tokio::spawn(driver.run(req_rx, stream_rx, stop_rx));
         let shared = Shared {
+            security: security_for_node,
             requests: req_tx,
             events,
             members,
@@ -261,6 +270,34 @@ impl Node {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+    }
+
+    fn with_keyring<R>(
+        &self,
+        f: impl FnOnce(&mut Keyring) -> Result<R, crate::transport::crypto::CryptoError>,
+    ) -> Result<R, NodeError> {
+        let ring = self.shared.security.keyring().ok_or(NodeError::NoKeyring)?;
+        Ok(f(&mut ring.write().expect("keyring lock"))?)
+    }
+
+    /// Adds a key that decrypts (step 1 of a rotation, on every node).
+    pub fn install_key(&self, key: Key) -> Result<(), NodeError> {
+        self.with_keyring(|r| r.install(key))
+    }
+
+    /// Makes an installed key the one that encrypts (step 2, once every node has it).
+    pub fn use_key(&self, key: &Key) -> Result<(), NodeError> {
+        self.with_keyring(|r| r.use_key(key))
+    }
+
+    /// Removes a key that no longer encrypts (step 3, once every node uses the new one).
+    pub fn remove_key(&self, key: &Key) -> Result<(), NodeError> {
+        self.with_keyring(|r| r.remove(key))
+    }
+
+    /// The installed keys by id, the primary marked.
+    pub fn keys(&self) -> Result<Vec<KeyInfo>, NodeError> {
+        self.with_keyring(|r| Ok(r.keys()))
     }
 
     /// Stops every task of the node and waits for them (no task is left behind).

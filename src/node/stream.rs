@@ -7,7 +7,7 @@ use crate::cluster::{decode_packet, encode_packet, Message};
 use crate::transport::crypto::Keyring;
 use crate::transport::frame::{self, Security};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -21,30 +21,49 @@ pub const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connecting and writing one outgoing message may take this long.
 pub const STREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Owned form of [`Security`], shared by tasks.
+/// This node's frame security, shared by its tasks; the keyring can change at runtime (key
+/// rotation), so every seal and open takes a short read lock (never held across an await).
 #[derive(Clone)]
 pub(crate) struct SecurityOwned {
-    keyring: Option<Arc<Keyring>>,
-    label: Vec<u8>,
+    keyring: Option<Arc<RwLock<Keyring>>>,
+    label: Arc<[u8]>,
 }
 
 impl SecurityOwned {
-    pub fn new(keyring: Option<Arc<Keyring>>, label: String) -> Self {
+    pub fn new(keyring: Option<Keyring>, label: String) -> Self {
         SecurityOwned {
-            keyring,
-            label: label.into_bytes(),
+            keyring: keyring.map(|k| Arc::new(RwLock::new(k))),
+            label: label.into_bytes().into(),
         }
     }
 
-    pub fn get(&self) -> Security<'_> {
+    /// The keyring, to change it; `None` when encryption is off.
+    pub fn keyring(&self) -> Option<&RwLock<Keyring>> {
+        self.keyring.as_deref()
+    }
+
+    fn with<R>(&self, f: impl FnOnce(Security<'_>) -> R) -> R {
         match &self.keyring {
-            None => Security::Plain,
-            Some(k) => Security::Encrypted {
-                keyring: k,
-                label: &self.label,
-                accept_plain: false,
-            },
+            None => f(Security::Plain),
+            Some(k) => {
+                let ring = k.read().expect("keyring lock");
+                f(Security::Encrypted {
+                    keyring: &ring,
+                    label: &self.label,
+                    accept_plain: false,
+                })
+            }
         }
+    }
+
+    /// A frame around `body`, sealed when encryption is on.
+    pub fn seal(&self, body: &[u8]) -> Vec<u8> {
+        self.with(|s| frame::seal(body, s, &mut rand::rngs::OsRng))
+    }
+
+    /// The body of `bytes`, decrypted when encryption is on.
+    pub fn open(&self, bytes: &[u8]) -> Result<Vec<u8>, frame::OpenFrameError> {
+        self.with(|s| frame::open(bytes, s).map(|b| b.into_owned()))
     }
 }
 
@@ -105,7 +124,7 @@ async fn read_connection(mut sock: TcpStream, tx: mpsc::Sender<Received>, sec: S
 
 /// Frame → body → (sender address, packet) → messages.
 pub(crate) fn open_record(record: &[u8], sec: &SecurityOwned) -> Result<Vec<Received>, String> {
-    let body = frame::open(record, sec.get()).map_err(|e| e.to_string())?;
+    let body = sec.open(record).map_err(|e| e.to_string())?;
     let (from, packet): (SocketAddr, &[u8]) =
         postcard::take_from_bytes(&body).map_err(|e| format!("sender address: {e}"))?;
     let p = decode_packet(packet).map_err(|e| e.to_string())?;
@@ -116,7 +135,7 @@ pub(crate) fn open_record(record: &[u8], sec: &SecurityOwned) -> Result<Vec<Rece
 pub(crate) fn record(me: SocketAddr, msg: &Message, sec: &SecurityOwned) -> Vec<u8> {
     let mut body = postcard::to_allocvec(&me).expect("a SocketAddr always encodes");
     body.extend_from_slice(&encode_packet(std::slice::from_ref(msg)));
-    let frame = frame::seal(&body, sec.get(), &mut rand::rngs::OsRng);
+    let frame = sec.seal(&body);
     let mut out = Vec::with_capacity(4 + frame.len());
     out.extend_from_slice(&(frame.len() as u32).to_be_bytes());
     out.extend_from_slice(&frame);

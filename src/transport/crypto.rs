@@ -128,6 +128,7 @@ impl fmt::Debug for Key {
     }
 }
 
+#[derive(Clone)]
 struct Slot {
     id: u8,
     key: Key,
@@ -144,6 +145,7 @@ pub struct KeyInfo {
 }
 
 /// One primary key that encrypts; every installed key decrypts.
+#[derive(Clone)]
 pub struct Keyring {
     slots: Vec<Slot>,
     primary: usize,
