@@ -346,3 +346,33 @@ async fn rotating_the_key_across_a_running_cluster_loses_no_member() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_is_counted_and_dropped() {
+    use tokio::io::AsyncWriteExt;
+    let node = Node::start(config("target")).await.unwrap();
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(b"garbage", node.addr()).await.unwrap();
+    sock.send_to(b"DC\x01\x00\xff\xff", node.addr())
+        .await
+        .unwrap(); // good frame, bad packet
+    sock.send_to(b"DC\x01\x01sealed?", node.addr())
+        .await
+        .unwrap(); // encrypted, but no key here
+    let mut tcp = tokio::net::TcpStream::connect(node.addr()).await.unwrap();
+    tcp.write_all(&u32::MAX.to_be_bytes()).await.unwrap(); // a 4 GiB record: refused unread
+    eventually("rejections counted", Duration::from_secs(5), || {
+        let t = node.traffic();
+        t.rejected_frame == 2 && t.rejected_packet == 1 && t.rejected_stream == 1
+    })
+    .await;
+    // Still serving: a peer can join.
+    let peer = Node::start(config("peer")).await.unwrap();
+    peer.join(vec![node.addr()]).await.unwrap();
+    eventually("joined after the garbage", Duration::from_secs(10), || {
+        alive_count(&node) == 1
+    })
+    .await;
+    node.shutdown().await;
+    peer.shutdown().await;
+}

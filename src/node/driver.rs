@@ -1,6 +1,7 @@
 //! The driver task: the one place that owns the core and carries out its outputs.
 
 use super::stream::{self, Received, SecurityOwned};
+use super::traffic::Traffic;
 use super::{Request, DATAGRAM_BYTES_MAX};
 use crate::cluster::{
     decode_packet, encode_packet, Event, Input, MemberView, Now, Output, Swim, Time, Timer,
@@ -32,6 +33,7 @@ pub(crate) struct Driver {
     /// The fault layer, if any: consulted for every datagram in and out.
     pub faults: Option<Arc<Faults>>,
     fault_rng: ChaCha8Rng,
+    pub traffic: Arc<Traffic>,
 }
 
 impl Driver {
@@ -57,6 +59,7 @@ impl Driver {
             sends: JoinSet::new(),
             faults: None,
             fault_rng: ChaCha8Rng::from_rng(rand::rngs::OsRng).expect("the OS has randomness"),
+            traffic: Arc::default(),
         }
     }
 
@@ -124,18 +127,23 @@ impl Driver {
         }
     }
 
-    fn faults_pass(&mut self, peer: SocketAddr) -> bool {
+    fn faults_pass(&mut self, peer: SocketAddr, outgoing: bool) -> bool {
         let rng = &mut self.fault_rng;
-        self.faults.as_ref().is_none_or(|f| f.pass(peer, rng))
+        self.faults
+            .as_ref()
+            .is_none_or(|f| f.pass(peer, outgoing, rng))
     }
 
     fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
-        if !self.faults_pass(from) {
+        Traffic::add(&self.traffic.datagrams_in, 1);
+        Traffic::add(&self.traffic.bytes_in, bytes.len() as u64);
+        if !self.faults_pass(from, false) {
             return;
         }
         let body = match self.sec.open(bytes) {
             Ok(b) => b,
             Err(e) => {
+                Traffic::add(&self.traffic.rejected_frame, 1);
                 tracing::debug!(%from, error = %e, "datagram dropped");
                 return;
             }
@@ -145,7 +153,10 @@ impl Driver {
                 from,
                 msgs: p.messages,
             }),
-            Err(e) => tracing::debug!(%from, error = %e, "datagram dropped"),
+            Err(e) => {
+                Traffic::add(&self.traffic.rejected_packet, 1);
+                tracing::debug!(%from, error = %e, "datagram dropped");
+            }
         }
     }
 
@@ -165,15 +176,21 @@ impl Driver {
         let mut changed = false;
         for o in std::mem::take(&mut self.out) {
             match o {
-                Output::Packet { to, .. } if !self.faults_pass(to) => {}
+                Output::Packet { to, .. } if !self.faults_pass(to, true) => {}
                 Output::Packet { to, msgs } => {
                     let frame = self.sec.seal(&encode_packet(&msgs));
+                    Traffic::add(&self.traffic.datagrams_out, 1);
+                    Traffic::add(&self.traffic.msgs_out, msgs.len() as u64);
+                    Traffic::add(&self.traffic.bytes_out, frame.len() as u64);
                     if let Err(e) = self.udp.send_to(&frame, to).await {
                         tracing::debug!(%to, error = %e, "datagram send failed");
                     }
                 }
                 Output::Stream { to, msg } => {
                     let record = stream::record(self.me, &msg, &self.sec);
+                    Traffic::add(&self.traffic.streams_out, 1);
+                    Traffic::add(&self.traffic.msgs_out, 1);
+                    Traffic::add(&self.traffic.bytes_out, record.len() as u64);
                     self.sends.spawn(stream::send(to, record));
                 }
                 Output::Timer { at, timer } => {

@@ -14,6 +14,9 @@
 
 mod driver;
 mod stream;
+mod traffic;
+
+pub use traffic::TrafficStats;
 
 use crate::cluster::{Command, Config, Event, Incarnation, MemberView, Swim};
 use crate::identity::{IdentityError, NodeId, NodeInfo, Tags};
@@ -111,6 +114,7 @@ pub(crate) enum Request {
 
 struct Shared {
     security: stream::SecurityOwned,
+    traffic: Arc<traffic::Traffic>,
     requests: mpsc::Sender<Request>,
     events: broadcast::Sender<Event>,
     members: Arc<Mutex<Vec<MemberView>>>,
@@ -177,7 +181,13 @@ impl Node {
         let members = Arc::new(Mutex::new(Vec::new()));
         let security = stream::SecurityOwned::new(config.keyring, config.label.clone());
         let security_for_node = security.clone();
-        let accept = tokio::spawn(stream::accept_loop(tcp, stream_tx, security.clone()));
+        let traffic: Arc<traffic::Traffic> = Arc::default();
+        let accept = tokio::spawn(stream::accept_loop(
+            tcp,
+            stream_tx,
+            security.clone(),
+            traffic.clone(),
+        ));
         let mut driver = driver::Driver::new(
             swim,
             udp,
@@ -187,9 +197,11 @@ impl Node {
             members.clone(),
         );
         driver.faults = config.faults.clone();
+        driver.traffic = traffic.clone();
         let run = tokio::spawn(driver.run(req_rx, stream_rx, stop_rx));
         let shared = Shared {
             security: security_for_node,
+            traffic,
             requests: req_tx,
             events,
             members,
@@ -215,6 +227,11 @@ impl Node {
     /// Every other member this node knows, with its state.
     pub fn members(&self) -> Vec<MemberView> {
         self.shared.members.lock().expect("members lock").clone()
+    }
+
+    /// What this node sent, received and rejected so far.
+    pub fn traffic(&self) -> TrafficStats {
+        self.shared.traffic.snapshot()
     }
 
     /// Live membership events from now on.

@@ -2,6 +2,7 @@
 //! and one short task per outgoing message. All tasks live in `JoinSet`s owned by their parent,
 //! so stopping the parent stops them.
 
+use super::traffic::Traffic;
 use super::STREAM_RECORD_BYTES_MAX;
 use crate::cluster::{decode_packet, encode_packet, Message};
 use crate::transport::crypto::Keyring;
@@ -74,6 +75,7 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     tx: mpsc::Sender<Received>,
     sec: SecurityOwned,
+    traffic: Arc<Traffic>,
 ) {
     let mut conns = JoinSet::new();
     loop {
@@ -85,11 +87,21 @@ pub(crate) async fn accept_loop(
             tracing::debug!("inbound stream refused: too many open");
             continue;
         }
-        conns.spawn(read_connection(sock, tx.clone(), sec.clone()));
+        conns.spawn(read_connection(
+            sock,
+            tx.clone(),
+            sec.clone(),
+            traffic.clone(),
+        ));
     }
 }
 
-async fn read_connection(mut sock: TcpStream, tx: mpsc::Sender<Received>, sec: SecurityOwned) {
+async fn read_connection(
+    mut sock: TcpStream,
+    tx: mpsc::Sender<Received>,
+    sec: SecurityOwned,
+    traffic: Arc<Traffic>,
+) {
     loop {
         let mut len = [0u8; 4];
         match tokio::time::timeout(STREAM_READ_TIMEOUT, sock.read_exact(&mut len)).await {
@@ -98,6 +110,7 @@ async fn read_connection(mut sock: TcpStream, tx: mpsc::Sender<Received>, sec: S
         }
         let len = u32::from_be_bytes(len) as usize;
         if len > STREAM_RECORD_BYTES_MAX {
+            Traffic::add(&traffic.rejected_stream, 1);
             tracing::debug!(len, "stream record over the limit: connection closed");
             return;
         }
@@ -115,6 +128,7 @@ async fn read_connection(mut sock: TcpStream, tx: mpsc::Sender<Received>, sec: S
                 }
             }
             Err(e) => {
+                Traffic::add(&traffic.rejected_stream, 1);
                 tracing::debug!(error = %e, "stream record dropped");
                 return;
             }

@@ -37,16 +37,19 @@ impl Faults {
             .remove(&peer);
     }
 
-    /// Drops this share of all datagrams, both directions (clamped to `[0, 1]`).
+    /// Drops this share of the datagrams this node sends (clamped to `[0, 1]`); with every node
+    /// set alike, each datagram is lost with this probability, as in the simulator.
     pub fn set_drop(&self, p: f64) {
         self.state.lock().expect("faults lock").drop =
             if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) };
     }
 
-    /// Whether a datagram to or from `peer` gets through; counts the ones that do not.
-    pub fn pass(&self, peer: SocketAddr, rng: &mut impl Rng) -> bool {
+    /// Whether a datagram to (`outgoing`) or from `peer` gets through; counts the ones that do
+    /// not. Blocks apply both ways, the drop share to outgoing datagrams only.
+    pub fn pass(&self, peer: SocketAddr, outgoing: bool, rng: &mut impl Rng) -> bool {
         let s = self.state.lock().expect("faults lock");
-        let dropped = s.blocked.contains(&peer) || (s.drop > 0.0 && rng.gen_bool(s.drop));
+        let lost = outgoing && s.drop > 0.0 && rng.gen_bool(s.drop);
+        let dropped = s.blocked.contains(&peer) || lost;
         if dropped {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -72,12 +75,16 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
             "127.0.0.1:2".parse().unwrap(),
         );
-        assert!(f.pass(a, &mut rng));
+        assert!(f.pass(a, true, &mut rng));
         f.block_packets(a);
-        assert!(!f.pass(a, &mut rng) && f.pass(b, &mut rng));
+        assert!(!f.pass(a, true, &mut rng) && f.pass(b, true, &mut rng));
         f.unblock_packets(a);
         f.set_drop(0.5);
-        let passed = (0..1000).filter(|_| f.pass(b, &mut rng)).count();
+        assert!(
+            (0..100).all(|_| f.pass(b, false, &mut rng)),
+            "incoming is not dropped"
+        );
+        let passed = (0..1000).filter(|_| f.pass(b, true, &mut rng)).count();
         assert!((400..600).contains(&passed), "{passed}");
         assert_eq!(f.dropped(), 1 + (1000 - passed) as u64);
     }

@@ -1,0 +1,61 @@
+//! Counters of what a node sent, received and rejected, shared by its tasks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Live counters (relaxed atomics: each is exact, a snapshot is not a single instant).
+#[derive(Debug, Default)]
+pub(crate) struct Traffic {
+    pub datagrams_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub msgs_out: AtomicU64,
+    pub streams_out: AtomicU64,
+    pub datagrams_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub rejected_frame: AtomicU64,
+    pub rejected_packet: AtomicU64,
+    pub rejected_stream: AtomicU64,
+}
+
+impl Traffic {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> TrafficStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        TrafficStats {
+            datagrams_out: g(&self.datagrams_out),
+            bytes_out: g(&self.bytes_out),
+            msgs_out: g(&self.msgs_out),
+            streams_out: g(&self.streams_out),
+            datagrams_in: g(&self.datagrams_in),
+            bytes_in: g(&self.bytes_in),
+            rejected_frame: g(&self.rejected_frame),
+            rejected_packet: g(&self.rejected_packet),
+            rejected_stream: g(&self.rejected_stream),
+        }
+    }
+}
+
+/// What a node sent and received so far. Bytes are frame bytes (no IP/UDP/TCP headers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrafficStats {
+    /// Datagrams sent (after the fault layer).
+    pub datagrams_out: u64,
+    /// Bytes of datagrams and stream records sent.
+    pub bytes_out: u64,
+    /// Protocol messages sent (a compound datagram of 3 counts 3).
+    pub msgs_out: u64,
+    /// Stream messages sent.
+    pub streams_out: u64,
+    /// Datagrams received (before the fault layer).
+    pub datagrams_in: u64,
+    /// Bytes of datagrams received.
+    pub bytes_in: u64,
+    /// Datagrams refused for their frame: bad header, plain while encrypted, wrong key or label.
+    pub rejected_frame: u64,
+    /// Datagrams whose packet did not decode.
+    pub rejected_packet: u64,
+    /// Stream records refused (too large, bad frame, bad packet).
+    pub rejected_stream: u64,
+}
