@@ -1,7 +1,9 @@
 //! The `dcore` command line. `main.rs` parses and dispatches; each command lives in its own file.
 
+mod local;
 mod sim;
 
+pub use local::LocalArgs;
 pub use sim::SimArgs;
 
 use clap::{Parser, Subcommand};
@@ -20,11 +22,14 @@ pub struct Cli {
 pub enum Commands {
     /// Run the deterministic simulator: N protocol cores over a modelled network, in virtual time.
     Sim(SimArgs),
+    /// Run N real nodes in this process on 127.0.0.1, crash K, and report like `sim --json`.
+    Local(LocalArgs),
 }
 
 /// Runs the parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Commands::Sim(args) => sim::run(args),
+        Commands::Local(args) => local::run(args),
     }
 }

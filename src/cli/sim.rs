@@ -199,6 +199,7 @@ mod tests {
             crate::cli::Cli::try_parse_from(std::iter::once("dcore").chain(args.iter().copied()))?;
         match cli.command {
             crate::cli::Commands::Sim(a) => a.scenario(),
+            _ => anyhow::bail!("not a sim command"),
         }
     }
 

@@ -1,0 +1,278 @@
+//! `dcore local --json`: the real-network twin of `dcore sim`. N real nodes in this process on
+//! 127.0.0.1 (OS-chosen ports, real UDP and TCP, real codec and crypto) join through the first,
+//! converge, then K of them crash (stop without leaving); the figures are printed as one JSON
+//! object with the keys of `dcore sim --json` plus `cpu_s` and `rss_mb`.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use distributed_core::cluster::{Config, Event};
+use distributed_core::node::{Node, NodeConfig};
+use distributed_core::sim::Detect;
+use distributed_core::transport::crypto::{Key, Keyring};
+use distributed_core::transport::faults::Faults;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Flags of `dcore local`.
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 5)]
+    pub nodes: usize,
+    /// Seconds to run in all (formation included).
+    #[arg(long, default_value_t = 60.0)]
+    pub duration: f64,
+    /// Crash K nodes (stopped without leaving) once the cluster has converged.
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub kill: usize,
+    /// Encrypt every frame (one random key shared by all nodes).
+    #[arg(long)]
+    pub encrypt: bool,
+    /// Share of datagrams each node drops on sending (the transport's fault layer).
+    #[arg(long, default_value_t = 0.0)]
+    pub loss: f64,
+    /// Seed for the choice of crashed nodes.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Protocol preset: lan, wan or local.
+    #[arg(long, default_value = "lan")]
+    pub preset: String,
+    /// Print one JSON object (the only mode so far).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The figures of a run; the first keys are those of `dcore sim --json`.
+#[derive(Debug, Serialize)]
+struct LocalReport {
+    nodes: usize,
+    seed: u64,
+    duration_s: f64,
+    converged_ms: Option<u64>,
+    detect_ms: Detect,
+    false_positives: usize,
+    false_suspicions: usize,
+    converged_at_end: bool,
+    msgs_per_node_s: f64,
+    bytes_per_node_s: f64,
+    wall_ms: u64,
+    cpu_s: f64,
+    cpu_s_per_node_min: f64,
+    rss_mb: f64,
+    killed: Vec<usize>,
+    rejected: u64,
+}
+
+/// Runs `dcore local`.
+pub fn run(args: LocalArgs) -> anyhow::Result<i32> {
+    if !args.json {
+        bail!("dcore local needs --json for now (the interactive mode is not built yet)");
+    }
+    if args.nodes < 2 || args.kill >= args.nodes || !(0.0..1.0).contains(&args.loss) {
+        bail!("need --nodes >= 2, --kill < --nodes and --loss in [0, 1)");
+    }
+    let Some(protocol) = Config::preset(&args.preset) else {
+        bail!("--preset must be lan, wan or local");
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(run_cluster(&args, protocol))?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(0)
+}
+
+struct Observed {
+    detected: BTreeMap<(usize, usize), Duration>,
+    false_dead: BTreeSet<(usize, usize)>,
+    false_suspect: BTreeSet<(usize, usize)>,
+}
+
+async fn run_cluster(args: &LocalArgs, protocol: Config) -> anyhow::Result<LocalReport> {
+    let started = Instant::now();
+    let duration = Duration::from_secs_f64(args.duration);
+    let key = args.encrypt.then(|| Key::generate(&mut rand::rngs::OsRng));
+    let mut nodes = Vec::with_capacity(args.nodes);
+    for i in 0..args.nodes {
+        let mut c = NodeConfig::new(&format!("n{i}"), "127.0.0.1:0".parse()?);
+        c.protocol = protocol.clone();
+        c.keyring = key.clone().map(Keyring::new);
+        let faults = Arc::new(Faults::default());
+        faults.set_drop(args.loss);
+        c.faults = Some(faults);
+        nodes.push(
+            Node::start(c)
+                .await
+                .with_context(|| format!("starting node n{i}"))?,
+        );
+    }
+    let seed_addr = nodes[0].addr();
+    for n in &nodes[1..] {
+        n.join(vec![seed_addr]).await?;
+    }
+    let converged = wait_converged(
+        &nodes,
+        &(0..args.nodes).collect::<Vec<_>>(),
+        started + duration,
+    )
+    .await;
+    let converged_ms = converged.map(|t| (t - started).as_millis() as u64);
+    let mut order: Vec<usize> = (1..args.nodes).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(args.seed));
+    let killed: Vec<usize> = order.into_iter().take(args.kill).collect();
+    let survivors: Vec<usize> = (0..args.nodes).filter(|i| !killed.contains(i)).collect();
+    let mut subs: Vec<_> = survivors
+        .iter()
+        .map(|&i| (i, nodes[i].subscribe()))
+        .collect();
+    let killed_at = Instant::now();
+    for &k in &killed {
+        nodes[k].shutdown().await;
+    }
+    let mut obs = Observed {
+        detected: BTreeMap::new(),
+        false_dead: BTreeSet::new(),
+        false_suspect: BTreeSet::new(),
+    };
+    while Instant::now() < started + duration {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        for (i, sub) in subs.iter_mut() {
+            while let Ok(e) = sub.try_recv() {
+                record(&mut obs, *i, &e, &killed, killed_at);
+            }
+        }
+    }
+    let end_converged = wait_converged(&nodes, &survivors, Instant::now())
+        .await
+        .is_some();
+    let wall = started.elapsed();
+    let secs = wall.as_secs_f64();
+    let (mut msgs, mut bytes, mut rejected) = (0u64, 0u64, 0u64);
+    for n in &nodes {
+        let t = n.traffic();
+        msgs += t.msgs_out;
+        bytes += t.bytes_out;
+        rejected += t.rejected_frame + t.rejected_packet + t.rejected_stream;
+    }
+    for &i in &survivors {
+        nodes[i].shutdown().await;
+    }
+    let detect = detect_summary(&obs, killed.len() * survivors.len());
+    let cpu_s = process_cpu_s().unwrap_or(f64::NAN);
+    let per_node_s = |v: u64| round2(v as f64 / args.nodes as f64 / secs);
+    Ok(LocalReport {
+        nodes: args.nodes,
+        seed: args.seed,
+        duration_s: round2(secs),
+        converged_ms,
+        detect_ms: detect,
+        false_positives: obs.false_dead.len(),
+        false_suspicions: obs.false_suspect.len(),
+        converged_at_end: end_converged,
+        msgs_per_node_s: per_node_s(msgs),
+        bytes_per_node_s: per_node_s(bytes),
+        wall_ms: wall.as_millis() as u64,
+        cpu_s: round2(cpu_s),
+        cpu_s_per_node_min: round2(cpu_s / args.nodes as f64 / (secs / 60.0)),
+        rss_mb: peak_rss_mb().unwrap_or(f64::NAN),
+        killed,
+        rejected,
+    })
+}
+
+fn record(obs: &mut Observed, observer: usize, e: &Event, killed: &[usize], killed_at: Instant) {
+    let Some(v) = e.member() else { return };
+    let Some(target) = v
+        .info
+        .id
+        .as_str()
+        .strip_prefix('n')
+        .and_then(|s| s.parse::<usize>().ok())
+    else {
+        return;
+    };
+    let crashed = killed.contains(&target);
+    match e {
+        Event::MemberFailed(_) | Event::MemberLeft(_) if crashed => {
+            obs.detected
+                .entry((observer, target))
+                .or_insert_with(|| killed_at.elapsed());
+        }
+        Event::MemberFailed(_) => {
+            obs.false_dead.insert((observer, target));
+        }
+        Event::MemberSuspected(_) if !crashed => {
+            obs.false_suspect.insert((observer, target));
+        }
+        _ => {}
+    }
+}
+
+fn detect_summary(obs: &Observed, pairs: usize) -> Detect {
+    let mut d: Vec<u64> = obs
+        .detected
+        .values()
+        .map(|t| t.as_millis() as u64)
+        .collect();
+    d.sort_unstable();
+    let pct = |p: f64| {
+        (!d.is_empty())
+            .then(|| d[((p / 100.0 * d.len() as f64).ceil() as usize).clamp(1, d.len()) - 1])
+    };
+    Detect {
+        p50: pct(50.0),
+        p99: pct(99.0),
+        max: d.last().copied(),
+        undetected: pairs - d.len(),
+    }
+}
+
+/// Waits until every node in `live` sees every other one in `live` alive, or `deadline`.
+async fn wait_converged(nodes: &[Node], live: &[usize], deadline: Instant) -> Option<Instant> {
+    loop {
+        let ok = live.iter().all(|&i| {
+            let alive: BTreeSet<String> = nodes[i]
+                .members()
+                .iter()
+                .filter(|m| m.state == distributed_core::cluster::MemberState::Alive)
+                .map(|m| m.info.id.to_string())
+                .collect();
+            live.iter()
+                .filter(|&&j| j != i)
+                .all(|j| alive.contains(&format!("n{j}")))
+        });
+        if ok {
+            return Some(Instant::now());
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+/// User + system CPU seconds of this process, from /proc/self/stat (Linux clock ticks of 1/100 s).
+fn process_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Peak resident set size in MB, from /proc/self/status (VmHWM).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(round2(kb / 1024.0))
+}
