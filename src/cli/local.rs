@@ -213,22 +213,13 @@ fn record(obs: &mut Observed, observer: usize, e: &Event, killed: &[usize], kill
 }
 
 fn detect_summary(obs: &Observed, pairs: usize) -> Detect {
-    let mut d: Vec<u64> = obs
+    let ms: Vec<u64> = obs
         .detected
         .values()
         .map(|t| t.as_millis() as u64)
         .collect();
-    d.sort_unstable();
-    let pct = |p: f64| {
-        (!d.is_empty())
-            .then(|| d[((p / 100.0 * d.len() as f64).ceil() as usize).clamp(1, d.len()) - 1])
-    };
-    Detect {
-        p50: pct(50.0),
-        p99: pct(99.0),
-        max: d.last().copied(),
-        undetected: pairs - d.len(),
-    }
+    let undetected = pairs - ms.len();
+    Detect::from_millis(ms, undetected)
 }
 
 /// Waits until every node in `live` sees every other one in `live` alive, or `deadline`.

@@ -35,6 +35,19 @@ pub struct Detect {
     pub undetected: usize,
 }
 
+impl Detect {
+    /// Percentiles of detection times in ms; `undetected` pairs never got there.
+    pub fn from_millis(mut ms: Vec<u64>, undetected: usize) -> Self {
+        ms.sort_unstable();
+        Detect {
+            p50: percentile(&ms, 50.0),
+            p99: percentile(&ms, 99.0),
+            max: ms.last().copied(),
+            undetected,
+        }
+    }
+}
+
 /// Nearest-rank percentile of sorted values.
 pub(crate) fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
     if sorted.is_empty() {
@@ -176,15 +189,9 @@ impl Metrics {
     }
 
     pub fn detect_summary(&self) -> Detect {
-        let mut d = self.detect.clone();
-        d.sort_unstable();
         let crashed = self.crash_at.iter().filter(|c| c.is_some()).count();
-        Detect {
-            p50: percentile(&d, 50.0),
-            p99: percentile(&d, 99.0),
-            max: d.last().copied(),
-            undetected: crashed * self.observers() - d.len(),
-        }
+        let undetected = crashed * self.observers() - self.detect.len();
+        Detect::from_millis(self.detect.clone(), undetected)
     }
 }
 
