@@ -6,7 +6,7 @@ mod harness;
 use distributed_core::cluster::{Config, MemberState};
 use distributed_core::node::{Node, NodeConfig};
 use distributed_core::transport::crypto::{Key, Keyring, KEY_BYTES};
-use harness::eventually;
+use harness::{eventually, serial};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +44,7 @@ fn state_of(node: &Node, name: &str) -> Option<MemberState> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_converge_and_a_crash_is_detected() {
+    let _serial = serial().await;
     let nodes = cluster(3, |i| config(&format!("n{i}"))).await;
     eventually(
         "3 nodes see each other alive",
@@ -69,6 +70,7 @@ async fn three_nodes_converge_and_a_crash_is_detected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_leave_is_seen_as_left_never_failed() {
+    let _serial = serial().await;
     let nodes = cluster(3, |i| config(&format!("n{i}"))).await;
     eventually("converged", Duration::from_secs(10), || {
         nodes.iter().all(|n| alive_count(n) == 2)
@@ -101,6 +103,7 @@ async fn graceful_leave_is_seen_as_left_never_failed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clusters_with_different_keys_never_merge() {
+    let _serial = serial().await;
     let make = |name: &str, k: u8| {
         let mut c = config(name);
         c.keyring = Some(Keyring::new(Key::from_bytes([k; KEY_BYTES])));
@@ -130,6 +133,7 @@ async fn clusters_with_different_keys_never_merge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_every_task_and_frees_the_port() {
+    let _serial = serial().await;
     let node = Node::start(config("solo")).await.unwrap();
     let addr = node.addr();
     node.shutdown().await;
@@ -178,6 +182,7 @@ async fn udp_blocked_pair(fallback: bool) -> (Node, Node, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_blocked_but_tcp_open_is_no_failure() {
+    let _serial = serial().await;
     let (a, b, failed) = udp_blocked_pair(true).await;
     assert_eq!(failed, 0, "b declared failed despite TCP");
     assert_eq!(state_of(&a, "b"), Some(MemberState::Alive));
@@ -194,6 +199,7 @@ async fn udp_blocked_but_tcp_open_is_no_failure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_and_fifty_nodes_converge() {
+    let _serial = serial().await;
     for n in [10, 50] {
         let nodes = cluster(n, |i| config(&format!("n{i}"))).await;
         eventually(
@@ -210,6 +216,7 @@ async fn ten_and_fifty_nodes_converge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tags_propagate_and_user_events_arrive_exactly_once() {
+    let _serial = serial().await;
     use distributed_core::cluster::Event;
     let nodes = cluster(5, |i| config(&format!("n{i}"))).await;
     eventually("converged", Duration::from_secs(10), || {
@@ -259,6 +266,7 @@ async fn tags_propagate_and_user_events_arrive_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_node_restarted_with_its_name_rejoins_with_a_higher_incarnation() {
+    let _serial = serial().await;
     let nodes = cluster(3, |i| config(&format!("n{i}"))).await;
     eventually("converged", Duration::from_secs(10), || {
         nodes.iter().all(|n| alive_count(n) == 2)
@@ -292,6 +300,7 @@ async fn a_crashed_node_restarted_with_its_name_rejoins_with_a_higher_incarnatio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_the_key_across_a_running_cluster_loses_no_member() {
+    let _serial = serial().await;
     use distributed_core::cluster::Event;
     let (old, new) = (
         Key::from_bytes([5; KEY_BYTES]),
@@ -349,6 +358,7 @@ async fn rotating_the_key_across_a_running_cluster_loses_no_member() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_is_counted_and_dropped() {
+    let _serial = serial().await;
     use tokio::io::AsyncWriteExt;
     let node = Node::start(config("target")).await.unwrap();
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();

@@ -44,3 +44,11 @@ pub async fn eventually(what: &str, deadline: std::time::Duration, mut cond: imp
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Tests that run real nodes take this lock so they run one at a time: their timeouts are short
+/// (the `local` preset) and a 2-core CI machine running ten clusters at once would make a test
+/// about failure detection fail for the wrong reason.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
