@@ -135,21 +135,20 @@ impl Swim {
         ping: Message,
         buddy: Option<(NodeId, Incarnation)>,
     ) {
-        self.send_packet(to, ping);
-        let Some((node, incarnation)) = buddy.filter(|_| self.config.lifeguard) else {
-            return;
-        };
-        let suspect = Message::Suspect(Suspect {
-            incarnation,
-            node,
-            from: self.id.clone(),
-        });
-        // Ahead of the ping: the suspect refutes first, so the refutation rides on its ack.
-        if let Some(super::Output::Packet { msgs, .. }) = self.out.last_mut() {
-            if msgs.len() < super::PACKET_MESSAGES_MAX {
-                msgs.insert(0, suspect);
-            }
-        }
+        // The suspicion goes ahead of the ping: the suspect refutes first, so the refutation
+        // rides on its ack. Both count against the packet budget before gossip fills the rest.
+        let from = self.id.clone();
+        let suspect = buddy
+            .filter(|_| self.config.lifeguard)
+            .map(|(node, incarnation)| {
+                Message::Suspect(Suspect {
+                    incarnation,
+                    node,
+                    from,
+                })
+            });
+        let msgs = self.fill_packet(suspect.into_iter().chain([ping]).collect());
+        self.out.push(super::Output::Packet { to, msgs });
     }
 
     pub(crate) fn on_probe_timeout(&mut self, seq: u32) {

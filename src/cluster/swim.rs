@@ -4,8 +4,8 @@
 use super::broadcast::{BroadcastKey, BroadcastQueue};
 use super::members::{Member, Members};
 use super::message::{
-    packet_header_len, Alive, Dead, Incarnation, MemberState, Message, PushMember, PushPull,
-    UserEvent, PACKET_MESSAGES_MAX,
+    item_len, packet_header_len, Alive, Dead, Incarnation, MemberState, Message, PushMember,
+    PushPull, UserEvent, PACKET_MESSAGES_MAX,
 };
 use super::probe::ProbeState;
 use super::suspicion::{Awareness, Suspicion};
@@ -355,18 +355,21 @@ impl Swim {
         self.members.active()
     }
 
+    /// `lead`, then as many queued broadcasts as fit in what is left of the packet budget.
+    pub(crate) fn fill_packet(&mut self, mut msgs: Vec<Message>) -> Vec<Message> {
+        debug_assert!(msgs.len() < PACKET_MESSAGES_MAX);
+        let lead: usize = msgs.iter().map(|m| item_len(m.encoded_len())).sum();
+        let used = packet_header_len(PACKET_MESSAGES_MAX) + lead;
+        let budget = self.config.packet_bytes_max.saturating_sub(used);
+        let limit = self.config.retransmit_limit(self.cluster_size());
+        let room = PACKET_MESSAGES_MAX - msgs.len();
+        self.broadcasts.pick(budget, room, limit, &mut msgs);
+        msgs
+    }
+
     /// Sends `first` as a datagram, with as many queued broadcasts as fit behind it.
     pub(crate) fn send_packet(&mut self, to: SocketAddr, first: Message) {
-        let header = packet_header_len(PACKET_MESSAGES_MAX);
-        let first_len = super::message::item_len(first.encoded_len());
-        let budget = self
-            .config
-            .packet_bytes_max
-            .saturating_sub(header + first_len);
-        let mut msgs = vec![first];
-        let limit = self.config.retransmit_limit(self.cluster_size());
-        self.broadcasts
-            .pick(budget, PACKET_MESSAGES_MAX - 1, limit, &mut msgs);
+        let msgs = self.fill_packet(vec![first]);
         self.out.push(Output::Packet { to, msgs });
     }
 
@@ -546,17 +549,9 @@ impl Swim {
                         || (m.state == MemberState::Dead
                             && now.saturating_since(m.state_since) < dead_window))
             });
-        let header = packet_header_len(PACKET_MESSAGES_MAX);
-        let limit = self.config.retransmit_limit(self.cluster_size());
         for i in targets {
             let to = self.members.at(i).info.addr;
-            let mut msgs = Vec::new();
-            self.broadcasts.pick(
-                self.config.packet_bytes_max - header,
-                PACKET_MESSAGES_MAX,
-                limit,
-                &mut msgs,
-            );
+            let msgs = self.fill_packet(Vec::new());
             if msgs.is_empty() {
                 break;
             }

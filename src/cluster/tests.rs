@@ -974,3 +974,34 @@ fn oversized_push_pull_is_dropped() {
     assert!(out.is_empty());
     assert!(t.state(2).is_none());
 }
+
+#[test]
+fn a_probe_carrying_a_suspicion_stays_within_the_packet_budget() {
+    // 200 members: the queue holds far more alive claims than one packet takes.
+    let others: Vec<u8> = (2..=201).map(|i| i as u8).collect();
+    let mut t = T::new(1, &others);
+    t.msg(
+        3,
+        Message::Suspect(Suspect {
+            incarnation: Incarnation(0),
+            node: id(2),
+            from: id(3),
+        }),
+    );
+    let generation = t.swim.generation;
+    t.ms = 60_000;
+    let out = t.timer(Timer::Suspicion {
+        node: id(2),
+        generation,
+    });
+    let p = packets(&out);
+    assert_eq!(p.len(), 1, "the last-chance probe");
+    let msgs = &p[0].1;
+    assert!(matches!(&msgs[0], Message::Suspect(_)) && matches!(&msgs[1], Message::Ping(_)));
+    assert!(msgs.len() > 10, "gossip filled the rest");
+    assert!(
+        packet_len(msgs) <= Config::lan().packet_bytes_max,
+        "{} bytes",
+        packet_len(msgs)
+    );
+}
