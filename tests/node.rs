@@ -1,14 +1,46 @@
-//! Real nodes on 127.0.0.1 (OS-chosen ports, real UDP and TCP, real codec and crypto).
-//! Conditions are awaited with deadlines, never fixed sleeps.
+//! Nodes on both transports: real UDP + TCP on 127.0.0.1 (OS-chosen ports), and the in-memory
+//! network; the same test body runs on each (`on_both!`), with the real codec and crypto.
+//! Conditions are awaited with deadlines; fixed sleeps only where a test checks that nothing
+//! happens for a while.
 
 mod harness;
 
 use distributed_core::cluster::{Config, MemberState};
 use distributed_core::node::{Node, NodeConfig};
 use distributed_core::transport::crypto::{Key, Keyring, KEY_BYTES};
-use harness::{eventually, serial};
+use harness::{eventually, serial, Net};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Runs the test body `$name(net)` once on UDP + TCP and once on the in-memory network, one
+/// test at a time (see `harness::serial`), and checks that no task of the nodes outlives them.
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn udp() {
+                let _serial = super::serial().await;
+                super::$name(super::Net::Udp).await;
+                super::no_task_left().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mem() {
+                let _serial = super::serial().await;
+                super::$name(super::Net::mem()).await;
+                super::no_task_left().await;
+            }
+        }
+    };
+}
+
+/// Every test shuts its nodes down; then no task may be left on the runtime.
+async fn no_task_left() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    eventually("no task left", Duration::from_secs(1), || {
+        metrics.num_alive_tasks() == 0
+    })
+    .await;
+}
 
 fn config(name: &str) -> NodeConfig {
     let mut c = NodeConfig::new(name, "127.0.0.1:0".parse().unwrap());
@@ -16,10 +48,10 @@ fn config(name: &str) -> NodeConfig {
     c
 }
 
-async fn cluster(n: usize, make: impl Fn(usize) -> NodeConfig) -> Vec<Node> {
+async fn cluster(net: &Net, n: usize, make: impl Fn(usize) -> NodeConfig) -> Vec<Node> {
     let mut nodes = Vec::new();
     for i in 0..n {
-        nodes.push(Node::start(make(i)).await.unwrap());
+        nodes.push(net.start(make(i)).await);
     }
     let seed = nodes[0].addr();
     for node in &nodes[1..] {
@@ -42,10 +74,9 @@ fn state_of(node: &Node, name: &str) -> Option<MemberState> {
         .map(|m| m.state)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_converge_and_a_crash_is_detected() {
-    let _serial = serial().await;
-    let nodes = cluster(3, |i| config(&format!("n{i}"))).await;
+on_both!(three_nodes_converge_and_a_crash_is_detected);
+async fn three_nodes_converge_and_a_crash_is_detected(net: Net) {
+    let nodes = cluster(&net, 3, |i| config(&format!("n{i}"))).await;
     eventually(
         "3 nodes see each other alive",
         Duration::from_secs(10),
@@ -68,10 +99,9 @@ async fn three_nodes_converge_and_a_crash_is_detected() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_leave_is_seen_as_left_never_failed() {
-    let _serial = serial().await;
-    let nodes = cluster(3, |i| config(&format!("n{i}"))).await;
+on_both!(graceful_leave_is_seen_as_left_never_failed);
+async fn graceful_leave_is_seen_as_left_never_failed(net: Net) {
+    let nodes = cluster(&net, 3, |i| config(&format!("n{i}"))).await;
     eventually("converged", Duration::from_secs(10), || {
         nodes.iter().all(|n| alive_count(n) == 2)
     })
@@ -101,18 +131,17 @@ async fn graceful_leave_is_seen_as_left_never_failed() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clusters_with_different_keys_never_merge() {
-    let _serial = serial().await;
+on_both!(clusters_with_different_keys_never_merge);
+async fn clusters_with_different_keys_never_merge(net: Net) {
     let make = |name: &str, k: u8| {
         let mut c = config(name);
         c.keyring = Some(Keyring::new(Key::from_bytes([k; KEY_BYTES])));
         c.label = "prod".into();
         c
     };
-    let a = Node::start(make("a", 1)).await.unwrap();
-    let b = Node::start(make("b", 1)).await.unwrap();
-    let c = Node::start(make("c", 2)).await.unwrap();
+    let a = net.start(make("a", 1)).await;
+    let b = net.start(make("b", 1)).await;
+    let c = net.start(make("c", 2)).await;
     b.join(vec![a.addr()]).await.unwrap();
     c.join(vec![a.addr()]).await.unwrap();
     eventually(
@@ -145,12 +174,13 @@ async fn shutdown_ends_every_task_and_frees_the_port() {
         .await
         .expect("tcp port free");
     drop((udp, tcp));
+    no_task_left().await;
 }
 
 /// Two nodes (no third to probe through) whose datagrams to each other are blocked both ways:
 /// with the TCP fallback probe they stay alive; without it (the control) they fail each other,
 /// which shows the test can fail.
-async fn udp_blocked_pair(fallback: bool) -> (Node, Node, usize) {
+async fn udp_blocked_pair(net: &Net, fallback: bool) -> (Node, Node, usize) {
     use distributed_core::transport::faults::Faults;
     let make = |name: &str, f: &Arc<Faults>| {
         let mut c = config(name);
@@ -159,8 +189,8 @@ async fn udp_blocked_pair(fallback: bool) -> (Node, Node, usize) {
         c
     };
     let (fa, fb) = (Arc::new(Faults::default()), Arc::new(Faults::default()));
-    let a = Node::start(make("a", &fa)).await.unwrap();
-    let b = Node::start(make("b", &fb)).await.unwrap();
+    let a = net.start(make("a", &fa)).await;
+    let b = net.start(make("b", &fb)).await;
     b.join(vec![a.addr()]).await.unwrap();
     eventually("pair converged", Duration::from_secs(10), || {
         alive_count(&a) == 1 && alive_count(&b) == 1
@@ -180,15 +210,14 @@ async fn udp_blocked_pair(fallback: bool) -> (Node, Node, usize) {
     (a, b, failed)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn udp_blocked_but_tcp_open_is_no_failure() {
-    let _serial = serial().await;
-    let (a, b, failed) = udp_blocked_pair(true).await;
+on_both!(udp_blocked_but_tcp_open_is_no_failure);
+async fn udp_blocked_but_tcp_open_is_no_failure(net: Net) {
+    let (a, b, failed) = udp_blocked_pair(&net, true).await;
     assert_eq!(failed, 0, "b declared failed despite TCP");
     assert_eq!(state_of(&a, "b"), Some(MemberState::Alive));
     a.shutdown().await;
     b.shutdown().await;
-    let (a, b, failed) = udp_blocked_pair(false).await;
+    let (a, b, failed) = udp_blocked_pair(&net, false).await;
     assert!(
         failed > 0,
         "control: without the fallback probe, b must fail"
@@ -197,11 +226,10 @@ async fn udp_blocked_but_tcp_open_is_no_failure() {
     b.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_and_fifty_nodes_converge() {
-    let _serial = serial().await;
+on_both!(ten_and_fifty_nodes_converge);
+async fn ten_and_fifty_nodes_converge(net: Net) {
     for n in [10, 50] {
-        let nodes = cluster(n, |i| config(&format!("n{i}"))).await;
+        let nodes = cluster(&net, n, |i| config(&format!("n{i}"))).await;
         eventually(
             &format!("{n} nodes converge"),
             Duration::from_secs(30),
@@ -214,11 +242,10 @@ async fn ten_and_fifty_nodes_converge() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tags_propagate_and_user_events_arrive_exactly_once() {
-    let _serial = serial().await;
+on_both!(tags_propagate_and_user_events_arrive_exactly_once);
+async fn tags_propagate_and_user_events_arrive_exactly_once(net: Net) {
     use distributed_core::cluster::Event;
-    let nodes = cluster(5, |i| config(&format!("n{i}"))).await;
+    let nodes = cluster(&net, 5, |i| config(&format!("n{i}"))).await;
     eventually("converged", Duration::from_secs(10), || {
         nodes.iter().all(|n| alive_count(n) == 4)
     })
@@ -264,10 +291,9 @@ async fn tags_propagate_and_user_events_arrive_exactly_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashed_node_restarted_with_its_name_rejoins_with_a_higher_incarnation() {
-    let _serial = serial().await;
-    let nodes = cluster(3, |i| config(&format!("n{i}"))).await;
+on_both!(a_crashed_node_restarted_with_its_name_rejoins_with_a_higher_incarnation);
+async fn a_crashed_node_restarted_with_its_name_rejoins_with_a_higher_incarnation(net: Net) {
+    let nodes = cluster(&net, 3, |i| config(&format!("n{i}"))).await;
     eventually("converged", Duration::from_secs(10), || {
         nodes.iter().all(|n| alive_count(n) == 2)
     })
@@ -280,7 +306,7 @@ async fn a_crashed_node_restarted_with_its_name_rejoins_with_a_higher_incarnatio
     })
     .await;
     // Same name, new port, no memory of its old incarnation: it must out-bid its old self.
-    let again = Node::start(config("n2")).await.unwrap();
+    let again = net.start(config("n2")).await;
     again.join(vec![nodes[0].addr()]).await.unwrap();
     eventually("n2 alive again everywhere", Duration::from_secs(15), || {
         nodes[..2].iter().all(|n| {
@@ -298,15 +324,14 @@ async fn a_crashed_node_restarted_with_its_name_rejoins_with_a_higher_incarnatio
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotating_the_key_across_a_running_cluster_loses_no_member() {
-    let _serial = serial().await;
+on_both!(rotating_the_key_across_a_running_cluster_loses_no_member);
+async fn rotating_the_key_across_a_running_cluster_loses_no_member(net: Net) {
     use distributed_core::cluster::Event;
     let (old, new) = (
         Key::from_bytes([5; KEY_BYTES]),
         Key::from_bytes([6; KEY_BYTES]),
     );
-    let nodes = cluster(5, |i| {
+    let nodes = cluster(&net, 5, |i| {
         let mut c = config(&format!("n{i}"));
         c.keyring = Some(Keyring::new(old.clone()));
         c.label = "prod".into();
@@ -373,7 +398,7 @@ async fn hostile_input_is_counted_and_dropped() {
     tcp.write_all(&u32::MAX.to_be_bytes()).await.unwrap(); // a 4 GiB record: refused unread
     eventually("rejections counted", Duration::from_secs(5), || {
         let t = node.traffic();
-        t.rejected_frame == 2 && t.rejected_packet == 1 && t.rejected_stream == 1
+        t.rejected_frame == 2 && t.rejected_packet == 1 && t.transport.stream_oversized == 1
     })
     .await;
     // Still serving: a peer can join.
@@ -385,4 +410,36 @@ async fn hostile_input_is_counted_and_dropped() {
     .await;
     node.shutdown().await;
     peer.shutdown().await;
+    no_task_left().await;
+}
+
+/// The in-memory twin of the test above: garbage datagrams and stream records from a raw
+/// endpoint are counted by reason, and the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_is_counted_and_dropped_in_memory() {
+    use distributed_core::transport::Transport;
+    let _serial = serial().await;
+    let net = Net::mem();
+    let node = net.start(config("target")).await;
+    let Net::Mem(mem) = &net else { unreachable!() };
+    let mut raw = mem.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    raw.send_packet(node.addr(), b"garbage").await;
+    raw.send_packet(node.addr(), b"DC\x01\x00\xff\xff").await;
+    raw.send_stream(node.addr(), b"DC\x01\x00not a record".to_vec());
+    raw.send_stream(node.addr(), vec![0; 5 << 20]); // over the record limit: never sent
+    eventually("rejections counted", Duration::from_secs(5), || {
+        let t = node.traffic();
+        t.rejected_frame == 1 && t.rejected_packet == 1 && t.rejected_stream == 1
+    })
+    .await;
+    assert_eq!(raw.counters().snapshot().streams_out_dropped, 1);
+    let peer = net.start(config("peer")).await;
+    peer.join(vec![node.addr()]).await.unwrap();
+    eventually("joined after the garbage", Duration::from_secs(10), || {
+        alive_count(&node) == 1
+    })
+    .await;
+    node.shutdown().await;
+    peer.shutdown().await;
+    no_task_left().await;
 }

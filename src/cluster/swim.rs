@@ -13,6 +13,7 @@ use super::time::{Now, Time};
 use super::user_events::{digest, UserEvents, Verdict};
 use super::{Command, Config, ConfigError, Event, Input, MemberView, Output, Timer};
 use crate::identity::{tags_len, NodeId, NodeInfo, Tags};
+use crate::transport::backoff::Backoff;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rustc_hash::FxHashMap;
@@ -427,11 +428,8 @@ impl Swim {
             self.send_stream(seed, msg);
         }
         let attempt = self.join.attempt;
-        let cap = self
-            .config
-            .join_retry_max
-            .min(self.config.join_retry_base * 2u32.pow(attempt.min(16)));
-        let wait = cap / 2 + self.jitter(cap / 2);
+        let backoff = Backoff::new(self.config.join_retry_base, self.config.join_retry_max);
+        let wait = backoff.delay(attempt, &mut self.rng);
         self.arm(wait, Timer::JoinRetry { attempt });
     }
 

@@ -1,65 +1,49 @@
-//! The driver task: the one place that owns the core and carries out its outputs.
+//! The driver task: the one place that owns the core and the transport, and carries out the
+//! core's outputs.
 
-use super::stream::{self, Received, SecurityOwned};
+use super::stream::{self, SecurityOwned};
 use super::traffic::Traffic;
-use super::{Request, DATAGRAM_BYTES_MAX};
+use super::Request;
 use crate::cluster::{
     decode_packet, encode_packet, Event, Input, MemberView, Now, Output, Swim, Time, Timer,
 };
-use crate::transport::faults::Faults;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
+use crate::transport::{Incoming, Transport};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-pub(crate) struct Driver {
+/// What the driver shares with the `Node` handles.
+pub(crate) struct Links {
+    pub me: SocketAddr,
+    pub sec: SecurityOwned,
+    pub events: broadcast::Sender<Event>,
+    pub members: Arc<Mutex<Vec<MemberView>>>,
+    pub traffic: Arc<Traffic>,
+}
+
+pub(crate) struct Driver<T> {
     swim: Swim,
-    udp: UdpSocket,
-    me: SocketAddr,
-    sec: SecurityOwned,
-    events: broadcast::Sender<Event>,
-    members: Arc<Mutex<Vec<MemberView>>>,
+    transport: T,
+    links: Links,
     /// Armed timers by (due time, arming order).
     timers: BTreeMap<(Time, u64), Timer>,
     timer_seq: u64,
     origin: Instant,
     out: Vec<Output>,
-    sends: JoinSet<()>,
-    /// The fault layer, if any: consulted for every datagram in and out.
-    pub faults: Option<Arc<Faults>>,
-    fault_rng: ChaCha8Rng,
-    pub traffic: Arc<Traffic>,
 }
 
-impl Driver {
-    pub fn new(
-        swim: Swim,
-        udp: UdpSocket,
-        me: SocketAddr,
-        sec: SecurityOwned,
-        events: broadcast::Sender<Event>,
-        members: Arc<Mutex<Vec<MemberView>>>,
-    ) -> Self {
+impl<T: Transport> Driver<T> {
+    pub fn new(swim: Swim, transport: T, links: Links) -> Self {
         Driver {
             swim,
-            udp,
-            me,
-            sec,
-            events,
-            members,
+            transport,
+            links,
             timers: BTreeMap::new(),
             timer_seq: 0,
             origin: Instant::now(),
             out: Vec::new(),
-            sends: JoinSet::new(),
-            faults: None,
-            fault_rng: ChaCha8Rng::from_rng(rand::rngs::OsRng).expect("the OS has randomness"),
-            traffic: Arc::default(),
         }
     }
 
@@ -77,10 +61,8 @@ impl Driver {
     pub async fn run(
         mut self,
         mut requests: mpsc::Receiver<Request>,
-        mut streams: mpsc::Receiver<Received>,
         mut stop: oneshot::Receiver<()>,
     ) {
-        let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
         let now = self.now();
         self.swim.start(now, &mut self.out);
         self.apply().await;
@@ -97,16 +79,16 @@ impl Driver {
                 biased;
                 _ = &mut stop => break,
                 Some(req) = requests.recv() => self.on_request(req),
-                r = self.udp.recv_from(&mut buf) => {
-                    if let Ok((n, from)) = r {
-                        self.on_datagram(from, &buf[..n]);
-                    }
-                }
-                Some((from, msg)) = streams.recv() => self.feed(Input::Stream { from, msg }),
+                got = self.transport.recv() => match got {
+                    Some(Incoming::Packet { from, bytes }) => self.on_datagram(from, &bytes),
+                    Some(Incoming::Stream { bytes }) => self.on_record(&bytes),
+                    None => break,
+                },
                 _ = sleep, if next.is_some() => self.fire_timers(),
             }
             self.apply().await;
         }
+        self.transport.close().await;
     }
 
     fn feed(&mut self, input: Input) {
@@ -127,23 +109,14 @@ impl Driver {
         }
     }
 
-    fn faults_pass(&mut self, peer: SocketAddr, outgoing: bool) -> bool {
-        let rng = &mut self.fault_rng;
-        self.faults
-            .as_ref()
-            .is_none_or(|f| f.pass(peer, outgoing, rng))
-    }
-
     fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
-        Traffic::add(&self.traffic.datagrams_in, 1);
-        Traffic::add(&self.traffic.bytes_in, bytes.len() as u64);
-        if !self.faults_pass(from, false) {
-            return;
-        }
-        let body = match self.sec.open(bytes) {
+        let traffic = &self.links.traffic;
+        Traffic::add(&traffic.datagrams_in, 1);
+        Traffic::add(&traffic.bytes_in, bytes.len() as u64);
+        let body = match self.links.sec.open(bytes) {
             Ok(b) => b,
             Err(e) => {
-                Traffic::add(&self.traffic.rejected_frame, 1);
+                Traffic::add(&traffic.rejected_frame, 1);
                 tracing::debug!(%from, error = %e, "datagram dropped");
                 return;
             }
@@ -154,8 +127,23 @@ impl Driver {
                 msgs: p.messages,
             }),
             Err(e) => {
-                Traffic::add(&self.traffic.rejected_packet, 1);
+                Traffic::add(&traffic.rejected_packet, 1);
                 tracing::debug!(%from, error = %e, "datagram dropped");
+            }
+        }
+    }
+
+    fn on_record(&mut self, bytes: &[u8]) {
+        Traffic::add(&self.links.traffic.bytes_in, bytes.len() as u64);
+        match stream::open_record(bytes, &self.links.sec) {
+            Ok(msgs) => {
+                for (from, msg) in msgs {
+                    self.feed(Input::Stream { from, msg });
+                }
+            }
+            Err(e) => {
+                Traffic::add(&self.links.traffic.rejected_stream, 1);
+                tracing::debug!(error = %e, "stream record dropped");
             }
         }
     }
@@ -172,26 +160,24 @@ impl Driver {
     }
 
     async fn apply(&mut self) {
-        while self.sends.try_join_next().is_some() {}
         let mut changed = false;
         for o in std::mem::take(&mut self.out) {
             match o {
-                Output::Packet { to, .. } if !self.faults_pass(to, true) => {}
                 Output::Packet { to, msgs } => {
-                    let frame = self.sec.seal(&encode_packet(&msgs));
-                    Traffic::add(&self.traffic.datagrams_out, 1);
-                    Traffic::add(&self.traffic.msgs_out, msgs.len() as u64);
-                    Traffic::add(&self.traffic.bytes_out, frame.len() as u64);
-                    if let Err(e) = self.udp.send_to(&frame, to).await {
-                        tracing::debug!(%to, error = %e, "datagram send failed");
-                    }
+                    let frame = self.links.sec.seal(&encode_packet(&msgs));
+                    let traffic = &self.links.traffic;
+                    Traffic::add(&traffic.datagrams_out, 1);
+                    Traffic::add(&traffic.msgs_out, msgs.len() as u64);
+                    Traffic::add(&traffic.bytes_out, frame.len() as u64);
+                    self.transport.send_packet(to, &frame).await;
                 }
                 Output::Stream { to, msg } => {
-                    let record = stream::record(self.me, &msg, &self.sec);
-                    Traffic::add(&self.traffic.streams_out, 1);
-                    Traffic::add(&self.traffic.msgs_out, 1);
-                    Traffic::add(&self.traffic.bytes_out, record.len() as u64);
-                    self.sends.spawn(stream::send(to, record));
+                    let record = stream::record(self.links.me, &msg, &self.links.sec);
+                    let traffic = &self.links.traffic;
+                    Traffic::add(&traffic.streams_out, 1);
+                    Traffic::add(&traffic.msgs_out, 1);
+                    Traffic::add(&traffic.bytes_out, record.len() as u64 + 4);
+                    self.transport.send_stream(to, record);
                 }
                 Output::Timer { at, timer } => {
                     self.timer_seq += 1;
@@ -199,7 +185,7 @@ impl Driver {
                 }
                 Output::Event(e) => {
                     changed |= e.member().is_some();
-                    let _ = self.events.send(e);
+                    let _ = self.links.events.send(e);
                 }
             }
         }
@@ -214,7 +200,7 @@ impl Driver {
                     incarnation: m.incarnation,
                     state: m.state,
                 });
-            *self.members.lock().expect("members lock") = views.collect();
+            *self.links.members.lock().expect("members lock") = views.collect();
         }
     }
 }

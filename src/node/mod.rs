@@ -1,16 +1,19 @@
 //! The tokio runtime around the protocol core: sockets, timers, tasks, and the `Node` API.
 //!
-//! One driver task owns the [`Swim`] core and the UDP socket. It waits on, in this order: an
-//! application command, a datagram, a stream message (read by per-connection tasks from the TCP
-//! listener), the earliest armed timer. Every input goes through `Swim::handle`; the outputs are
-//! carried out at once: datagrams sent on the UDP socket, stream messages written on a fresh TCP
-//! connection by a short task, timers kept in an ordered map, events published to subscribers
-//! and folded into the membership snapshot that `Node::members` reads.
+//! One driver task owns the [`Swim`] core and a [`Transport`]. It waits on, in this order: an
+//! application command, a datagram or stream record from the transport, the earliest armed
+//! timer. Every input goes through `Swim::handle`; the outputs are carried out at once: packets
+//! sealed and sent as datagrams, stream messages sealed and queued on the transport's cached
+//! connection to the peer, timers kept in an ordered map, events published to subscribers and
+//! folded into the membership snapshot that `Node::members` reads.
 //!
-//! Stream records are `[len: u32 BE][frame]`; the frame's body is the sender's advertised address
-//! (postcard) followed by a one-message packet, so the address is covered by encryption.
+//! [`Node::start`] runs on real UDP + TCP ([`NetTransport`]); [`Node::start_on`] takes any
+//! transport, such as the in-memory [`crate::transport::mem::MemNetwork`] of the tests.
 //!
-//! Layout: `mod.rs` (API, start, shutdown), `driver.rs` (the loop), `stream.rs` (TCP in and out).
+//! A stream record is one frame whose body is the sender's advertised address (postcard)
+//! followed by a one-message packet, so the address is covered by encryption.
+//!
+//! Layout: `mod.rs` (API, start, shutdown), `driver.rs` (the loop), `stream.rs` (frames).
 
 mod driver;
 mod stream;
@@ -21,17 +24,15 @@ pub use traffic::TrafficStats;
 use crate::cluster::{Command, Config, Event, Incarnation, MemberView, Swim};
 use crate::identity::{IdentityError, NodeId, NodeInfo, Tags};
 use crate::transport::crypto::{Key, KeyInfo, Keyring};
-use crate::transport::faults::Faults;
+use crate::transport::faults::{FaultLayer, Faults};
+use crate::transport::net::NetTransport;
+use crate::transport::{Transport, TransportConfig, TransportConfigError, TransportCounters};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tokio::net::{TcpListener, UdpSocket};
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-/// Largest datagram read.
-pub const DATAGRAM_BYTES_MAX: usize = 65_507;
-/// Largest stream record accepted; longer ones close the connection.
-pub const STREAM_RECORD_BYTES_MAX: usize = 8 << 20;
 /// Events buffered per subscriber before a slow subscriber starts missing them.
 pub const EVENT_BUFFER: usize = 1024;
 
@@ -44,6 +45,9 @@ pub enum NodeError {
     /// The protocol config is invalid; nothing was bound.
     #[error(transparent)]
     Config(#[from] crate::cluster::ConfigError),
+    /// The transport config is invalid; nothing was bound.
+    #[error(transparent)]
+    TransportConfig(#[from] TransportConfigError),
     /// Binding or reading a socket failed.
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
@@ -74,6 +78,8 @@ pub struct NodeConfig {
     pub tags: Tags,
     /// Protocol settings.
     pub protocol: Config,
+    /// Transport limits and timeouts.
+    pub transport: TransportConfig,
     /// Encrypt with this keyring (and refuse plain frames); keys can be rotated at runtime.
     pub keyring: Option<Keyring>,
     /// Cluster label bound into every encrypted frame.
@@ -95,6 +101,7 @@ impl NodeConfig {
             advertise: None,
             tags: Tags::new(),
             protocol: Config::lan(),
+            transport: TransportConfig::default(),
             keyring: None,
             label: String::new(),
             incarnation: 0,
@@ -115,30 +122,13 @@ pub(crate) enum Request {
 struct Shared {
     security: stream::SecurityOwned,
     traffic: Arc<traffic::Traffic>,
+    transport: Arc<TransportCounters>,
     requests: mpsc::Sender<Request>,
     events: broadcast::Sender<Event>,
     members: Arc<Mutex<Vec<MemberView>>>,
     local: MemberView,
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
-}
-
-/// Binds UDP and TCP on the same address. With port 0 the OS picks the UDP port, which may be
-/// taken for TCP by someone else: then another port is tried, a bounded number of times.
-async fn bind_pair(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
-    const TRIES: usize = 16;
-    let mut last = None;
-    for _ in 0..TRIES {
-        let udp = UdpSocket::bind(addr).await?;
-        match TcpListener::bind(udp.local_addr()?).await {
-            Ok(tcp) => return Ok((udp, tcp)),
-            Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => {
-                last = Some(e)
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last.expect("at least one try"))
+    driver: tokio::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 /// A running node. Cheap to clone; `Send + Sync`.
@@ -151,10 +141,32 @@ impl Node {
     /// Binds UDP and TCP on `config.bind`, starts the driver, and returns the running node.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         config.protocol.validate()?;
+        config.transport.validate()?;
+        NodeId::new(&config.name)?;
+        let transport = NetTransport::bind(config.bind, config.transport.clone()).await?;
+        Self::start_on(config, transport).await
+    }
+
+    /// Starts a node on a transport bound already (`config.bind` is not used; the advertised
+    /// address defaults to the transport's).
+    pub async fn start_on(
+        config: NodeConfig,
+        transport: impl Transport,
+    ) -> Result<Node, NodeError> {
+        match config.faults.clone() {
+            Some(faults) => {
+                let seed = rand::RngCore::next_u64(&mut rand::thread_rng());
+                Self::launch(config, FaultLayer::new(transport, faults, seed))
+            }
+            None => Self::launch(config, transport),
+        }
+    }
+
+    fn launch(config: NodeConfig, transport: impl Transport) -> Result<Node, NodeError> {
+        config.protocol.validate()?;
+        config.transport.validate()?;
         let id = NodeId::new(&config.name)?;
-        let (udp, tcp) = bind_pair(config.bind).await?;
-        let bound = udp.local_addr()?;
-        let advertise = config.advertise.unwrap_or(bound);
+        let advertise = config.advertise.unwrap_or(transport.local_addr());
         let info = NodeInfo {
             id,
             addr: advertise,
@@ -162,7 +174,7 @@ impl Node {
         };
         let seed = config
             .seed
-            .unwrap_or_else(|| rand::RngCore::next_u64(&mut rand::rngs::OsRng));
+            .unwrap_or_else(|| rand::RngCore::next_u64(&mut rand::thread_rng()));
         let swim = Swim::new(
             config.protocol.clone(),
             info.clone(),
@@ -177,37 +189,28 @@ impl Node {
         let (req_tx, req_rx) = mpsc::channel(64);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (stop_tx, stop_rx) = oneshot::channel();
-        let (stream_tx, stream_rx) = mpsc::channel(1024);
         let members = Arc::new(Mutex::new(Vec::new()));
         let security = stream::SecurityOwned::new(config.keyring, config.label.clone());
-        let security_for_node = security.clone();
         let traffic: Arc<traffic::Traffic> = Arc::default();
-        let accept = tokio::spawn(stream::accept_loop(
-            tcp,
-            stream_tx,
-            security.clone(),
-            traffic.clone(),
-        ));
-        let mut driver = driver::Driver::new(
-            swim,
-            udp,
-            advertise,
-            security,
-            events.clone(),
-            members.clone(),
-        );
-        driver.faults = config.faults.clone();
-        driver.traffic = traffic.clone();
-        let run = tokio::spawn(driver.run(req_rx, stream_rx, stop_rx));
+        let counters = transport.counters();
+        let links = driver::Links {
+            me: advertise,
+            sec: security.clone(),
+            events: events.clone(),
+            members: members.clone(),
+            traffic: traffic.clone(),
+        };
+        let run = tokio::spawn(driver::Driver::new(swim, transport, links).run(req_rx, stop_rx));
         let shared = Shared {
-            security: security_for_node,
+            security,
             traffic,
+            transport: counters,
             requests: req_tx,
             events,
             members,
             local,
             shutdown: Mutex::new(Some(stop_tx)),
-            tasks: Mutex::new(vec![run, accept]),
+            driver: tokio::sync::Mutex::new(Some(run)),
         };
         Ok(Node {
             shared: Arc::new(shared),
@@ -231,7 +234,9 @@ impl Node {
 
     /// What this node sent, received and rejected so far.
     pub fn traffic(&self) -> TrafficStats {
-        self.shared.traffic.snapshot()
+        let mut t = self.shared.traffic.snapshot();
+        t.transport = self.shared.transport.snapshot();
+        t
     }
 
     /// Live membership events from now on.
@@ -317,15 +322,22 @@ impl Node {
         self.with_keyring(|r| Ok(r.keys()))
     }
 
-    /// Stops every task of the node and waits for them (no task is left behind).
+    /// Stops every task of the node (driver, transport, connections) and waits for them: on
+    /// return no task of the node is left and its ports are free. A clone that calls it later
+    /// returns at once.
     pub async fn shutdown(&self) {
+        /// The driver closes its transport on stop; past this it is aborted.
+        const GRACE: Duration = Duration::from_secs(5);
         if let Some(stop) = self.shared.shutdown.lock().expect("shutdown lock").take() {
             let _ = stop.send(());
         }
-        let tasks = std::mem::take(&mut *self.shared.tasks.lock().expect("tasks lock"));
-        for t in tasks {
-            t.abort();
-            let _ = t.await;
+        let mut driver = self.shared.driver.lock().await;
+        if let Some(mut task) = driver.take() {
+            if tokio::time::timeout(GRACE, &mut task).await.is_err() {
+                tracing::warn!("node driver did not stop within {GRACE:?}: aborted");
+                task.abort();
+                let _ = task.await;
+            }
         }
     }
 }

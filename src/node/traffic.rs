@@ -1,5 +1,6 @@
 //! Counters of what a node sent, received and rejected, shared by its tasks.
 
+use crate::transport::TransportStats;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Live counters (relaxed atomics: each is exact, a snapshot is not a single instant).
@@ -33,14 +34,15 @@ impl Traffic {
             rejected_frame: g(&self.rejected_frame),
             rejected_packet: g(&self.rejected_packet),
             rejected_stream: g(&self.rejected_stream),
+            transport: TransportStats::default(),
         }
     }
 }
 
 /// What a node sent and received so far. Bytes are frame bytes (no IP/UDP/TCP headers).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TrafficStats {
-    /// Datagrams sent (after the fault layer).
+    /// Datagrams sent (before the fault layer).
     pub datagrams_out: u64,
     /// Bytes of datagrams and stream records sent.
     pub bytes_out: u64,
@@ -48,14 +50,17 @@ pub struct TrafficStats {
     pub msgs_out: u64,
     /// Stream messages sent.
     pub streams_out: u64,
-    /// Datagrams received (before the fault layer).
+    /// Datagrams received (after the fault layer).
     pub datagrams_in: u64,
-    /// Bytes of datagrams received.
+    /// Bytes of datagrams and stream records received.
     pub bytes_in: u64,
     /// Datagrams refused for their frame: bad header, plain while encrypted, wrong key or label.
     pub rejected_frame: u64,
     /// Datagrams whose packet did not decode.
     pub rejected_packet: u64,
-    /// Stream records refused (too large, bad frame, bad packet).
+    /// Stream records refused for their frame or packet (the transport counts oversized and
+    /// stalled records, in `transport`).
     pub rejected_stream: u64,
+    /// The transport's own counters: connections, drops, limits hit.
+    pub transport: TransportStats,
 }

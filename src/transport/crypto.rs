@@ -13,11 +13,19 @@
 //! The caller passes associated data (the frame header and the cluster label), which is
 //! authenticated but not encrypted: a frame from another cluster, or with its flags changed,
 //! fails to open.
+//!
+//! XChaCha20-Poly1305 is built as its specification (draft-irtf-cfrg-xchacha, section 2.3)
+//! defines it: HChaCha20 of the key and the nonce's first 16 bytes gives a subkey, and the
+//! IETF ChaCha20-Poly1305 of `ring` seals under that subkey with the nonce `[0; 4] ++
+//! nonce[16..24]`. Why not RustCrypto's `chacha20poly1305` crate alone: its Poly1305 picks an
+//! AVX2 code path at run time that is slower than its own portable code unless the whole build
+//! targets AVX2 (measured here: 2.2 µs against 0.55 µs to seal 600 bytes). A unit test checks
+//! that both constructions give the same bytes.
 
 use base64::Engine;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chacha20::cipher::consts::U10;
 use rand::{CryptoRng, RngCore};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -113,13 +121,53 @@ impl Key {
     /// The one-byte id frames carry: the first byte of the key's own tag over a fixed message,
     /// so it is the same on every node and reveals nothing useful about the key.
     pub fn id(&self) -> u8 {
-        let cipher = XChaCha20Poly1305::new((&self.0).into());
-        let nonce = XNonce::default();
-        let tag = cipher
-            .encrypt(&nonce, b"distributed-core key id".as_slice())
-            .expect("encrypting a short constant cannot fail");
-        tag[tag.len() - TAG_BYTES]
+        let mut msg = b"distributed-core key id".to_vec();
+        let tag = xseal_in_place(self, &[0; NONCE_BYTES], b"", &mut msg);
+        tag[0]
     }
+}
+
+/// The IETF ChaCha20-Poly1305 key for one XChaCha20 nonce, and the 12-byte nonce to use with it.
+fn subkey(key: &Key, nonce: &[u8; NONCE_BYTES]) -> (LessSafeKey, Nonce) {
+    let (head, tail) = nonce.split_at(16);
+    let sub = chacha20::hchacha::<U10>((&key.0).into(), head.into());
+    let unbound = UnboundKey::new(&CHACHA20_POLY1305, sub.as_slice())
+        .expect("an HChaCha20 output is a 32-byte ChaCha20 key");
+    let mut short = [0u8; 12];
+    short[4..].copy_from_slice(tail);
+    (
+        LessSafeKey::new(unbound),
+        Nonce::assume_unique_for_key(short),
+    )
+}
+
+/// Encrypts `buf` in place with XChaCha20-Poly1305; returns the tag.
+fn xseal_in_place(
+    key: &Key,
+    nonce: &[u8; NONCE_BYTES],
+    aad: &[u8],
+    buf: &mut [u8],
+) -> [u8; TAG_BYTES] {
+    let (k, n) = subkey(key, nonce);
+    let tag = k
+        .seal_in_place_separate_tag(n, Aad::from(aad), buf)
+        .expect("ChaCha20-Poly1305 seals any message that fits in memory");
+    let mut out = [0u8; TAG_BYTES];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+/// Decrypts `ciphertext ++ tag` in place; returns the plaintext's length.
+fn xopen_in_place(
+    key: &Key,
+    nonce: &[u8; NONCE_BYTES],
+    aad: &[u8],
+    buf: &mut [u8],
+) -> Result<usize, CryptoError> {
+    let (k, n) = subkey(key, nonce);
+    k.open_in_place(n, Aad::from(aad), buf)
+        .map(|plain| plain.len())
+        .map_err(|_| CryptoError::Decrypt)
 }
 
 impl fmt::Debug for Key {
@@ -132,7 +180,6 @@ impl fmt::Debug for Key {
 struct Slot {
     id: u8,
     key: Key,
-    cipher: XChaCha20Poly1305,
 }
 
 /// What `Keyring::keys` tells about one key (never the key itself).
@@ -167,12 +214,7 @@ impl Keyring {
     }
 
     fn slot(key: Key) -> Slot {
-        let cipher = XChaCha20Poly1305::new((&key.0).into());
-        Slot {
-            id: key.id(),
-            key,
-            cipher,
-        }
+        Slot { id: key.id(), key }
     }
 
     /// Adds a key for decryption. Installing a key twice is not an error.
@@ -234,22 +276,14 @@ impl Keyring {
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Vec<u8> {
         let slot = &self.slots[self.primary];
-        let mut nonce = XNonce::default();
+        let mut nonce = [0u8; NONCE_BYTES];
         rng.fill_bytes(&mut nonce);
-        let ct = slot
-            .cipher
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plaintext,
-                    aad,
-                },
-            )
-            .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory data");
         let mut out = Vec::with_capacity(SEAL_OVERHEAD_BYTES + plaintext.len());
         out.push(slot.id);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
+        out.extend_from_slice(plaintext);
+        let tag = xseal_in_place(&slot.key, &nonce, aad, &mut out[1 + NONCE_BYTES..]);
+        out.extend_from_slice(&tag);
         out
     }
 
@@ -265,9 +299,11 @@ impl Keyring {
             .iter()
             .find(|s| s.id == id)
             .ok_or(CryptoError::UnknownKey(id))?;
-        slot.cipher
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
-            .map_err(|_| CryptoError::Decrypt)
+        let nonce: &[u8; NONCE_BYTES] = nonce.try_into().expect("split at NONCE_BYTES");
+        let mut buf = ct.to_vec();
+        let len = xopen_in_place(&slot.key, nonce, aad, &mut buf)?;
+        buf.truncate(len);
+        Ok(buf)
     }
 
     /// Reads a key file: one base64 key per line, the first one primary, `#` comments allowed.
@@ -329,6 +365,59 @@ mod tests {
 
     fn key(b: u8) -> Key {
         Key::from_bytes([b; KEY_BYTES])
+    }
+
+    /// The construction on `ring` gives the same bytes as RustCrypto's XChaCha20-Poly1305, for
+    /// random keys, nonces, associated data and lengths; and the published test vector.
+    #[test]
+    fn xchacha_matches_the_reference_implementation() {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+        let mut r = rng();
+        for len in (0..300).chain([1350, 4096]) {
+            let key = Key::generate(&mut r);
+            let mut nonce = [0u8; NONCE_BYTES];
+            r.fill_bytes(&mut nonce);
+            let mut aad = vec![0u8; len % 40];
+            r.fill_bytes(&mut aad);
+            let mut msg = vec![0u8; len];
+            r.fill_bytes(&mut msg);
+            let reference = XChaCha20Poly1305::new((&key.0).into())
+                .encrypt(
+                    XNonce::from_slice(&nonce),
+                    Payload {
+                        msg: &msg,
+                        aad: &aad,
+                    },
+                )
+                .unwrap();
+            let mut ours = msg.clone();
+            let tag = xseal_in_place(&key, &nonce, &aad, &mut ours);
+            ours.extend_from_slice(&tag);
+            assert_eq!(ours, reference, "len {len}");
+            assert_eq!(xopen_in_place(&key, &nonce, &aad, &mut ours), Ok(len));
+            assert_eq!(ours[..len], msg[..]);
+        }
+        // draft-irtf-cfrg-xchacha-03, appendix A.3.1.
+        let hex = |s: &str| {
+            (0..s.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+                .collect::<Vec<u8>>()
+        };
+        let key = Key::from_bytes(
+            hex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f")
+                .try_into()
+                .unwrap(),
+        );
+        let nonce: [u8; NONCE_BYTES] = hex("404142434445464748494a4b4c4d4e4f5051525354555657")
+            .try_into()
+            .unwrap();
+        let aad = hex("50515253c0c1c2c3c4c5c6c7");
+        let mut msg = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.".to_vec();
+        let tag = xseal_in_place(&key, &nonce, &aad, &mut msg);
+        assert_eq!(tag.to_vec(), hex("c0875924c1c7987947deafd8780acf49"));
+        assert_eq!(msg[..8], hex("bd6d179d3e83d43b")[..]);
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! The transport's fault layer: datagrams to or from chosen peers blocked, and a share of all
-//! datagrams dropped. It sits where frames meet the socket, so a test exercises the real stack;
-//! every datagram it drops is counted. Streams are not touched (a node whose UDP is blocked but
-//! whose TCP works must survive on the TCP fallback probe).
+//! datagrams dropped. [`FaultLayer`] wraps any [`Transport`], so a test exercises the real stack
+//! underneath; every datagram it drops is counted. Streams are not touched (a node whose UDP is
+//! blocked but whose TCP works must survive on the TCP fallback probe).
 
-use rand::Rng;
+use super::{Incoming, Transport, TransportCounters};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 
 #[derive(Debug, Default)]
@@ -59,6 +62,60 @@ impl Faults {
     /// Datagrams dropped so far.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// A [`Transport`] whose datagrams pass through [`Faults`] both ways.
+pub struct FaultLayer<T> {
+    inner: T,
+    faults: Arc<Faults>,
+    rng: ChaCha8Rng,
+}
+
+impl<T: Transport> FaultLayer<T> {
+    /// Wraps `inner`; `seed` drives the drop decisions.
+    pub fn new(inner: T, faults: Arc<Faults>, seed: u64) -> Self {
+        FaultLayer {
+            inner,
+            faults,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+}
+
+impl<T: Transport> Transport for FaultLayer<T> {
+    fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr()
+    }
+
+    async fn recv(&mut self) -> Option<Incoming> {
+        loop {
+            let got = self.inner.recv().await?;
+            if let Incoming::Packet { from, .. } = &got {
+                if !self.faults.pass(*from, false, &mut self.rng) {
+                    continue;
+                }
+            }
+            return Some(got);
+        }
+    }
+
+    async fn send_packet(&mut self, to: SocketAddr, bytes: &[u8]) {
+        if self.faults.pass(to, true, &mut self.rng) {
+            self.inner.send_packet(to, bytes).await;
+        }
+    }
+
+    fn send_stream(&mut self, to: SocketAddr, record: Vec<u8>) {
+        self.inner.send_stream(to, record);
+    }
+
+    fn counters(&self) -> Arc<TransportCounters> {
+        self.inner.counters()
+    }
+
+    async fn close(&mut self) {
+        self.inner.close().await;
     }
 }
 

@@ -1,10 +1,283 @@
-//! Getting bytes between nodes. Today: the frame that wraps every packet and stream message
-//! (`frame`), and its authenticated encryption with a rotating keyring (`crypto`). The sockets
-//! and caches arrive with the runtime.
+//! Getting bytes between nodes.
+//!
+//! - [`Transport`]: what the node runtime needs from a network: datagrams (best effort) and
+//!   stream records (reliable and ordered per peer while a connection lives). Two
+//!   implementations: [`net::NetTransport`] (tokio UDP + TCP, with a connection cache) and
+//!   [`mem::MemNetwork`] (in-process, for tests). [`faults::FaultLayer`] wraps either.
+//! - [`frame`]: the versioned frame around every packet and stream record, and its sealing
+//!   with [`crypto`] (XChaCha20-Poly1305 keyring).
+//! - [`backoff`]: exponential backoff with full jitter (join retries, reconnects).
 //!
 //! This module never imports `cluster`: it carries opaque bodies. The two meet in `node/` (and in
 //! the simulator, which uses the frame's size to count honest bytes).
 
+pub mod backoff;
 pub mod crypto;
 pub mod faults;
 pub mod frame;
+pub mod mem;
+pub mod net;
+
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Something a transport received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A datagram and its source address.
+    Packet {
+        /// Where it came from (the socket address, not a claimed one).
+        from: SocketAddr,
+        /// The datagram's bytes (one frame).
+        bytes: Vec<u8>,
+    },
+    /// One stream record (one frame). The sender's identity is inside the frame: a stream's
+    /// source port says nothing about the peer's listening address.
+    Stream {
+        /// The record's bytes.
+        bytes: Vec<u8>,
+    },
+}
+
+/// What the node runtime needs from a network.
+///
+/// `recv` must be cancel-safe: the runtime waits on it in a `select!` beside its timers and
+/// requests, so a cancelled call must not lose what it had received.
+pub trait Transport: Send + 'static {
+    /// The address this transport is bound to.
+    fn local_addr(&self) -> SocketAddr;
+    /// The next datagram or stream record; `None` once the transport is closed.
+    fn recv(&mut self) -> impl Future<Output = Option<Incoming>> + Send;
+    /// Sends one datagram, best effort (a failure is counted, not returned).
+    fn send_packet(&mut self, to: SocketAddr, bytes: &[u8]) -> impl Future<Output = ()> + Send;
+    /// Queues one stream record to `to` without waiting: delivered in order with the other
+    /// records to `to` while the connection lives; dropped and counted when it cannot be sent.
+    fn send_stream(&mut self, to: SocketAddr, record: Vec<u8>);
+    /// The transport's counters, shared: they stay readable while the runtime owns it.
+    fn counters(&self) -> std::sync::Arc<TransportCounters>;
+    /// Stops every task of the transport and waits for them; sockets are closed on return.
+    fn close(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Limits and timeouts of a transport. Every field has a default (see each) and
+/// [`TransportConfig::validate`] checks them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportConfig {
+    /// Largest stream record accepted; a longer one closes the connection. Default 4 MiB
+    /// (a push-pull of 10,000 members is about 600 KB).
+    pub stream_record_bytes_max: usize,
+    /// Inbound stream connections served at once; more are closed on accept. Default 512.
+    pub inbound_streams_max: usize,
+    /// An inbound connection idle this long is closed. Must exceed `outbound_idle`, so the
+    /// sender, not the receiver, closes an idle connection. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub inbound_idle: Duration,
+    /// Bytes of inbound records being read at once, over all connections; a record waits for
+    /// room before it is read, so hostile peers cannot make the node hold more than this plus
+    /// the runtime's queue (16 records). At least `stream_record_bytes_max`. Default 32 MiB.
+    pub inbound_bytes_max: usize,
+    /// Once a record has started, the rest of it must arrive within this. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Outgoing connections kept open for reuse; past this the least recently used one is
+    /// closed. Default 64.
+    pub outbound_cached_max: usize,
+    /// A cached outgoing connection unused this long is closed. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub outbound_idle: Duration,
+    /// Records queued per outgoing connection; more are dropped and counted. Default 64.
+    pub outbound_queue: usize,
+    /// Connecting, and writing one record, may each take this long. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// After a failed connect to a peer, records to it are dropped for a backoff with full
+    /// jitter starting at this cap and doubling up to `reconnect_max`. Default 100 ms.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_base: Duration,
+    /// See `reconnect_base`. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            stream_record_bytes_max: 4 << 20,
+            inbound_streams_max: 512,
+            inbound_idle: Duration::from_secs(60),
+            inbound_bytes_max: 32 << 20,
+            read_timeout: Duration::from_secs(10),
+            outbound_cached_max: 64,
+            outbound_idle: Duration::from_secs(30),
+            outbound_queue: 64,
+            write_timeout: Duration::from_secs(5),
+            reconnect_base: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A transport setting is out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("transport.{field}: {rule}")]
+pub struct TransportConfigError {
+    /// The field.
+    pub field: &'static str,
+    /// What it must satisfy.
+    pub rule: &'static str,
+}
+
+impl TransportConfig {
+    /// Checks every field and the rules between fields.
+    pub fn validate(&self) -> Result<(), TransportConfigError> {
+        let err = |field, rule| Err(TransportConfigError { field, rule });
+        if !(1024..=1 << 30).contains(&self.stream_record_bytes_max) {
+            return err("stream_record_bytes_max", "must be 1 KiB to 1 GiB");
+        }
+        if self.inbound_bytes_max < self.stream_record_bytes_max || self.inbound_bytes_max > 1 << 31
+        {
+            return err(
+                "inbound_bytes_max",
+                "must be at least stream_record_bytes_max and at most 2 GiB",
+            );
+        }
+        if self.inbound_streams_max == 0 {
+            return err("inbound_streams_max", "must be at least 1");
+        }
+        if self.outbound_cached_max == 0 || self.outbound_queue == 0 {
+            return err(
+                "outbound_cached_max",
+                "and outbound_queue must be at least 1",
+            );
+        }
+        if self.read_timeout.is_zero() || self.write_timeout.is_zero() {
+            return err("read_timeout", "and write_timeout must be above zero");
+        }
+        if self.outbound_idle.is_zero() || self.inbound_idle <= self.outbound_idle {
+            return err(
+                "inbound_idle",
+                "must exceed outbound_idle, which must be above zero",
+            );
+        }
+        if self.reconnect_base.is_zero() || self.reconnect_max < self.reconnect_base {
+            return err(
+                "reconnect_base",
+                "must be above zero and at most reconnect_max",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Live counters of a transport (relaxed atomics: each is exact; a snapshot is not an instant).
+#[derive(Debug, Default)]
+pub struct TransportCounters {
+    packets_out: AtomicU64,
+    packets_out_failed: AtomicU64,
+    streams_out: AtomicU64,
+    streams_out_dropped: AtomicU64,
+    connections_opened: AtomicU64,
+    connections_failed: AtomicU64,
+    connections_evicted: AtomicU64,
+    streams_in: AtomicU64,
+    inbound_refused: AtomicU64,
+    stream_oversized: AtomicU64,
+    stream_timeouts: AtomicU64,
+    packets_oversized: AtomicU64,
+    queue_full: AtomicU64,
+}
+
+/// The counters a transport keeps, as numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TransportStats {
+    /// Datagrams handed to the network.
+    pub packets_out: u64,
+    /// Datagrams the network refused to send.
+    pub packets_out_failed: u64,
+    /// Stream records written.
+    pub streams_out: u64,
+    /// Stream records dropped: peer in reconnect backoff, queue full, write failed.
+    pub streams_out_dropped: u64,
+    /// Outgoing connections opened.
+    pub connections_opened: u64,
+    /// Outgoing connects that failed or timed out.
+    pub connections_failed: u64,
+    /// Cached outgoing connections closed to stay within the cache cap.
+    pub connections_evicted: u64,
+    /// Stream records received.
+    pub streams_in: u64,
+    /// Inbound connections refused over `inbound_streams_max`.
+    pub inbound_refused: u64,
+    /// Inbound records over `stream_record_bytes_max` (connection closed unread).
+    pub stream_oversized: u64,
+    /// Inbound connections closed for a stalled record.
+    pub stream_timeouts: u64,
+    /// Datagrams too large to deliver (in-memory network).
+    pub packets_oversized: u64,
+    /// Received datagrams or records dropped because the runtime's queue was full.
+    pub queue_full: u64,
+}
+
+macro_rules! counter_fns {
+    ($($name:ident),*) => {
+        impl TransportCounters {
+            $(
+                #[doc = concat!("Adds `n` to `", stringify!($name), "`.")]
+                pub fn $name(&self, n: u64) {
+                    self.$name.fetch_add(n, Ordering::Relaxed);
+                }
+            )*
+            /// The counters now.
+            pub fn snapshot(&self) -> TransportStats {
+                TransportStats { $($name: self.$name.load(Ordering::Relaxed)),* }
+            }
+        }
+    };
+}
+
+counter_fns!(
+    packets_out,
+    packets_out_failed,
+    streams_out,
+    streams_out_dropped,
+    connections_opened,
+    connections_failed,
+    connections_evicted,
+    streams_in,
+    inbound_refused,
+    stream_oversized,
+    stream_timeouts,
+    packets_oversized,
+    queue_full
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_are_named() {
+        TransportConfig::default().validate().unwrap();
+        let bad = TransportConfig {
+            inbound_idle: Duration::from_secs(5),
+            ..TransportConfig::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "inbound_idle");
+        let bad = TransportConfig {
+            stream_record_bytes_max: 10,
+            ..TransportConfig::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("stream_record_bytes_max"));
+        let parsed: TransportConfig = toml::from_str("outbound_idle = \"5s\"").unwrap();
+        assert_eq!(parsed.outbound_idle, Duration::from_secs(5));
+        assert!(toml::from_str::<TransportConfig>("no_such_key = 1").is_err());
+    }
+}

@@ -1,7 +1,40 @@
 //! Shared helpers for the system tests. Each test binary uses only part of them.
 #![allow(dead_code)]
 
+use distributed_core::node::{Node, NodeConfig};
 use distributed_core::sim::{self, Report, Scenario};
+use distributed_core::transport::mem::MemNetwork;
+
+/// Which transport a system test runs its nodes on.
+#[derive(Clone)]
+pub enum Net {
+    /// Real UDP + TCP on 127.0.0.1, OS-chosen ports (`config.bind`).
+    Udp,
+    /// One in-memory network shared by the test's nodes.
+    Mem(MemNetwork),
+}
+
+impl Net {
+    /// A fresh in-memory network.
+    pub fn mem() -> Self {
+        Net::Mem(MemNetwork::new())
+    }
+
+    /// Starts a node on this transport; panics (failing the test) if it cannot.
+    pub async fn start(&self, config: NodeConfig) -> Node {
+        match self {
+            Net::Udp => Node::start(config).await.expect("node starts on UDP + TCP"),
+            Net::Mem(net) => {
+                let t = net
+                    .bind_with(config.bind, config.transport.clone())
+                    .expect("in-memory address free");
+                Node::start_on(config, t)
+                    .await
+                    .expect("node starts in memory")
+            }
+        }
+    }
+}
 
 /// Runs `scenario` once per seed and hands each report to `check`; a failed check names the seed
 /// and the whole report, so the run can be replayed with `dcore sim --seed S ...`.

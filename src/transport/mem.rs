@@ -1,0 +1,212 @@
+//! An in-process network for tests: the same [`Transport`] contract as UDP + TCP, without
+//! sockets. Datagrams and records are handed to the receiver's queue at once; a full queue or
+//! an unknown address loses them (counted), as a real network would.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use distributed_core::transport::{mem::MemNetwork, Incoming, Transport};
+//! let net = MemNetwork::new();
+//! let mut a = net.bind("10.0.0.1:7946".parse().unwrap()).unwrap();
+//! let mut b = net.bind("10.0.0.2:7946".parse().unwrap()).unwrap();
+//! a.send_packet(b.local_addr(), b"hi").await;
+//! assert_eq!(
+//!     b.recv().await,
+//!     Some(Incoming::Packet { from: a.local_addr(), bytes: b"hi".to_vec() })
+//! );
+//! # }
+//! ```
+
+use super::net::DATAGRAM_BYTES_MAX;
+use super::{Incoming, Transport, TransportConfig, TransportCounters};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// Datagrams and records queued per endpoint; more are lost.
+pub const ENDPOINT_QUEUE: usize = 4096;
+
+#[derive(Default)]
+struct Inner {
+    endpoints: HashMap<SocketAddr, mpsc::Sender<Incoming>>,
+    next_port: u16,
+}
+
+/// A network of in-process endpoints. Cheap to clone; clones are the same network.
+#[derive(Clone, Default)]
+pub struct MemNetwork {
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// The address is taken on this network.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("address {0} is in use on this in-memory network")]
+pub struct AddrInUse(pub SocketAddr);
+
+impl MemNetwork {
+    /// An empty network.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An endpoint at `addr`; port 0 picks a free port.
+    pub fn bind(&self, addr: SocketAddr) -> Result<MemTransport, AddrInUse> {
+        self.bind_with(addr, TransportConfig::default())
+    }
+
+    /// An endpoint at `addr` with these limits (only `stream_record_bytes_max` applies here).
+    pub fn bind_with(
+        &self,
+        mut addr: SocketAddr,
+        config: TransportConfig,
+    ) -> Result<MemTransport, AddrInUse> {
+        let mut inner = self.inner.lock().expect("network lock");
+        if addr.port() == 0 {
+            loop {
+                inner.next_port = inner.next_port.wrapping_add(1).max(1024);
+                addr.set_port(inner.next_port);
+                if !inner.endpoints.contains_key(&addr) {
+                    break;
+                }
+            }
+        }
+        if inner.endpoints.contains_key(&addr) {
+            return Err(AddrInUse(addr));
+        }
+        let (tx, rx) = mpsc::channel(ENDPOINT_QUEUE);
+        inner.endpoints.insert(addr, tx);
+        Ok(MemTransport {
+            net: self.clone(),
+            addr,
+            rx,
+            config,
+            counters: Arc::default(),
+        })
+    }
+
+    fn deliver(&self, to: SocketAddr, what: Incoming) -> Result<(), ()> {
+        let tx = self
+            .inner
+            .lock()
+            .expect("network lock")
+            .endpoints
+            .get(&to)
+            .cloned()
+            .ok_or(())?;
+        tx.try_send(what).map_err(|_| ())
+    }
+
+    fn unbind(&self, addr: SocketAddr) {
+        self.inner
+            .lock()
+            .expect("network lock")
+            .endpoints
+            .remove(&addr);
+    }
+}
+
+/// One endpoint of a [`MemNetwork`]; unbound when closed or dropped.
+pub struct MemTransport {
+    net: MemNetwork,
+    addr: SocketAddr,
+    rx: mpsc::Receiver<Incoming>,
+    config: TransportConfig,
+    counters: Arc<TransportCounters>,
+}
+
+impl Transport for MemTransport {
+    fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    async fn recv(&mut self) -> Option<Incoming> {
+        let got = self.rx.recv().await;
+        if let Some(Incoming::Stream { .. }) = got {
+            self.counters.streams_in(1);
+        }
+        got
+    }
+
+    async fn send_packet(&mut self, to: SocketAddr, bytes: &[u8]) {
+        self.counters.packets_out(1);
+        if bytes.len() > DATAGRAM_BYTES_MAX {
+            self.counters.packets_oversized(1);
+            return;
+        }
+        let packet = Incoming::Packet {
+            from: self.addr,
+            bytes: bytes.to_vec(),
+        };
+        // Nobody there, or their queue full: lost, as a datagram would be.
+        let _ = self.net.deliver(to, packet);
+    }
+
+    fn send_stream(&mut self, to: SocketAddr, record: Vec<u8>) {
+        if record.len() > self.config.stream_record_bytes_max {
+            self.counters.streams_out_dropped(1);
+            return;
+        }
+        self.counters.streams_out(1);
+        if self
+            .net
+            .deliver(to, Incoming::Stream { bytes: record })
+            .is_err()
+        {
+            self.counters.connections_failed(1);
+            self.counters.streams_out_dropped(1);
+        }
+    }
+
+    fn counters(&self) -> Arc<TransportCounters> {
+        self.counters.clone()
+    }
+
+    async fn close(&mut self) {
+        self.net.unbind(self.addr);
+        self.rx.close();
+    }
+}
+
+impl Drop for MemTransport {
+    fn drop(&mut self) {
+        self.net.unbind(self.addr);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn endpoints_exchange_and_closed_ones_lose() {
+        let net = MemNetwork::new();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut a = net.bind(any).unwrap();
+        let mut b = net.bind(any).unwrap();
+        assert_ne!(a.local_addr(), b.local_addr());
+        assert_eq!(
+            net.bind(a.local_addr()).err(),
+            Some(AddrInUse(a.local_addr()))
+        );
+        a.send_stream(b.local_addr(), b"rec".to_vec());
+        assert_eq!(
+            b.recv().await,
+            Some(Incoming::Stream {
+                bytes: b"rec".to_vec()
+            })
+        );
+        let gone = b.local_addr();
+        b.close().await;
+        a.send_stream(gone, b"lost".to_vec());
+        a.send_packet(gone, b"lost").await;
+        let s = a.counters().snapshot();
+        assert_eq!(
+            (s.streams_out, s.streams_out_dropped, s.packets_out),
+            (2, 1, 1)
+        );
+        assert!(
+            net.bind(gone).is_ok(),
+            "a closed address can be bound again"
+        );
+    }
+}
