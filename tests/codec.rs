@@ -6,7 +6,10 @@ use distributed_core::cluster::{
     MemberState, Message, Nack, Ping, PingReq, PushMember, PushPull, Suspect, UserEvent,
 };
 use distributed_core::identity::{NodeId, NodeInfo, Tags};
+use distributed_core::transport::crypto::{Key, Keyring, KEY_BYTES};
+use distributed_core::transport::frame::{self, Security};
 use proptest::prelude::*;
+use rand::SeedableRng;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -231,5 +234,42 @@ proptest! {
                 prop_assert_eq!(again.messages, p.messages);
             }
         }
+    }
+}
+
+fn ring() -> Keyring {
+    Keyring::new(Key::from_bytes([9; KEY_BYTES]))
+}
+
+fn sealed(ring: &Keyring) -> Security<'_> {
+    Security::Encrypted {
+        keyring: ring,
+        label: b"prod",
+        accept_plain: false,
+    }
+}
+
+proptest! {
+    /// Sealed frames: random bytes never panic the opener, and any change to a sealed frame
+    /// (one byte or a cut) makes it fail to open: nothing forged or damaged gets through.
+    #[test]
+    fn sealed_frames_refuse_every_mutation(
+        body in proptest::collection::vec(any::<u8>(), 0..600),
+        junk in proptest::collection::vec(any::<u8>(), 0..700),
+        pos in any::<usize>(),
+        xor in 1u8..,
+        cut in any::<usize>(),
+        seed in any::<u64>(),
+    ) {
+        let ring = ring();
+        let _ = frame::open(&junk, sealed(&ring));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let f = frame::seal(&body, sealed(&ring), &mut rng);
+        prop_assert_eq!(&*frame::open(&f, sealed(&ring)).unwrap(), &body[..]);
+        let mut flipped = f.clone();
+        flipped[pos % f.len()] ^= xor;
+        prop_assert!(frame::open(&flipped, sealed(&ring)).is_err());
+        let cut = cut % f.len();
+        prop_assert!(frame::open(&f[..cut], sealed(&ring)).is_err());
     }
 }

@@ -155,6 +155,19 @@ async fn clusters_with_different_keys_never_merge(net: Net) {
         state_of(&a, "c").is_none() && state_of(&c, "a").is_none(),
         "c has another key"
     );
+    assert!(
+        a.traffic().rejected_key > 0,
+        "c's join was refused for its key"
+    );
+    // A node without encryption is refused too, and counted as plain.
+    let d = net.start(config("d")).await;
+    d.join(vec![a.addr()]).await.unwrap();
+    eventually("d's plain join refused", Duration::from_secs(5), || {
+        a.traffic().rejected_plain > 0
+    })
+    .await;
+    assert!(state_of(&a, "d").is_none());
+    d.shutdown().await;
     for n in [a, b, c] {
         n.shutdown().await;
     }
@@ -398,7 +411,10 @@ async fn hostile_input_is_counted_and_dropped() {
     tcp.write_all(&u32::MAX.to_be_bytes()).await.unwrap(); // a 4 GiB record: refused unread
     eventually("rejections counted", Duration::from_secs(5), || {
         let t = node.traffic();
-        t.rejected_frame == 2 && t.rejected_packet == 1 && t.transport.stream_oversized == 1
+        t.rejected_frame == 1
+            && t.rejected_key == 1
+            && t.rejected_packet == 1
+            && t.transport.stream_oversized == 1
     })
     .await;
     // Still serving: a peer can join.
@@ -426,10 +442,14 @@ async fn hostile_input_is_counted_and_dropped_in_memory() {
     raw.send_packet(node.addr(), b"garbage").await;
     raw.send_packet(node.addr(), b"DC\x01\x00\xff\xff").await;
     raw.send_stream(node.addr(), b"DC\x01\x00not a record".to_vec());
+    raw.send_stream(node.addr(), b"DC\x01\x01sealed?".to_vec()); // encrypted, no key here
     raw.send_stream(node.addr(), vec![0; 5 << 20]); // over the record limit: never sent
     eventually("rejections counted", Duration::from_secs(5), || {
         let t = node.traffic();
-        t.rejected_frame == 1 && t.rejected_packet == 1 && t.rejected_stream == 1
+        t.rejected_frame == 1
+            && t.rejected_packet == 1
+            && t.rejected_stream == 1
+            && t.rejected_key == 1
     })
     .await;
     assert_eq!(raw.counters().snapshot().streams_out_dropped, 1);

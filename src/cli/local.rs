@@ -1,7 +1,8 @@
-//! `dcore local --json`: the real-network twin of `dcore sim`. N real nodes in this process on
+//! `dcore local`: the real-network twin of `dcore sim`. N real nodes in this process on
 //! 127.0.0.1 (OS-chosen ports, real UDP and TCP, real codec and crypto) join through the first,
-//! converge, then K of them crash (stop without leaving); the figures are printed as one JSON
-//! object with the keys of `dcore sim --json` plus `cpu_s` and `rss_mb`.
+//! converge, then K of them crash (stop without leaving). With `--json` the figures are printed
+//! as one JSON object with the keys of `dcore sim --json` plus `cpu_s`, `rss_mb` and the
+//! transport's stream counters; without it, as a few readable lines.
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -41,7 +42,7 @@ pub struct LocalArgs {
     /// Protocol preset: lan, wan or local.
     #[arg(long, default_value = "lan")]
     pub preset: String,
-    /// Print one JSON object (the only mode so far).
+    /// Print one JSON object instead of a readable summary.
     #[arg(long)]
     pub json: bool,
 }
@@ -65,13 +66,15 @@ struct LocalReport {
     rss_mb: f64,
     killed: Vec<usize>,
     rejected: u64,
+    /// Stream records sent, connections opened for them, records dropped (all nodes).
+    streams_out: u64,
+    connections_opened: u64,
+    streams_out_dropped: u64,
+    encrypted: bool,
 }
 
 /// Runs `dcore local`.
 pub fn run(args: LocalArgs) -> anyhow::Result<i32> {
-    if !args.json {
-        bail!("dcore local needs --json for now (the interactive mode is not built yet)");
-    }
     if args.nodes < 2 || args.kill >= args.nodes || !(0.0..1.0).contains(&args.loss) {
         bail!("need --nodes >= 2, --kill < --nodes and --loss in [0, 1)");
     }
@@ -82,8 +85,56 @@ pub fn run(args: LocalArgs) -> anyhow::Result<i32> {
         .enable_all()
         .build()?;
     let report = rt.block_on(run_cluster(&args, protocol))?;
-    println!("{}", serde_json::to_string(&report)?);
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", summary(&report));
+    }
     Ok(0)
+}
+
+/// The report as a few lines for a person.
+fn summary(r: &LocalReport) -> String {
+    let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+    let mut s = format!(
+        "dcore local: {} nodes on 127.0.0.1, {:.0} s, {}\n",
+        r.nodes,
+        r.duration_s,
+        if r.encrypted { "encrypted" } else { "plain" }
+    );
+    s += &format!(
+        "  formed:   all members alive everywhere after {}\n",
+        ms(r.converged_ms)
+    );
+    if r.killed.is_empty() {
+        s += "  crashed:  none (use --kill K)\n";
+    } else {
+        let names: Vec<String> = r.killed.iter().map(|k| format!("n{k}")).collect();
+        let d = &r.detect_ms;
+        s += &format!(
+            "  crashed:  {}; declared failed after p50 {} / p99 {} / max {}; {} observers never did\n",
+            names.join(", "),
+            ms(d.p50),
+            ms(d.p99),
+            ms(d.max),
+            d.undetected
+        );
+    }
+    s += &format!(
+        "  mistakes: {} live members declared failed, {} suspected; converged at the end: {}\n",
+        r.false_positives,
+        r.false_suspicions,
+        if r.converged_at_end { "yes" } else { "no" }
+    );
+    s += &format!(
+        "  traffic:  {} msgs and {} B per node per second; {} stream records on {} connections; {} inputs rejected\n",
+        r.msgs_per_node_s, r.bytes_per_node_s, r.streams_out, r.connections_opened, r.rejected
+    );
+    s += &format!(
+        "  cost:     {} CPU s in all ({} per node per minute), peak RSS {} MB\n",
+        r.cpu_s, r.cpu_s_per_node_min, r.rss_mb
+    );
+    s
 }
 
 struct Observed {
@@ -152,11 +203,17 @@ async fn run_cluster(args: &LocalArgs, protocol: Config) -> anyhow::Result<Local
     let wall = started.elapsed();
     let secs = wall.as_secs_f64();
     let (mut msgs, mut bytes, mut rejected) = (0u64, 0u64, 0u64);
+    let (mut streams, mut conns, mut dropped) = (0u64, 0u64, 0u64);
     for n in &nodes {
         let t = n.traffic();
         msgs += t.msgs_out;
         bytes += t.bytes_out;
-        rejected += t.rejected_frame + t.rejected_packet + t.rejected_stream;
+        rejected += t.rejected_frame + t.rejected_key + t.rejected_plain;
+        rejected += t.rejected_packet + t.rejected_stream;
+        rejected += t.transport.stream_oversized + t.transport.stream_timeouts;
+        streams += t.transport.streams_out;
+        conns += t.transport.connections_opened;
+        dropped += t.transport.streams_out_dropped;
     }
     for &i in &survivors {
         nodes[i].shutdown().await;
@@ -181,6 +238,10 @@ async fn run_cluster(args: &LocalArgs, protocol: Config) -> anyhow::Result<Local
         rss_mb: peak_rss_mb().unwrap_or(f64::NAN),
         killed,
         rejected,
+        streams_out: streams,
+        connections_opened: conns,
+        streams_out_dropped: dropped,
+        encrypted: args.encrypt,
     })
 }
 

@@ -116,7 +116,7 @@ impl<T: Transport> Driver<T> {
         let body = match self.links.sec.open(bytes) {
             Ok(b) => b,
             Err(e) => {
-                Traffic::add(&traffic.rejected_frame, 1);
+                traffic.frame_refused(&e);
                 tracing::debug!(%from, error = %e, "datagram dropped");
                 return;
             }
@@ -140,6 +140,10 @@ impl<T: Transport> Driver<T> {
                 for (from, msg) in msgs {
                     self.feed(Input::Stream { from, msg });
                 }
+            }
+            Err(stream::RecordError::Frame(e)) => {
+                self.links.traffic.frame_refused(&e);
+                tracing::debug!(error = %e, "stream record dropped");
             }
             Err(e) => {
                 Traffic::add(&self.links.traffic.rejected_stream, 1);

@@ -76,6 +76,8 @@ pub struct NodeConfig {
     pub advertise: Option<SocketAddr>,
     /// Published tags.
     pub tags: Tags,
+    /// Seeds to join through at start (retried with backoff until one answers); none by default.
+    pub seeds: Vec<SocketAddr>,
     /// Protocol settings.
     pub protocol: Config,
     /// Transport limits and timeouts.
@@ -100,6 +102,7 @@ impl NodeConfig {
             bind,
             advertise: None,
             tags: Tags::new(),
+            seeds: Vec::new(),
             protocol: Config::lan(),
             transport: TransportConfig::default(),
             keyring: None,
@@ -156,13 +159,13 @@ impl Node {
         match config.faults.clone() {
             Some(faults) => {
                 let seed = rand::RngCore::next_u64(&mut rand::thread_rng());
-                Self::launch(config, FaultLayer::new(transport, faults, seed))
+                Self::launch(config, FaultLayer::new(transport, faults, seed)).await
             }
-            None => Self::launch(config, transport),
+            None => Self::launch(config, transport).await,
         }
     }
 
-    fn launch(config: NodeConfig, transport: impl Transport) -> Result<Node, NodeError> {
+    async fn launch(config: NodeConfig, transport: impl Transport) -> Result<Node, NodeError> {
         config.protocol.validate()?;
         config.transport.validate()?;
         let id = NodeId::new(&config.name)?;
@@ -200,6 +203,7 @@ impl Node {
             members: members.clone(),
             traffic: traffic.clone(),
         };
+        let seeds = config.seeds.clone();
         let run = tokio::spawn(driver::Driver::new(swim, transport, links).run(req_rx, stop_rx));
         let shared = Shared {
             security,
@@ -212,9 +216,13 @@ impl Node {
             shutdown: Mutex::new(Some(stop_tx)),
             driver: tokio::sync::Mutex::new(Some(run)),
         };
-        Ok(Node {
+        let node = Node {
             shared: Arc::new(shared),
-        })
+        };
+        if !seeds.is_empty() {
+            node.command(Command::Join(seeds)).await?;
+        }
+        Ok(node)
     }
 
     /// This node as it started (id, advertised address, tags).
@@ -339,5 +347,40 @@ impl Node {
                 let _ = task.await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_is_cheap_to_clone_and_shareable_across_tasks() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        shareable::<Node>();
+        assert!(std::mem::size_of::<Node>() <= std::mem::size_of::<usize>());
+    }
+
+    #[tokio::test]
+    async fn a_node_with_seeds_joins_at_start() {
+        let net = crate::transport::mem::MemNetwork::new();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut config = NodeConfig::new("a", any);
+        config.protocol = Config::local();
+        let a = Node::start_on(config.clone(), net.bind(any).unwrap())
+            .await
+            .unwrap();
+        config.name = "b".into();
+        config.seeds = vec![a.addr()];
+        let b = Node::start_on(config, net.bind(any).unwrap())
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while a.members().len() + b.members().len() < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "b did not join");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        a.shutdown().await;
+        b.shutdown().await;
     }
 }
