@@ -57,8 +57,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod cluster;
 pub mod identity;
+pub mod metrics;
 pub mod node;
 pub mod sim;
 pub mod transport;

@@ -1,8 +1,11 @@
 //! The `dcore` command line. `main.rs` parses and dispatches; each command lives in its own file.
 
+mod agent;
+mod client;
 mod local;
 mod sim;
 
+pub use agent::AgentArgs;
 pub use local::LocalArgs;
 pub use sim::SimArgs;
 
@@ -20,6 +23,70 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Commands {
+    /// Run a node with its admin HTTP API until SIGINT/SIGTERM (then leave gracefully).
+    Agent(AgentArgs),
+    /// List the members an agent knows.
+    Members {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+        /// Only members in this state: alive, suspect, failed, left.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only members with this tag, KEY=VALUE.
+        #[arg(long)]
+        tag: Option<String>,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Ask an agent to join a cluster through these seeds.
+    Join {
+        /// Seeds, host:port.
+        #[arg(required = true)]
+        addrs: Vec<String>,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Ask an agent to leave the cluster gracefully and stop.
+    Leave {
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Send a user event to every member.
+    Event {
+        /// Event name.
+        name: String,
+        /// Payload (text).
+        payload: Option<String>,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Print membership and user events as they happen.
+    Monitor {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Manage an agent's encryption keys (rotation: install everywhere, use, remove old).
+    Keys {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: client::KeysCmd,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Show an agent's identity and main figures.
+    Info {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Print a new random encryption key (base64).
+    Keygen,
     /// Run the deterministic simulator: N protocol cores over a modelled network, in virtual time.
     Sim(SimArgs),
     /// Run N real nodes in this process on 127.0.0.1, crash K, and report like `sim --json`.
@@ -29,6 +96,24 @@ pub enum Commands {
 /// Runs the parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Commands::Agent(args) => agent::run(args),
+        Commands::Members {
+            json,
+            state,
+            tag,
+            target,
+        } => client::members(&target, json, state, tag),
+        Commands::Join { addrs, target } => client::join(&target, addrs),
+        Commands::Leave { target } => client::leave(&target),
+        Commands::Event {
+            name,
+            payload,
+            target,
+        } => client::event(&target, name, payload),
+        Commands::Monitor { json, target } => client::monitor(&target, json),
+        Commands::Keys { cmd, target } => client::keys(&target, cmd),
+        Commands::Info { json, target } => client::info(&target, json),
+        Commands::Keygen => client::keygen(),
         Commands::Sim(args) => sim::run(args),
         Commands::Local(args) => local::run(args),
     }

@@ -17,6 +17,7 @@
 
 mod broadcast;
 mod config;
+pub mod histogram;
 mod members;
 mod merge;
 mod message;

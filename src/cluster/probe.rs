@@ -3,6 +3,7 @@
 
 use super::message::{Ack, Incarnation, MemberState, Message, Nack, Ping, PingReq, Suspect};
 use super::swim::{Channel, Swim};
+use super::time::Time;
 use super::Timer;
 use crate::identity::NodeId;
 use rustc_hash::FxHashMap;
@@ -20,6 +21,8 @@ pub(crate) struct ActiveProbe {
     pub nacks: u32,
     /// The direct ack was overdue and indirect probes went out.
     pub overdue: bool,
+    /// When the ping went out.
+    pub started: Time,
 }
 
 /// An indirect probe run on behalf of another node.
@@ -109,6 +112,7 @@ impl Swim {
             expected_nacks: 0,
             nacks: 0,
             overdue: false,
+            started: self.now.mono,
         });
         let ping = Message::Ping(Ping {
             seq,
@@ -226,6 +230,8 @@ impl Swim {
         if let Some(p) = self.probe.current.as_mut().filter(|p| p.seq == seq) {
             if !p.acked {
                 p.acked = true;
+                let rtt = self.now.mono.saturating_since(p.started);
+                self.stats.probe_rtt.observe(rtt);
                 // Only an ack in time is a sign of good health. One that needed the indirect
                 // round is not: a node that is itself slow sees every ack late, and must not
                 // talk its multiplier down with them (memberlist counts any ack as -1).

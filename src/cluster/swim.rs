@@ -2,6 +2,7 @@
 //! Probing lives in `probe.rs`, the merge rules for claims in `merge.rs`.
 
 use super::broadcast::{BroadcastKey, BroadcastQueue};
+use super::histogram::Histogram;
 use super::members::{Member, Members};
 use super::message::{
     item_len, packet_header_len, Alive, Dead, Incarnation, MemberState, Message, PushMember,
@@ -49,7 +50,7 @@ pub enum CommandError {
 }
 
 /// Counters kept by the core for the runtime's metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     /// Probes started.
     pub probes: u64,
@@ -71,6 +72,14 @@ pub struct Stats {
     pub dropped: u64,
     /// User events delivered.
     pub user_events: u64,
+    /// Push-pulls this node started (join, periodic, reconnect).
+    pub push_pulls: u64,
+    /// Push-pulls this node answered.
+    pub push_pulls_answered: u64,
+    /// Round trips of direct and indirect probes that were acked.
+    pub probe_rtt: Histogram,
+    /// From sending a push-pull to merging its answer.
+    pub push_pull_duration: Histogram,
 }
 
 /// Which channel a message came in on; replies go back the same way.
@@ -105,6 +114,8 @@ pub struct Swim {
     pub(crate) now: Now,
     pub(crate) out: Vec<Output>,
     pub(crate) stats: Stats,
+    /// Push-pulls sent and not yet answered, by peer (bounded), to time them.
+    push_pull_sent: FxHashMap<SocketAddr, Time>,
 }
 
 impl Swim {
@@ -139,6 +150,7 @@ impl Swim {
             now: Now::default(),
             out: Vec::new(),
             stats: Stats::default(),
+            push_pull_sent: FxHashMap::default(),
             config,
         })
     }
@@ -245,7 +257,12 @@ impl Swim {
         &self.config
     }
 
-    /// Counters since start.
+    /// Claims and events waiting in the piggyback queue.
+    pub fn queued_broadcasts(&self) -> usize {
+        self.broadcasts.len()
+    }
+
+    /// Counters since start, for the runtime's metrics.
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
@@ -256,10 +273,13 @@ impl Swim {
     }
 
     /// After `Leave`: whether the `Left` claim has been sent at least once (or has already been
-    /// sent its full number of times).
+    /// sent its full number of times), or there is no live member left to tell.
     pub fn leave_announced(&self) -> bool {
         let key = BroadcastKey::Member(self.id.clone());
-        self.leaving && self.broadcasts.transmits(&key).is_none_or(|t| t > 0)
+        let nobody = !self.members.iter().any(|m| {
+            m.id() != &self.id && matches!(m.state, MemberState::Alive | MemberState::Suspect)
+        });
+        self.leaving && (nobody || self.broadcasts.transmits(&key).is_none_or(|t| t > 0))
     }
 
     fn on_message(&mut self, from: SocketAddr, msg: Message, channel: Channel) {
@@ -424,8 +444,7 @@ impl Swim {
     fn send_join(&mut self) {
         let seeds = self.join.seeds.clone();
         for seed in seeds {
-            let msg = self.push_pull_message(true, false);
-            self.send_stream(seed, msg);
+            self.start_push_pull(seed, true);
         }
         let attempt = self.join.attempt;
         let backoff = Backoff::new(self.config.join_retry_base, self.config.join_retry_max);
@@ -588,9 +607,24 @@ impl Swim {
         });
         if let Some(&i) = picked.first() {
             let to = self.members.at(i).info.addr;
-            let msg = self.push_pull_message(false, false);
-            self.send_stream(to, msg);
+            self.start_push_pull(to, false);
         }
+    }
+
+    /// Sends a push-pull to `to` and notes when, to time the answer.
+    fn start_push_pull(&mut self, to: SocketAddr, join: bool) {
+        /// Push-pulls timed at once; an older unanswered one is forgotten first.
+        const PENDING_MAX: usize = 64;
+        if self.push_pull_sent.len() >= PENDING_MAX {
+            let oldest = self.push_pull_sent.iter().min_by_key(|(a, t)| (**t, **a));
+            if let Some((&a, _)) = oldest {
+                self.push_pull_sent.remove(&a);
+            }
+        }
+        self.push_pull_sent.insert(to, self.now.mono);
+        self.stats.push_pulls += 1;
+        let msg = self.push_pull_message(join, false);
+        self.send_stream(to, msg);
     }
 
     /// Reconnect: with probability `failed / alive` push-pull one random failed member, so a
@@ -617,8 +651,7 @@ impl Swim {
             .sample(&mut self.rng, 1, |m| m.state == MemberState::Dead);
         if let Some(&i) = picked.first() {
             let to = self.members.at(i).info.addr;
-            let msg = self.push_pull_message(false, false);
-            self.send_stream(to, msg);
+            self.start_push_pull(to, false);
         }
     }
 
@@ -629,8 +662,12 @@ impl Swim {
         }
         self.user_events.witness(pp.event_ltime);
         if !pp.reply {
+            self.stats.push_pulls_answered += 1;
             let reply = self.push_pull_message(false, true);
             self.send_stream(from, reply);
+        } else if let Some(sent) = self.push_pull_sent.remove(&from) {
+            let took = self.now.mono.saturating_since(sent);
+            self.stats.push_pull_duration.observe(took);
         }
         for m in pp.members {
             self.merge_remote(m);

@@ -1,11 +1,13 @@
 //! The driver task: the one place that owns the core and the transport, and carries out the
 //! core's outputs.
 
+use super::stats::{MemberCounts, NodeStats};
 use super::stream::{self, SecurityOwned};
-use super::traffic::Traffic;
+use super::traffic::{Chan, Dir, Traffic};
 use super::Request;
 use crate::cluster::{
-    decode_packet, encode_packet, Event, Input, MemberView, Now, Output, Swim, Time, Timer,
+    decode_packet, encode_packet, Event, Input, MemberState, MemberView, Now, Output, Swim, Time,
+    Timer,
 };
 use crate::transport::{Incoming, Transport};
 use std::collections::BTreeMap;
@@ -106,6 +108,9 @@ impl<T: Transport> Driver<T> {
             Request::LeaveAnnounced(reply) => {
                 let _ = reply.send(self.swim.leave_announced());
             }
+            Request::Stats(reply) => {
+                let _ = reply.send(self.stats());
+            }
         }
     }
 
@@ -122,10 +127,15 @@ impl<T: Transport> Driver<T> {
             }
         };
         match decode_packet(&body) {
-            Ok(p) => self.feed(Input::Packet {
-                from,
-                msgs: p.messages,
-            }),
+            Ok(p) => {
+                for m in &p.messages {
+                    traffic.message(Dir::In, Chan::Udp, m);
+                }
+                self.feed(Input::Packet {
+                    from,
+                    msgs: p.messages,
+                })
+            }
             Err(e) => {
                 Traffic::add(&traffic.rejected_packet, 1);
                 tracing::debug!(%from, error = %e, "datagram dropped");
@@ -135,9 +145,11 @@ impl<T: Transport> Driver<T> {
 
     fn on_record(&mut self, bytes: &[u8]) {
         Traffic::add(&self.links.traffic.bytes_in, bytes.len() as u64);
+        Traffic::add(&self.links.traffic.stream_bytes_in, bytes.len() as u64);
         match stream::open_record(bytes, &self.links.sec) {
             Ok(msgs) => {
                 for (from, msg) in msgs {
+                    self.links.traffic.message(Dir::In, Chan::Tcp, &msg);
                     self.feed(Input::Stream { from, msg });
                 }
             }
@@ -149,6 +161,29 @@ impl<T: Transport> Driver<T> {
                 Traffic::add(&self.links.traffic.rejected_stream, 1);
                 tracing::debug!(error = %e, "stream record dropped");
             }
+        }
+    }
+
+    fn stats(&self) -> NodeStats {
+        let mut members = MemberCounts::default();
+        let me = self.swim.id();
+        for m in self.swim.members().filter(|m| m.id() != me) {
+            match m.state {
+                MemberState::Alive => members.alive += 1,
+                MemberState::Suspect => members.suspect += 1,
+                MemberState::Dead => members.failed += 1,
+                MemberState::Left => members.left += 1,
+            }
+        }
+        NodeStats {
+            name: me.as_str().to_string(),
+            incarnation: self.swim.incarnation().0,
+            health: self.swim.awareness(),
+            members,
+            broadcast_queue: self.swim.queued_broadcasts(),
+            core: self.swim.stats().clone(),
+            messages: self.links.traffic.by_kind(),
+            traffic: self.links.traffic.snapshot(),
         }
     }
 
@@ -173,6 +208,9 @@ impl<T: Transport> Driver<T> {
                     Traffic::add(&traffic.datagrams_out, 1);
                     Traffic::add(&traffic.msgs_out, msgs.len() as u64);
                     Traffic::add(&traffic.bytes_out, frame.len() as u64);
+                    for m in &msgs {
+                        traffic.message(Dir::Out, Chan::Udp, m);
+                    }
                     self.transport.send_packet(to, &frame).await;
                 }
                 Output::Stream { to, msg } => {
@@ -181,6 +219,8 @@ impl<T: Transport> Driver<T> {
                     Traffic::add(&traffic.streams_out, 1);
                     Traffic::add(&traffic.msgs_out, 1);
                     Traffic::add(&traffic.bytes_out, record.len() as u64 + 4);
+                    Traffic::add(&traffic.stream_bytes_out, record.len() as u64 + 4);
+                    traffic.message(Dir::Out, Chan::Tcp, &msg);
                     self.transport.send_stream(to, record);
                 }
                 Output::Timer { at, timer } => {

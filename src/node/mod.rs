@@ -16,10 +16,12 @@
 //! Layout: `mod.rs` (API, start, shutdown), `driver.rs` (the loop), `stream.rs` (frames).
 
 mod driver;
+mod stats;
 mod stream;
 mod traffic;
 
-pub use traffic::TrafficStats;
+pub use stats::{MemberCounts, NodeStats};
+pub use traffic::{KindCount, TrafficStats};
 
 use crate::cluster::{Command, Config, Event, Incarnation, MemberView, Swim};
 use crate::identity::{IdentityError, NodeId, NodeInfo, Tags};
@@ -120,6 +122,7 @@ pub(crate) enum Request {
         oneshot::Sender<Result<(), crate::cluster::CommandError>>,
     ),
     LeaveAnnounced(oneshot::Sender<bool>),
+    Stats(oneshot::Sender<NodeStats>),
 }
 
 struct Shared {
@@ -245,6 +248,19 @@ impl Node {
         let mut t = self.shared.traffic.snapshot();
         t.transport = self.shared.transport.snapshot();
         t
+    }
+
+    /// The node's figures now: core counters and histograms, members by state, traffic.
+    pub async fn stats(&self) -> Result<NodeStats, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .requests
+            .send(Request::Stats(tx))
+            .await
+            .map_err(|_| NodeError::Closed)?;
+        let mut s = rx.await.map_err(|_| NodeError::Closed)?;
+        s.traffic.transport = self.shared.transport.snapshot();
+        Ok(s)
     }
 
     /// Live membership events from now on.

@@ -1,5 +1,6 @@
 //! Counters of what a node sent, received and rejected, shared by its tasks.
 
+use crate::cluster::Message;
 use crate::transport::frame::OpenFrameError;
 use crate::transport::TransportStats;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +19,28 @@ pub(crate) struct Traffic {
     pub rejected_plain: AtomicU64,
     pub rejected_packet: AtomicU64,
     pub rejected_stream: AtomicU64,
+    /// Bytes of stream records in and out (also counted in `bytes_in` / `bytes_out`).
+    pub stream_bytes_in: AtomicU64,
+    pub stream_bytes_out: AtomicU64,
+    /// Messages by `[direction * 2 + channel][msg_type]` (direction 0 = in; channel 0 = udp).
+    pub kinds: [[AtomicU64; KINDS]; 4],
+}
+
+/// Message type bytes counted by kind (type 0 is unused; unknown types are not counted).
+const KINDS: usize = 10;
+
+/// Direction of a message.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Dir {
+    In = 0,
+    Out = 1,
+}
+
+/// Channel of a message.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Chan {
+    Udp = 0,
+    Tcp = 1,
 }
 
 impl Traffic {
@@ -35,6 +58,33 @@ impl Traffic {
         Self::add(counter, 1);
     }
 
+    /// Counts one message of `kind` (its type byte).
+    pub fn message(&self, dir: Dir, chan: Chan, msg: &Message) {
+        if let Some(c) = self.kinds[dir as usize * 2 + chan as usize].get(msg.msg_type() as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Messages counted by direction, channel and kind (non-zero ones).
+    pub fn by_kind(&self) -> Vec<KindCount> {
+        let mut out = Vec::new();
+        for (row, counters) in self.kinds.iter().enumerate() {
+            for (ty, c) in counters.iter().enumerate() {
+                let n = c.load(Ordering::Relaxed);
+                let Some(kind) = kind_name(ty as u8).filter(|_| n > 0) else {
+                    continue;
+                };
+                out.push(KindCount {
+                    direction: if row / 2 == 0 { "in" } else { "out" },
+                    transport: if row % 2 == 0 { "udp" } else { "tcp" },
+                    kind,
+                    messages: n,
+                });
+            }
+        }
+        out
+    }
+
     pub fn snapshot(&self) -> TrafficStats {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         TrafficStats {
@@ -49,6 +99,8 @@ impl Traffic {
             rejected_plain: g(&self.rejected_plain),
             rejected_packet: g(&self.rejected_packet),
             rejected_stream: g(&self.rejected_stream),
+            stream_bytes_in: g(&self.stream_bytes_in),
+            stream_bytes_out: g(&self.stream_bytes_out),
             transport: TransportStats::default(),
         }
     }
@@ -81,6 +133,39 @@ pub struct TrafficStats {
     /// Stream records whose sender address or packet did not decode (the transport counts
     /// oversized and stalled records, in `transport`).
     pub rejected_stream: u64,
+    /// Bytes of stream records received (included in `bytes_in`).
+    pub stream_bytes_in: u64,
+    /// Bytes of stream records sent (included in `bytes_out`).
+    pub stream_bytes_out: u64,
     /// The transport's own counters: connections, drops, limits hit.
     pub transport: TransportStats,
+}
+
+/// Messages of one kind, direction and transport.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KindCount {
+    /// `in` or `out`.
+    pub direction: &'static str,
+    /// `udp` or `tcp`.
+    pub transport: &'static str,
+    /// The message kind (`ping`, `ack`, `alive`, `push_pull`, ...).
+    pub kind: &'static str,
+    /// Messages so far.
+    pub messages: u64,
+}
+
+fn kind_name(ty: u8) -> Option<&'static str> {
+    use crate::cluster::msg_type as t;
+    Some(match ty {
+        t::PING => "ping",
+        t::PING_REQ => "ping_req",
+        t::ACK => "ack",
+        t::NACK => "nack",
+        t::ALIVE => "alive",
+        t::SUSPECT => "suspect",
+        t::DEAD => "dead",
+        t::PUSH_PULL => "push_pull",
+        t::USER_EVENT => "user_event",
+        _ => return None,
+    })
 }

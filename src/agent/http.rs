@@ -1,0 +1,363 @@
+//! The admin HTTP API (axum).
+
+use super::views::{event_json, MemberJson};
+use super::Shared;
+use crate::metrics::{self, Format, Snapshot};
+use crate::transport::crypto::Key;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest request body accepted.
+pub const BODY_BYTES_MAX: usize = 64 * 1024;
+
+type App = State<Arc<Shared>>;
+
+/// An error as the API returns it: `{"error": "...", "code": "..."}`.
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({"error": self.message, "code": self.code}));
+        (self.status, body).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let code = match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            _ => "bad_json",
+        };
+        ApiError::new(r.status(), code, r.body_text())
+    }
+}
+
+impl From<crate::node::NodeError> for ApiError {
+    fn from(e: crate::node::NodeError) -> Self {
+        use crate::node::NodeError as E;
+        match e {
+            E::Closed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                e.to_string(),
+            ),
+            E::NoKeyring => ApiError::new(StatusCode::CONFLICT, "encryption_off", e.to_string()),
+            E::Crypto(_) | E::Command(_) => {
+                ApiError::new(StatusCode::CONFLICT, "refused", e.to_string())
+            }
+            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let mut closing = shared.closing.subscribe();
+    let app = router(shared);
+    let stop = async move {
+        let _ = closing.wait_for(|v| *v).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(error = %e, "http server failed");
+    }
+}
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let api = Router::new()
+        .route("/ready", get(ready))
+        .route("/metrics", get(prometheus))
+        .route("/v1/metrics", get(metrics_json))
+        .route("/v1/self", get(self_view))
+        .route("/v1/members", get(members))
+        .route("/v1/join", post(join))
+        .route("/v1/leave", post(leave))
+        .route("/v1/events", post(user_event))
+        .route("/v1/events/stream", get(event_stream))
+        .route(
+            "/v1/keys",
+            get(keys_list).post(keys_add).delete(keys_remove),
+        )
+        .route_layer(middleware::from_fn_with_state(shared.clone(), auth));
+    Router::new()
+        .route("/health", get(health))
+        .merge(api)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(shared)
+}
+
+async fn auth(State(s): App, headers: HeaderMap, req: Request, next: Next) -> Response {
+    if let Some(token) = &s.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn ready(State(s): App) -> Response {
+    if s.ready.load(Ordering::SeqCst) {
+        Json(json!({"ready": true})).into_response()
+    } else {
+        let why = if s.leaving.load(Ordering::SeqCst) {
+            "leaving"
+        } else {
+            "joining"
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": why})),
+        )
+            .into_response()
+    }
+}
+
+async fn snapshot(s: &Shared) -> ApiResult<Snapshot> {
+    let node = s.node.stats().await?;
+    let mut chaos_faults = BTreeMap::new();
+    chaos_faults.insert("dropped".to_string(), s.faults.dropped());
+    Ok(Snapshot {
+        node,
+        chaos_faults,
+        wal: None,
+    })
+}
+
+async fn prometheus(State(s): App, headers: HeaderMap) -> ApiResult<Response> {
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let body = metrics::render(&snapshot(&s).await?, format);
+    Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
+}
+
+async fn metrics_json(State(s): App) -> ApiResult<Json<Snapshot>> {
+    Ok(Json(snapshot(&s).await?))
+}
+
+async fn self_view(State(s): App) -> ApiResult<Json<MemberJson>> {
+    let stats = s.node.stats().await?;
+    let mut me = MemberJson::from(s.node.local_member());
+    me.incarnation = stats.incarnation;
+    if s.leaving.load(Ordering::SeqCst) {
+        me.state = "left".into();
+    }
+    Ok(Json(me))
+}
+
+#[derive(Deserialize)]
+struct MemberFilter {
+    state: Option<String>,
+    /// `key=value`
+    tag: Option<String>,
+}
+
+async fn members(State(s): App, Query(f): Query<MemberFilter>) -> ApiResult<Json<Vec<MemberJson>>> {
+    if let Some(st) = &f.state {
+        if !["alive", "suspect", "failed", "left"].contains(&st.as_str()) {
+            return Err(ApiError::bad(format!(
+                "state {st:?}: use alive, suspect, failed or left"
+            )));
+        }
+    }
+    let tag = match &f.tag {
+        None => None,
+        Some(t) => Some(
+            t.split_once('=')
+                .ok_or_else(|| ApiError::bad(format!("tag {t:?}: use key=value")))?,
+        ),
+    };
+    let Json(me) = self_view(State(s.clone())).await?;
+    let mut all: Vec<MemberJson> = std::iter::once(me)
+        .chain(s.node.members().iter().map(MemberJson::from))
+        .collect();
+    all.retain(|m| f.state.as_deref().is_none_or(|st| m.state == st));
+    all.retain(|m| tag.is_none_or(|(k, v)| m.tags.get(k).map(String::as_str) == Some(v)));
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(all))
+}
+
+#[derive(Deserialize)]
+struct JoinBody {
+    addrs: Vec<String>,
+}
+
+async fn join(
+    State(s): App,
+    body: Result<Json<JoinBody>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Json(b) = body?;
+    if b.addrs.is_empty() || b.addrs.len() > 64 {
+        return Err(ApiError::bad("addrs: give 1 to 64 host:port addresses"));
+    }
+    let addrs = super::resolve(&b.addrs)
+        .await
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let mut events = s.node.subscribe();
+    s.node.join(addrs).await?;
+    // Wait a little for the first answer, so the caller learns whether it worked.
+    let joined = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.recv().await {
+                Ok(crate::cluster::Event::JoinCompleted { members }) => return Some(members),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    match joined {
+        Some(members) => Ok(Json(json!({"joined": true, "members": members}))),
+        None => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "join_pending",
+            "no seed answered within 5 s; the node keeps retrying",
+        )),
+    }
+}
+
+async fn leave(State(s): App) -> Json<serde_json::Value> {
+    let announced = super::leave(&s).await;
+    let _ = s.stop_requested.send(true);
+    Json(json!({"left": true, "announced": announced}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventBody {
+    name: String,
+    #[serde(default)]
+    payload: String,
+}
+
+async fn user_event(
+    State(s): App,
+    body: Result<Json<EventBody>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Json(b) = body?;
+    if b.name.is_empty() || b.name.len() > 128 {
+        return Err(ApiError::bad("name: 1 to 128 bytes"));
+    }
+    s.node
+        .broadcast_event(&b.name, b.payload.into_bytes())
+        .await?;
+    Ok(Json(json!({"sent": true})))
+}
+
+async fn event_stream(State(s): App) -> impl IntoResponse {
+    let events = s.node.subscribe();
+    let closing = s.closing.subscribe();
+    let stream =
+        futures_util::stream::unfold((events, closing), |(mut events, mut closing)| async move {
+            let got = tokio::select! {
+                _ = closing.wait_for(|v| *v) => None,
+                e = events.recv() => Some(e),
+            };
+            let ev = match got? {
+                Ok(e) => SseEvent::default().data(event_json(&e).to_string()),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    SseEvent::default().event("lagged").data(n.to_string())
+                }
+                Err(_) => return None,
+            };
+            Some((Ok::<_, std::convert::Infallible>(ev), (events, closing)))
+        });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn keys_list(State(s): App) -> ApiResult<Json<serde_json::Value>> {
+    let keys = s.node.keys()?;
+    let keys: Vec<_> = keys
+        .iter()
+        .map(|k| json!({"id": format!("{:#04x}", k.id), "primary": k.primary}))
+        .collect();
+    Ok(Json(json!({"keys": keys})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyBody {
+    key: String,
+    #[serde(default)]
+    primary: bool,
+}
+
+fn parse_key(text: &str) -> ApiResult<Key> {
+    Key::from_base64(text).map_err(|e| ApiError::bad(e.to_string()))
+}
+
+/// Installs a key (idempotent); with `"primary": true` also makes it the one that encrypts.
+async fn keys_add(
+    State(s): App,
+    body: Result<Json<KeyBody>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Json(b) = body?;
+    let key = parse_key(&b.key)?;
+    s.node.install_key(key.clone())?;
+    if b.primary {
+        s.node.use_key(&key)?;
+    }
+    keys_list(State(s)).await
+}
+
+async fn keys_remove(
+    State(s): App,
+    body: Result<Json<KeyBody>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Json(b) = body?;
+    s.node.remove_key(&parse_key(&b.key)?)?;
+    keys_list(State(s)).await
+}

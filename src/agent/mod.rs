@@ -1,0 +1,249 @@
+//! The agent: a [`Node`] plus the admin HTTP API, as `dcore agent` runs it and as
+//! `dcore local` runs several of them in one process.
+//!
+//! - `GET /health` is 200 while the process serves; `GET /ready` is 200 once the node has
+//!   joined (at once without seeds) and 503 before that and while it leaves.
+//! - `/v1/...` routes read and change the node (members, join, leave, user events, an event
+//!   stream, chaos, keys); `/metrics` and `/v1/metrics` expose its figures.
+//! - With a token configured every route but `/health` needs `Authorization: Bearer <token>`.
+//!
+//! Errors are JSON `{"error": "...", "code": "..."}` with the fitting status.
+
+mod config;
+mod http;
+pub mod views;
+
+pub use config::{AgentConfig, AgentConfigError};
+
+use crate::cluster::Event;
+use crate::node::{Node, NodeConfig, NodeError};
+use crate::transport::crypto::{CryptoError, Keyring};
+use crate::transport::faults::Faults;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Why an agent did not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A setting is wrong.
+    #[error(transparent)]
+    Config(#[from] AgentConfigError),
+    /// The key file could not be used.
+    #[error(transparent)]
+    Keys(#[from] CryptoError),
+    /// The token file could not be read or is empty.
+    #[error("token file {path}: {reason}")]
+    Token {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The node did not start.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The HTTP address could not be bound.
+    #[error("http address {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A seed address did not resolve.
+    #[error("join address {addr}: {reason}")]
+    Resolve {
+        /// The address as given.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// State shared by the agent's tasks and HTTP handlers.
+pub(crate) struct Shared {
+    pub node: Node,
+    pub token: Option<String>,
+    pub ready: AtomicBool,
+    pub leaving: AtomicBool,
+    pub faults: Arc<Faults>,
+    pub leave_timeout: std::time::Duration,
+    /// Set when someone asked the agent to stop (`POST /v1/leave`).
+    pub stop_requested: watch::Sender<bool>,
+    /// Set when the agent shuts down: ends event streams and the server.
+    pub closing: watch::Sender<bool>,
+}
+
+/// A running agent. Dropping it without [`Agent::shutdown`] aborts its tasks.
+pub struct Agent {
+    shared: Arc<Shared>,
+    http_addr: SocketAddr,
+    tasks: JoinSet<()>,
+}
+
+/// Resolves `host:port` strings (names or literal addresses).
+pub async fn resolve(addrs: &[String]) -> Result<Vec<SocketAddr>, AgentError> {
+    let mut out = Vec::new();
+    for a in addrs {
+        let found = tokio::net::lookup_host(a.as_str())
+            .await
+            .map_err(|e| AgentError::Resolve {
+                addr: a.clone(),
+                reason: e.to_string(),
+            })?;
+        let first = found
+            .into_iter()
+            .next()
+            .ok_or_else(|| AgentError::Resolve {
+                addr: a.clone(),
+                reason: "no address".into(),
+            })?;
+        out.push(first);
+    }
+    Ok(out)
+}
+
+impl Agent {
+    /// Starts the node and the HTTP API; joins the configured seeds (in the background, with
+    /// retries). `faults` is the chaos layer's state (shared so the caller can change it).
+    pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
+        config.validate()?;
+        let keyring = config
+            .encrypt_key_file
+            .as_deref()
+            .map(Keyring::load)
+            .transpose()?;
+        let token = match &config.token_file {
+            None => None,
+            Some(path) => {
+                let err = |reason: String| AgentError::Token {
+                    path: path.clone(),
+                    reason,
+                };
+                let t = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+                let t = t.trim().to_string();
+                if t.is_empty() {
+                    return Err(err("empty".into()));
+                }
+                Some(t)
+            }
+        };
+        let seeds = resolve(&config.join).await?;
+        let faults = Arc::new(Faults::default());
+        let mut nc = NodeConfig::new(&config.name, config.bind);
+        nc.advertise = config.advertise;
+        nc.tags = config.tags.clone();
+        nc.protocol = config.protocol.clone();
+        nc.transport = config.transport.clone();
+        nc.keyring = keyring;
+        nc.label = config.label.clone();
+        nc.faults = Some(faults.clone());
+        let node = Node::start(nc).await?;
+        let listener = tokio::net::TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| AgentError::Http {
+                addr: config.http_addr,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| AgentError::Http {
+            addr: config.http_addr,
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            node: node.clone(),
+            token,
+            ready: AtomicBool::new(seeds.is_empty()),
+            leaving: AtomicBool::new(false),
+            faults,
+            leave_timeout: config.leave_timeout,
+            stop_requested: watch::channel(false).0,
+            closing: watch::channel(false).0,
+        });
+        let mut tasks = JoinSet::new();
+        tasks.spawn(watch_ready(shared.clone()));
+        tasks.spawn(http::serve(listener, shared.clone()));
+        if !seeds.is_empty() {
+            node.join(seeds).await?;
+        }
+        tracing::info!(name = %config.name, gossip = %node.addr(), http = %http_addr, "agent started");
+        Ok(Agent {
+            shared,
+            http_addr,
+            tasks,
+        })
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Node {
+        &self.shared.node
+    }
+
+    /// Where the HTTP API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The chaos layer's state.
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.shared.faults
+    }
+
+    /// Resolves when someone asked the agent to stop through the API (`POST /v1/leave`).
+    pub async fn stop_requested(&self) {
+        let mut rx = self.shared.stop_requested.subscribe();
+        let _ = rx.wait_for(|v| *v).await;
+    }
+
+    /// Leaves gracefully (the Left claim reaches peers, or the leave timeout passes), then
+    /// shuts down. Returns whether the leave was announced in time.
+    pub async fn leave_and_shutdown(mut self) -> bool {
+        let announced = leave(&self.shared).await;
+        self.close().await;
+        announced
+    }
+
+    /// Stops without leaving (peers will detect a failure).
+    pub async fn shutdown(mut self) {
+        self.close().await;
+    }
+
+    async fn close(&mut self) {
+        let _ = self.shared.closing.send(true);
+        self.tasks.shutdown().await;
+        self.shared.node.shutdown().await;
+    }
+}
+
+/// A graceful leave: not ready from now on; the Left claim goes out.
+pub(crate) async fn leave(shared: &Shared) -> bool {
+    shared.leaving.store(true, Ordering::SeqCst);
+    shared.ready.store(false, Ordering::SeqCst);
+    match shared.node.leave(shared.leave_timeout).await {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::warn!(error = %e, "leave failed");
+            false
+        }
+    }
+}
+
+/// Marks the agent ready once a join completes (until it leaves).
+async fn watch_ready(shared: Arc<Shared>) {
+    let mut events = shared.node.subscribe();
+    let mut closing = shared.closing.subscribe();
+    loop {
+        tokio::select! {
+            _ = closing.wait_for(|v| *v) => return,
+            e = events.recv() => match e {
+                Ok(Event::JoinCompleted { .. }) if !shared.leaving.load(Ordering::SeqCst) => {
+                    shared.ready.store(true, Ordering::SeqCst);
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return,
+            },
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! `dcore agent`: one node with its admin HTTP API, until SIGINT/SIGTERM (graceful leave).
+
+use anyhow::Context;
+use clap::Args;
+use distributed_core::agent::{Agent, AgentConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Flags of `dcore agent`. Each flag can also come from a `DCORE_*` environment variable.
+#[derive(Debug, Args)]
+#[command(
+    after_long_help = "Precedence, highest first: flags, DCORE_* environment variables, \
+the --config TOML file, built-in defaults. Unknown keys in the file are errors. \
+docs/operations.md lists every key with its default."
+)]
+pub struct AgentArgs {
+    /// TOML config file.
+    #[arg(long, env = "DCORE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Member name (default: host name).
+    #[arg(long, env = "DCORE_NAME")]
+    pub name: Option<String>,
+    /// Gossip address, UDP and TCP (default 0.0.0.0:7946).
+    #[arg(long, env = "DCORE_BIND")]
+    pub bind: Option<SocketAddr>,
+    /// Address announced to peers (default: the bind address).
+    #[arg(long, env = "DCORE_ADVERTISE")]
+    pub advertise: Option<SocketAddr>,
+    /// Admin HTTP API address (default 127.0.0.1:7947).
+    #[arg(long, env = "DCORE_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Seed to join, host:port; repeatable (env: comma-separated). Retried with backoff.
+    #[arg(long, env = "DCORE_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Directory for persistent state.
+    #[arg(long, env = "DCORE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Tag KEY=VALUE; repeatable (env: comma-separated).
+    #[arg(long = "tag", env = "DCORE_TAGS", value_delimiter = ',')]
+    pub tags: Vec<String>,
+    /// Key file: base64 keys, one per line, the first primary; must be mode 0600.
+    #[arg(long, env = "DCORE_ENCRYPT_KEY_FILE")]
+    pub encrypt_key_file: Option<PathBuf>,
+    /// Cluster label bound into encrypted frames.
+    #[arg(long, env = "DCORE_LABEL")]
+    pub label: Option<String>,
+    /// File holding the admin API's bearer token.
+    #[arg(long, env = "DCORE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Log format: text or json (filter with RUST_LOG, default info).
+    #[arg(long, env = "DCORE_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Validate the config, print it, and exit (0 if valid, 2 if not).
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// Merges file, environment and flags into one config (flags and env already merged by clap).
+pub fn effective_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
+    let mut c = match &args.config {
+        Some(path) => AgentConfig::from_file(path)?,
+        None => AgentConfig::default(),
+    };
+    if let Some(v) = &args.name {
+        c.name = v.clone();
+    }
+    if let Some(v) = args.bind {
+        c.bind = v;
+    }
+    if let Some(v) = args.advertise {
+        c.advertise = Some(v);
+    }
+    if let Some(v) = args.http_addr {
+        c.http_addr = v;
+    }
+    if !args.join.is_empty() {
+        c.join = args.join.clone();
+    }
+    if let Some(v) = &args.data_dir {
+        c.data_dir = Some(v.clone());
+    }
+    for t in &args.tags {
+        let (k, v) = t
+            .split_once('=')
+            .with_context(|| format!("--tag {t:?}: use KEY=VALUE"))?;
+        c.tags.insert(k.to_string(), v.to_string());
+    }
+    if let Some(v) = &args.encrypt_key_file {
+        c.encrypt_key_file = Some(v.clone());
+    }
+    if let Some(v) = &args.label {
+        c.label = v.clone();
+    }
+    if let Some(v) = &args.token_file {
+        c.token_file = Some(v.clone());
+    }
+    if let Some(v) = &args.log_format {
+        c.log_format = v.clone();
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if format == "json" {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+/// Runs `dcore agent`.
+pub fn run(args: AgentArgs) -> anyhow::Result<i32> {
+    let config = match effective_config(&args) {
+        Ok(c) => c,
+        Err(e) if args.check_config => {
+            eprintln!("config invalid: {e:#}");
+            return Ok(2);
+        }
+        Err(e) => return Err(e),
+    };
+    if args.check_config {
+        println!("# config valid\n{}", config.redacted_toml());
+        return Ok(0);
+    }
+    init_logs(&config.log_format);
+    eprintln!(
+        "# dcore agent: effective config (secrets are files, not shown)\n{}",
+        config.redacted_toml()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let agent = Agent::start(config).await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let via_api = tokio::select! {
+            _ = tokio::signal::ctrl_c() => false,
+            _ = term.recv() => false,
+            _ = agent.stop_requested() => true,
+        };
+        if via_api {
+            tracing::info!("left through the API: stopping");
+            agent.shutdown().await;
+        } else {
+            tracing::info!("signal: leaving the cluster");
+            let announced = agent.leave_and_shutdown().await;
+            tracing::info!(announced, "left; stopped");
+        }
+        Ok(0)
+    })
+}

@@ -1,0 +1,276 @@
+//! Client commands: talk to a running agent's HTTP API (`--http-addr`, `DCORE_HTTP_ADDR`).
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use distributed_core::agent::views::MemberJson;
+use serde_json::{json, Value};
+use std::io::BufRead;
+use std::path::PathBuf;
+
+/// Where the agent is, and how to authenticate.
+#[derive(Debug, Args, Clone)]
+pub struct Target {
+    /// The agent's HTTP API address.
+    #[arg(
+        long,
+        env = "DCORE_HTTP_ADDR",
+        default_value = "127.0.0.1:7947",
+        global = true
+    )]
+    pub http_addr: String,
+    /// File holding the API's bearer token.
+    #[arg(long, env = "DCORE_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `dcore keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// List installed keys by id (never the keys).
+    List,
+    /// Install a key (base64) so it decrypts.
+    Install {
+        /// The key, as `dcore keygen` prints it.
+        key: String,
+    },
+    /// Make an installed key the one that encrypts.
+    Use {
+        /// The key.
+        key: String,
+    },
+    /// Remove a key that no longer encrypts.
+    Remove {
+        /// The key.
+        key: String,
+    },
+}
+
+struct Client {
+    http: reqwest::blocking::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    fn new(t: &Target) -> anyhow::Result<Self> {
+        let token = match &t.token_file {
+            None => None,
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("token file {}", p.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+        };
+        Ok(Client {
+            http: reqwest::blocking::Client::builder().timeout(None).build()?,
+            base: format!("http://{}", t.http_addr),
+            token,
+        })
+    }
+
+    fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<reqwest::blocking::Response> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .with_context(|| format!("cannot reach the agent at {}", self.base))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let v: Value = resp.json().unwrap_or(Value::Null);
+            bail!(
+                "{} ({}, HTTP {})",
+                v["error"].as_str().unwrap_or("request failed"),
+                v["code"].as_str().unwrap_or("?"),
+                status.as_u16()
+            );
+        }
+        Ok(resp)
+    }
+
+    fn json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        Ok(self.send(method, path, body)?.json()?)
+    }
+}
+
+/// `dcore members`
+pub fn members(
+    t: &Target,
+    json_out: bool,
+    state: Option<String>,
+    tag: Option<String>,
+) -> anyhow::Result<i32> {
+    let c = Client::new(t)?;
+    let mut q = Vec::new();
+    if let Some(s) = state {
+        q.push(format!("state={s}"));
+    }
+    if let Some(tg) = tag {
+        q.push(format!("tag={}", tg.replace('&', "%26")));
+    }
+    let path = if q.is_empty() {
+        "/v1/members".to_string()
+    } else {
+        format!("/v1/members?{}", q.join("&"))
+    };
+    let v = c.json(reqwest::Method::GET, &path, None)?;
+    if json_out {
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(0);
+    }
+    let members: Vec<MemberJson> = serde_json::from_value(v)?;
+    println!(
+        "{:<24} {:<22} {:<8} {:>11}  TAGS",
+        "NAME", "ADDRESS", "STATE", "INCARNATION"
+    );
+    for m in members {
+        let tags: Vec<String> = m.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:<24} {:<22} {:<8} {:>11}  {}",
+            m.name,
+            m.addr,
+            m.state,
+            m.incarnation,
+            tags.join(",")
+        );
+    }
+    Ok(0)
+}
+
+/// `dcore join`
+pub fn join(t: &Target, addrs: Vec<String>) -> anyhow::Result<i32> {
+    let v = Client::new(t)?.json(
+        reqwest::Method::POST,
+        "/v1/join",
+        Some(json!({"addrs": addrs})),
+    )?;
+    println!("joined: {} members known", v["members"]);
+    Ok(0)
+}
+
+/// `dcore leave`
+pub fn leave(t: &Target) -> anyhow::Result<i32> {
+    let v = Client::new(t)?.json(reqwest::Method::POST, "/v1/leave", None)?;
+    println!(
+        "left (announced to peers: {}); the agent stops",
+        v["announced"]
+    );
+    Ok(0)
+}
+
+/// `dcore event`
+pub fn event(t: &Target, name: String, payload: Option<String>) -> anyhow::Result<i32> {
+    let body = json!({"name": name, "payload": payload.unwrap_or_default()});
+    Client::new(t)?.json(reqwest::Method::POST, "/v1/events", Some(body))?;
+    println!("event sent");
+    Ok(0)
+}
+
+/// `dcore monitor`: prints events as they come, until interrupted.
+pub fn monitor(t: &Target, json_out: bool) -> anyhow::Result<i32> {
+    let resp = Client::new(t)?.send(reqwest::Method::GET, "/v1/events/stream", None)?;
+    for line in std::io::BufReader::new(resp).lines() {
+        let line = line?;
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let data = data.trim();
+        if json_out {
+            println!("{data}");
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+        let ty = v["type"].as_str().unwrap_or("?");
+        match ty {
+            "user_event" => println!(
+                "user event {} from {}: {}",
+                v["name"], v["origin"], v["payload"]
+            ),
+            _ if v["member"].is_object() => println!(
+                "{ty}: {} {} (incarnation {})",
+                v["member"]["name"].as_str().unwrap_or("?"),
+                v["member"]["addr"].as_str().unwrap_or("?"),
+                v["member"]["incarnation"]
+            ),
+            _ => println!("{data}"),
+        }
+    }
+    Ok(0)
+}
+
+/// `dcore keys ...`
+pub fn keys(t: &Target, cmd: KeysCmd) -> anyhow::Result<i32> {
+    use reqwest::Method;
+    let c = Client::new(t)?;
+    let v = match cmd {
+        KeysCmd::List => c.json(Method::GET, "/v1/keys", None)?,
+        KeysCmd::Install { key } => c.json(Method::POST, "/v1/keys", Some(json!({"key": key})))?,
+        KeysCmd::Use { key } => c.json(
+            Method::POST,
+            "/v1/keys",
+            Some(json!({"key": key, "primary": true})),
+        )?,
+        KeysCmd::Remove { key } => c.json(Method::DELETE, "/v1/keys", Some(json!({"key": key})))?,
+    };
+    for k in v["keys"].as_array().into_iter().flatten() {
+        let primary = if k["primary"] == true {
+            "  primary"
+        } else {
+            ""
+        };
+        println!("{}{primary}", k["id"].as_str().unwrap_or("?"));
+    }
+    Ok(0)
+}
+
+/// `dcore info`
+pub fn info(t: &Target, json_out: bool) -> anyhow::Result<i32> {
+    let c = Client::new(t)?;
+    let me = c.json(reqwest::Method::GET, "/v1/self", None)?;
+    let m = c.json(reqwest::Method::GET, "/v1/metrics", None)?;
+    if json_out {
+        println!("{}", json!({"self": me, "metrics": m}));
+        return Ok(0);
+    }
+    let n = &m["node"];
+    println!("name:        {}", me["name"].as_str().unwrap_or("?"));
+    println!("address:     {}", me["addr"].as_str().unwrap_or("?"));
+    println!(
+        "state:       {} (incarnation {})",
+        me["state"].as_str().unwrap_or("?"),
+        me["incarnation"]
+    );
+    println!("members:     {}", n["members"]);
+    println!("health:      {} (0 is healthy)", n["health"]);
+    println!(
+        "probes:      {} ({} failed)",
+        n["core"]["probes"], n["core"]["probes_failed"]
+    );
+    println!(
+        "traffic:     {} B out, {} B in",
+        n["traffic"]["bytes_out"], n["traffic"]["bytes_in"]
+    );
+    Ok(0)
+}
+
+/// `dcore keygen`
+pub fn keygen() -> anyhow::Result<i32> {
+    let key = distributed_core::transport::crypto::Key::generate(&mut rand::rngs::OsRng);
+    println!("{}", key.to_base64());
+    Ok(0)
+}

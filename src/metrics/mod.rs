@@ -1,0 +1,399 @@
+//! Metrics: the node's figures in Prometheus form, and the same figures as JSON.
+//!
+//! Figures are read at scrape time from a [`Snapshot`] (the node's counters and histograms,
+//! plus chaos and WAL figures when those are in use), so nothing is counted twice and a scrape
+//! costs one request to the node's driver. Names follow `dcore_<area>_<what>_<unit>`.
+//!
+//! Two formats: the classic Prometheus text format 0.0.4 (the default: promtool 2.42 and older
+//! scrapers reject prometheus-client's OpenMetrics help lines for counters), and OpenMetrics
+//! 1.0 when the scraper asks for it in `Accept`.
+
+use crate::cluster::histogram::Histogram;
+use crate::node::NodeStats;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Figures of the write-ahead log, when the node has one.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WalFigures {
+    /// Records appended.
+    pub appends: u64,
+    /// fsyncs (data syncs) done.
+    pub fsyncs: u64,
+    /// How long each fsync took.
+    pub fsync_duration: Histogram,
+}
+
+/// Everything `/metrics` and `/v1/metrics` show.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// The node's own figures.
+    pub node: NodeStats,
+    /// Faults injected by the chaos layer, by kind.
+    pub chaos_faults: BTreeMap<String, u64>,
+    /// The WAL's figures, if the node persists.
+    pub wal: Option<WalFigures>,
+}
+
+/// The exposition format of `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4.
+    Text,
+    /// OpenMetrics 1.0.
+    OpenMetrics,
+}
+
+impl Format {
+    /// OpenMetrics when `accept` names `application/openmetrics-text`, else the classic text.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Text,
+        }
+    }
+
+    /// The `Content-Type` of this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// Renders `snap` in `format`.
+pub fn render(snap: &Snapshot, format: Format) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SnapshotCollector(snap.clone())));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .expect("writing to a String cannot fail");
+    match format {
+        Format::OpenMetrics => out,
+        Format::Text => openmetrics_to_text(&out),
+    }
+}
+
+/// Rewrites OpenMetrics text as Prometheus text 0.0.4: a counter's `# HELP` and `# TYPE` lines
+/// name its sample (`x_total`), and `# UNIT` and `# EOF` lines go.
+pub fn openmetrics_to_text(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(rewritten.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[derive(Debug)]
+struct SnapshotCollector(Snapshot);
+
+/// A value encoded as one sample of a metric.
+enum Value<'a> {
+    Counter(u64),
+    Gauge(i64),
+    Histogram(&'a Histogram),
+}
+
+impl EncodeMetric for Value<'_> {
+    fn encode(&self, mut e: MetricEncoder) -> Result<(), std::fmt::Error> {
+        match self {
+            Value::Counter(v) => e.encode_counter::<NoLabelSet, _, u64>(v, None),
+            Value::Gauge(v) => e.encode_gauge(v),
+            Value::Histogram(h) => {
+                e.encode_histogram::<NoLabelSet>(h.sum_seconds(), h.count(), &h.per_bucket(), None)
+            }
+        }
+    }
+
+    fn metric_type(&self) -> MetricType {
+        match self {
+            Value::Counter(_) => MetricType::Counter,
+            Value::Gauge(_) => MetricType::Gauge,
+            Value::Histogram(_) => MetricType::Histogram,
+        }
+    }
+}
+
+fn one(e: &mut DescriptorEncoder, name: &str, help: &str, v: Value) -> std::fmt::Result {
+    let m = e.encode_descriptor(name, help, None, v.metric_type())?;
+    v.encode(m)
+}
+
+fn family<'a>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    ty: MetricType,
+    rows: impl IntoIterator<Item = (Vec<(&'a str, String)>, Value<'a>)>,
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, ty)?;
+    for (labels, v) in rows {
+        v.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl prometheus_client::collector::Collector for SnapshotCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
+        let s = &self.0.node;
+        let c = &s.core;
+        let t = &s.traffic;
+        let tr = &t.transport;
+        let states = [
+            ("alive", s.members.alive),
+            ("suspect", s.members.suspect),
+            ("failed", s.members.failed),
+            ("left", s.members.left),
+        ];
+        family(
+            &mut e,
+            "dcore_members",
+            "Other members by state, as this node sees them",
+            Gauge,
+            states
+                .iter()
+                .map(|(st, n)| (vec![("state", st.to_string())], Value::Gauge(*n as i64))),
+        )?;
+        let gauges = [
+            (
+                "dcore_incarnation",
+                "This node's incarnation",
+                s.incarnation as i64,
+            ),
+            (
+                "dcore_health_score",
+                "Lifeguard local health: 0 is healthy, higher stretches probe timeouts",
+                i64::from(s.health),
+            ),
+            (
+                "dcore_broadcast_queue_messages",
+                "Claims and events waiting to be piggybacked",
+                s.broadcast_queue as i64,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            one(&mut e, name, help, Value::Gauge(v))?;
+        }
+        let counters = [
+            ("dcore_probes", "Probes started", c.probes),
+            (
+                "dcore_probes_failed",
+                "Probes that ended without any ack",
+                c.probes_failed,
+            ),
+            ("dcore_indirect_probes", "Ping-reqs sent", c.indirect_probes),
+            ("dcore_nacks_received", "Nacks received", c.nacks),
+            (
+                "dcore_suspicions_raised",
+                "Suspicions this node raised after its own failed probes",
+                c.suspicions_raised,
+            ),
+            (
+                "dcore_suspicions_refuted",
+                "Suspicions of this node that it refuted",
+                c.refutations,
+            ),
+            (
+                "dcore_failures_declared",
+                "Members this node declared failed",
+                c.failures_declared,
+            ),
+            ("dcore_user_events", "User events delivered", c.user_events),
+            (
+                "dcore_encryption_failures",
+                "Datagrams and records that did not decrypt (unknown key, wrong key or label)",
+                t.rejected_key,
+            ),
+        ];
+        for (name, help, v) in counters {
+            one(&mut e, name, help, Value::Counter(v))?;
+        }
+        family(
+            &mut e,
+            "dcore_push_pulls",
+            "Full-state exchanges, started here or answered",
+            Counter,
+            [
+                (
+                    vec![("role", "started".to_string())],
+                    Value::Counter(c.push_pulls),
+                ),
+                (
+                    vec![("role", "answered".to_string())],
+                    Value::Counter(c.push_pulls_answered),
+                ),
+            ],
+        )?;
+        one(
+            &mut e,
+            "dcore_probe_duration_seconds",
+            "Round trip of acked probes",
+            Value::Histogram(&c.probe_rtt),
+        )?;
+        one(
+            &mut e,
+            "dcore_push_pull_duration_seconds",
+            "From sending a push-pull to merging its answer",
+            Value::Histogram(&c.push_pull_duration),
+        )?;
+        family(
+            &mut e,
+            "dcore_messages",
+            "Protocol messages by direction, transport and kind",
+            Counter,
+            s.messages.iter().map(|k| {
+                (
+                    vec![
+                        ("direction", k.direction.to_string()),
+                        ("transport", k.transport.to_string()),
+                        ("kind", k.kind.to_string()),
+                    ],
+                    Value::Counter(k.messages),
+                )
+            }),
+        )?;
+        let bytes = [
+            ("in", "udp", t.bytes_in - t.stream_bytes_in.min(t.bytes_in)),
+            ("in", "tcp", t.stream_bytes_in),
+            (
+                "out",
+                "udp",
+                t.bytes_out - t.stream_bytes_out.min(t.bytes_out),
+            ),
+            ("out", "tcp", t.stream_bytes_out),
+        ];
+        family(
+            &mut e,
+            "dcore_transport_bytes",
+            "Frame bytes by direction and transport (no IP/UDP/TCP headers)",
+            Counter,
+            bytes.iter().map(|(d, tp, v)| {
+                (
+                    vec![("direction", d.to_string()), ("transport", tp.to_string())],
+                    Value::Counter(*v),
+                )
+            }),
+        )?;
+        let rejected = [
+            ("frame", t.rejected_frame),
+            ("key", t.rejected_key),
+            ("plain", t.rejected_plain),
+            ("packet", t.rejected_packet),
+            ("stream", t.rejected_stream),
+            ("oversized", tr.stream_oversized),
+            ("stalled", tr.stream_timeouts),
+            ("too_many_streams", tr.inbound_refused),
+            ("queue_full", tr.queue_full),
+            ("protocol", c.dropped),
+        ];
+        family(
+            &mut e,
+            "dcore_rejected",
+            "Input refused and dropped, by reason",
+            Counter,
+            rejected
+                .iter()
+                .map(|(r, v)| (vec![("reason", r.to_string())], Value::Counter(*v))),
+        )?;
+        let conns = [
+            ("opened", tr.connections_opened),
+            ("failed", tr.connections_failed),
+            ("evicted", tr.connections_evicted),
+        ];
+        family(
+            &mut e,
+            "dcore_transport_connections",
+            "Outgoing stream connections by outcome",
+            Counter,
+            conns
+                .iter()
+                .map(|(o, v)| (vec![("outcome", o.to_string())], Value::Counter(*v))),
+        )?;
+        one(
+            &mut e,
+            "dcore_transport_stream_records_dropped",
+            "Outgoing stream records dropped (peer in backoff, queue full, write failed)",
+            Value::Counter(tr.streams_out_dropped),
+        )?;
+        family(
+            &mut e,
+            "dcore_chaos_faults",
+            "Faults injected by the chaos layer, by kind",
+            Counter,
+            self.0
+                .chaos_faults
+                .iter()
+                .map(|(k, v)| (vec![("kind", k.clone())], Value::Counter(*v))),
+        )?;
+        if let Some(w) = &self.0.wal {
+            one(
+                &mut e,
+                "dcore_wal_appends",
+                "WAL records appended",
+                Value::Counter(w.appends),
+            )?;
+            one(
+                &mut e,
+                "dcore_wal_fsyncs",
+                "WAL fsyncs",
+                Value::Counter(w.fsyncs),
+            )?;
+            one(
+                &mut e,
+                "dcore_wal_fsync_duration_seconds",
+                "How long WAL fsyncs took",
+                Value::Histogram(&w.fsync_duration),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_renamed_for_the_classic_text_format() {
+        let om = "# HELP a_b Things.\n# TYPE a_b counter\n# UNIT a_b seconds\na_b_total 3\n\
+                  # HELP g A gauge.\n# TYPE g gauge\ng 1\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_text(om),
+            "# HELP a_b_total Things.\n# TYPE a_b_total counter\na_b_total 3\n\
+             # HELP g A gauge.\n# TYPE g gauge\ng 1\n"
+        );
+    }
+
+    #[test]
+    fn formats_are_negotiated_from_accept() {
+        assert_eq!(Format::negotiate(None), Format::Text);
+        assert_eq!(
+            Format::negotiate(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+            )),
+            Format::OpenMetrics
+        );
+        assert_eq!(Format::negotiate(Some("text/plain")), Format::Text);
+    }
+}
