@@ -60,5 +60,6 @@
 pub mod cluster;
 pub mod identity;
 pub mod node;
+pub mod persistence;
 pub mod sim;
 pub mod transport;

@@ -1,0 +1,1 @@
+//! State store (placeholder, filled in below).
