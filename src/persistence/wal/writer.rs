@@ -371,11 +371,6 @@ impl Wal {
     pub fn config(&self) -> &WalConfig {
         &self.inner.config
     }
-
-    /// The filesystem the log uses.
-    pub(crate) fn fs(&self) -> &Arc<dyn Fs> {
-        &self.inner.fs
-    }
 }
 
 impl Drop for Wal {
