@@ -22,6 +22,7 @@
 //! - `recovery.rs`: [`scan`] (read-only verification) and the recovery done on open.
 //! - `writer.rs`: [`Wal`]: appends, group commit, durability modes, truncation.
 //! - `reader.rs`: [`WalReader`], records from an index on.
+//! - `repair.rs`: [`repair`], truncation at the first problem, only on request.
 //! - `fs.rs`: the filesystem trait, with a fault-injecting implementation for tests.
 //!
 //! The byte layout, the recovery rules and the durability modes are in `docs/wal.md`.
@@ -30,6 +31,7 @@ mod format;
 pub mod fs;
 mod reader;
 mod recovery;
+mod repair;
 mod segment;
 mod writer;
 
@@ -38,8 +40,9 @@ pub use reader::{Entry, WalReader};
 pub use recovery::{
     scan, Corruption, Problem, RecordView, RecoveryReport, ScanReport, SegmentSummary, TornTail,
 };
+pub use repair::{repair, RepairReport};
 pub use segment::{parse_segment_name, segment_name};
-pub use writer::{Wal, WalStats};
+pub use writer::{Wal, WalStats, LOCK_FILE};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

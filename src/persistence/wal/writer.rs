@@ -122,7 +122,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn lock_dir(dir: &Path) -> Result<File, WalError> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, WalError> {
     let path = dir.join(LOCK_FILE);
     let f = OpenOptions::new()
         .create(true)
