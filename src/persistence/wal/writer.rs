@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// Name of the lock file in a log directory.
 pub const LOCK_FILE: &str = "LOCK";
@@ -130,10 +131,30 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File, WalError> {
         .write(true)
         .open(&path)
         .map_err(|e| WalError::io("open", &path, e))?;
-    match f.try_lock() {
+    // The lock (flock) belongs to the open file, which a child process forked by another
+    // thread shares until it execs: a lock released a moment ago can still look taken. So a
+    // few tries, 10 ms apart, before calling the directory locked.
+    for _ in 0..LOCK_TRIES - 1 {
+        match f.try_lock() {
+            Err(TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(10)),
+            other => return lock_result(other, f, dir, &path),
+        }
+    }
+    lock_result(f.try_lock(), f, dir, &path)
+}
+
+const LOCK_TRIES: usize = 20;
+
+fn lock_result(
+    r: Result<(), TryLockError>,
+    f: File,
+    dir: &Path,
+    path: &Path,
+) -> Result<File, WalError> {
+    match r {
         Ok(()) => Ok(f),
         Err(TryLockError::WouldBlock) => Err(WalError::Locked(dir.to_path_buf())),
-        Err(TryLockError::Error(e)) => Err(WalError::io("lock", &path, e)),
+        Err(TryLockError::Error(e)) => Err(WalError::io("lock", path, e)),
     }
 }
 
@@ -383,7 +404,7 @@ impl Drop for Wal {
     }
 }
 
-fn spawn_syncer(inner: Arc<Inner>, every: std::time::Duration) -> Result<Syncer, WalError> {
+fn spawn_syncer(inner: Arc<Inner>, every: Duration) -> Result<Syncer, WalError> {
     let (stop, rx) = mpsc::channel::<()>();
     let handle = std::thread::Builder::new()
         .name("wal-sync".into())
