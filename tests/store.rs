@@ -130,7 +130,13 @@ proptest! {
 fn wal_segments(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("wal"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "wal"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "wal")
+        })
         .count()
 }
 
@@ -139,7 +145,8 @@ fn a_snapshot_lets_the_wal_drop_its_prefix_and_replay_starts_after_it() {
     let d = tempfile::tempdir().unwrap();
     let s = open(d.path(), 0);
     for i in 0..800u32 {
-        s.put(format!("key{}", i % 50).as_bytes(), &i.to_le_bytes()).unwrap();
+        s.put(format!("key{}", i % 50).as_bytes(), &i.to_le_bytes())
+            .unwrap();
     }
     let before = wal_segments(d.path());
     assert!(before > 5, "{before}");
@@ -148,7 +155,8 @@ fn a_snapshot_lets_the_wal_drop_its_prefix_and_replay_starts_after_it() {
     assert!(s.wal().first_index() > 700, "{}", s.wal().first_index());
     assert!(wal_segments(d.path()) < 3);
     for i in 800..810u32 {
-        s.put(format!("key{}", i % 50).as_bytes(), &i.to_le_bytes()).unwrap();
+        s.put(format!("key{}", i % 50).as_bytes(), &i.to_le_bytes())
+            .unwrap();
     }
     s.delete(b"key7").unwrap();
     let want = dump(&s);
@@ -188,7 +196,10 @@ fn a_damaged_snapshot_or_missing_records_refuse_to_open() {
     // Without the snapshot, the WAL no longer starts at 1: records are missing.
     std::fs::remove_file(&snap).unwrap();
     match WalStore::open(d.path(), config(0, Durability::Never)) {
-        Err(StoreError::MissingRecords { snapshot: 0, wal_first }) => assert!(wal_first > 1),
+        Err(StoreError::MissingRecords {
+            snapshot: 0,
+            wal_first,
+        }) => assert!(wal_first > 1),
         other => panic!("missing records accepted: {other:?}"),
     }
 }
@@ -240,13 +251,22 @@ fn disk_full_keeps_every_acknowledged_write() {
                 }
             }
         }
-        assert!(s.put(b"after", b"x").is_err(), "budget {budget}: poisoned store wrote");
+        assert!(
+            s.put(b"after", b"x").is_err(),
+            "budget {budget}: poisoned store wrote"
+        );
         drop(s);
         let s = WalStore::open(d.path(), config(25, Durability::Always)).unwrap();
         let got = dump(&s);
         // Only acknowledged writes, plus at most the one in flight at the failure.
-        let differing = acked.iter().filter(|(k, v)| got.get(*k) != Some(*v)).count();
-        assert!(differing <= 1, "budget {budget}: {differing} acknowledged writes lost");
+        let differing = acked
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(*v))
+            .count();
+        assert!(
+            differing <= 1,
+            "budget {budget}: {differing} acknowledged writes lost"
+        );
         assert!(got.len() >= acked.len(), "budget {budget}");
     }
 }
@@ -258,13 +278,26 @@ fn limits_are_enforced_alike_by_both_stores() {
     let mem = MemStore::with_limits(config(0, Durability::Never).limits);
     for s in [&wal as &dyn Store, &mem] {
         assert!(matches!(s.put(b"", b"v"), Err(StoreError::EmptyKey)));
-        assert!(matches!(s.put(&[1; 65], b"v"), Err(StoreError::TooLarge { what: "key", .. })));
+        assert!(matches!(
+            s.put(&[1; 65], b"v"),
+            Err(StoreError::TooLarge { what: "key", .. })
+        ));
         let big = vec![0; 257];
-        assert!(matches!(s.put(b"k", &big), Err(StoreError::TooLarge { what: "value", .. })));
+        assert!(matches!(
+            s.put(b"k", &big),
+            Err(StoreError::TooLarge { what: "value", .. })
+        ));
         let ok = Batch::new().put(b"a", b"1").put(b"bad", &big);
         assert!(s.write(ok).is_err());
-        assert_eq!(s.get(b"a").unwrap(), None, "a refused batch must change nothing");
+        assert_eq!(
+            s.get(b"a").unwrap(),
+            None,
+            "a refused batch must change nothing"
+        );
     }
     let huge = (0..20u8).fold(Batch::new(), |b, i| b.put(&[i + 1], &[0; 200]));
-    assert!(matches!(wal.write(huge), Err(StoreError::TooLarge { what: "batch", .. })));
+    assert!(matches!(
+        wal.write(huge),
+        Err(StoreError::TooLarge { what: "batch", .. })
+    ));
 }

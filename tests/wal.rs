@@ -81,7 +81,14 @@ fn locate(dir: &Path) -> BTreeMap<u64, Loc> {
         .map(|(index, offset, payload_len)| {
             let seg = r.segments.iter().rfind(|s| s.first_index <= index).unwrap();
             let path = seg.path.clone();
-            (index, Loc { path, offset, payload_len })
+            (
+                index,
+                Loc {
+                    path,
+                    offset,
+                    payload_len,
+                },
+            )
         })
         .collect()
 }
@@ -145,12 +152,17 @@ fn cut_at_every_byte_of_a_multi_record_tail() {
     let log = open(d.path()).unwrap();
     append_n(&log, 1, 10);
     let batch: Vec<Vec<u8>> = (11..15).map(payload).collect();
-    let recs: Vec<(RecordType, &[u8])> =
-        batch.iter().map(|p| (RecordType::DATA, p.as_slice())).collect();
+    let recs: Vec<(RecordType, &[u8])> = batch
+        .iter()
+        .map(|p| (RecordType::DATA, p.as_slice()))
+        .collect();
     assert_eq!(log.append_batch(&recs).unwrap(), 11..15);
     drop(log);
     let locs = locate(d.path());
-    assert_eq!(locs[&11].path, locs[&14].path, "the tail sits in one segment");
+    assert_eq!(
+        locs[&11].path, locs[&14].path,
+        "the tail sits in one segment"
+    );
     let path = locs[&14].path.clone();
     let original = std::fs::read(&path).unwrap();
     for cut in locs[&11].offset..locs[&14].end() {
@@ -185,7 +197,12 @@ fn flipping_any_bit_of_a_middle_record_refuses_the_log_naming_file_and_offset() 
             match open(d.path()) {
                 Err(WalError::Corrupt { path, offset, what }) => {
                     assert_eq!((path, offset), (l.path.clone(), l.offset), "bit {bit}");
-                    let msg = WalError::Corrupt { path: l.path.clone(), offset, what }.to_string();
+                    let msg = WalError::Corrupt {
+                        path: l.path.clone(),
+                        offset,
+                        what,
+                    }
+                    .to_string();
                     assert!(msg.contains(&format!("offset {}", l.offset)), "{msg}");
                 }
                 other => panic!("record {victim} bit {bit}: opened: {other:?}"),
@@ -231,7 +248,11 @@ fn a_hole_or_a_repeat_is_corruption_even_at_the_tail() {
         restore(&b.path, &bytes);
         match open(d.path()) {
             Err(WalError::Corrupt {
-                what: Corruption::Record { reason: BadRecord::UnexpectedIndex { expected, .. }, .. },
+                what:
+                    Corruption::Record {
+                        reason: BadRecord::UnexpectedIndex { expected, .. },
+                        ..
+                    },
                 ..
             }) => assert_eq!(expected, n),
             other => panic!("repeat accepted: {other:?}"),
@@ -247,7 +268,11 @@ fn a_hole_or_a_repeat_is_corruption_even_at_the_tail() {
     assert!(segs.len() >= 3, "{segs:?}");
     std::fs::remove_file(&segs[1]).unwrap();
     match open(d.path()) {
-        Err(WalError::Corrupt { what: Corruption::IndexGap { .. }, path, .. }) => {
+        Err(WalError::Corrupt {
+            what: Corruption::IndexGap { .. },
+            path,
+            ..
+        }) => {
             assert_eq!(path, segs[2])
         }
         other => panic!("hole accepted: {other:?}"),
@@ -277,19 +302,28 @@ fn disk_full_during_append_loses_nothing_acknowledged_and_reopens_cleanly() {
     for durability in [Durability::Never, Durability::Always] {
         // Budgets that run out inside the first segment's records, at the second segment's
         // preallocation, and inside later records.
-        for budget in (4096..4096 + 3000).step_by(97).chain((8192..8192 + 900).step_by(131)) {
+        for budget in (4096..4096 + 3000)
+            .step_by(97)
+            .chain((8192..8192 + 900).step_by(131))
+        {
             let d = tmp();
             let plan = Arc::new(FaultPlan::default());
             plan.set_write_budget(budget);
             let fs: Arc<dyn Fs> = Arc::new(FaultyFs::new(plan.clone()));
-            let config = WalConfig { durability, ..small() };
+            let config = WalConfig {
+                durability,
+                ..small()
+            };
             let log = Wal::open_with_fs(d.path(), config.clone(), fs).unwrap();
             let acked = fill_disk(&log);
             drop(log);
             let log = Wal::open(d.path(), config).unwrap_or_else(|e| panic!("{budget}: {e}"));
             let kept = log.last_index();
             // A record whose bytes all made it may survive unacknowledged; nothing else may.
-            assert!(kept == acked || kept == acked + 1, "budget {budget}: {kept} vs {acked}");
+            assert!(
+                kept == acked || kept == acked + 1,
+                "budget {budget}: {kept} vs {acked}"
+            );
             check_prefix(&log, kept);
             append_n(&log, kept + 1, 50);
             drop(log);
@@ -303,7 +337,10 @@ fn a_failed_fsync_poisons_the_log_and_is_never_retried() {
     let d = tmp();
     let plan = Arc::new(FaultPlan::default());
     let fs: Arc<dyn Fs> = Arc::new(FaultyFs::new(plan.clone()));
-    let config = WalConfig { durability: Durability::Always, ..small() };
+    let config = WalConfig {
+        durability: Durability::Always,
+        ..small()
+    };
     let log = Arc::new(Wal::open_with_fs(d.path(), config.clone(), fs).unwrap());
     append_n(&log, 1, 5);
     // Concurrent appenders: all of them must come back with an error, none may hang.
@@ -327,12 +364,18 @@ fn a_failed_fsync_poisons_the_log_and_is_never_retried() {
     let mut acked = vec![1, 2, 3, 4, 5];
     for w in writers {
         let (a, e) = w.join().unwrap();
-        assert!(matches!(e, WalError::Io { .. } | WalError::Poisoned(_)), "{e}");
+        assert!(
+            matches!(e, WalError::Io { .. } | WalError::Poisoned(_)),
+            "{e}"
+        );
         acked.extend(a);
     }
     assert_eq!(plan.sync_failures(), 1);
     let syncs = plan.syncs();
-    assert!(matches!(log.append(RecordType::DATA, b"later"), Err(WalError::Poisoned(_))));
+    assert!(matches!(
+        log.append(RecordType::DATA, b"later"),
+        Err(WalError::Poisoned(_))
+    ));
     assert!(matches!(log.sync(), Err(WalError::Poisoned(_))));
     assert_eq!(plan.syncs(), syncs, "a failed fsync must never be retried");
     drop(log);
@@ -349,7 +392,10 @@ fn group_commit_shares_one_fsync_among_concurrent_appenders() {
     let plan = Arc::new(FaultPlan::default());
     plan.set_sync_delay(Duration::from_millis(2));
     let fs: Arc<dyn Fs> = Arc::new(FaultyFs::new(plan.clone()));
-    let config = WalConfig { durability: Durability::Always, ..WalConfig::for_test() };
+    let config = WalConfig {
+        durability: Durability::Always,
+        ..WalConfig::for_test()
+    };
     let log = Arc::new(Wal::open_with_fs(d.path(), config, fs).unwrap());
     let (threads, each) = (8u64, 50u64);
     let hs: Vec<_> = (0..threads)
@@ -357,14 +403,21 @@ fn group_commit_shares_one_fsync_among_concurrent_appenders() {
             let log = log.clone();
             std::thread::spawn(move || {
                 (0..each)
-                    .map(|k| log.append(RecordType::DATA, &payload(t * 1000 + k)).unwrap())
+                    .map(|k| {
+                        log.append(RecordType::DATA, &payload(t * 1000 + k))
+                            .unwrap()
+                    })
                     .collect::<Vec<_>>()
             })
         })
         .collect();
     let mut idx: Vec<u64> = hs.into_iter().flat_map(|h| h.join().unwrap()).collect();
     idx.sort();
-    assert_eq!(idx, (1..=threads * each).collect::<Vec<_>>(), "dense, no repeats");
+    assert_eq!(
+        idx,
+        (1..=threads * each).collect::<Vec<_>>(),
+        "dense, no repeats"
+    );
     let s = log.stats();
     assert_eq!(s.records, threads * each);
     assert!(
@@ -392,7 +445,10 @@ fn interval_mode_flushes_in_the_background_and_stops_on_drop() {
         std::thread::sleep(Duration::from_millis(5));
         waited += 1;
     }
-    assert!(log.stats().fsyncs > before, "no background flush within a second");
+    assert!(
+        log.stats().fsyncs > before,
+        "no background flush within a second"
+    );
     drop(log);
     let after = plan.syncs();
     std::thread::sleep(Duration::from_millis(30));
@@ -417,7 +473,10 @@ fn truncate_suffix_and_prefix_then_reopen() {
     let first = log.truncate_prefix(40).unwrap();
     assert!(first > 1 && first <= 41, "{first}");
     assert_eq!(log.first_index(), first);
-    assert!(matches!(log.read_from(first - 1), Err(WalError::IndexOutOfRange { .. })));
+    assert!(matches!(
+        log.read_from(first - 1),
+        Err(WalError::IndexOutOfRange { .. })
+    ));
     let got = all(&log);
     assert_eq!(got.first().unwrap().0, first);
     assert_eq!(got.last().unwrap().0, 47);
@@ -427,7 +486,10 @@ fn truncate_suffix_and_prefix_then_reopen() {
     // Emptying the log.
     log.truncate_suffix(first - 1).unwrap();
     assert_eq!(log.last_index(), first - 1);
-    assert_eq!(log.append(RecordType::DATA, &payload(first)).unwrap(), first);
+    assert_eq!(
+        log.append(RecordType::DATA, &payload(first)).unwrap(),
+        first
+    );
     drop(log);
     let log = open(d.path()).unwrap();
     assert_eq!(all(&log), vec![(first, payload(first))]);
@@ -439,10 +501,17 @@ fn readers_start_anywhere_and_cross_segments() {
     let log = open(d.path()).unwrap();
     append_n(&log, 1, 80);
     for from in [1, 2, 31, 32, 33, 79, 80, 81] {
-        let got: Vec<u64> = log.read_from(from).unwrap().map(|r| r.unwrap().index).collect();
+        let got: Vec<u64> = log
+            .read_from(from)
+            .unwrap()
+            .map(|r| r.unwrap().index)
+            .collect();
         assert_eq!(got, (from..=80).collect::<Vec<_>>(), "from {from}");
     }
-    assert!(matches!(log.read_from(82), Err(WalError::IndexOutOfRange { .. })));
+    assert!(matches!(
+        log.read_from(82),
+        Err(WalError::IndexOutOfRange { .. })
+    ));
 }
 
 #[test]
@@ -467,11 +536,17 @@ fn oversized_records_and_bad_configs_are_refused() {
     let big = vec![0u8; 1025];
     assert!(matches!(
         log.append(RecordType::DATA, &big),
-        Err(WalError::RecordTooLarge { len: 1025, max: 1024 })
+        Err(WalError::RecordTooLarge {
+            len: 1025,
+            max: 1024
+        })
     ));
     assert_eq!(log.last_index(), 0);
     drop(log);
-    let bad = WalConfig { segment_bytes: 100, ..small() };
+    let bad = WalConfig {
+        segment_bytes: 100,
+        ..small()
+    };
     assert!(matches!(Wal::open(d.path(), bad), Err(WalError::Config(_))));
 }
 
@@ -490,7 +565,10 @@ fn dcore_wal_verify_names_the_bad_record_and_repair_cuts_there_keeping_a_copy() 
     let ok = dcore(&["wal", "verify", dir, "--json"]);
     assert_eq!(ok.status.code(), Some(0), "{ok:?}");
     let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
-    assert_eq!((v["records"].as_u64(), v["ok"].as_bool()), (Some(60), Some(true)));
+    assert_eq!(
+        (v["records"].as_u64(), v["ok"].as_bool()),
+        (Some(60), Some(true))
+    );
     assert!(v["scan_mb_per_s"].as_f64().is_some());
     let l = locate(d.path())[&20].clone();
     flip(&l.path, l.offset * 8 + 3);
@@ -498,7 +576,10 @@ fn dcore_wal_verify_names_the_bad_record_and_repair_cuts_there_keeping_a_copy() 
     assert_eq!(bad.status.code(), Some(1));
     let text = String::from_utf8_lossy(&bad.stdout);
     let name = l.path.file_name().unwrap().to_str().unwrap();
-    assert!(text.contains(name) && text.contains(&format!("offset {}", l.offset)), "{text}");
+    assert!(
+        text.contains(name) && text.contains(&format!("offset {}", l.offset)),
+        "{text}"
+    );
     assert!(text.contains("corruption"), "{text}");
     let insp = dcore(&["wal", "inspect", dir, "--json", "--limit", "5"]);
     assert_eq!(insp.status.code(), Some(0));
@@ -506,7 +587,13 @@ fn dcore_wal_verify_names_the_bad_record_and_repair_cuts_there_keeping_a_copy() 
     assert_eq!(v["record_list"].as_array().unwrap().len(), 5);
     assert_eq!(v["problem"]["offset"].as_u64(), Some(l.offset));
     let backup = d.path().join("backup");
-    let rep = dcore(&["wal", "repair", dir, "--backup-dir", backup.to_str().unwrap()]);
+    let rep = dcore(&[
+        "wal",
+        "repair",
+        dir,
+        "--backup-dir",
+        backup.to_str().unwrap(),
+    ]);
     assert_eq!(rep.status.code(), Some(0), "{rep:?}");
     assert!(backup.join(name).exists(), "no copy kept");
     assert_eq!(dcore(&["wal", "verify", dir]).status.code(), Some(0));
@@ -518,14 +605,35 @@ fn dcore_bench_wal_prints_one_json_object_and_keeps_the_log_when_asked() {
     let d = tmp();
     let dir = d.path().join("bench");
     let dir_s = dir.to_str().unwrap();
-    let args = ["bench", "wal", "--dir", dir_s, "--writers", "4", "--records", "400"];
+    let args = [
+        "bench",
+        "wal",
+        "--dir",
+        dir_s,
+        "--writers",
+        "4",
+        "--records",
+        "400",
+    ];
     let out = dcore(&[&args[..], &["--durability", "never", "--keep", "--json"]].concat());
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for k in ["writers", "records", "appends_per_s", "fsyncs_per_s", "mb_per_s", "p50_us", "p99_us"] {
+    for k in [
+        "writers",
+        "records",
+        "appends_per_s",
+        "fsyncs_per_s",
+        "mb_per_s",
+        "p50_us",
+        "p99_us",
+    ] {
         assert!(v[k].is_number(), "{k} missing: {v}");
     }
     assert_eq!(dcore(&["wal", "verify", dir_s]).status.code(), Some(0));
     let again = dcore(&[&args[..], &["--json"]].concat());
-    assert_eq!(again.status.code(), Some(2), "a directory holding a log must be refused");
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "a directory holding a log must be refused"
+    );
 }

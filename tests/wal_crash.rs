@@ -20,7 +20,10 @@ fn expected_payload(id: u64, seq: u64) -> Vec<u8> {
 fn parse(line: &str) -> (u64, u64, u64) {
     let v: Vec<u64> = line
         .split(' ')
-        .map(|x| x.parse().unwrap_or_else(|_| panic!("bad ack line {line:?}")))
+        .map(|x| {
+            x.parse()
+                .unwrap_or_else(|_| panic!("bad ack line {line:?}"))
+        })
         .collect();
     (v[0], v[1], v[2])
 }
@@ -29,9 +32,26 @@ fn parse(line: &str) -> (u64, u64, u64) {
 /// printed (complete lines only).
 fn run_and_kill(dir: &std::path::Path, wait_for: usize) -> Vec<(u64, u64, u64)> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_dcore"))
-        .args(["bench", "wal", "--dir", dir.to_str().unwrap(), "--writers", "4"])
-        .args(["--records", "100000000", "--record-size", &RECORD_SIZE.to_string()])
-        .args(["--durability", "always", "--segment-bytes", &SEGMENT_BYTES.to_string()])
+        .args([
+            "bench",
+            "wal",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--writers",
+            "4",
+        ])
+        .args([
+            "--records",
+            "100000000",
+            "--record-size",
+            &RECORD_SIZE.to_string(),
+        ])
+        .args([
+            "--durability",
+            "always",
+            "--segment-bytes",
+            &SEGMENT_BYTES.to_string(),
+        ])
         .arg("--print-acks")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -68,7 +88,10 @@ fn kill_9_during_always_appends_loses_no_acknowledged_record() {
     for round in 0..rounds {
         let wait_for = 20 + (round * 397) % 1500;
         for (index, id, seq) in run_and_kill(d.path(), wait_for) {
-            assert!(acked.insert(index, (id, seq)).is_none(), "index {index} acknowledged twice");
+            assert!(
+                acked.insert(index, (id, seq)).is_none(),
+                "index {index} acknowledged twice"
+            );
         }
         let log = Wal::open(d.path(), config.clone())
             .unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
@@ -81,19 +104,36 @@ fn kill_9_during_always_appends_loses_no_acknowledged_record() {
             let got = have
                 .get(index)
                 .unwrap_or_else(|| panic!("round {round}: acknowledged record {index} lost"));
-            assert_eq!(*got, expected_payload(*id, *seq), "round {round}: record {index}");
+            assert_eq!(
+                *got,
+                expected_payload(*id, *seq),
+                "round {round}: record {index}"
+            );
         }
         // Every record in the log, acknowledged or not, is one the child wrote.
         for (index, p) in &have {
             let id = u64::from_le_bytes(p[0..8].try_into().unwrap());
             let seq = u64::from_le_bytes(p[8..16].try_into().unwrap());
-            assert_eq!(*p, expected_payload(id, seq), "round {round}: record {index}");
+            assert_eq!(
+                *p,
+                expected_payload(id, seq),
+                "round {round}: record {index}"
+            );
         }
     }
-    assert!(acked.len() > rounds as usize * 20);
+    assert!(acked.len() > rounds * 20);
     let segments = std::fs::read_dir(d.path())
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "wal"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "wal")
+        })
         .count();
-    assert!(segments > 10, "only {segments} segments: the kills never met a segment roll");
+    assert!(
+        segments > 10,
+        "only {segments} segments: the kills never met a segment roll"
+    );
 }

@@ -114,7 +114,10 @@ fn holds_files(dir: &std::path::Path) -> anyhow::Result<bool> {
 fn wal(a: BenchWalArgs) -> anyhow::Result<i32> {
     let config = a.config()?;
     if !a.print_acks && holds_files(&a.dir)? {
-        bail!("{} is not empty: give a new or empty directory", a.dir.display());
+        bail!(
+            "{} is not empty: give a new or empty directory",
+            a.dir.display()
+        );
     }
     let log = Arc::new(Wal::open(&a.dir, config)?);
     let started = Instant::now();
@@ -142,8 +145,7 @@ fn wal(a: BenchWalArgs) -> anyhow::Result<i32> {
         "elapsed_s": (elapsed * 1000.0).round() / 1000.0,
     });
     if !a.keep && !a.print_acks {
-        std::fs::remove_dir_all(&a.dir)
-            .with_context(|| format!("removing {}", a.dir.display()))?;
+        std::fs::remove_dir_all(&a.dir).with_context(|| format!("removing {}", a.dir.display()))?;
     }
     if a.print_acks {
         return Ok(0);

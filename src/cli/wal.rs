@@ -85,8 +85,10 @@ fn must_be_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 fn problem_json(p: &Option<Problem>) -> serde_json::Value {
@@ -222,7 +224,10 @@ fn print_inspect(r: &ScanReport, recs: &[Rec], limit: usize) {
             s.file_bytes
         );
         let end = s.first_index + s.records;
-        for x in recs.iter().filter(|x| (s.first_index..end).contains(&x.index)) {
+        for x in recs
+            .iter()
+            .filter(|x| (s.first_index..end).contains(&x.index))
+        {
             println!(
                 "  #{:<10} type {:<3} offset {:<10} len {:<8} crc32c {:08x}",
                 x.index, x.kind, x.offset, x.len, x.crc
@@ -230,7 +235,10 @@ fn print_inspect(r: &ScanReport, recs: &[Rec], limit: usize) {
         }
     }
     if r.records > recs.len() as u64 {
-        println!("({} records, first {limit} printed; --limit N for more)", r.records);
+        println!(
+            "({} records, first {limit} printed; --limit N for more)",
+            r.records
+        );
     }
     if let Some(p) = &r.problem {
         println!("{}", problem_line(p));

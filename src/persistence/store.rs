@@ -184,6 +184,9 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
+/// Key-value pairs, in key order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A key-value store. Every method takes `&self`; implementations are safe to share between
 /// threads. Writes are atomic: a batch is applied whole or not at all.
 pub trait Store: Send + Sync {
@@ -192,7 +195,7 @@ pub trait Store: Send + Sync {
     /// Applies `batch`; returns once it is durable (as the store's durability mode says).
     fn write(&self, batch: Batch) -> Result<(), StoreError>;
     /// The pairs whose key starts with `prefix`, in key order.
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError>;
     /// Writes a snapshot now, letting the log drop what it covers (a no-op where there is no
     /// log).
     fn snapshot(&self) -> Result<(), StoreError>;
@@ -277,7 +280,9 @@ impl StoreConfig {
     pub fn validate(&self) -> Result<(), StoreError> {
         self.wal.validate()?;
         if self.limits.key_bytes_max == 0 {
-            return Err(StoreError::Config("limits.key_bytes_max must be at least 1".into()));
+            return Err(StoreError::Config(
+                "limits.key_bytes_max must be at least 1".into(),
+            ));
         }
         let one = 17 + self.limits.key_bytes_max + self.limits.value_bytes_max;
         if one > self.wal.record_bytes_max as usize {
@@ -317,7 +322,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn scan(map: &BTreeMap<Vec<u8>, Vec<u8>>, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn scan(map: &BTreeMap<Vec<u8>, Vec<u8>>, prefix: &[u8]) -> Pairs {
     map.range(prefix.to_vec()..)
         .take_while(|(k, _)| k.starts_with(prefix))
         .map(|(k, v)| (k.clone(), v.clone()))
@@ -333,7 +338,7 @@ impl Store for MemStore {
         batch.apply(&mut lock(&self.map));
         Ok(())
     }
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
         Ok(scan(&lock(&self.map), prefix))
     }
     fn snapshot(&self) -> Result<(), StoreError> {
@@ -476,7 +481,11 @@ impl Store for WalStore {
             return Ok(());
         }
         let payload = encode_batch(&batch);
-        too_large("batch", payload.len(), self.config.wal.record_bytes_max as usize)?;
+        too_large(
+            "batch",
+            payload.len(),
+            self.config.wal.record_bytes_max as usize,
+        )?;
         let ticket = {
             let mut st = lock(&self.state);
             // Indexes are taken under the state lock, so `pending` holds every submitted batch
@@ -498,7 +507,7 @@ impl Store for WalStore {
         Ok(())
     }
 
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
         Ok(scan(&lock(&self.state).map, prefix))
     }
 
@@ -608,11 +617,7 @@ fn snapshot_name(index: u64) -> String {
 }
 
 /// Snapshot files (or, with `temp`, leftover temp files) in `dir`, sorted by index.
-fn snapshot_files(
-    fs: &dyn Fs,
-    dir: &Path,
-    temp: bool,
-) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+fn snapshot_files(fs: &dyn Fs, dir: &Path, temp: bool) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     let files = fs.list_files(dir).map_err(io_err("list", dir))?;
     let suffix = if temp { ".snap.tmp" } else { SNAP_SUFFIX };
     let mut out: Vec<(u64, PathBuf)> = files
@@ -655,7 +660,7 @@ fn read_snapshot(
     named: u64,
 ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
     let file = fs.open_read(path).map_err(io_err("open", path))?;
-    let len = file.len().map_err(io_err("stat", path))? as usize;
+    let len = file.size().map_err(io_err("stat", path))? as usize;
     let mut bytes = vec![0u8; len];
     file.read_exact_at(&mut bytes, 0)
         .map_err(io_err("read", path))?;

@@ -23,7 +23,8 @@ pub const MAGIC: [u8; 8] = *b"DCOREWAL";
 /// The format version this code writes and reads.
 pub const VERSION: u16 = 1;
 
-const _: () = assert!(SEGMENT_HEADER_LEN % ALIGN == 0 && RECORD_HEADER_LEN % ALIGN == 0);
+const _: () =
+    assert!(SEGMENT_HEADER_LEN.is_multiple_of(ALIGN) && RECORD_HEADER_LEN.is_multiple_of(ALIGN));
 
 /// A record's type: any non-zero byte, chosen by the user of the log (the store uses 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -78,7 +79,9 @@ impl fmt::Display for BadRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BadRecord::HeaderChecksum => write!(f, "record header checksum mismatch"),
-            BadRecord::HeaderFields => write!(f, "record header has invalid type or reserved bytes"),
+            BadRecord::HeaderFields => {
+                write!(f, "record header has invalid type or reserved bytes")
+            }
             BadRecord::LengthOutOfBounds { len } => {
                 write!(f, "record length {len} runs past the end of the segment")
             }
@@ -187,7 +190,7 @@ pub enum Slot {
 /// checksum first (so the length is never trusted before it is verified), then bounds, index
 /// (`expected`: `None` accepts any index), payload checksum and padding.
 pub fn read_slot(seg: &[u8], offset: usize, expected: Option<u64>) -> Slot {
-    debug_assert!(offset % ALIGN == 0);
+    debug_assert!(offset.is_multiple_of(ALIGN));
     let Some(h) = seg.get(offset..offset + RECORD_HEADER_LEN) else {
         return Slot::End;
     };
@@ -237,7 +240,13 @@ mod tests {
 
     fn one(index: u64, payload: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
-        encode_record(&mut v, RecordType::DATA, index, payload, crc32c::crc32c(payload));
+        encode_record(
+            &mut v,
+            RecordType::DATA,
+            index,
+            payload,
+            crc32c::crc32c(payload),
+        );
         v
     }
 
@@ -265,7 +274,10 @@ mod tests {
         for bit in 0..v.len() * 8 {
             let mut w = v.clone();
             w[bit / 8] ^= 1 << (bit % 8);
-            assert!(matches!(read_slot(&w, 0, Some(7)), Slot::Bad(_)), "bit {bit}");
+            assert!(
+                matches!(read_slot(&w, 0, Some(7)), Slot::Bad(_)),
+                "bit {bit}"
+            );
         }
         assert_eq!(
             read_slot(&v, 0, Some(8)),

@@ -20,7 +20,7 @@ pub trait FsFile: Send + Sync + fmt::Debug {
     /// Flushes the file's data (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
     /// The file's length in bytes.
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
 }
 
 /// The directory operations the WAL and the store use.
@@ -61,7 +61,7 @@ impl FsFile for OsFile {
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
 }
@@ -207,7 +207,10 @@ struct FaultyFile {
 }
 
 fn disk_full() -> io::Error {
-    io::Error::new(io::ErrorKind::StorageFull, "injected: no space left on device")
+    io::Error::new(
+        io::ErrorKind::StorageFull,
+        "injected: no space left on device",
+    )
 }
 
 impl FsFile for FaultyFile {
@@ -226,8 +229,8 @@ impl FsFile for FaultyFile {
         self.plan.sync()?;
         self.inner.sync_data()
     }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
     }
 }
 

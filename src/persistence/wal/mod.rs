@@ -111,7 +111,7 @@ impl WalConfig {
                 self.segment_bytes
             ));
         }
-        if self.segment_bytes % ALIGN as u64 != 0 {
+        if !self.segment_bytes.is_multiple_of(ALIGN as u64) {
             return bad(format!(
                 "segment_bytes {} must be a multiple of {ALIGN}",
                 self.segment_bytes
@@ -127,7 +127,9 @@ impl WalConfig {
         }
         if let Durability::Interval(d) = self.durability {
             if d < Duration::from_millis(1) || d > Duration::from_secs(60) {
-                return bad(format!("durability interval {d:?} must be from 1 ms to 60 s"));
+                return bad(format!(
+                    "durability interval {d:?} must be from 1 ms to 60 s"
+                ));
             }
         }
         Ok(())

@@ -49,7 +49,11 @@ impl WalReader {
 
     fn corrupt(&self, offset: usize, what: Corruption) -> WalError {
         WalError::Corrupt {
-            path: self.current.as_ref().map(|s| s.path.clone()).unwrap_or_default(),
+            path: self
+                .current
+                .as_ref()
+                .map(|s| s.path.clone())
+                .unwrap_or_default(),
             offset: offset as u64,
             what,
         }

@@ -66,7 +66,10 @@ impl fmt::Display for Corruption {
         match self {
             Corruption::SegmentHeader { reason } => write!(f, "segment header: {reason}"),
             Corruption::SegmentName { named, header } => {
-                write!(f, "file name says first index {named}, header says {header}")
+                write!(
+                    f,
+                    "file name says first index {named}, header says {header}"
+                )
             }
             Corruption::IndexGap { expected, found } => {
                 write!(f, "segment starts at index {found}, {expected} expected")
@@ -79,7 +82,10 @@ impl fmt::Display for Corruption {
             } => {
                 write!(f, "{reason} (record {expected_index})")?;
                 if let Some(at) = valid_record_after {
-                    write!(f, "; a valid record with a higher index follows at offset {at}")?;
+                    write!(
+                        f,
+                        "; a valid record with a higher index follows at offset {at}"
+                    )?;
                 }
                 Ok(())
             }
@@ -180,11 +186,7 @@ struct SegScan {
     next_index: u64,
 }
 
-fn scan_segment(
-    bytes: &[u8],
-    first: u64,
-    visit: &mut dyn FnMut(&RecordView<'_>),
-) -> SegScan {
+fn scan_segment(bytes: &[u8], first: u64, visit: &mut dyn FnMut(&RecordView<'_>)) -> SegScan {
     let (mut off, mut expect, mut records) = (SEGMENT_HEADER_LEN, first, 0u64);
     let bad = loop {
         match read_slot(bytes, off, Some(expect)) {
@@ -205,10 +207,9 @@ fn scan_segment(
             Slot::Bad(r) => break Some(r),
         }
     };
-    let garbage_end = bytes[off..]
-        .iter()
-        .rposition(|&b| b != 0)
-        .map_or(off, |p| (off + p + 1).next_multiple_of(ALIGN).min(bytes.len()));
+    let garbage_end = bytes[off..].iter().rposition(|&b| b != 0).map_or(off, |p| {
+        (off + p + 1).next_multiple_of(ALIGN).min(bytes.len())
+    });
     let valid_after = if garbage_end > off {
         look_ahead(bytes, off, garbage_end, expect)
     } else {
@@ -366,7 +367,8 @@ pub struct RecoveryReport {
 pub fn recover(fs: &dyn Fs, dir: &Path) -> Result<RecoveryReport, WalError> {
     let temps = temp_files(fs, dir)?;
     for t in &temps {
-        fs.remove_file(t).map_err(|e| WalError::io("remove", t, e))?;
+        fs.remove_file(t)
+            .map_err(|e| WalError::io("remove", t, e))?;
     }
     if !temps.is_empty() {
         fs.sync_dir(dir)

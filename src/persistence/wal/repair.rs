@@ -57,7 +57,11 @@ pub fn repair(
         .iter()
         .map(|(_, p)| p.clone())
         .collect();
-    let zeroed = if whole { 0 } else { problem.garbage_end - problem.offset };
+    let zeroed = if whole {
+        0
+    } else {
+        problem.garbage_end - problem.offset
+    };
     let kept = report
         .segments
         .iter()
@@ -76,7 +80,8 @@ pub fn repair(
     }
     backup(fs, &segs[at..], backup_dir)?;
     for p in removed.iter().rev() {
-        fs.remove_file(p).map_err(|e| WalError::io("remove", p, e))?;
+        fs.remove_file(p)
+            .map_err(|e| WalError::io("remove", p, e))?;
         fs.sync_dir(dir)
             .map_err(|e| WalError::io("fsync dir", dir, e))?;
     }
@@ -84,7 +89,13 @@ pub fn repair(
         let file = fs
             .open_write(&problem.path)
             .map_err(|e| WalError::io("open", &problem.path, e))?;
-        zero_range(&*file, &problem.path, problem.offset, problem.garbage_end, false)?;
+        zero_range(
+            &*file,
+            &problem.path,
+            problem.offset,
+            problem.garbage_end,
+            false,
+        )?;
         file.sync_data()
             .map_err(|e| WalError::io("fsync", &problem.path, e))?;
     }
@@ -98,7 +109,7 @@ fn backup(fs: &dyn Fs, segs: &[(u64, PathBuf)], to: &Path) -> Result<(), WalErro
         let name = p.file_name().expect("a segment has a file name");
         let dest = to.join(name);
         let src = fs.open_read(p).map_err(|e| WalError::io("open", p, e))?;
-        let len = src.len().map_err(|e| WalError::io("stat", p, e))?;
+        let len = src.size().map_err(|e| WalError::io("stat", p, e))?;
         let mut buf = vec![0u8; len as usize];
         src.read_exact_at(&mut buf, 0)
             .map_err(|e| WalError::io("read", p, e))?;
@@ -109,5 +120,6 @@ fn backup(fs: &dyn Fs, segs: &[(u64, PathBuf)], to: &Path) -> Result<(), WalErro
             .and_then(|()| out.sync_data())
             .map_err(|e| WalError::io("write", &dest, e))?;
     }
-    fs.sync_dir(to).map_err(|e| WalError::io("fsync dir", to, e))
+    fs.sync_dir(to)
+        .map_err(|e| WalError::io("fsync dir", to, e))
 }

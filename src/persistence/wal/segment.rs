@@ -136,8 +136,7 @@ fn fill(file: &dyn FsFile, path: &Path, first: u64, size: u64) -> Result<(), Wal
         }
         at += n as u64;
     }
-    file.sync_data()
-        .map_err(|e| WalError::io("fsync", path, e))
+    file.sync_data().map_err(|e| WalError::io("fsync", path, e))
 }
 
 /// Reads a whole segment file (at most `limit` bytes of it) into `buf`.
@@ -150,7 +149,7 @@ pub fn read_segment(
     let file = fs
         .open_read(path)
         .map_err(|e| WalError::io("open", path, e))?;
-    let len = file.len().map_err(|e| WalError::io("stat", path, e))?;
+    let len = file.size().map_err(|e| WalError::io("stat", path, e))?;
     let len = limit.map_or(len, |l| l.min(len));
     buf.clear();
     buf.resize(len as usize, 0);
@@ -167,7 +166,12 @@ mod tests {
         let n = segment_name(42);
         assert_eq!(n, "00000000000000000042.wal");
         assert_eq!(parse_segment_name(Path::new(&n)), Some(42));
-        for other in ["42.wal", "0000000000000000004x.wal", "LOCK", "00000000000000000042.wal.tmp"] {
+        for other in [
+            "42.wal",
+            "0000000000000000004x.wal",
+            "LOCK",
+            "00000000000000000042.wal.tmp",
+        ] {
             assert_eq!(parse_segment_name(Path::new(other)), None, "{other}");
         }
     }

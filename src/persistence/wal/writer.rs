@@ -82,7 +82,11 @@ struct Io {
 
 impl Io {
     fn active_path(&self) -> PathBuf {
-        self.segments.last().expect("at least one segment").path.clone()
+        self.segments
+            .last()
+            .expect("at least one segment")
+            .path
+            .clone()
     }
 }
 
@@ -563,7 +567,9 @@ impl Inner {
         }
         let size = self.config.segment_bytes;
         io.file = create_segment(&*self.fs, &self.dir, first, size)?;
-        self.counters.segments_created.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .segments_created
+            .fetch_add(1, Ordering::Relaxed);
         io.segments.push(SegmentRef {
             first,
             path: self.dir.join(segment_name(first)),
@@ -593,7 +599,10 @@ impl Inner {
                 .fs
                 .open_write(&seg.path)
                 .map_err(|e| WalError::io("open", &seg.path, e))?;
-            io.size = io.file.len().map_err(|e| WalError::io("stat", &seg.path, e))?;
+            io.size = io
+                .file
+                .size()
+                .map_err(|e| WalError::io("stat", &seg.path, e))?;
         }
         let cut_at = self.offset_of(&seg, data_end, index + 1)?;
         zero_range(&*io.file, &seg.path, cut_at, data_end, true)?;
@@ -629,7 +638,7 @@ impl Inner {
                             expected_index: i,
                             valid_record_after: None,
                         },
-                    })
+                    });
                 }
             }
         }
