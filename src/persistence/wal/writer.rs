@@ -179,6 +179,11 @@ impl Wal {
         let dir = dir.as_ref().to_path_buf();
         fs.create_dir_all(&dir)
             .map_err(|e| WalError::io("create dir", &dir, e))?;
+        // The directory's own entry must survive a power loss too (it may have just been made).
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs.sync_dir(parent)
+                .map_err(|e| WalError::io("fsync dir", parent, e))?;
+        }
         let lock_file = lock_dir(&dir)?;
         let recovery = recover(&*fs, &dir)?;
         let io = open_io(&*fs, &dir, &config, &recovery)?;
