@@ -72,7 +72,7 @@ struct Shared {
 struct Io {
     /// All segments, oldest first; the last is the active one.
     segments: Vec<SegmentRef>,
-    file: Box<dyn FsFile>,
+    file: Arc<dyn FsFile>,
     size: u64,
     offset: u64,
     written: u64,
@@ -451,10 +451,10 @@ fn open_io(
                 .open_write(&last.path)
                 .map_err(|e| WalError::io("open", &last.path, e))?;
             let written = last.first_index + last.records - 1;
-            (file, last.file_bytes, last.data_end, written)
+            (Arc::from(file), last.file_bytes, last.data_end, written)
         }
         None => {
-            let file = create_segment(fs, dir, 1, config.segment_bytes)?;
+            let file = Arc::from(create_segment(fs, dir, 1, config.segment_bytes)?);
             segments.push(SegmentRef {
                 first: 1,
                 path: dir.join(segment_name(1)),
@@ -495,10 +495,25 @@ impl Inner {
             .map_err(|e| WalError::io("fsync dir", &self.dir, e))
     }
 
+    /// Flushes what is written, outside the `io` lock so appends go on meanwhile. A segment
+    /// sealed in the meantime was flushed by `roll` itself, which does not rely on `dirty`.
     fn sync(&self) -> Result<(), WalError> {
+        let (file, path, upto) = {
+            let mut io = lock(&self.io);
+            self.check_poisoned()?;
+            if !io.dirty {
+                return Ok(());
+            }
+            io.dirty = false;
+            (io.file.clone(), io.active_path(), io.written)
+        };
+        if let Err(e) = file.sync_data() {
+            return Err(self.poison(WalError::io("fsync", &path, e)));
+        }
+        self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         let mut io = lock(&self.io);
-        self.check_poisoned()?;
-        self.flush(&mut io).map_err(|e| self.poison(e))
+        io.durable = io.durable.max(upto);
+        Ok(())
     }
 
     /// Writes a batch (rolling segments as needed) and, in `Always` mode, flushes it. Returns
@@ -545,6 +560,10 @@ impl Inner {
         if !io.dirty {
             return Ok(());
         }
+        self.flush_now(io)
+    }
+
+    fn flush_now(&self, io: &mut Io) -> Result<(), WalError> {
         io.file
             .sync_data()
             .map_err(|e| WalError::io("fsync", &io.active_path(), e))?;
@@ -557,7 +576,7 @@ impl Inner {
     /// Seals the active segment (flushed in every mode, so only the last segment can ever have
     /// a torn tail) and starts a new one at `first`.
     fn roll(&self, io: &mut Io, first: u64) -> Result<(), WalError> {
-        self.flush(io)?;
+        self.flush_now(io)?;
         let active_end = io.offset;
         let active = io.segments.last_mut().expect("a segment");
         active.data_end = active_end;
@@ -571,7 +590,7 @@ impl Inner {
             io.segments.pop();
         }
         let size = self.config.segment_bytes;
-        io.file = create_segment(&*self.fs, &self.dir, first, size)?;
+        io.file = Arc::from(create_segment(&*self.fs, &self.dir, first, size)?);
         self.counters
             .segments_created
             .fetch_add(1, Ordering::Relaxed);
@@ -600,10 +619,11 @@ impl Inner {
         let seg = io.segments.last().expect("a segment").clone();
         let data_end = if reopen { seg.data_end } else { io.offset };
         if reopen {
-            io.file = self
-                .fs
-                .open_write(&seg.path)
-                .map_err(|e| WalError::io("open", &seg.path, e))?;
+            io.file = Arc::from(
+                self.fs
+                    .open_write(&seg.path)
+                    .map_err(|e| WalError::io("open", &seg.path, e))?,
+            );
             io.size = io
                 .file
                 .size()
