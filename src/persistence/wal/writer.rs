@@ -66,6 +66,9 @@ struct Shared {
     acked: u64,
     leader: bool,
     poisoned: Option<String>,
+    /// Bumped by every `truncate_suffix` (which lowers `acked`): a ticket from before one was
+    /// acknowledged already, since truncation waits for a quiet log.
+    truncations: u64,
 }
 
 #[derive(Debug)]
@@ -90,9 +93,10 @@ impl Io {
     }
 }
 
-/// Issued by `submit`, redeemed by `wait`: the indexes of the submitted records.
+/// Issued by `submit`, redeemed by `wait`: the indexes of the submitted records, and the
+/// truncation count when they were submitted.
 #[derive(Debug, Clone)]
-pub(crate) struct Ticket(pub(crate) Range<u64>);
+pub(crate) struct Ticket(pub(crate) Range<u64>, u64);
 
 #[derive(Debug)]
 struct Inner {
@@ -197,6 +201,7 @@ impl Wal {
             acked: io.written,
             leader: false,
             poisoned: None,
+            truncations: 0,
         };
         let inner = Arc::new(Inner {
             dir,
@@ -250,7 +255,7 @@ impl Wal {
             s.batch.lens.push(record_len(payload.len()) as u32);
         }
         s.next_index += records.len() as u64;
-        Ok(Ticket(first..s.next_index))
+        Ok(Ticket(first..s.next_index, s.truncations))
     }
 
     /// Waits until the ticket's records are acknowledged, leading a batch when no one else is.
@@ -259,7 +264,7 @@ impl Wal {
         let last = ticket.0.end.saturating_sub(1);
         let mut s = lock(&inner.shared);
         loop {
-            if ticket.0.is_empty() || s.acked >= last {
+            if ticket.0.is_empty() || s.acked >= last || s.truncations != ticket.1 {
                 inner.counters.appends.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
@@ -273,9 +278,21 @@ impl Wal {
             s.leader = true;
             let batch = std::mem::take(&mut s.batch);
             drop(s);
-            let result = inner.write_batch(&batch);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                inner.write_batch(&batch)
+            }));
             s = lock(&inner.shared);
             s.leader = false;
+            let result = match result {
+                Ok(r) => r,
+                Err(panic) => {
+                    // Leave the log poisoned and the other appenders awake, then unwind on.
+                    s.poisoned.get_or_insert_with(|| "a writer panicked".into());
+                    inner.cond.notify_all();
+                    drop(s);
+                    std::panic::resume_unwind(panic)
+                }
+            };
             match result {
                 Ok(acked) => s.acked = s.acked.max(acked),
                 Err(e) => {
@@ -359,6 +376,7 @@ impl Wal {
         }
         s.next_index = index + 1;
         s.acked = index;
+        s.truncations += 1;
         Ok(())
     }
 
