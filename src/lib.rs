@@ -10,6 +10,8 @@
 //! - [`identity`]: node ids, addresses, tags.
 //! - [`transport`]: the frame around every packet (sockets and encryption come with the runtime).
 //! - [`sim`]: the deterministic simulator behind `dcore sim`.
+//! - [`persistence`]: a crash-safe write-ahead log (segments, CRC32C, group commit) and a
+//!   key-value state store on it (snapshots), with an in-memory twin; see `docs/wal.md`.
 //! - `dcore` (the binary, `src/cli/`): the command line.
 //!
 //! The core never reads a clock, never touches a socket and draws randomness only from the seed
@@ -62,5 +64,6 @@ pub mod cluster;
 pub mod identity;
 pub mod metrics;
 pub mod node;
+pub mod persistence;
 pub mod sim;
 pub mod transport;

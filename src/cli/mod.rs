@@ -2,12 +2,16 @@
 
 mod agent;
 mod client;
+mod bench;
 mod local;
 mod sim;
+mod wal;
 
 pub use agent::AgentArgs;
+pub use bench::BenchArgs;
 pub use local::LocalArgs;
 pub use sim::SimArgs;
+pub use wal::WalArgs;
 
 use clap::{Parser, Subcommand};
 
@@ -91,6 +95,10 @@ pub enum Commands {
     Sim(SimArgs),
     /// Run N real nodes in this process on 127.0.0.1, crash K, and report like `sim --json`.
     Local(LocalArgs),
+    /// Inspect, verify or repair a write-ahead log directory.
+    Wal(WalArgs),
+    /// Benchmarks (`dcore bench wal`).
+    Bench(BenchArgs),
 }
 
 /// Runs the parsed command line; returns the process exit code.
@@ -116,5 +124,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Commands::Keygen => client::keygen(),
         Commands::Sim(args) => sim::run(args),
         Commands::Local(args) => local::run(args),
+        Commands::Wal(args) => wal::run(args),
+        Commands::Bench(args) => bench::run(args),
     }
 }

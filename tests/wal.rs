@@ -1,0 +1,639 @@
+//! The WAL broken on purpose: cut at every byte of the tail, every bit of a record flipped, the
+//! disk filled, fsync failing, segments removed or repeated; plus group commit, truncation,
+//! locking and the `dcore wal` commands.
+
+use distributed_core::persistence::wal::fs::{FaultPlan, FaultyFs, Fs};
+use distributed_core::persistence::wal::{
+    self, BadRecord, Corruption, Durability, RecordType, Wal, WalConfig, WalError,
+};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+/// 4 KiB segments: a few dozen records make several of them.
+fn small() -> WalConfig {
+    WalConfig {
+        segment_bytes: 4096,
+        record_bytes_max: 1024,
+        durability: Durability::Never,
+    }
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    let len = 40 + (i * 37 % 90) as usize;
+    (0..len).map(|j| (i as usize * 7 + j) as u8).collect()
+}
+
+fn append_n(log: &Wal, from: u64, n: u64) {
+    for i in from..from + n {
+        assert_eq!(log.append(RecordType::DATA, &payload(i)).unwrap(), i);
+    }
+}
+
+fn all(log: &Wal) -> Vec<(u64, Vec<u8>)> {
+    log.read_from(log.first_index())
+        .unwrap()
+        .map(|r| r.map(|e| (e.index, e.payload)).unwrap())
+        .collect()
+}
+
+fn check_prefix(log: &Wal, n: u64) {
+    assert_eq!(log.last_index(), n, "last index");
+    let got = all(log);
+    assert_eq!(got.len() as u64, n);
+    for (i, p) in got {
+        assert_eq!(p, payload(i), "payload of {i}");
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Loc {
+    path: PathBuf,
+    offset: u64,
+    payload_len: u64,
+}
+
+impl Loc {
+    fn end_of_payload(&self) -> u64 {
+        self.offset + 24 + self.payload_len
+    }
+    fn end(&self) -> u64 {
+        (self.offset + 24 + self.payload_len).div_ceil(8) * 8
+    }
+}
+
+/// Where every record is, by index.
+fn locate(dir: &Path) -> BTreeMap<u64, Loc> {
+    let mut found = Vec::new();
+    let fs = wal::fs::OsFs;
+    let r = wal::scan(&fs, dir, &mut |v| {
+        found.push((v.index, v.offset, v.payload.len() as u64))
+    })
+    .unwrap();
+    assert!(r.problem.is_none(), "{:?}", r.problem);
+    found
+        .into_iter()
+        .map(|(index, offset, payload_len)| {
+            let seg = r.segments.iter().rfind(|s| s.first_index <= index).unwrap();
+            let path = seg.path.clone();
+            (
+                index,
+                Loc {
+                    path,
+                    offset,
+                    payload_len,
+                },
+            )
+        })
+        .collect()
+}
+
+fn open(dir: &Path) -> Result<Wal, WalError> {
+    Wal::open(dir, small())
+}
+
+/// Overwrites `path` with `bytes`, and sets its length to theirs.
+fn restore(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Removes the segments that were not in `keep` (made by a previous round of a test).
+fn remove_segments_but(dir: &Path, keep: &[&Path]) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if wal::parse_segment_name(&p).is_some() && !keep.contains(&p.as_path()) {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+}
+
+#[test]
+fn cut_at_every_byte_of_the_last_record_keeps_exactly_the_complete_records() {
+    let d = tmp();
+    let n = 20;
+    append_n(&open(d.path()).unwrap(), 1, n);
+    let last = locate(d.path())[&n].clone();
+    let original = std::fs::read(&last.path).unwrap();
+    for cut in last.offset..last.end() {
+        for truncate_file in [false, true] {
+            let mut bytes = original.clone();
+            if truncate_file {
+                bytes.truncate(cut as usize);
+            } else {
+                bytes[cut as usize..].fill(0);
+            }
+            restore(&last.path, &bytes);
+            remove_segments_but(d.path(), &[&last.path]);
+            let complete = !truncate_file && cut >= last.end_of_payload();
+            let keep = if complete { n } else { n - 1 };
+            let log = open(d.path()).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+            check_prefix(&log, keep);
+            let torn = cut > last.offset && !complete;
+            assert_eq!(log.recovery().torn_tail.is_some(), torn, "cut {cut}");
+            assert_eq!(log.stats().torn_tails_truncated, u64::from(torn));
+            // The log goes on cleanly from there, and reopens the same.
+            append_n(&log, keep + 1, 2);
+            drop(log);
+            let log = open(d.path()).unwrap();
+            check_prefix(&log, keep + 2);
+            assert!(log.recovery().torn_tail.is_none());
+        }
+    }
+}
+
+#[test]
+fn cut_at_every_byte_of_a_multi_record_tail() {
+    let d = tmp();
+    let log = open(d.path()).unwrap();
+    append_n(&log, 1, 10);
+    let batch: Vec<Vec<u8>> = (11..15).map(payload).collect();
+    let recs: Vec<(RecordType, &[u8])> = batch
+        .iter()
+        .map(|p| (RecordType::DATA, p.as_slice()))
+        .collect();
+    assert_eq!(log.append_batch(&recs).unwrap(), 11..15);
+    drop(log);
+    let locs = locate(d.path());
+    assert_eq!(
+        locs[&11].path, locs[&14].path,
+        "the tail sits in one segment"
+    );
+    let path = locs[&14].path.clone();
+    let original = std::fs::read(&path).unwrap();
+    for cut in locs[&11].offset..locs[&14].end() {
+        let mut bytes = original.clone();
+        bytes[cut as usize..].fill(0);
+        restore(&path, &bytes);
+        let complete = (11..15).filter(|i| locs[i].end_of_payload() <= cut).count() as u64;
+        let log = open(d.path()).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+        check_prefix(&log, 10 + complete);
+    }
+}
+
+fn flip(path: &Path, bit: u64) {
+    let mut b = std::fs::read(path).unwrap();
+    b[(bit / 8) as usize] ^= 1 << (bit % 8);
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn flipping_any_bit_of_a_middle_record_refuses_the_log_naming_file_and_offset() {
+    let d = tmp();
+    append_n(&open(d.path()).unwrap(), 1, 100);
+    let locs = locate(d.path());
+    let last_seg = locs[&100].path.clone();
+    let in_last = *locs.iter().find(|(_, l)| l.path == last_seg).unwrap().0 + 1;
+    // A record in the middle of the last segment, and one in an earlier segment.
+    for victim in [in_last, 30] {
+        let l = locs[&victim].clone();
+        assert!(victim < 100);
+        for bit in l.offset * 8..l.end() * 8 {
+            flip(&l.path, bit);
+            match open(d.path()) {
+                Err(WalError::Corrupt { path, offset, what }) => {
+                    assert_eq!((path, offset), (l.path.clone(), l.offset), "bit {bit}");
+                    let msg = WalError::Corrupt {
+                        path: l.path.clone(),
+                        offset,
+                        what,
+                    }
+                    .to_string();
+                    assert!(msg.contains(&format!("offset {}", l.offset)), "{msg}");
+                }
+                other => panic!("record {victim} bit {bit}: opened: {other:?}"),
+            }
+            flip(&l.path, bit);
+        }
+    }
+    check_prefix(&open(d.path()).unwrap(), 100);
+}
+
+#[test]
+fn flipping_any_bit_of_the_tail_record_truncates_it() {
+    let d = tmp();
+    append_n(&open(d.path()).unwrap(), 1, 40);
+    let l = locate(d.path())[&40].clone();
+    let original = std::fs::read(&l.path).unwrap();
+    for bit in l.offset * 8..l.end() * 8 {
+        flip(&l.path, bit);
+        let log = open(d.path()).unwrap_or_else(|e| panic!("bit {bit}: {e}"));
+        check_prefix(&log, 39);
+        let torn = log.recovery().torn_tail.clone().expect("a torn tail");
+        assert_eq!((torn.path, torn.offset), (l.path.clone(), l.offset));
+        drop(log);
+        restore(&l.path, &original);
+    }
+}
+
+#[test]
+fn a_hole_or_a_repeat_is_corruption_even_at_the_tail() {
+    let d = tmp();
+    let n = 100;
+    append_n(&open(d.path()).unwrap(), 1, n);
+    let locs = locate(d.path());
+    // Repeat: the last record's bytes replaced by a copy of a record with the same length.
+    let same = (1..n).rfind(|i| payload(*i).len() == payload(n).len());
+    if let Some(twin) = same {
+        let (a, b) = (locs[&twin].clone(), locs[&n].clone());
+        let original = std::fs::read(&b.path).unwrap();
+        let src = std::fs::read(&a.path).unwrap();
+        let mut bytes = original.clone();
+        bytes[b.offset as usize..b.end() as usize]
+            .copy_from_slice(&src[a.offset as usize..a.end() as usize]);
+        restore(&b.path, &bytes);
+        match open(d.path()) {
+            Err(WalError::Corrupt {
+                what:
+                    Corruption::Record {
+                        reason: BadRecord::UnexpectedIndex { expected, .. },
+                        ..
+                    },
+                ..
+            }) => assert_eq!(expected, n),
+            other => panic!("repeat accepted: {other:?}"),
+        }
+        restore(&b.path, &original);
+    }
+    // Hole: a whole middle segment removed.
+    let segs: Vec<PathBuf> = {
+        let mut v: Vec<_> = locs.values().map(|l| l.path.clone()).collect();
+        v.dedup();
+        v
+    };
+    assert!(segs.len() >= 3, "{segs:?}");
+    std::fs::remove_file(&segs[1]).unwrap();
+    match open(d.path()) {
+        Err(WalError::Corrupt {
+            what: Corruption::IndexGap { .. },
+            path,
+            ..
+        }) => {
+            assert_eq!(path, segs[2])
+        }
+        other => panic!("hole accepted: {other:?}"),
+    }
+}
+
+/// Appends until the disk is full; returns how many were acknowledged.
+fn fill_disk(log: &Wal) -> u64 {
+    for i in 1..10_000 {
+        match log.append(RecordType::DATA, &payload(i)) {
+            Ok(idx) => assert_eq!(idx, i),
+            Err(e) => {
+                assert!(matches!(e, WalError::Io { .. }), "{e}");
+                assert!(matches!(
+                    log.append(RecordType::DATA, b"x"),
+                    Err(WalError::Poisoned(_))
+                ));
+                return i - 1;
+            }
+        }
+    }
+    panic!("the disk never filled up");
+}
+
+#[test]
+fn disk_full_during_append_loses_nothing_acknowledged_and_reopens_cleanly() {
+    for durability in [Durability::Never, Durability::Always] {
+        // Budgets that run out inside the first segment's records, at the second segment's
+        // preallocation, and inside later records.
+        for budget in (4096..4096 + 3000)
+            .step_by(97)
+            .chain((8192..8192 + 900).step_by(131))
+        {
+            let d = tmp();
+            let plan = Arc::new(FaultPlan::default());
+            plan.set_write_budget(budget);
+            let fs: Arc<dyn Fs> = Arc::new(FaultyFs::new(plan.clone()));
+            let config = WalConfig {
+                durability,
+                ..small()
+            };
+            let log = Wal::open_with_fs(d.path(), config.clone(), fs).unwrap();
+            let acked = fill_disk(&log);
+            drop(log);
+            let log = Wal::open(d.path(), config).unwrap_or_else(|e| panic!("{budget}: {e}"));
+            let kept = log.last_index();
+            // A record whose bytes all made it may survive unacknowledged; nothing else may.
+            assert!(
+                kept == acked || kept == acked + 1,
+                "budget {budget}: {kept} vs {acked}"
+            );
+            check_prefix(&log, kept);
+            append_n(&log, kept + 1, 50);
+            drop(log);
+            check_prefix(&open(d.path()).unwrap(), kept + 50);
+        }
+    }
+}
+
+#[test]
+fn a_failed_fsync_poisons_the_log_and_is_never_retried() {
+    let d = tmp();
+    let plan = Arc::new(FaultPlan::default());
+    let fs: Arc<dyn Fs> = Arc::new(FaultyFs::new(plan.clone()));
+    let config = WalConfig {
+        durability: Durability::Always,
+        ..small()
+    };
+    let log = Arc::new(Wal::open_with_fs(d.path(), config.clone(), fs).unwrap());
+    append_n(&log, 1, 5);
+    // Concurrent appenders: all of them must come back with an error, none may hang.
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for _ in 0..10_000 {
+                    match log.append(RecordType::DATA, b"concurrent") {
+                        Ok(i) => acked.push(i),
+                        Err(e) => return (acked, e),
+                    }
+                }
+                panic!("no error within 10000 appends");
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(20));
+    plan.fail_next_sync();
+    let mut acked = vec![1, 2, 3, 4, 5];
+    for w in writers {
+        let (a, e) = w.join().unwrap();
+        assert!(
+            matches!(e, WalError::Io { .. } | WalError::Poisoned(_)),
+            "{e}"
+        );
+        acked.extend(a);
+    }
+    assert_eq!(plan.sync_failures(), 1);
+    let syncs = plan.syncs();
+    assert!(matches!(
+        log.append(RecordType::DATA, b"later"),
+        Err(WalError::Poisoned(_))
+    ));
+    assert!(matches!(log.sync(), Err(WalError::Poisoned(_))));
+    assert_eq!(plan.syncs(), syncs, "a failed fsync must never be retried");
+    drop(log);
+    let log = Wal::open(d.path(), config).unwrap();
+    let have: std::collections::BTreeSet<u64> = all(&log).into_iter().map(|(i, _)| i).collect();
+    for i in acked {
+        assert!(have.contains(&i), "acknowledged record {i} lost");
+    }
+}
+
+#[test]
+fn group_commit_shares_one_fsync_among_concurrent_appenders() {
+    let d = tmp();
+    let plan = Arc::new(FaultPlan::default());
+    plan.set_sync_delay(Duration::from_millis(2));
+    let fs: Arc<dyn Fs> = Arc::new(FaultyFs::new(plan.clone()));
+    let config = WalConfig {
+        durability: Durability::Always,
+        ..WalConfig::for_test()
+    };
+    let log = Arc::new(Wal::open_with_fs(d.path(), config, fs).unwrap());
+    let (threads, each) = (8u64, 50u64);
+    let hs: Vec<_> = (0..threads)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                (0..each)
+                    .map(|k| {
+                        log.append(RecordType::DATA, &payload(t * 1000 + k))
+                            .unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut idx: Vec<u64> = hs.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    idx.sort();
+    assert_eq!(
+        idx,
+        (1..=threads * each).collect::<Vec<_>>(),
+        "dense, no repeats"
+    );
+    let s = log.stats();
+    assert_eq!(s.records, threads * each);
+    assert!(
+        s.fsyncs * 2 < threads * each,
+        "{} fsyncs for {} appends: no group commit",
+        s.fsyncs,
+        threads * each
+    );
+}
+
+#[test]
+fn interval_mode_flushes_in_the_background_and_stops_on_drop() {
+    let d = tmp();
+    let plan = Arc::new(FaultPlan::default());
+    let fs: Arc<dyn Fs> = Arc::new(FaultyFs::new(plan.clone()));
+    let config = WalConfig {
+        durability: Durability::Interval(Duration::from_millis(5)),
+        ..small()
+    };
+    let log = Wal::open_with_fs(d.path(), config, fs).unwrap();
+    let before = log.stats().fsyncs;
+    append_n(&log, 1, 3);
+    let mut waited = 0;
+    while log.stats().fsyncs == before && waited < 200 {
+        std::thread::sleep(Duration::from_millis(5));
+        waited += 1;
+    }
+    assert!(
+        log.stats().fsyncs > before,
+        "no background flush within a second"
+    );
+    drop(log);
+    let after = plan.syncs();
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(plan.syncs(), after, "the flush thread outlived the log");
+}
+
+#[test]
+fn truncate_suffix_and_prefix_then_reopen() {
+    let d = tmp();
+    let log = open(d.path()).unwrap();
+    append_n(&log, 1, 100);
+    // Back into an earlier segment, then go on with new records.
+    log.truncate_suffix(37).unwrap();
+    assert_eq!(log.last_index(), 37);
+    append_n(&log, 38, 10);
+    check_prefix(&log, 47);
+    drop(log);
+    let log = open(d.path()).unwrap();
+    check_prefix(&log, 47);
+    assert!(log.recovery().torn_tail.is_none());
+    // Drop whole segments behind 40: the first index moves to a segment start <= 41.
+    let first = log.truncate_prefix(40).unwrap();
+    assert!(first > 1 && first <= 41, "{first}");
+    assert_eq!(log.first_index(), first);
+    assert!(matches!(
+        log.read_from(first - 1),
+        Err(WalError::IndexOutOfRange { .. })
+    ));
+    let got = all(&log);
+    assert_eq!(got.first().unwrap().0, first);
+    assert_eq!(got.last().unwrap().0, 47);
+    drop(log);
+    let log = open(d.path()).unwrap();
+    assert_eq!((log.first_index(), log.last_index()), (first, 47));
+    // Emptying the log.
+    log.truncate_suffix(first - 1).unwrap();
+    assert_eq!(log.last_index(), first - 1);
+    assert_eq!(
+        log.append(RecordType::DATA, &payload(first)).unwrap(),
+        first
+    );
+    drop(log);
+    let log = open(d.path()).unwrap();
+    assert_eq!(all(&log), vec![(first, payload(first))]);
+}
+
+#[test]
+fn readers_start_anywhere_and_cross_segments() {
+    let d = tmp();
+    let log = open(d.path()).unwrap();
+    append_n(&log, 1, 80);
+    for from in [1, 2, 31, 32, 33, 79, 80, 81] {
+        let got: Vec<u64> = log
+            .read_from(from)
+            .unwrap()
+            .map(|r| r.unwrap().index)
+            .collect();
+        assert_eq!(got, (from..=80).collect::<Vec<_>>(), "from {from}");
+    }
+    assert!(matches!(
+        log.read_from(82),
+        Err(WalError::IndexOutOfRange { .. })
+    ));
+}
+
+#[test]
+fn one_writer_per_directory_and_leftovers_are_cleaned() {
+    let d = tmp();
+    let log = open(d.path()).unwrap();
+    assert!(matches!(open(d.path()), Err(WalError::Locked(_))));
+    append_n(&log, 1, 3);
+    drop(log);
+    std::fs::write(d.path().join("00000000000000000004.wal.tmp"), b"half made").unwrap();
+    std::fs::write(d.path().join("notes.txt"), b"not a segment").unwrap();
+    let log = open(d.path()).unwrap();
+    assert_eq!(log.recovery().temp_files_removed, 1);
+    assert!(!d.path().join("00000000000000000004.wal.tmp").exists());
+    check_prefix(&log, 3);
+}
+
+#[test]
+fn oversized_records_and_bad_configs_are_refused() {
+    let d = tmp();
+    let log = open(d.path()).unwrap();
+    let big = vec![0u8; 1025];
+    assert!(matches!(
+        log.append(RecordType::DATA, &big),
+        Err(WalError::RecordTooLarge {
+            len: 1025,
+            max: 1024
+        })
+    ));
+    assert_eq!(log.last_index(), 0);
+    drop(log);
+    let bad = WalConfig {
+        segment_bytes: 100,
+        ..small()
+    };
+    assert!(matches!(Wal::open(d.path(), bad), Err(WalError::Config(_))));
+}
+
+fn dcore(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dcore"))
+        .args(args)
+        .output()
+        .expect("run dcore")
+}
+
+#[test]
+fn dcore_wal_verify_names_the_bad_record_and_repair_cuts_there_keeping_a_copy() {
+    let d = tmp();
+    append_n(&open(d.path()).unwrap(), 1, 60);
+    let dir = d.path().to_str().unwrap();
+    let ok = dcore(&["wal", "verify", dir, "--json"]);
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(
+        (v["records"].as_u64(), v["ok"].as_bool()),
+        (Some(60), Some(true))
+    );
+    assert!(v["scan_mb_per_s"].as_f64().is_some());
+    let l = locate(d.path())[&20].clone();
+    flip(&l.path, l.offset * 8 + 3);
+    let bad = dcore(&["wal", "verify", dir]);
+    assert_eq!(bad.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&bad.stdout);
+    let name = l.path.file_name().unwrap().to_str().unwrap();
+    assert!(
+        text.contains(name) && text.contains(&format!("offset {}", l.offset)),
+        "{text}"
+    );
+    assert!(text.contains("corruption"), "{text}");
+    let insp = dcore(&["wal", "inspect", dir, "--json", "--limit", "5"]);
+    assert_eq!(insp.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&insp.stdout).unwrap();
+    assert_eq!(v["record_list"].as_array().unwrap().len(), 5);
+    assert_eq!(v["problem"]["offset"].as_u64(), Some(l.offset));
+    let backup = d.path().join("backup");
+    let rep = dcore(&[
+        "wal",
+        "repair",
+        dir,
+        "--backup-dir",
+        backup.to_str().unwrap(),
+    ]);
+    assert_eq!(rep.status.code(), Some(0), "{rep:?}");
+    assert!(backup.join(name).exists(), "no copy kept");
+    assert_eq!(dcore(&["wal", "verify", dir]).status.code(), Some(0));
+    check_prefix(&open(d.path()).unwrap(), 19);
+}
+
+#[test]
+fn dcore_bench_wal_prints_one_json_object_and_keeps_the_log_when_asked() {
+    let d = tmp();
+    let dir = d.path().join("bench");
+    let dir_s = dir.to_str().unwrap();
+    let args = [
+        "bench",
+        "wal",
+        "--dir",
+        dir_s,
+        "--writers",
+        "4",
+        "--records",
+        "400",
+    ];
+    let out = dcore(&[&args[..], &["--durability", "never", "--keep", "--json"]].concat());
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in [
+        "writers",
+        "records",
+        "appends_per_s",
+        "fsyncs_per_s",
+        "mb_per_s",
+        "p50_us",
+        "p99_us",
+    ] {
+        assert!(v[k].is_number(), "{k} missing: {v}");
+    }
+    assert_eq!(dcore(&["wal", "verify", dir_s]).status.code(), Some(0));
+    let again = dcore(&[&args[..], &["--json"]].concat());
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "a directory holding a log must be refused"
+    );
+}
