@@ -337,6 +337,55 @@ async fn a_crashed_node_restarted_with_its_name_rejoins_with_a_higher_incarnatio
     }
 }
 
+on_both!(a_node_with_a_data_dir_rejoins_the_members_it_knew_at_a_higher_incarnation);
+async fn a_node_with_a_data_dir_rejoins_the_members_it_knew_at_a_higher_incarnation(net: Net) {
+    let dir = tempfile::tempdir().unwrap();
+    let with_dir = |name: &str| {
+        let mut c = config(name);
+        c.data_dir = Some(dir.path().to_path_buf());
+        c
+    };
+    let a = net.start(config("a")).await;
+    let b = net.start(config("b")).await;
+    let c = net.start(with_dir("c")).await;
+    b.join(vec![a.addr()]).await.unwrap();
+    c.join(vec![a.addr()]).await.unwrap();
+    eventually("converged", Duration::from_secs(10), || {
+        [&a, &b, &c].iter().all(|n| alive_count(n) == 2)
+    })
+    .await;
+    let before = b
+        .members()
+        .iter()
+        .find(|m| m.info.id.as_str() == "c")
+        .map(|m| m.incarnation.0)
+        .unwrap();
+    // c crashes (its state is saved on the way down), and so does the seed a.
+    c.shutdown().await;
+    a.shutdown().await;
+    eventually("b sees a and c failed", Duration::from_secs(15), || {
+        state_of(&b, "a") == Some(MemberState::Dead) && state_of(&b, "c") == Some(MemberState::Dead)
+    })
+    .await;
+    // A different name may not use c's data dir.
+    let refused = net.start_err(with_dir("intruder")).await;
+    assert!(refused.contains("belongs to node \"c\""), "{refused}");
+    // c comes back with no seed at all: it joins b, which it knew, above its old incarnation.
+    let c = net.start(with_dir("c")).await;
+    eventually("c alive again on b", Duration::from_secs(15), || {
+        b.members().iter().any(|m| {
+            m.info.id.as_str() == "c" && m.state == MemberState::Alive && m.incarnation.0 > before
+        })
+    })
+    .await;
+    eventually("c sees b alive", Duration::from_secs(5), || {
+        state_of(&c, "b") == Some(MemberState::Alive)
+    })
+    .await;
+    b.shutdown().await;
+    c.shutdown().await;
+}
+
 on_both!(rotating_the_key_across_a_running_cluster_loses_no_member);
 async fn rotating_the_key_across_a_running_cluster_loses_no_member(net: Net) {
     use distributed_core::cluster::Event;

@@ -141,6 +141,7 @@ impl Agent {
         nc.keyring = keyring;
         nc.label = config.label.clone();
         nc.faults = Some(faults.clone());
+        nc.data_dir = config.data_dir.clone();
         let node = Node::start(nc).await?;
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await

@@ -16,6 +16,7 @@
 //! Layout: `mod.rs` (API, start, shutdown), `driver.rs` (the loop), `stream.rs` (frames).
 
 mod driver;
+mod persist;
 mod stats;
 mod stream;
 mod traffic;
@@ -65,6 +66,9 @@ pub enum NodeError {
     /// The core refused the command; the state is unchanged.
     #[error(transparent)]
     Command(#[from] crate::cluster::CommandError),
+    /// The data directory could not be used.
+    #[error("data dir: {0}")]
+    DataDir(String),
 }
 
 /// Settings of a node.
@@ -80,6 +84,10 @@ pub struct NodeConfig {
     pub tags: Tags,
     /// Seeds to join through at start (retried with backoff until one answers); none by default.
     pub seeds: Vec<SocketAddr>,
+    /// Where the node keeps its id, highest incarnation and last known members (a WAL-backed
+    /// store); `None` (the default): memory only. With it, a restarted node starts above its
+    /// old incarnation and also joins the members it knew.
+    pub data_dir: Option<std::path::PathBuf>,
     /// Protocol settings.
     pub protocol: Config,
     /// Transport limits and timeouts.
@@ -105,6 +113,7 @@ impl NodeConfig {
             advertise: None,
             tags: Tags::new(),
             seeds: Vec::new(),
+            data_dir: None,
             protocol: Config::lan(),
             transport: TransportConfig::default(),
             keyring: None,
@@ -135,6 +144,8 @@ struct Shared {
     local: MemberView,
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
     driver: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The task that keeps `data_dir` up to date, and its stop signal.
+    persist: tokio::sync::Mutex<Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>>,
 }
 
 /// A running node. Cheap to clone; `Send + Sync`.
@@ -173,6 +184,13 @@ impl Node {
         config.transport.validate()?;
         let id = NodeId::new(&config.name)?;
         let advertise = config.advertise.unwrap_or(transport.local_addr());
+        let restored = match &config.data_dir {
+            Some(dir) => Some(persist::restore(dir, &config.name, config.incarnation).await?),
+            None => None,
+        };
+        let incarnation = restored
+            .as_ref()
+            .map_or(config.incarnation, |r| r.incarnation);
         let info = NodeInfo {
             id,
             addr: advertise,
@@ -184,12 +202,12 @@ impl Node {
         let swim = Swim::new(
             config.protocol.clone(),
             info.clone(),
-            Incarnation(config.incarnation),
+            Incarnation(incarnation),
             seed,
         )?;
         let local = MemberView {
             info: Arc::new(info),
-            incarnation: Incarnation(config.incarnation),
+            incarnation: Incarnation(incarnation),
             state: crate::cluster::MemberState::Alive,
         };
         let (req_tx, req_rx) = mpsc::channel(64);
@@ -206,7 +224,25 @@ impl Node {
             members: members.clone(),
             traffic: traffic.clone(),
         };
-        let seeds = config.seeds.clone();
+        let mut seeds = config.seeds.clone();
+        let persist = restored.map(|r| {
+            for addr in r.members.values() {
+                if *addr != advertise && !seeds.contains(addr) {
+                    seeds.push(*addr);
+                }
+            }
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(persist::keep(
+                r.store,
+                config.name.clone(),
+                r.members,
+                members.clone(),
+                req_tx.clone(),
+                events.subscribe(),
+                stopped,
+            ));
+            (stop, task)
+        });
         let run = tokio::spawn(driver::Driver::new(swim, transport, links).run(req_rx, stop_rx));
         let shared = Shared {
             security,
@@ -218,6 +254,7 @@ impl Node {
             local,
             shutdown: Mutex::new(Some(stop_tx)),
             driver: tokio::sync::Mutex::new(Some(run)),
+            persist: tokio::sync::Mutex::new(persist),
         };
         let node = Node {
             shared: Arc::new(shared),
@@ -352,6 +389,14 @@ impl Node {
     pub async fn shutdown(&self) {
         /// The driver closes its transport on stop; past this it is aborted.
         const GRACE: Duration = Duration::from_secs(5);
+        // The state saver goes first: its last save asks the driver for the incarnation.
+        if let Some((stop, mut task)) = self.shared.persist.lock().await.take() {
+            let _ = stop.send(true);
+            if tokio::time::timeout(GRACE, &mut task).await.is_err() {
+                task.abort();
+                let _ = task.await;
+            }
+        }
         if let Some(stop) = self.shared.shutdown.lock().expect("shutdown lock").take() {
             let _ = stop.send(());
         }

@@ -20,6 +20,23 @@ impl Net {
         Net::Mem(MemNetwork::new())
     }
 
+    /// Starts a node that must fail to start; returns the error's text.
+    pub async fn start_err(&self, config: NodeConfig) -> String {
+        let r = match self {
+            Net::Udp => Node::start(config).await,
+            Net::Mem(net) => {
+                let t = net
+                    .bind_with(config.bind, config.transport.clone())
+                    .expect("in-memory address free");
+                Node::start_on(config, t).await
+            }
+        };
+        match r {
+            Ok(_) => panic!("the node started, but it should have been refused"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     /// Starts a node on this transport; panics (failing the test) if it cannot.
     pub async fn start(&self, config: NodeConfig) -> Node {
         match self {
