@@ -42,9 +42,13 @@ pub struct LocalArgs {
     /// Protocol preset: lan, wan or local.
     #[arg(long, default_value = "lan")]
     pub preset: String,
-    /// Print one JSON object instead of a readable summary.
-    #[arg(long)]
+    /// Run the scenario (--duration, --kill) and print one JSON object.
+    #[arg(long, conflicts_with = "summary")]
     pub json: bool,
+    /// Run the scenario and print a readable summary. Without --json or --summary the cluster
+    /// is interactive: a live membership matrix and commands (type help).
+    #[arg(long)]
+    pub summary: bool,
 }
 
 /// The figures of a run; the first keys are those of `dcore sim --json`.
@@ -81,6 +85,9 @@ pub fn run(args: LocalArgs) -> anyhow::Result<i32> {
     let Some(protocol) = Config::preset(&args.preset) else {
         bail!("--preset must be lan, wan or local");
     };
+    if !args.json && !args.summary {
+        return super::interactive::run(&args, protocol);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -3,6 +3,7 @@
 mod agent;
 mod bench;
 mod client;
+mod interactive;
 mod local;
 mod sim;
 mod wal;
@@ -93,7 +94,8 @@ pub enum Commands {
     Keygen,
     /// Run the deterministic simulator: N protocol cores over a modelled network, in virtual time.
     Sim(SimArgs),
-    /// Run N real nodes in this process on 127.0.0.1, crash K, and report like `sim --json`.
+    /// A local cluster of N agents on 127.0.0.1: interactive (kill, pause, restart, chaos), or a
+    /// scripted crash reported like `sim --json` (--json, --summary).
     Local(LocalArgs),
     /// Inspect, verify or repair a write-ahead log directory.
     Wal(WalArgs),

@@ -34,6 +34,8 @@ pub(crate) struct Driver<T> {
     timer_seq: u64,
     origin: Instant,
     out: Vec<Output>,
+    /// Frozen (`Node::pause`): no input is read and no timer fires until resumed.
+    paused: bool,
 }
 
 impl<T: Transport> Driver<T> {
@@ -46,6 +48,7 @@ impl<T: Transport> Driver<T> {
             timer_seq: 0,
             origin: Instant::now(),
             out: Vec::new(),
+            paused: false,
         }
     }
 
@@ -81,12 +84,12 @@ impl<T: Transport> Driver<T> {
                 biased;
                 _ = &mut stop => break,
                 Some(req) = requests.recv() => self.on_request(req),
-                got = self.transport.recv() => match got {
+                got = self.transport.recv(), if !self.paused => match got {
                     Some(Incoming::Packet { from, bytes }) => self.on_datagram(from, &bytes),
                     Some(Incoming::Stream { bytes }) => self.on_record(&bytes),
                     None => break,
                 },
-                _ = sleep, if next.is_some() => self.fire_timers(),
+                _ = sleep, if next.is_some() && !self.paused => self.fire_timers(),
             }
             self.apply().await;
         }
@@ -108,6 +111,7 @@ impl<T: Transport> Driver<T> {
             Request::LeaveAnnounced(reply) => {
                 let _ = reply.send(self.swim.leave_announced());
             }
+            Request::Pause(paused) => self.paused = paused,
             Request::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }

@@ -132,6 +132,7 @@ pub(crate) enum Request {
     ),
     LeaveAnnounced(oneshot::Sender<bool>),
     Stats(oneshot::Sender<NodeStats>),
+    Pause(bool),
 }
 
 struct Shared {
@@ -298,6 +299,26 @@ impl Node {
         let mut s = rx.await.map_err(|_| NodeError::Closed)?;
         s.traffic.transport = self.shared.transport.snapshot();
         Ok(s)
+    }
+
+    /// Freezes the node as a stopped process would be: it reads no input and fires no timer
+    /// until [`Node::resume`] (then it handles what waited in the socket buffers, and its
+    /// overdue timers fire at once). For tests and `dcore local`.
+    pub async fn pause(&self) -> Result<(), NodeError> {
+        self.shared
+            .requests
+            .send(Request::Pause(true))
+            .await
+            .map_err(|_| NodeError::Closed)
+    }
+
+    /// Ends a [`Node::pause`].
+    pub async fn resume(&self) -> Result<(), NodeError> {
+        self.shared
+            .requests
+            .send(Request::Pause(false))
+            .await
+            .map_err(|_| NodeError::Closed)
     }
 
     /// Live membership events from now on.
