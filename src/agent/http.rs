@@ -172,7 +172,7 @@ async fn snapshot(s: &Shared) -> ApiResult<Snapshot> {
     Ok(Snapshot {
         node,
         chaos_faults,
-        wal: None,
+        wal: s.node.wal_figures(),
     })
 }
 

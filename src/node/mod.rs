@@ -147,6 +147,8 @@ struct Shared {
     driver: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     /// The task that keeps `data_dir` up to date, and its stop signal.
     persist: tokio::sync::Mutex<Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>>,
+    /// The store in `data_dir`, for its figures.
+    wal: Option<Arc<crate::persistence::store::WalStore>>,
 }
 
 /// A running node. Cheap to clone; `Send + Sync`.
@@ -226,6 +228,7 @@ impl Node {
             traffic: traffic.clone(),
         };
         let mut seeds = config.seeds.clone();
+        let mut wal = None;
         let persist = restored.map(|r| {
             for addr in r.members.values() {
                 if *addr != advertise && !seeds.contains(addr) {
@@ -233,6 +236,7 @@ impl Node {
                 }
             }
             let (stop, stopped) = tokio::sync::watch::channel(false);
+            wal = Some(r.store.clone());
             let task = tokio::spawn(persist::keep(
                 r.store,
                 config.name.clone(),
@@ -256,6 +260,7 @@ impl Node {
             shutdown: Mutex::new(Some(stop_tx)),
             driver: tokio::sync::Mutex::new(Some(run)),
             persist: tokio::sync::Mutex::new(persist),
+            wal,
         };
         let node = Node {
             shared: Arc::new(shared),
@@ -299,6 +304,17 @@ impl Node {
         let mut s = rx.await.map_err(|_| NodeError::Closed)?;
         s.traffic.transport = self.shared.transport.snapshot();
         Ok(s)
+    }
+
+    /// The figures of the WAL under `data_dir`, if the node has one.
+    pub fn wal_figures(&self) -> Option<crate::metrics::WalFigures> {
+        let wal = self.shared.wal.as_ref()?.wal();
+        let s = wal.stats();
+        Some(crate::metrics::WalFigures {
+            appends: s.records,
+            fsyncs: s.fsyncs,
+            fsync_duration: wal.fsync_durations(),
+        })
     }
 
     /// Freezes the node as a stopped process would be: it reads no input and fires no timer

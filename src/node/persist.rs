@@ -23,7 +23,7 @@ pub const SAVED_MEMBERS_MAX: usize = 10_000;
 
 /// What a data directory held at start.
 pub(crate) struct Restored {
-    pub store: Arc<dyn Store>,
+    pub store: Arc<WalStore>,
     /// The incarnation to start at: one above the stored one (or the configured one).
     pub incarnation: u64,
     /// Members known before, by name.

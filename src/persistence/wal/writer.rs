@@ -41,8 +41,17 @@ pub struct WalStats {
     pub torn_tails_truncated: u64,
 }
 
+impl Counters {
+    fn fsynced(&self, took: std::time::Duration) {
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        lock(&self.fsync_time).observe(took);
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counters {
+    /// How long each data flush took.
+    fsync_time: std::sync::Mutex<crate::cluster::histogram::Histogram>,
     appends: AtomicU64,
     records: AtomicU64,
     bytes: AtomicU64,
@@ -390,6 +399,11 @@ impl Wal {
         lock(&self.inner.shared).acked
     }
 
+    /// How long the data flushes since open took.
+    pub fn fsync_durations(&self) -> crate::cluster::histogram::Histogram {
+        lock(&self.inner.counters.fsync_time).clone()
+    }
+
     /// The counters since open.
     pub fn stats(&self) -> WalStats {
         let c = &self.inner.counters;
@@ -525,10 +539,11 @@ impl Inner {
             io.dirty = false;
             (io.file.clone(), io.active_path(), io.written)
         };
+        let t = std::time::Instant::now();
         if let Err(e) = file.sync_data() {
             return Err(self.poison(WalError::io("fsync", &path, e)));
         }
-        self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.counters.fsynced(t.elapsed());
         let mut io = lock(&self.io);
         io.durable = io.durable.max(upto);
         Ok(())
@@ -582,10 +597,11 @@ impl Inner {
     }
 
     fn flush_now(&self, io: &mut Io) -> Result<(), WalError> {
+        let t = std::time::Instant::now();
         io.file
             .sync_data()
             .map_err(|e| WalError::io("fsync", &io.active_path(), e))?;
-        self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.counters.fsynced(t.elapsed());
         io.dirty = false;
         io.durable = io.written;
         Ok(())
