@@ -1,0 +1,114 @@
+//! A real Prometheus server scrapes a 3-node cluster's `/metrics` (skipped, with a notice, when
+//! the `prometheus` binary is not installed; Debian's `prometheus` package provides it).
+
+mod harness;
+
+use distributed_core::agent::{Agent, AgentConfig};
+use distributed_core::cluster::Config;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn query(client: &reqwest::Client, base: &str, q: &str) -> Option<serde_json::Value> {
+    let url = format!("{base}/api/v1/query");
+    let resp = client.get(url).query(&[("query", q)]).send().await.ok()?;
+    let v: serde_json::Value = resp.json().await.ok()?;
+    Some(v["data"]["result"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_a_three_node_cluster() {
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("prometheus not found: skipped (install Debian's prometheus package to run it)");
+        return;
+    }
+    let _serial = harness::serial().await;
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        let mut c = AgentConfig {
+            name: format!("p{i}"),
+            bind: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            protocol: Config::local(),
+            ..AgentConfig::default()
+        };
+        if let Some(first) = agents.first() {
+            let first: &Agent = first;
+            c.join = vec![first.node().addr().to_string()];
+        }
+        agents.push(Agent::start(c).await.unwrap());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let targets: Vec<String> = agents
+        .iter()
+        .map(|a| format!("'{}'", a.http_addr()))
+        .collect();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: dcore\n    static_configs:\n      - targets: [{}]\n",
+        targets.join(", ")
+    );
+    let config_path = dir.path().join("prometheus.yml");
+    std::fs::write(&config_path, config).unwrap();
+    let port = free_port();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config_path.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus starts");
+    let _guard = KillOnDrop(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut last = None;
+    loop {
+        let up = query(&client, &base, "sum(up{job=\"dcore\"})").await;
+        let alive = query(&client, &base, "sum(dcore_members{state=\"alive\"})").await;
+        let value = |r: &Option<serde_json::Value>| {
+            r.as_ref()
+                .and_then(|v| v[0]["value"][1].as_str().map(str::to_string))
+        };
+        if value(&up).as_deref() == Some("3") && value(&alive).as_deref() == Some("6") {
+            break;
+        }
+        last = Some((up, alive));
+        assert!(
+            Instant::now() < deadline,
+            "prometheus did not see 3 targets up with 2 alive peers each: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Counters and histograms arrive under their Prometheus names.
+    let probes = query(&client, &base, "sum(dcore_probes_total)").await;
+    assert!(probes.is_some_and(|r| r.as_array().is_some_and(|a| !a.is_empty())));
+    let rtt = query(&client, &base, "sum(dcore_probe_duration_seconds_count)").await;
+    assert!(rtt.is_some_and(|r| r.as_array().is_some_and(|a| !a.is_empty())));
+    for a in agents {
+        a.shutdown().await;
+    }
+}
