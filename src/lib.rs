@@ -9,6 +9,8 @@
 //!   suspicion, dissemination, push-pull, tags, user events; plus a phi-accrual detector.
 //! - [`identity`]: node ids, addresses, tags.
 //! - [`transport`]: the frame around every packet (sockets and encryption come with the runtime).
+//! - [`diagnostics`]: chaos injection in the transport stack (drop, delay, duplication,
+//!   reordering, partitions).
 //! - [`sim`]: the deterministic simulator behind `dcore sim`.
 //! - `dcore` (the binary, `src/cli/`): the command line.
 //!
@@ -58,6 +60,7 @@
 #![deny(missing_docs)]
 
 pub mod cluster;
+pub mod diagnostics;
 pub mod identity;
 pub mod node;
 pub mod sim;
