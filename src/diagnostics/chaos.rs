@@ -91,7 +91,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -357,6 +357,12 @@ fn chance(rng: &mut impl Rng, p: f64) -> bool {
 }
 
 impl Chaos {
+    /// The settings, locked. A panic under the lock (in an `update` closure) cannot leave them
+    /// half-changed, since they are replaced whole after validation: a poisoned lock is used.
+    fn lock(&self) -> MutexGuard<'_, ChaosConfig> {
+        self.config.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Chaos with these settings, once they validate.
     pub fn new(config: ChaosConfig) -> Result<Chaos, ChaosError> {
         let chaos = Chaos::default();
@@ -372,7 +378,7 @@ impl Chaos {
     /// Changes the settings in place (`f` runs under the lock: keep it short), then validates;
     /// on error nothing changes. Concurrent updates do not lose each other's changes.
     pub fn update(&self, f: impl FnOnce(&mut ChaosConfig)) -> Result<(), ChaosError> {
-        let mut config = self.config.lock().expect("chaos lock");
+        let mut config = self.lock();
         let mut next = config.clone();
         f(&mut next);
         next.validate()?;
@@ -386,7 +392,7 @@ impl Chaos {
 
     /// The settings in force.
     pub fn get(&self) -> ChaosConfig {
-        self.config.lock().expect("chaos lock").clone()
+        self.lock().clone()
     }
 
     /// Turns every fault off (datagrams already held still leave at their time).
@@ -425,7 +431,7 @@ impl Chaos {
         if !self.is_on() {
             return Some(Copies::NOW);
         }
-        let c = self.config.lock().expect("chaos lock");
+        let c = self.lock();
         if c.blocked.contains(&to) {
             bump(&self.counters.blocked, 1);
             return None;
@@ -465,12 +471,7 @@ impl Chaos {
         if !self.is_on() {
             return true;
         }
-        let blocked = self
-            .config
-            .lock()
-            .expect("chaos lock")
-            .blocked
-            .contains(&from);
+        let blocked = self.lock().blocked.contains(&from);
         if blocked {
             bump(&self.counters.blocked, 1);
         }
@@ -482,7 +483,7 @@ impl Chaos {
         if !self.is_on() {
             return true;
         }
-        let c = self.config.lock().expect("chaos lock");
+        let c = self.lock();
         if !c.streams {
             return true;
         }

@@ -408,6 +408,17 @@ fn set_and_update_refuse_bad_settings_and_change_nothing() {
     chaos.clear();
     assert_eq!(chaos.get(), ChaosConfig::default());
     assert!(!chaos.is_on());
+    // A panic under the lock poisons it but changes nothing: chaos keeps working.
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        chaos.update(|c| {
+            c.drop = 0.5;
+            panic!("in an update");
+        })
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(chaos.get(), ChaosConfig::default());
+    chaos.block(addr(B)).unwrap();
+    assert!(chaos.get().blocked.contains(&addr(B)));
 }
 
 #[test]
