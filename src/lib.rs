@@ -9,6 +9,8 @@
 //!   suspicion, dissemination, push-pull, tags, user events; plus a phi-accrual detector.
 //! - [`identity`]: node ids, addresses, tags.
 //! - [`transport`]: the frame around every packet (sockets and encryption come with the runtime).
+//! - [`diagnostics`]: chaos injection in the transport stack (drop, delay, duplication,
+//!   reordering, partitions).
 //! - [`sim`]: the deterministic simulator behind `dcore sim`.
 //! - [`persistence`]: a crash-safe write-ahead log (segments, CRC32C, group commit) and a
 //!   key-value state store on it (snapshots), with an in-memory twin; see `docs/wal.md`.
@@ -61,6 +63,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod diagnostics;
 pub mod identity;
 pub mod metrics;
 pub mod node;

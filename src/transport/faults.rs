@@ -2,6 +2,10 @@
 //! datagrams dropped. [`FaultLayer`] wraps any [`Transport`], so a test exercises the real stack
 //! underneath; every datagram it drops is counted. Streams are not touched (a node whose UDP is
 //! blocked but whose TCP works must survive on the TCP fallback probe).
+//!
+//! The full set of faults (delay, jitter, duplication, reordering, partitions that may include
+//! streams), settable at runtime and counted by kind, is `diagnostics::chaos`; this simpler
+//! layer stays for the tests written against it.
 
 use super::{Incoming, Transport, TransportCounters};
 use rand::{Rng, SeedableRng};
