@@ -194,14 +194,14 @@ async fn shutdown_ends_every_task_and_frees_the_port() {
 /// with the TCP fallback probe they stay alive; without it (the control) they fail each other,
 /// which shows the test can fail.
 async fn udp_blocked_pair(net: &Net, fallback: bool) -> (Node, Node, usize) {
-    use distributed_core::transport::faults::Faults;
-    let make = |name: &str, f: &Arc<Faults>| {
+    use distributed_core::diagnostics::chaos::Chaos;
+    let make = |name: &str, f: &Arc<Chaos>| {
         let mut c = config(name);
         c.protocol.tcp_fallback_probe = fallback;
-        c.faults = Some(f.clone());
+        c.chaos = Some(f.clone());
         c
     };
-    let (fa, fb) = (Arc::new(Faults::default()), Arc::new(Faults::default()));
+    let (fa, fb) = (Arc::new(Chaos::default()), Arc::new(Chaos::default()));
     let a = net.start(make("a", &fa)).await;
     let b = net.start(make("b", &fb)).await;
     b.join(vec![a.addr()]).await.unwrap();
@@ -210,8 +210,8 @@ async fn udp_blocked_pair(net: &Net, fallback: bool) -> (Node, Node, usize) {
     })
     .await;
     let mut events = a.subscribe();
-    fa.block_packets(b.addr());
-    fb.block_packets(a.addr());
+    fa.block(b.addr()).unwrap();
+    fb.block(a.addr()).unwrap();
     // Local preset: suspicion min 0.6 s, max 3.6 s, plus the last-chance probe.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let mut failed = 0;

@@ -85,7 +85,6 @@ async fn prometheus_scrapes_a_three_node_cluster() {
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(45);
-    let mut last = None;
     loop {
         let up = query(&client, &base, "sum(up{job=\"dcore\"})").await;
         let alive = query(&client, &base, "sum(dcore_members{state=\"alive\"})").await;
@@ -96,10 +95,9 @@ async fn prometheus_scrapes_a_three_node_cluster() {
         if value(&up).as_deref() == Some("3") && value(&alive).as_deref() == Some("6") {
             break;
         }
-        last = Some((up, alive));
         assert!(
             Instant::now() < deadline,
-            "prometheus did not see 3 targets up with 2 alive peers each: {last:?}"
+            "prometheus did not see 3 targets up with 2 alive peers each: {up:?} {alive:?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

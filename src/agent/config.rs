@@ -2,6 +2,7 @@
 //! of precedence; the CLI merges them into one [`AgentConfig`]).
 
 use crate::cluster::Config;
+use crate::diagnostics::chaos::ChaosConfig;
 use crate::transport::TransportConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -42,6 +43,9 @@ pub struct AgentConfig {
     pub protocol: Config,
     /// Transport limits (`[transport]` table). Default: see `transport::TransportConfig`.
     pub transport: TransportConfig,
+    /// Chaos injection at start (`[chaos]` table; see `diagnostics::chaos::ChaosConfig`).
+    /// Default: off. It can be changed at runtime through the API.
+    pub chaos: ChaosConfig,
 }
 
 impl Default for AgentConfig {
@@ -61,6 +65,7 @@ impl Default for AgentConfig {
             leave_timeout: std::time::Duration::from_secs(5),
             protocol: Config::lan(),
             transport: TransportConfig::default(),
+            chaos: ChaosConfig::default(),
         }
     }
 }
@@ -145,6 +150,9 @@ impl AgentConfig {
         }
         if let Err(e) = self.transport.validate() {
             return field("transport", e.to_string());
+        }
+        if let Err(e) = self.chaos.validate() {
+            return field("chaos", e.to_string());
         }
         Ok(())
     }

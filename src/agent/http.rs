@@ -2,6 +2,7 @@
 
 use super::views::{event_json, MemberJson};
 use super::Shared;
+use crate::diagnostics::chaos::ChaosConfig;
 use crate::metrics::{self, Format, Snapshot};
 use crate::transport::crypto::Key;
 use axum::extract::rejection::JsonRejection;
@@ -112,6 +113,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/v1/keys",
             get(keys_list).post(keys_add).delete(keys_remove),
         )
+        .route(
+            "/v1/chaos",
+            get(chaos_get).put(chaos_put).delete(chaos_clear),
+        )
         .route_layer(middleware::from_fn_with_state(shared.clone(), auth));
     Router::new()
         .route("/health", get(health))
@@ -167,8 +172,20 @@ async fn ready(State(s): App) -> Response {
 
 async fn snapshot(s: &Shared) -> ApiResult<Snapshot> {
     let node = s.node.stats().await?;
-    let mut chaos_faults = BTreeMap::new();
-    chaos_faults.insert("dropped".to_string(), s.faults.dropped());
+    let c = s.chaos.stats();
+    let chaos_faults: BTreeMap<String, u64> = [
+        ("dropped", c.dropped),
+        ("blocked", c.blocked),
+        ("delayed", c.delayed),
+        ("duplicated", c.duplicated),
+        ("reordered", c.reordered),
+        ("overflowed", c.overflowed),
+        ("streams_dropped", c.streams_dropped),
+        ("streams_blocked", c.streams_blocked),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
     Ok(Snapshot {
         node,
         chaos_faults,
@@ -360,4 +377,49 @@ async fn keys_remove(
     let Json(b) = body?;
     s.node.remove_key(&parse_key(&b.key)?)?;
     keys_list(State(s)).await
+}
+
+async fn chaos_get(State(s): App) -> Json<serde_json::Value> {
+    Json(json!({
+        "on": s.chaos.is_on(),
+        "config": s.chaos.get(),
+        "stats": s.chaos.stats(),
+    }))
+}
+
+/// Replaces the chaos settings. The body is a `ChaosConfig` (`drop`, `delay`, `jitter`,
+/// `duplicate`, `reorder`, `reorder_window`, `blocked`, `streams`); entries of `blocked` may be
+/// member names as well as addresses.
+async fn chaos_put(
+    State(s): App,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Json(mut v) = body?;
+    if let Some(list) = v.get_mut("blocked").and_then(|b| b.as_array_mut()) {
+        let members = s.node.members();
+        for entry in list.iter_mut() {
+            let Some(text) = entry.as_str() else { continue };
+            if text.parse::<std::net::SocketAddr>().is_ok() {
+                continue;
+            }
+            let m = members
+                .iter()
+                .find(|m| m.info.id.as_str() == text)
+                .ok_or_else(|| ApiError::bad(format!("blocked: no member or address {text:?}")))?;
+            *entry = json!(m.info.addr.to_string());
+        }
+    }
+    let config: ChaosConfig = serde_json::from_value(v)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))?;
+    s.chaos
+        .set(config)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_chaos", e.to_string()))?;
+    tracing::warn!(config = ?s.chaos.get(), "chaos settings changed");
+    Ok(chaos_get(State(s)).await)
+}
+
+async fn chaos_clear(State(s): App) -> Json<serde_json::Value> {
+    s.chaos.clear();
+    tracing::info!("chaos cleared");
+    chaos_get(State(s)).await
 }

@@ -16,9 +16,9 @@ pub mod views;
 pub use config::{AgentConfig, AgentConfigError};
 
 use crate::cluster::Event;
+use crate::diagnostics::chaos::{Chaos, ChaosError};
 use crate::node::{Node, NodeConfig, NodeError};
 use crate::transport::crypto::{CryptoError, Keyring};
-use crate::transport::faults::Faults;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -34,6 +34,9 @@ pub enum AgentError {
     /// The key file could not be used.
     #[error(transparent)]
     Keys(#[from] CryptoError),
+    /// The `[chaos]` settings are invalid.
+    #[error(transparent)]
+    Chaos(#[from] ChaosError),
     /// The token file could not be read or is empty.
     #[error("token file {path}: {reason}")]
     Token {
@@ -69,7 +72,7 @@ pub(crate) struct Shared {
     pub token: Option<String>,
     pub ready: AtomicBool,
     pub leaving: AtomicBool,
-    pub faults: Arc<Faults>,
+    pub chaos: Arc<Chaos>,
     pub leave_timeout: std::time::Duration,
     /// Set when someone asked the agent to stop (`POST /v1/leave`).
     pub stop_requested: watch::Sender<bool>,
@@ -108,7 +111,7 @@ pub async fn resolve(addrs: &[String]) -> Result<Vec<SocketAddr>, AgentError> {
 
 impl Agent {
     /// Starts the node and the HTTP API; joins the configured seeds (in the background, with
-    /// retries). `faults` is the chaos layer's state (shared so the caller can change it).
+    /// retries). Chaos starts as `config.chaos` says (off by default) and can change at runtime.
     pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
         config.validate()?;
         let keyring = config
@@ -132,7 +135,7 @@ impl Agent {
             }
         };
         let seeds = resolve(&config.join).await?;
-        let faults = Arc::new(Faults::default());
+        let chaos = Arc::new(Chaos::new(config.chaos.clone())?);
         let mut nc = NodeConfig::new(&config.name, config.bind);
         nc.advertise = config.advertise;
         nc.tags = config.tags.clone();
@@ -140,7 +143,7 @@ impl Agent {
         nc.transport = config.transport.clone();
         nc.keyring = keyring;
         nc.label = config.label.clone();
-        nc.faults = Some(faults.clone());
+        nc.chaos = Some(chaos.clone());
         nc.data_dir = config.data_dir.clone();
         let node = Node::start(nc).await?;
         let listener = tokio::net::TcpListener::bind(config.http_addr)
@@ -158,7 +161,7 @@ impl Agent {
             token,
             ready: AtomicBool::new(seeds.is_empty()),
             leaving: AtomicBool::new(false),
-            faults,
+            chaos,
             leave_timeout: config.leave_timeout,
             stop_requested: watch::channel(false).0,
             closing: watch::channel(false).0,
@@ -187,9 +190,9 @@ impl Agent {
         self.http_addr
     }
 
-    /// The chaos layer's state.
-    pub fn faults(&self) -> &Arc<Faults> {
-        &self.shared.faults
+    /// The chaos layer's settings and counters (off unless configured or set at runtime).
+    pub fn chaos(&self) -> &Arc<Chaos> {
+        &self.shared.chaos
     }
 
     /// Resolves when someone asked the agent to stop through the API (`POST /v1/leave`).

@@ -23,6 +23,43 @@ pub struct Target {
     pub token_file: Option<PathBuf>,
 }
 
+/// `dcore chaos ...`
+#[derive(Debug, Subcommand)]
+pub enum ChaosCmd {
+    /// Show the chaos settings in force and the faults injected so far.
+    Get {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the chaos settings (everything not given is off).
+    Set {
+        /// Share of outgoing datagrams dropped, 0 to 1.
+        #[arg(long, default_value_t = 0.0)]
+        drop: f64,
+        /// Fixed delay added to outgoing datagrams, e.g. 50ms.
+        #[arg(long)]
+        delay: Option<String>,
+        /// Extra random delay up to this, e.g. 20ms.
+        #[arg(long)]
+        jitter: Option<String>,
+        /// Share of datagrams sent twice.
+        #[arg(long, default_value_t = 0.0)]
+        duplicate: f64,
+        /// Share of datagrams held back so later ones overtake them.
+        #[arg(long, default_value_t = 0.0)]
+        reorder: f64,
+        /// Block traffic to and from this member name or address; repeatable.
+        #[arg(long)]
+        block: Vec<String>,
+        /// Apply drop and block to stream (TCP) records too: a full partition.
+        #[arg(long)]
+        streams: bool,
+    },
+    /// Turn chaos off.
+    Clear,
+}
+
 /// `dcore keys ...`
 #[derive(Debug, Subcommand)]
 pub enum KeysCmd {
@@ -235,6 +272,48 @@ pub fn keys(t: &Target, cmd: KeysCmd) -> anyhow::Result<i32> {
         };
         println!("{}{primary}", k["id"].as_str().unwrap_or("?"));
     }
+    Ok(0)
+}
+
+/// `dcore chaos ...`
+pub fn chaos(t: &Target, cmd: ChaosCmd) -> anyhow::Result<i32> {
+    use reqwest::Method;
+    let c = Client::new(t)?;
+    let (v, json_out) = match cmd {
+        ChaosCmd::Get { json } => (c.json(Method::GET, "/v1/chaos", None)?, json),
+        ChaosCmd::Clear => (c.json(Method::DELETE, "/v1/chaos", None)?, false),
+        ChaosCmd::Set {
+            drop,
+            delay,
+            jitter,
+            duplicate,
+            reorder,
+            block,
+            streams,
+        } => {
+            let mut body = json!({
+                "drop": drop,
+                "duplicate": duplicate,
+                "reorder": reorder,
+                "blocked": block,
+                "streams": streams,
+            });
+            if let Some(d) = delay {
+                body["delay"] = json!(d);
+            }
+            if let Some(j) = jitter {
+                body["jitter"] = json!(j);
+            }
+            (c.json(Method::PUT, "/v1/chaos", Some(body))?, false)
+        }
+    };
+    if json_out {
+        println!("{v}");
+        return Ok(0);
+    }
+    println!("chaos: {}", if v["on"] == true { "on" } else { "off" });
+    println!("settings: {}", v["config"]);
+    println!("injected: {}", v["stats"]);
     Ok(0)
 }
 

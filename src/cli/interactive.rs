@@ -230,7 +230,7 @@ impl Cluster {
                 if !(0.0..=1.0).contains(&p) {
                     bail!("P is a number from 0 to 1");
                 }
-                self.running(i)?.faults().set_drop(p);
+                self.running(i)?.chaos().update(|c| c.drop = p)?;
                 println!("n{i} drops {:.0} % of the datagrams it sends", p * 100.0);
             }
             "block" | "unblock" => {
@@ -239,11 +239,11 @@ impl Cluster {
                 let (ai, aj) = (self.running(i)?, self.running(j)?);
                 let (gi, gj) = (ai.node().addr(), aj.node().addr());
                 if cmd == "block" {
-                    ai.faults().block_packets(gj);
-                    aj.faults().block_packets(gi);
+                    ai.chaos().block(gj)?;
+                    aj.chaos().block(gi)?;
                 } else {
-                    ai.faults().unblock_packets(gj);
-                    aj.faults().unblock_packets(gi);
+                    ai.chaos().unblock(gj);
+                    aj.chaos().unblock(gi);
                 }
                 println!("datagrams between n{i} and n{j} {cmd}ed");
             }

@@ -7,10 +7,10 @@
 use anyhow::{bail, Context};
 use clap::Args;
 use distributed_core::cluster::{Config, Event};
+use distributed_core::diagnostics::chaos::{Chaos, ChaosConfig};
 use distributed_core::node::{Node, NodeConfig};
 use distributed_core::sim::Detect;
 use distributed_core::transport::crypto::{Key, Keyring};
-use distributed_core::transport::faults::Faults;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
@@ -159,9 +159,11 @@ async fn run_cluster(args: &LocalArgs, protocol: Config) -> anyhow::Result<Local
         let mut c = NodeConfig::new(&format!("n{i}"), "127.0.0.1:0".parse()?);
         c.protocol = protocol.clone();
         c.keyring = key.clone().map(Keyring::new);
-        let faults = Arc::new(Faults::default());
-        faults.set_drop(args.loss);
-        c.faults = Some(faults);
+        let chaos = Chaos::new(ChaosConfig {
+            drop: args.loss,
+            ..ChaosConfig::default()
+        })?;
+        c.chaos = Some(Arc::new(chaos));
         nodes.push(
             Node::start(c)
                 .await

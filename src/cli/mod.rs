@@ -82,6 +82,14 @@ pub enum Commands {
         #[command(flatten)]
         target: client::Target,
     },
+    /// Inject faults into an agent's transport (drop, delay, duplicate, reorder, partition).
+    Chaos {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: client::ChaosCmd,
+        #[command(flatten)]
+        target: client::Target,
+    },
     /// Show an agent's identity and main figures.
     Info {
         /// Print JSON.
@@ -123,6 +131,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Commands::Monitor { json, target } => client::monitor(&target, json),
         Commands::Keys { cmd, target } => client::keys(&target, cmd),
         Commands::Info { json, target } => client::info(&target, json),
+        Commands::Chaos { cmd, target } => client::chaos(&target, cmd),
         Commands::Keygen => client::keygen(),
         Commands::Sim(args) => sim::run(args),
         Commands::Local(args) => local::run(args),

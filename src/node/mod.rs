@@ -25,9 +25,9 @@ pub use stats::{MemberCounts, NodeStats};
 pub use traffic::{KindCount, TrafficStats};
 
 use crate::cluster::{Command, Config, Event, Incarnation, MemberView, Swim};
+use crate::diagnostics::chaos::{Chaos, ChaosLayer};
 use crate::identity::{IdentityError, NodeId, NodeInfo, Tags};
 use crate::transport::crypto::{Key, KeyInfo, Keyring};
-use crate::transport::faults::{FaultLayer, Faults};
 use crate::transport::net::NetTransport;
 use crate::transport::{Transport, TransportConfig, TransportConfigError, TransportCounters};
 use std::net::SocketAddr;
@@ -100,8 +100,9 @@ pub struct NodeConfig {
     pub incarnation: u64,
     /// Seed for the core's RNG; random when `None`.
     pub seed: Option<u64>,
-    /// The transport's fault layer (tests, chaos); none by default.
-    pub faults: Option<Arc<Faults>>,
+    /// Chaos injection between the sealed frames and the transport (`diagnostics::chaos`);
+    /// none by default (no layer at all).
+    pub chaos: Option<Arc<Chaos>>,
 }
 
 impl NodeConfig {
@@ -120,7 +121,7 @@ impl NodeConfig {
             label: String::new(),
             incarnation: 0,
             seed: None,
-            faults: None,
+            chaos: None,
         }
     }
 }
@@ -173,10 +174,10 @@ impl Node {
         config: NodeConfig,
         transport: impl Transport,
     ) -> Result<Node, NodeError> {
-        match config.faults.clone() {
-            Some(faults) => {
+        match config.chaos.clone() {
+            Some(chaos) => {
                 let seed = rand::RngCore::next_u64(&mut rand::thread_rng());
-                Self::launch(config, FaultLayer::new(transport, faults, seed)).await
+                Self::launch(config, ChaosLayer::new(transport, chaos, seed)).await
             }
             None => Self::launch(config, transport).await,
         }

@@ -3,7 +3,7 @@
 //! - [`Transport`]: what the node runtime needs from a network: datagrams (best effort) and
 //!   stream records (reliable and ordered per peer while a connection lives). Two
 //!   implementations: [`net::NetTransport`] (tokio UDP + TCP, with a connection cache) and
-//!   [`mem::MemNetwork`] (in-process, for tests). [`faults::FaultLayer`] wraps either.
+//!   [`mem::MemNetwork`] (in-process, for tests). `diagnostics::chaos::ChaosLayer` wraps either.
 //! - [`frame`]: the versioned frame around every packet and stream record, and its sealing
 //!   with [`crypto`] (XChaCha20-Poly1305 keyring).
 //! - [`backoff`]: exponential backoff with full jitter (join retries, reconnects).
@@ -13,7 +13,6 @@
 
 pub mod backoff;
 pub mod crypto;
-pub mod faults;
 pub mod frame;
 pub mod mem;
 pub mod net;
