@@ -148,8 +148,8 @@ struct Shared {
     driver: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     /// The task that keeps `data_dir` up to date, and its stop signal.
     persist: tokio::sync::Mutex<Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>>,
-    /// The store in `data_dir`, for its figures.
-    wal: Option<Arc<crate::persistence::store::WalStore>>,
+    /// The store in `data_dir`, for its figures; released on shutdown (with its lock).
+    wal: Mutex<Option<Arc<crate::persistence::store::WalStore>>>,
 }
 
 /// A running node. Cheap to clone; `Send + Sync`.
@@ -261,7 +261,7 @@ impl Node {
             shutdown: Mutex::new(Some(stop_tx)),
             driver: tokio::sync::Mutex::new(Some(run)),
             persist: tokio::sync::Mutex::new(persist),
-            wal,
+            wal: Mutex::new(wal),
         };
         let node = Node {
             shared: Arc::new(shared),
@@ -309,7 +309,8 @@ impl Node {
 
     /// The figures of the WAL under `data_dir`, if the node has one.
     pub fn wal_figures(&self) -> Option<crate::metrics::WalFigures> {
-        let wal = self.shared.wal.as_ref()?.wal();
+        let store = self.shared.wal.lock().expect("wal lock").clone()?;
+        let wal = store.wal();
         let s = wal.stats();
         Some(crate::metrics::WalFigures {
             appends: s.records,
@@ -435,6 +436,9 @@ impl Node {
                 let _ = task.await;
             }
         }
+        // The store's directory lock goes with the last reference: the data dir is free for a
+        // restart once this returns.
+        self.shared.wal.lock().expect("wal lock").take();
         if let Some(stop) = self.shared.shutdown.lock().expect("shutdown lock").take() {
             let _ = stop.send(());
         }

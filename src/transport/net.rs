@@ -462,7 +462,11 @@ mod tests {
             addr
         };
         a.send_stream(dead, b"lost".to_vec());
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while a.counters().snapshot().connections_failed == 0 {
+            assert!(Instant::now() < deadline, "the connect never failed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         a.send_stream(dead, b"lost too".to_vec());
         let s = a.counters().snapshot();
         assert_eq!(s.connections_failed, 1);
