@@ -288,7 +288,7 @@ async fn join(
 
 async fn leave(State(s): App) -> Json<serde_json::Value> {
     let announced = super::leave(&s).await;
-    let _ = s.stop_requested.send(true);
+    s.stop_requested.send_replace(true); // kept even if nobody waits yet
     Json(json!({"left": true, "announced": announced}))
 }
 

@@ -215,7 +215,7 @@ impl Agent {
     }
 
     async fn close(&mut self) {
-        let _ = self.shared.closing.send(true);
+        self.shared.closing.send_replace(true);
         self.tasks.shutdown().await;
         self.shared.node.shutdown().await;
     }

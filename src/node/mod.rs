@@ -430,7 +430,7 @@ impl Node {
         const GRACE: Duration = Duration::from_secs(5);
         // The state saver goes first: its last save asks the driver for the incarnation.
         if let Some((stop, mut task)) = self.shared.persist.lock().await.take() {
-            let _ = stop.send(true);
+            stop.send_replace(true);
             if tokio::time::timeout(GRACE, &mut task).await.is_err() {
                 task.abort();
                 let _ = task.await;

@@ -208,7 +208,7 @@ impl Transport for NetTransport {
     }
 
     async fn close(&mut self) {
-        let _ = self.stop.send(true);
+        self.stop.send_replace(true);
         if let Some(accept) = self.accept.take() {
             let _ = accept.await;
         }
