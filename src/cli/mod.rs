@@ -1,8 +1,8 @@
 //! The `dcore` command line. `main.rs` parses and dispatches; each command lives in its own file.
 
 mod agent;
-mod client;
 mod bench;
+mod client;
 mod local;
 mod sim;
 mod wal;
