@@ -271,7 +271,7 @@ async fn join(
 
 async fn leave(State(s): App) -> Json<serde_json::Value> {
     let announced = super::leave(&s).await;
-    let _ = s.stop_requested.send(true);
+    s.stop_requested.send_replace(true); // send() drops the value when nobody subscribed yet
     Json(json!({"left": true, "announced": announced}))
 }
 
