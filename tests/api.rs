@@ -399,6 +399,12 @@ async fn keys_rotate_over_the_api_and_a_plain_agent_answers_409() {
         assert_eq!(status, StatusCode::OK, "{v}");
         assert_eq!(key_ids(&v), [(id(&old), false), (id(&new), true)]);
     }
+    // Every node could decrypt whatever it got so far (a datagram sealed with the old key just
+    // before the switch may still arrive after the removal below, so the check goes here).
+    for api in &apis {
+        let (_, m) = api.get("/v1/metrics").await;
+        assert_eq!(m["node"]["traffic"]["rejected_key"], 0, "{m}");
+    }
     let primary = json!({"key": new.to_base64()});
     let refused = apis[0].call(Method::DELETE, "/v1/keys", primary).await;
     assert_error(
@@ -416,7 +422,7 @@ async fn keys_rotate_over_the_api_and_a_plain_agent_answers_409() {
     let bad = apis[0].post("/v1/keys", json!({"key": "not base64"})).await;
     assert_error(&bad, StatusCode::BAD_REQUEST, "bad_request", "a bad key");
 
-    // Still talking on the new key: an event gets through, and nothing failed to decrypt.
+    // Still talking on the new key alone: an event gets through, both stay alive.
     let mut events = b.node().subscribe();
     let sent = apis[0].post("/v1/events", json!({"name": "rotated"})).await;
     assert_eq!(sent.0, StatusCode::OK, "{}", sent.1);
@@ -435,7 +441,6 @@ async fn keys_rotate_over_the_api_and_a_plain_agent_answers_409() {
     for api in &apis {
         let (_, m) = api.get("/v1/metrics").await;
         assert_eq!(m["node"]["members"]["alive"], 1, "{m}");
-        assert_eq!(m["node"]["traffic"]["rejected_key"], 0, "{m}");
     }
 
     let plain = start(config("plain")).await;
