@@ -640,6 +640,28 @@ async fn an_unknown_field_is_a_400() {
     a.shutdown().await;
 }
 
+// BUG (src/agent/http.rs, `router`): a known route with the wrong method gets axum's bare 405
+// with an empty body, where the module promises JSON errors. Fix: add
+// `.method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED,
+// "method_not_allowed", "...") })` to the router (axum 0.8 keeps the `Allow` header).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: 405 has an empty body, not a JSON error (see the comment above the test)"]
+async fn a_wrong_method_gets_a_json_405() {
+    let a = start(config("a")).await;
+    let api = Api::of(&a);
+    for (method, path) in [(Method::GET, "/v1/join"), (Method::PUT, "/v1/members")] {
+        let got = api.send(api.request(method.clone(), path)).await;
+        let what = format!("{method} {path}");
+        assert_error(
+            &got,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &what,
+        );
+    }
+    a.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leave_makes_ready_503_and_the_peer_sees_left() {
     let _serial = serial().await;
