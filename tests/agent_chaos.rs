@@ -130,3 +130,35 @@ async fn a_partition_set_through_the_api_is_detected_and_heals_when_cleared() {
         a.shutdown().await;
     }
 }
+
+/// Bad chaos settings are refused with a JSON error and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_chaos_settings_are_refused_and_change_nothing() {
+    let _serial = harness::serial().await;
+    let all = agents(2, Config::local()).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/v1/chaos", all[0].http_addr());
+    for (body, code) in [
+        (json!({"drop": 1.5}), "invalid_chaos"),
+        (json!({"delay": "10m"}), "invalid_chaos"),
+        (json!({"blocked": ["nobody"]}), "bad_request"),
+        (json!({"drop": 0.1, "colour": "red"}), "bad_json"),
+    ] {
+        let resp = client.put(&url).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), reqwest::StatusCode::BAD_REQUEST, "{body}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["code"], code, "{body}: {v}");
+    }
+    let v: serde_json::Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["on"], false, "{v}");
+    // A member name in `blocked` is resolved to its address.
+    let v = chaos(&client, &all[0], Some(json!({"blocked": ["n1"]}))).await;
+    assert_eq!(
+        v["config"]["blocked"][0],
+        all[1].node().addr().to_string(),
+        "{v}"
+    );
+    for a in all {
+        a.shutdown().await;
+    }
+}

@@ -55,12 +55,16 @@ impl IntoResponse for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
-        let code = match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-            _ => "bad_json",
+        // axum answers 422 for JSON that does not fit the type (unknown, missing or mistyped
+        // field); for this API that is a bad body like any other: 400.
+        let (status, code) = match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            _ => (StatusCode::BAD_REQUEST, "bad_json"),
         };
-        ApiError::new(r.status(), code, r.body_text())
+        ApiError::new(status, code, r.body_text())
     }
 }
 
@@ -122,6 +126,13 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/health", get(health))
         .merge(api)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(shared)
 }
@@ -288,7 +299,7 @@ async fn join(
 
 async fn leave(State(s): App) -> Json<serde_json::Value> {
     let announced = super::leave(&s).await;
-    s.stop_requested.send_replace(true); // kept even if nobody waits yet
+    s.stop_requested.send_replace(true); // send() drops the value when nobody subscribed yet
     Json(json!({"left": true, "announced": announced}))
 }
 

@@ -153,17 +153,19 @@ pub fn members(
     tag: Option<String>,
 ) -> anyhow::Result<i32> {
     let c = Client::new(t)?;
-    let mut q = Vec::new();
-    if let Some(s) = state {
-        q.push(format!("state={s}"));
+    let mut url = reqwest::Url::parse("http://localhost/v1/members")?;
+    {
+        let mut q = url.query_pairs_mut();
+        if let Some(s) = &state {
+            q.append_pair("state", s);
+        }
+        if let Some(tg) = &tag {
+            q.append_pair("tag", tg);
+        }
     }
-    if let Some(tg) = tag {
-        q.push(format!("tag={}", tg.replace('&', "%26")));
-    }
-    let path = if q.is_empty() {
-        "/v1/members".to_string()
-    } else {
-        format!("/v1/members?{}", q.join("&"))
+    let path = match url.query() {
+        Some(q) => format!("/v1/members?{q}"),
+        None => "/v1/members".to_string(),
     };
     let v = c.json(reqwest::Method::GET, &path, None)?;
     if json_out {

@@ -120,7 +120,13 @@ impl EncodeMetric for Value<'_> {
             Value::Counter(v) => e.encode_counter::<NoLabelSet, _, u64>(v, None),
             Value::Gauge(v) => e.encode_gauge(v),
             Value::Histogram(h) => {
-                e.encode_histogram::<NoLabelSet>(h.sum_seconds(), h.count(), &h.per_bucket(), None)
+                // prometheus-client writes le="+Inf" only for f64::MAX; INFINITY came out "inf".
+                let b: Vec<_> = h
+                    .per_bucket()
+                    .into_iter()
+                    .map(|(le, n)| (le.min(f64::MAX), n))
+                    .collect();
+                e.encode_histogram::<NoLabelSet>(h.sum_seconds(), h.count(), &b, None)
             }
         }
     }

@@ -1,0 +1,867 @@
+//! `dcore agent` end to end: real agent processes from the built binary on 127.0.0.1 with
+//! OS-chosen ports, driven by the `dcore` client commands (`members --json`) and plain HTTP
+//! (`/metrics`). Every child is killed when its guard drops, so a failed test leaves no process
+//! behind; every wait has a deadline, and fixed sleeps are used only to check that something
+//! does *not* happen.
+
+mod harness;
+
+use distributed_core::agent::AgentConfig;
+use distributed_core::cluster::Config;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const DCORE: &str = env!("CARGO_BIN_EXE_dcore");
+
+/// How long an agent may take to log "agent started".
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a membership change may take to show (the `local` preset detects in about 1 s).
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Runs a blocking test body on a blocking thread (the `reqwest` blocking client refuses to run
+/// inside an async context) while holding `harness::serial`, so agent processes of two tests
+/// never compete for the two cores; a panic in `body` fails the test with its own message.
+async fn serial_blocking(body: impl FnOnce() + Send + 'static) {
+    let _serial = harness::serial().await;
+    if let Err(e) = tokio::task::spawn_blocking(body).await {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// One `dcore agent` process. Dropping it kills the process (SIGKILL) and reaps it.
+struct AgentProc {
+    name: String,
+    child: Child,
+    /// Gossip address, from the "agent started" log line.
+    gossip: String,
+    /// HTTP API address, from the same line.
+    http: String,
+    /// Every stderr line so far (a thread keeps draining the pipe), for failure context.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl AgentProc {
+    /// Starts `dcore agent --name NAME` with the `local` protocol preset from a config file,
+    /// joining `join` if given, and waits for its "agent started" JSON log line.
+    fn start(dir: &Path, name: &str, join: Option<&str>) -> AgentProc {
+        Self::start_with(dir, name, join, &[])
+    }
+
+    /// [`AgentProc::start`] with `extra` flags for `dcore agent`.
+    fn start_with(dir: &Path, name: &str, join: Option<&str>, extra: &[&str]) -> AgentProc {
+        let config = write_local_config(dir, name);
+        let mut cmd = Command::new(DCORE);
+        cmd.args(["agent", "--name", name, "--config"])
+            .arg(&config)
+            .args(["--bind", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "info")
+            .env_remove("DCORE_HTTP_ADDR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(seed) = join {
+            cmd.args(["--join", seed]);
+        }
+        cmd.args(extra);
+        let mut child = cmd.spawn().expect("dcore agent spawns");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                sink.lock().unwrap().push(line.clone());
+                let _ = tx.send(line); // nobody listens once the agent has started
+            }
+        });
+        let mut proc = AgentProc {
+            name: name.to_string(),
+            child,
+            gossip: String::new(),
+            http: String::new(),
+            log,
+        };
+        let (gossip, http) = proc.wait_started(&rx);
+        proc.gossip = gossip;
+        proc.http = http;
+        proc
+    }
+
+    /// Reads stderr lines until the JSON line with message "agent started"; returns its
+    /// `gossip` and `http` fields.
+    fn wait_started(&mut self, rx: &mpsc::Receiver<String>) -> (String, String) {
+        let end = Instant::now() + START_TIMEOUT;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(line) => line,
+                Err(e) => panic!(
+                    "{}: no \"agent started\" line within {START_TIMEOUT:?} ({e}); exit: {:?}\n{}",
+                    self.name,
+                    self.child.try_wait(),
+                    self.log_text()
+                ),
+            };
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue; // the effective config is printed as TOML first
+            };
+            let fields = if v["fields"].is_object() {
+                &v["fields"]
+            } else {
+                &v
+            };
+            if fields["message"] == "agent started" {
+                let field = |k: &str| {
+                    fields[k]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("{}: no {k} in {line}", self.name))
+                        .to_string()
+                };
+                return (field("gossip"), field("http"));
+            }
+        }
+    }
+
+    fn log_text(&self) -> String {
+        format!(
+            "--- stderr of {} ---\n{}",
+            self.name,
+            self.log.lock().unwrap().join("\n")
+        )
+    }
+
+    /// Sends SIGTERM (through `kill`, so the test needs no libc binding).
+    fn terminate(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -TERM {} failed", self.child.id());
+    }
+
+    /// Waits for the process to exit, at most `deadline`.
+    fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() >= end {
+                panic!(
+                    "{} did not exit within {deadline:?}\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Writes a config file with the `local` protocol preset (fast detection) for agent `name`;
+/// the flags add the addresses and the log format.
+fn write_local_config(dir: &Path, name: &str) -> PathBuf {
+    let config = AgentConfig {
+        name: name.to_string(),
+        protocol: Config::local(),
+        ..AgentConfig::default()
+    };
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml::to_string(&config).expect("config serializes")).unwrap();
+    path
+}
+
+/// Runs `dcore ARGS`; returns (exit code, stdout, stderr).
+fn dcore(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(DCORE)
+        .args(args)
+        .env_remove("DCORE_HTTP_ADDR")
+        .env_remove("DCORE_TOKEN_FILE")
+        .output()
+        .expect("dcore runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A member as `dcore members --json` prints it.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[allow(dead_code)] // every field is parsed, to check the output has it
+struct Member {
+    name: String,
+    addr: String,
+    state: String,
+    incarnation: u64,
+    tags: BTreeMap<String, String>,
+}
+
+/// `dcore members --json` against `agent`, by name.
+fn members(agent: &AgentProc) -> Result<BTreeMap<String, Member>, String> {
+    let (code, out, err) = dcore(&["members", "--json", "--http-addr", &agent.http]);
+    if code != Some(0) {
+        return Err(format!("dcore members exited {code:?}: {err}"));
+    }
+    let list: Vec<Member> =
+        serde_json::from_str(out.trim()).map_err(|e| format!("not a member array ({e}): {out}"))?;
+    Ok(list.into_iter().map(|m| (m.name.clone(), m)).collect())
+}
+
+/// Polls `check` every 50 ms until it returns `Ok`, at most `deadline`; on timeout panics with
+/// `what`, the last `Err` and the agents' logs.
+fn eventually<T>(
+    what: &str,
+    deadline: Duration,
+    agents: &[&AgentProc],
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        let last = match check() {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        if Instant::now() >= end {
+            let logs: Vec<String> = agents.iter().map(|a| a.log_text()).collect();
+            panic!(
+                "timed out after {deadline:?} waiting for: {what}\nlast: {last}\n{}",
+                logs.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `Ok` with the member when `observer` sees `name` in `state`; an `Err` saying what it saw.
+fn seen_as(observer: &AgentProc, name: &str, state: &str) -> Result<Member, String> {
+    let all = members(observer)?;
+    match all.get(name) {
+        Some(m) if m.state == state => Ok(m.clone()),
+        other => Err(format!("{} sees {name} as {other:?}", observer.name)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_sees_join_leave_crash_and_restart_of_agent_processes() {
+    serial_blocking(join_leave_crash_and_restart).await;
+}
+
+fn join_leave_crash_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let a0 = AgentProc::start(dir.path(), "a0", None);
+    let a1 = AgentProc::start(dir.path(), "a1", Some(&a0.gossip));
+    let mut a2 = AgentProc::start(dir.path(), "a2", Some(&a0.gossip));
+    eventually(
+        "every agent lists 3 alive members",
+        CONVERGE_TIMEOUT,
+        &[&a0, &a1, &a2],
+        || {
+            for a in [&a0, &a1, &a2] {
+                let all = members(a)?;
+                let alive = all.values().filter(|m| m.state == "alive").count();
+                if alive != 3 {
+                    return Err(format!("{} lists {all:?}", a.name));
+                }
+            }
+            Ok(())
+        },
+    );
+    let listed = members(&a1).unwrap();
+    for a in [&a0, &a1, &a2] {
+        assert_eq!(listed[&a.name].addr, a.gossip, "a1 lists {listed:?}");
+    }
+
+    // SIGTERM: a graceful leave, exit 0, `left` everywhere and never `failed`.
+    a2.terminate();
+    let status = a2.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "a2 exit\n{}", a2.log_text());
+    eventually(
+        "a2 left on a0 and a1",
+        CONVERGE_TIMEOUT,
+        &[&a0, &a1, &a2],
+        || {
+            for a in [&a0, &a1] {
+                if let Ok(m) = seen_as(a, "a2", "failed") {
+                    panic!("{} saw a2 failed after a graceful leave: {m:?}", a.name);
+                }
+                seen_as(a, "a2", "left")?;
+            }
+            Ok(())
+        },
+    );
+    // Past a suspicion timeout of the local preset, it must still be `left`.
+    let end = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < end {
+        for a in [&a0, &a1] {
+            let m = seen_as(a, "a2", "left").unwrap_or_else(|e| panic!("after leaving: {e}"));
+            assert_eq!(m.name, "a2");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // SIGKILL: no leave; the survivor declares it failed.
+    let mut a1 = a1;
+    let before = members(&a0).unwrap()["a1"].incarnation;
+    a1.child.kill().expect("SIGKILL a1");
+    a1.wait_exit(Duration::from_secs(5));
+    let failed = eventually("a1 failed on a0", CONVERGE_TIMEOUT, &[&a0, &a1], || {
+        seen_as(&a0, "a1", "failed")
+    });
+    assert!(failed.incarnation >= before, "{failed:?}");
+    drop(a1);
+
+    // Restart with the same name: alive again, with a higher incarnation (it refutes its death).
+    let a1 = AgentProc::start(dir.path(), "a1", Some(&a0.gossip));
+    let back = eventually(
+        "restarted a1 alive on a0 with a higher incarnation",
+        CONVERGE_TIMEOUT,
+        &[&a0, &a1],
+        || {
+            let m = seen_as(&a0, "a1", "alive")?;
+            if m.incarnation <= failed.incarnation {
+                return Err(format!("alive at {m:?}, failed at {failed:?}"));
+            }
+            Ok(m)
+        },
+    );
+    assert_eq!(back.addr, a1.gossip, "a0 must use the new address");
+    eventually("a1 sees a0 alive", CONVERGE_TIMEOUT, &[&a0, &a1], || {
+        seen_as(&a1, "a0", "alive")
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_tag_filter_takes_any_value() {
+    serial_blocking(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let tags = [
+            "--tag",
+            "plus=a+b",
+            "--tag",
+            "hash=x#y",
+            "--tag",
+            "space=p q",
+        ];
+        let a = AgentProc::start_with(dir.path(), "t0", None, &tags);
+        for tag in ["plus=a+b", "hash=x#y", "space=p q"] {
+            let (code, out, err) =
+                dcore(&["members", "--json", "--http-addr", &a.http, "--tag", tag]);
+            assert_eq!(code, Some(0), "{err}");
+            let list: Vec<Member> = serde_json::from_str(out.trim()).expect("a member array");
+            let names: Vec<&str> = list.iter().map(|m| m.name.as_str()).collect();
+            assert_eq!(names, ["t0"], "--tag {tag:?} lists {out}");
+        }
+    })
+    .await;
+}
+
+#[test]
+fn check_config_accepts_a_good_file_and_names_an_unknown_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_local_config(dir.path(), "checked");
+    let (code, out, err) = dcore(&["agent", "--check-config", "--config", path_str(&good)]);
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("name = \"checked\""), "{out}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "name = \"x\"\nprobe_intervall = \"1s\"\n").unwrap();
+    let (code, out, err) = dcore(&["agent", "--check-config", "--config", path_str(&bad)]);
+    assert_eq!(code, Some(2), "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("probe_intervall"), "must name the key: {err}");
+
+    let nested = dir.path().join("nested.toml");
+    std::fs::write(
+        &nested,
+        "[protocol]\nprobe_timeout = \"5s\"\nprobe_interval = \"1s\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = dcore(&["agent", "--check-config", "--config", path_str(&nested)]);
+    assert_eq!(code, Some(2), "a rule between fields is checked too: {err}");
+    assert!(err.contains("probe_timeout"), "{err}");
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+#[test]
+fn keygen_prints_a_base64_key() {
+    let (code, out, err) = dcore(&["keygen"]);
+    assert_eq!(code, Some(0), "{err}");
+    let key = out.trim();
+    assert_eq!(key.len(), 44, "{out:?}");
+    distributed_core::transport::crypto::Key::from_base64(key).expect("a 32-byte base64 key");
+    let (_, again, _) = dcore(&["keygen"]);
+    assert_ne!(again.trim(), key, "each key is fresh");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_valid_prometheus_text_openmetrics_and_json() {
+    serial_blocking(metrics_of_a_two_agent_cluster).await;
+}
+
+fn metrics_of_a_two_agent_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = AgentProc::start(dir.path(), "m0", None);
+    let b = AgentProc::start(dir.path(), "m1", Some(&a.gossip));
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let get_json = |path: &str| -> Result<Value, String> {
+        let r = http
+            .get(format!("http://{}{path}", a.http))
+            .send()
+            .map_err(|e| e.to_string())?;
+        r.json::<Value>().map_err(|e| e.to_string())
+    };
+    // Wait for a probe to be acked, so the histograms hold samples.
+    eventually(
+        "m0 sees m1 and has probed it",
+        CONVERGE_TIMEOUT,
+        &[&a, &b],
+        || {
+            let m = get_json("/v1/metrics")?;
+            let alive = m["node"]["members"]["alive"].as_u64();
+            let rtt = m["node"]["core"]["probe_rtt"].to_string();
+            match alive {
+                Some(1) if m["node"]["core"]["probes"].as_u64() > Some(1) => Ok(()),
+                _ => Err(format!("alive {alive:?}, probe_rtt {rtt}")),
+            }
+        },
+    );
+
+    let resp = http
+        .get(format!("http://{}/metrics", a.http))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let ctype = content_type(&resp);
+    assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+    let text = resp.text().unwrap();
+    let families = expo::check(&text, expo::Flavor::Text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    for f in [
+        "dcore_members",
+        "dcore_probes_total",
+        "dcore_probe_duration_seconds",
+        "dcore_transport_bytes_total",
+    ] {
+        assert!(families.contains_key(f), "no {f} in\n{text}");
+    }
+    assert!(
+        text.contains("dcore_members{state=\"alive\"} 1"),
+        "m0 sees one other alive member:\n{text}"
+    );
+    promtool_check(&text);
+
+    let resp = http
+        .get(format!("http://{}/metrics", a.http))
+        .header("Accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let ctype = content_type(&resp);
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    let om = resp.text().unwrap();
+    assert!(
+        om.ends_with("# EOF\n"),
+        "OpenMetrics ends with # EOF:\n{om}"
+    );
+    expo::check(&om, expo::Flavor::OpenMetrics).unwrap_or_else(|e| panic!("{e}\n{om}"));
+
+    let v = get_json("/v1/metrics").unwrap();
+    assert_eq!(v["node"]["members"]["alive"], 1, "{v}");
+    assert_eq!(v["node"]["name"], "m0", "{v}");
+}
+
+fn content_type(resp: &reqwest::blocking::Response) -> String {
+    resp.headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// `promtool check metrics` on `text` when promtool is installed; a notice otherwise.
+fn promtool_check(text: &str) {
+    let spawned = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("promtool not found: skipped (the test's own parser checked the text)");
+            return;
+        }
+        Err(e) => panic!("promtool did not start: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed ({}):\n{}{}\n--- text ---\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A small checker of the Prometheus text format 0.0.4 and of OpenMetrics 1.0 text, strict
+/// about what our exporter must get right.
+mod expo {
+    use std::collections::BTreeMap;
+
+    /// Which format the text claims to be.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub enum Flavor {
+        Text,
+        OpenMetrics,
+    }
+
+    /// A metric family: its type, and whether `# HELP` was seen.
+    #[derive(Debug, Default)]
+    pub struct Family {
+        pub ty: String,
+        pub help: bool,
+    }
+
+    /// Label pairs in the order written.
+    type Labels = Vec<(String, String)>;
+
+    /// One sample line.
+    struct Sample {
+        name: String,
+        labels: Labels,
+        value: f64,
+    }
+
+    /// Checks `text`; returns the families by name, or what is wrong (with the line number).
+    pub fn check(text: &str, flavor: Flavor) -> Result<BTreeMap<String, Family>, String> {
+        let mut families: BTreeMap<String, Family> = BTreeMap::new();
+        let mut samples: Vec<(String, Sample)> = Vec::new(); // (family, sample)
+        let mut finished: Vec<String> = Vec::new(); // families whose samples have ended
+        let mut eof = false;
+        for (i, line) in text.lines().enumerate() {
+            let at = |e: String| format!("line {}: {e}: {line:?}", i + 1);
+            if eof {
+                return Err(at("text after # EOF".into()));
+            }
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(comment) = line.strip_prefix('#') {
+                eof = comment_line(comment, flavor, &mut families).map_err(at)?;
+                continue;
+            }
+            let s = sample(line).map_err(at)?;
+            let fam = family_of(&s.name, &families)
+                .ok_or_else(|| at("no # TYPE line for this sample before it".into()))?;
+            let f = &families[&fam];
+            if !f.help {
+                return Err(at(format!("family {fam} has no # HELP line")));
+            }
+            if f.ty == "counter" && !(s.name.ends_with("_total") || s.name.ends_with("_created")) {
+                return Err(at("a counter's sample must end in _total".into()));
+            }
+            if let Some((last, _)) = samples.last() {
+                if *last != fam {
+                    finished.push(last.clone());
+                }
+            }
+            if finished.contains(&fam) {
+                return Err(at(format!("samples of {fam} are not contiguous")));
+            }
+            samples.push((fam, s));
+        }
+        if flavor == Flavor::OpenMetrics && !eof {
+            return Err("OpenMetrics text must end with # EOF".into());
+        }
+        for (name, f) in &families {
+            if f.ty == "histogram" {
+                let of: Vec<&Sample> = samples
+                    .iter()
+                    .filter(|(fam, _)| fam == name)
+                    .map(|(_, s)| s)
+                    .collect();
+                check_histogram(name, &of)?;
+            }
+        }
+        Ok(families)
+    }
+
+    /// A `# ...` line; returns whether it was `# EOF`.
+    fn comment_line(
+        comment: &str,
+        flavor: Flavor,
+        families: &mut BTreeMap<String, Family>,
+    ) -> Result<bool, String> {
+        if comment == " EOF" {
+            return match flavor {
+                Flavor::OpenMetrics => Ok(true),
+                Flavor::Text => Err("# EOF in the classic text format".into()),
+            };
+        }
+        let mut words = comment.trim_start().splitn(3, ' ');
+        let (kind, name, rest) = (words.next(), words.next(), words.next());
+        let (Some(kind @ ("HELP" | "TYPE" | "UNIT")), Some(name)) = (kind, name) else {
+            return Ok(false); // a plain comment
+        };
+        if !metric_name_ok(name) {
+            return Err(format!("bad metric name {name:?}"));
+        }
+        let f = families.entry(name.to_string()).or_default();
+        match kind {
+            "HELP" => {
+                if f.help || !f.ty.is_empty() {
+                    return Err(format!("# HELP {name} repeated or after # TYPE"));
+                }
+                f.help = true;
+            }
+            "TYPE" => {
+                let ty = rest.unwrap_or("");
+                let known = [
+                    "counter",
+                    "gauge",
+                    "histogram",
+                    "summary",
+                    "untyped",
+                    "unknown",
+                ];
+                if !f.ty.is_empty() || !known.contains(&ty) {
+                    return Err(format!("# TYPE {name} repeated or of unknown type {ty:?}"));
+                }
+                f.ty = ty.to_string();
+            }
+            _ if flavor == Flavor::Text => return Err("# UNIT in the classic text format".into()),
+            _ => {}
+        }
+        Ok(false)
+    }
+
+    /// The family a sample belongs to: its own name, or its name less a type's suffix.
+    fn family_of(sample: &str, families: &BTreeMap<String, Family>) -> Option<String> {
+        let typed = |n: &str| families.get(n).is_some_and(|f| !f.ty.is_empty());
+        if typed(sample) {
+            return Some(sample.to_string());
+        }
+        let suffixes: &[(&str, &[&str])] = &[
+            ("_total", &["counter"]),
+            ("_created", &["counter", "histogram", "summary"]),
+            ("_bucket", &["histogram"]),
+            ("_sum", &["histogram", "summary"]),
+            ("_count", &["histogram", "summary"]),
+        ];
+        suffixes.iter().find_map(|(suffix, types)| {
+            let base = sample.strip_suffix(suffix)?;
+            let f = families.get(base)?;
+            types.contains(&f.ty.as_str()).then(|| base.to_string())
+        })
+    }
+
+    fn metric_name_ok(name: &str) -> bool {
+        let mut chars = name.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+
+    fn label_name_ok(name: &str) -> bool {
+        !name.contains(':') && metric_name_ok(name)
+    }
+
+    /// `name{labels} value [timestamp]`.
+    fn sample(line: &str) -> Result<Sample, String> {
+        let name_end = line.find(['{', ' ']).ok_or("no value")?;
+        let name = &line[..name_end];
+        if !metric_name_ok(name) {
+            return Err(format!("bad metric name {name:?}"));
+        }
+        let mut rest = &line[name_end..];
+        let mut labels = Vec::new();
+        if let Some(after) = rest.strip_prefix('{') {
+            let (l, tail) = label_set(after)?;
+            labels = l;
+            rest = tail;
+        }
+        let mut fields = rest
+            .strip_prefix(' ')
+            .ok_or("no space before the value")?
+            .split(' ');
+        let value = float(fields.next().unwrap_or(""))?;
+        if let Some(ts) = fields.next() {
+            ts.parse::<f64>()
+                .map_err(|_| format!("bad timestamp {ts:?}"))?;
+        }
+        if fields.next().is_some() {
+            return Err("text after the timestamp".into());
+        }
+        Ok(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        })
+    }
+
+    /// Parses `k="v",k2="v2"}` (after the `{`); returns the labels and the text after `}`.
+    fn label_set(mut s: &str) -> Result<(Labels, &str), String> {
+        let mut labels = Vec::new();
+        loop {
+            if let Some(tail) = s.strip_prefix('}') {
+                return Ok((labels, tail));
+            }
+            let eq = s.find('=').ok_or("label without =")?;
+            let name = &s[..eq];
+            if !label_name_ok(name) || labels.iter().any(|(n, _)| n == name) {
+                return Err(format!("bad or repeated label name {name:?}"));
+            }
+            let mut value = String::new();
+            let mut chars = s[eq + 1..]
+                .strip_prefix('"')
+                .ok_or("unquoted label")?
+                .chars();
+            loop {
+                match chars.next().ok_or("unterminated label value")? {
+                    '"' => break,
+                    '\\' => match chars.next() {
+                        Some('n') => value.push('\n'),
+                        Some(c @ ('\\' | '"')) => value.push(c),
+                        other => return Err(format!("bad escape {other:?}")),
+                    },
+                    c => value.push(c),
+                }
+            }
+            labels.push((name.to_string(), value));
+            s = chars.as_str();
+            s = s.strip_prefix(',').unwrap_or(s);
+        }
+    }
+
+    fn float(v: &str) -> Result<f64, String> {
+        match v {
+            "+Inf" | "Inf" => Ok(f64::INFINITY),
+            "-Inf" => Ok(f64::NEG_INFINITY),
+            "NaN" => Ok(f64::NAN),
+            _ if v.chars().all(|c| c.is_ascii_digit() || "+-.eE".contains(c)) => {
+                v.parse().map_err(|_| format!("bad value {v:?}"))
+            }
+            _ => Err(format!("bad value {v:?}")),
+        }
+    }
+
+    /// Per label set (less `le`): buckets in rising `le`, cumulative, the last `+Inf` and equal
+    /// to `_count`; `_sum` present.
+    fn check_histogram(name: &str, samples: &[&Sample]) -> Result<(), String> {
+        let key = |s: &Sample| -> Labels {
+            s.labels
+                .iter()
+                .filter(|(k, _)| k != "le")
+                .cloned()
+                .collect()
+        };
+        let mut series: BTreeMap<Labels, Vec<&Sample>> = BTreeMap::new();
+        for s in samples {
+            series.entry(key(s)).or_default().push(s);
+        }
+        if series.is_empty() {
+            return Err(format!("histogram {name} has no samples"));
+        }
+        for (labels, of) in series {
+            let ctx = |e: &str| format!("histogram {name}{labels:?}: {e}");
+            let bucket = format!("{name}_bucket");
+            let mut les = Vec::new();
+            for b in of.iter().filter(|s| s.name == bucket) {
+                let le = b.labels.iter().find(|(k, _)| k == "le");
+                let le = le.ok_or_else(|| ctx("a bucket without le"))?;
+                les.push((float(&le.1).map_err(|e| ctx(&e))?, le.1.clone(), b.value));
+            }
+            if les.windows(2).any(|w| w[0].0 >= w[1].0) {
+                return Err(ctx("buckets not in rising le"));
+            }
+            if les.windows(2).any(|w| w[0].2 > w[1].2) {
+                return Err(ctx("buckets not cumulative"));
+            }
+            let last = les.last().ok_or_else(|| ctx("no buckets"))?;
+            if last.1 != "+Inf" {
+                return Err(ctx("the last bucket is not le=\"+Inf\""));
+            }
+            let one = |suffix: &str| -> Result<f64, String> {
+                let n = format!("{name}{suffix}");
+                let v: Vec<f64> = of.iter().filter(|s| s.name == n).map(|s| s.value).collect();
+                match v[..] {
+                    [x] => Ok(x),
+                    _ => Err(ctx(&format!("{} {suffix} samples, want 1", v.len()))),
+                }
+            };
+            if one("_count")? != last.2 {
+                return Err(ctx("the +Inf bucket differs from _count"));
+            }
+            one("_sum")?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_checker_catches_what_it_should() {
+        let good = "# HELP h H.\n# TYPE h histogram\nh_sum 1.5\nh_count 2\n\
+                    h_bucket{le=\"0.1\"} 1\nh_bucket{le=\"+Inf\"} 2\n\
+                    # HELP c_total C.\n# TYPE c_total counter\nc_total{k=\"a\\\"b\"} 3\n";
+        check(good, Flavor::Text).unwrap();
+        let bad = [
+            ("x 1\n", "no # TYPE"),
+            ("# TYPE x gauge\nx 1\n", "no # HELP"),
+            ("# HELP c C.\n# TYPE c counter\nc 1\n", "must end in _total"),
+            ("# HELP g G.\n# TYPE g gauge\ng{a=\"1\"} one\n", "bad value"),
+            ("# HELP g G.\n# TYPE g gauge\n1g 1\n", "bad metric name"),
+            (
+                "# HELP h H.\n# TYPE h histogram\nh_sum 1\nh_count 2\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\n",
+                "not cumulative",
+            ),
+            (
+                "# HELP h H.\n# TYPE h histogram\nh_sum 1\nh_count 3\nh_bucket{le=\"+Inf\"} 2\n",
+                "differs from _count",
+            ),
+            (
+                "# HELP h H.\n# TYPE h histogram\nh_sum 1\nh_count 1\nh_bucket{le=\"1\"} 1\n",
+                "not le=\"+Inf\"",
+            ),
+            ("# HELP g G.\n# TYPE g gauge\ng 1\n# EOF\n", "# EOF in the classic"),
+        ];
+        for (text, want) in bad {
+            let e = check(text, Flavor::Text).err().unwrap_or_default();
+            assert!(e.contains(want), "{text:?}: got {e:?}, want {want:?}");
+        }
+        let om = "# HELP c C.\n# TYPE c counter\nc_total 1\n# EOF\n";
+        check(om, Flavor::OpenMetrics).unwrap();
+        assert!(check(
+            "# HELP c C.\n# TYPE c counter\nc_total 1\n",
+            Flavor::OpenMetrics
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,690 @@
+//! The agent's admin HTTP API, in process: agents started with `Agent::start` on 127.0.0.1
+//! (OS-chosen ports, the `local` protocol preset) and real HTTP requests to every route, with
+//! and without a bearer token, with good and bad bodies. Conditions are awaited with deadlines;
+//! fixed sleeps only where a test checks that something does not happen.
+
+mod harness;
+
+use distributed_core::agent::{Agent, AgentConfig};
+use distributed_core::cluster::{Config, Event, MemberState};
+use distributed_core::transport::crypto::Key;
+use harness::serial;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long a membership change may take to show (the `local` preset detects in about 1 s).
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn config(name: &str) -> AgentConfig {
+    AgentConfig {
+        name: name.to_string(),
+        bind: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        protocol: Config::local(),
+        ..AgentConfig::default()
+    }
+}
+
+async fn start(config: AgentConfig) -> Agent {
+    let name = config.name.clone();
+    Agent::start(config)
+        .await
+        .unwrap_or_else(|e| panic!("agent {name} starts: {e}"))
+}
+
+/// Starts `a`, then `b` joining `a`, and waits until each sees the other alive.
+async fn pair(a: AgentConfig, b: AgentConfig) -> (Agent, Agent) {
+    let a = start(a).await;
+    let b = start(AgentConfig {
+        join: vec![a.node().addr().to_string()],
+        ..b
+    })
+    .await;
+    harness::eventually(
+        "the two agents see each other alive",
+        CONVERGE_TIMEOUT,
+        || {
+            [&a, &b].iter().all(|x| {
+                let m = x.node().members();
+                m.len() == 1 && m[0].state == MemberState::Alive
+            })
+        },
+    )
+    .await;
+    (a, b)
+}
+
+/// Writes `text` to `dir/name` with mode 0600 (key files must not be readable by others).
+fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// A client of one agent's API.
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    fn of(agent: &Agent) -> Api {
+        Api {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            base: format!("http://{}", agent.http_addr()),
+            token: None,
+        }
+    }
+
+    fn with_token(mut self, token: &str) -> Api {
+        self.token = Some(token.to_string());
+        self
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    /// Sends `req`; returns the status and the body as JSON (a JSON string if it is not JSON).
+    async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let resp = req.send().await.expect("the agent answers");
+        let status = resp.status();
+        let text = resp.text().await.expect("a body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body)
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.request(Method::GET, path)).await
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(self.request(method, path).json(&body)).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, body).await
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Ok`, at most `deadline`; the panic names `what`
+/// and the last `Err`.
+async fn poll<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        let last = match check().await {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() >= end {
+            panic!("timed out after {deadline:?} waiting for: {what}\nlast: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Asserts an error response: `status` and a JSON `{"error": "...", "code": code}`.
+fn assert_error(got: &(StatusCode, Value), status: StatusCode, code: &str, what: &str) {
+    let (s, body) = got;
+    assert_eq!(*s, status, "{what}: {body}");
+    assert_eq!(body["code"], code, "{what}: {body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{what}: an error message: {body}"
+    );
+}
+
+fn names(members: &Value) -> Vec<&str> {
+    members
+        .as_array()
+        .unwrap_or_else(|| panic!("a member array: {members}"))
+        .iter()
+        .map(|m| m["name"].as_str().expect("a name"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_ready_self_and_member_filters() {
+    let _serial = serial().await;
+    let mut ac = config("a");
+    ac.tags.insert("zone".into(), "eu".into());
+    let mut bc = config("b");
+    bc.tags.insert("zone".into(), "us".into());
+    bc.tags.insert("role".into(), "db".into());
+    let (a, b) = pair(ac, bc).await;
+    let (api_a, api_b) = (Api::of(&a), Api::of(&b));
+
+    assert_eq!(
+        api_a.get("/health").await,
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
+    assert_eq!(
+        api_a.get("/ready").await,
+        (StatusCode::OK, json!({"ready": true}))
+    );
+    assert_eq!(
+        api_b.get("/ready").await,
+        (StatusCode::OK, json!({"ready": true}))
+    );
+
+    let (status, me) = api_b.get("/v1/self").await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["name"], "b", "{me}");
+    assert_eq!(me["addr"], b.node().addr().to_string(), "{me}");
+    assert_eq!(me["state"], "alive", "{me}");
+    assert!(me["incarnation"].is_u64(), "{me}");
+    assert_eq!(me["tags"], json!({"zone": "us", "role": "db"}), "{me}");
+
+    let (status, all) = api_a.get("/v1/members").await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert_eq!(names(&all), ["a", "b"], "sorted by name, self included");
+    assert_eq!(all[1]["addr"], b.node().addr().to_string(), "{all}");
+    assert_eq!(all[1]["tags"]["role"], "db", "{all}");
+    let filtered = [
+        ("/v1/members?state=alive", vec!["a", "b"]),
+        ("/v1/members?state=failed", vec![]),
+        ("/v1/members?tag=zone=eu", vec!["a"]),
+        ("/v1/members?tag=zone=us&state=alive", vec!["b"]),
+        ("/v1/members?tag=zone=mars", vec![]),
+        ("/v1/members?tag=role%3Ddb", vec!["b"]),
+    ];
+    for (path, want) in filtered {
+        let (status, got) = api_a.get(path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {got}");
+        assert_eq!(names(&got), want, "{path}: {got}");
+    }
+    for path in ["/v1/members?state=dead", "/v1/members?tag=zone"] {
+        assert_error(
+            &api_a.get(path).await,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            path,
+        );
+    }
+    assert!(b.leave_and_shutdown().await, "b's leave was announced");
+    a.shutdown().await;
+}
+
+/// An address nobody listens on: a UDP port bound by the OS, then closed.
+fn closed_port() -> std::net::SocketAddr {
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = udp.local_addr().unwrap();
+    drop(std::net::TcpListener::bind(addr)); // the TCP port is free too, or in use: never ours
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_503_while_joining_and_200_after_a_join_through_the_api() {
+    let _serial = serial().await;
+    let a = start(config("a")).await;
+    let mut cc = config("c");
+    cc.join = vec![closed_port().to_string()];
+    let c = start(cc).await;
+    let api_c = Api::of(&c);
+
+    let not_ready = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!({"ready": false, "reason": "joining"}),
+    );
+    assert_eq!(api_c.get("/ready").await, not_ready);
+    assert_eq!(
+        api_c.get("/health").await.0,
+        StatusCode::OK,
+        "live while joining"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await; // a seed that never answers...
+    assert_eq!(
+        api_c.get("/ready").await,
+        not_ready,
+        "...never makes it ready"
+    );
+
+    for bad in [json!({"addrs": []}), json!({"addrs": ["no-port"]})] {
+        let got = api_c.post("/v1/join", bad.clone()).await;
+        assert_error(
+            &got,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &bad.to_string(),
+        );
+    }
+    let (status, joined) = api_c
+        .post("/v1/join", json!({"addrs": [a.node().addr().to_string()]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    assert_eq!(joined["joined"], true, "{joined}");
+    poll("c ready after joining a", CONVERGE_TIMEOUT, || async {
+        match api_c.get("/ready").await {
+            (StatusCode::OK, v) if v == json!({"ready": true}) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let api_a = Api::of(&a);
+    poll("a lists c alive", CONVERGE_TIMEOUT, || async {
+        let (_, v) = api_a.get("/v1/members?state=alive").await;
+        (names(&v) == ["a", "c"]).then_some(()).ok_or(v.to_string())
+    })
+    .await;
+    c.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_event_posted_to_one_agent_streams_from_another() {
+    let _serial = serial().await;
+    let (a, b) = pair(config("a"), config("b")).await;
+    let resp = Api::of(&b)
+        .request(Method::GET, "/v1/events/stream")
+        .send()
+        .await
+        .expect("the stream opens");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let ctype = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ctype.starts_with("text/event-stream"), "{ctype}");
+
+    let sent = Api::of(&a)
+        .post("/v1/events", json!({"name": "deploy", "payload": "v42"}))
+        .await;
+    assert_eq!(sent, (StatusCode::OK, json!({"sent": true})));
+
+    let event = tokio::time::timeout(CONVERGE_TIMEOUT, first_user_event(resp))
+        .await
+        .expect("a user_event on b's stream in time");
+    assert_eq!(event["name"], "deploy", "{event}");
+    assert_eq!(event["payload"], "v42", "{event}");
+    assert_eq!(event["origin"], "a", "{event}");
+    assert!(event["ltime"].is_u64(), "{event}");
+    b.shutdown().await; // ends the stream too
+    a.shutdown().await;
+}
+
+/// Reads an SSE body until a `data:` line whose JSON has `"type": "user_event"`.
+async fn first_user_event(mut resp: reqwest::Response) -> Value {
+    let mut buf = String::new();
+    let mut seen = Vec::new();
+    loop {
+        let chunk = resp.chunk().await.expect("the stream reads");
+        let chunk = chunk.unwrap_or_else(|| panic!("the stream ended; saw {seen:?}"));
+        buf.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+        while let Some(i) = buf.find('\n') {
+            let line: String = buf.drain(..=i).collect();
+            let Some(data) = line.trim_end().strip_prefix("data:") else {
+                continue;
+            };
+            let v: Value = serde_json::from_str(data.trim()).expect("data is JSON");
+            if v["type"] == "user_event" {
+                return v;
+            }
+            seen.push(v);
+        }
+    }
+}
+
+/// A fresh key whose one-byte id differs from `other`'s (ids are 8 bits: 1 in 256 collide).
+fn key_unlike(other: &Key) -> Key {
+    loop {
+        let k = Key::generate(&mut rand::rngs::OsRng);
+        if k.id() != other.id() {
+            return k;
+        }
+    }
+}
+
+fn key_ids(v: &Value) -> Vec<(String, bool)> {
+    v["keys"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a key list: {v}"))
+        .iter()
+        .map(|k| (k["id"].as_str().unwrap().to_string(), k["primary"] == true))
+        .collect()
+}
+
+fn id(k: &Key) -> String {
+    format!("{:#04x}", k.id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_over_the_api_and_a_plain_agent_answers_409() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let old = Key::generate(&mut rand::rngs::OsRng);
+    let file = secret_file(dir.path(), "keys", &format!("{}\n", old.to_base64()));
+    let encrypted = |name: &str| AgentConfig {
+        encrypt_key_file: Some(file.clone()),
+        ..config(name)
+    };
+    let (a, b) = pair(encrypted("a"), encrypted("b")).await;
+    let apis = [Api::of(&a), Api::of(&b)];
+    for api in &apis {
+        let (status, v) = api.get("/v1/keys").await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(key_ids(&v), [(id(&old), true)]);
+    }
+    // Rotation: install the new key everywhere, use it everywhere, remove the old one.
+    let new = key_unlike(&old);
+    for api in &apis {
+        let (status, v) = api.post("/v1/keys", json!({"key": new.to_base64()})).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(key_ids(&v), [(id(&old), true), (id(&new), false)]);
+    }
+    let again = apis[0]
+        .post("/v1/keys", json!({"key": new.to_base64()}))
+        .await;
+    assert_eq!(
+        again.0,
+        StatusCode::OK,
+        "installing twice is idempotent: {}",
+        again.1
+    );
+    for api in &apis {
+        let body = json!({"key": new.to_base64(), "primary": true});
+        let (status, v) = api.post("/v1/keys", body).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(key_ids(&v), [(id(&old), false), (id(&new), true)]);
+    }
+    // Every node could decrypt whatever it got so far (a datagram sealed with the old key just
+    // before the switch may still arrive after the removal below, so the check goes here).
+    for api in &apis {
+        let (_, m) = api.get("/v1/metrics").await;
+        assert_eq!(m["node"]["traffic"]["rejected_key"], 0, "{m}");
+    }
+    let primary = json!({"key": new.to_base64()});
+    let refused = apis[0].call(Method::DELETE, "/v1/keys", primary).await;
+    assert_error(
+        &refused,
+        StatusCode::CONFLICT,
+        "refused",
+        "removing the primary",
+    );
+    for api in &apis {
+        let body = json!({"key": old.to_base64()});
+        let (status, v) = api.call(Method::DELETE, "/v1/keys", body).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(key_ids(&v), [(id(&new), true)]);
+    }
+    let bad = apis[0].post("/v1/keys", json!({"key": "not base64"})).await;
+    assert_error(&bad, StatusCode::BAD_REQUEST, "bad_request", "a bad key");
+
+    // Still talking on the new key alone: an event gets through, both stay alive.
+    let mut events = b.node().subscribe();
+    let sent = apis[0].post("/v1/events", json!({"name": "rotated"})).await;
+    assert_eq!(sent.0, StatusCode::OK, "{}", sent.1);
+    tokio::time::timeout(CONVERGE_TIMEOUT, async {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match events.recv().await {
+                Ok(Event::UserEvent(u)) if u.name == "rotated" => return,
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => panic!("b's events ended"),
+            }
+        }
+    })
+    .await
+    .expect("b delivers an event sent after the rotation");
+    for api in &apis {
+        let (_, m) = api.get("/v1/metrics").await;
+        assert_eq!(m["node"]["members"]["alive"], 1, "{m}");
+    }
+
+    let plain = start(config("plain")).await;
+    let api = Api::of(&plain);
+    let off = api.get("/v1/keys").await;
+    assert_error(
+        &off,
+        StatusCode::CONFLICT,
+        "encryption_off",
+        "GET on a plain agent",
+    );
+    let off = api.post("/v1/keys", json!({"key": new.to_base64()})).await;
+    assert_error(
+        &off,
+        StatusCode::CONFLICT,
+        "encryption_off",
+        "POST on a plain agent",
+    );
+    plain.shutdown().await;
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_guards_every_route_but_health() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = "s3cret-token";
+    let file = secret_file(dir.path(), "token", &format!("{token}\n"));
+    let a = start(AgentConfig {
+        token_file: Some(file),
+        ..config("a")
+    })
+    .await;
+    // Each route with a body that gets past auth, and the status it then gets (the key routes
+    // answer 409 or 400 because the agent is plain: they were reached, which is the point).
+    let routes: Vec<(Method, &str, Option<Value>, StatusCode)> = vec![
+        (Method::GET, "/ready", None, StatusCode::OK),
+        (Method::GET, "/metrics", None, StatusCode::OK),
+        (Method::GET, "/v1/metrics", None, StatusCode::OK),
+        (Method::GET, "/v1/self", None, StatusCode::OK),
+        (Method::GET, "/v1/members", None, StatusCode::OK),
+        (Method::GET, "/v1/events/stream", None, StatusCode::OK),
+        (
+            Method::POST,
+            "/v1/events",
+            Some(json!({"name": "x"})),
+            StatusCode::OK,
+        ),
+        (
+            Method::POST,
+            "/v1/join",
+            Some(json!({"addrs": []})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (Method::GET, "/v1/keys", None, StatusCode::CONFLICT),
+        (
+            Method::POST,
+            "/v1/keys",
+            Some(json!({"key": "x"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::DELETE,
+            "/v1/keys",
+            Some(json!({"key": "x"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (Method::POST, "/v1/leave", None, StatusCode::OK), // last: the agent leaves
+    ];
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let base = format!("http://{}", a.http_addr());
+    let wrong = [
+        None,
+        Some("Bearer wrong".to_string()),
+        Some(format!("Bearer {}", &token[..token.len() - 1])),
+        Some(format!("Bearer {token}x")),
+        Some(format!("Basic {token}")),
+        Some(token.to_string()),
+    ];
+    for (method, path, body, ok) in &routes {
+        let req = |auth: Option<&str>| {
+            let mut r = http.request(method.clone(), format!("{base}{path}"));
+            if let Some(b) = body {
+                r = r.json(b);
+            }
+            match auth {
+                Some(h) => r.header("Authorization", h),
+                None => r,
+            }
+        };
+        for auth in &wrong {
+            let resp = req(auth.as_deref()).send().await.unwrap();
+            let status = resp.status();
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            let what = format!("{method} {path} with Authorization {auth:?}");
+            assert_error(
+                &(status, v),
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                &what,
+            );
+        }
+        // The right token; the stream's body never ends, so only its status is read.
+        let resp = req(Some(&format!("Bearer {token}"))).send().await.unwrap();
+        assert_eq!(resp.status(), *ok, "{method} {path} with the right token");
+    }
+    let health = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK, "/health needs no token");
+    let api = Api::of(&a).with_token(token);
+    assert_eq!(api.get("/v1/self").await.1["state"], "left");
+    a.shutdown().await;
+
+    // Auth off: no header needed, and a stray one is ignored.
+    let open = start(config("open")).await;
+    let api = Api::of(&open);
+    assert_eq!(api.get("/v1/self").await.0, StatusCode::OK);
+    assert_eq!(
+        api.with_token("anything").get("/v1/members").await.0,
+        StatusCode::OK
+    );
+    open.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_json_errors_and_the_agent_keeps_serving() {
+    let _serial = serial().await;
+    let a = start(config("a")).await;
+    let api = Api::of(&a);
+    let events = || api.request(Method::POST, "/v1/events");
+    let json_body = |b: String| events().header("content-type", "application/json").body(b);
+
+    let got = api.send(json_body("{\"name\": ".into())).await;
+    assert_error(&got, StatusCode::BAD_REQUEST, "bad_json", "malformed JSON");
+    let got = api.send(json_body("[1, 2]".into())).await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "bad_json",
+        "JSON of the wrong shape",
+    );
+    // An unknown field: 400 too (more cases in `an_unknown_field_is_a_400`).
+    let got = api
+        .post("/v1/events", json!({"name": "x", "colour": "red"}))
+        .await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "bad_json",
+        "an unknown field",
+    );
+    let got = api.send(events().body("{\"name\": \"x\"}")).await;
+    assert_error(
+        &got,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "no content-type",
+    );
+    let big = json!({"name": "x", "payload": "p".repeat(100 * 1024)});
+    let got = api.post("/v1/events", big).await;
+    assert_error(
+        &got,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "a 100 KB body",
+    );
+    let got = api.post("/v1/events", json!({"name": ""})).await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "an empty event name",
+    );
+    let got = api.get("/v1/nope").await;
+    assert_error(&got, StatusCode::NOT_FOUND, "not_found", "an unknown route");
+
+    assert_eq!(api.get("/health").await.0, StatusCode::OK);
+    assert_eq!(api.get("/v1/self").await.1["name"], "a");
+    let ok = api.post("/v1/events", json!({"name": "still-here"})).await;
+    assert_eq!(ok, (StatusCode::OK, json!({"sent": true})));
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_field_is_a_400() {
+    let a = start(config("a")).await;
+    let api = Api::of(&a);
+    for (path, body) in [
+        ("/v1/events", json!({"name": "x", "colour": "red"})),
+        ("/v1/events", json!({"payload": "no name"})),
+        ("/v1/keys", json!({"key": "x", "primary": "yes"})),
+    ] {
+        let got = api.post(path, body.clone()).await;
+        assert_error(&got, StatusCode::BAD_REQUEST, "bad_json", &body.to_string());
+    }
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_method_gets_a_json_405() {
+    let a = start(config("a")).await;
+    let api = Api::of(&a);
+    for (method, path) in [(Method::GET, "/v1/join"), (Method::PUT, "/v1/members")] {
+        let got = api.send(api.request(method.clone(), path)).await;
+        let what = format!("{method} {path}");
+        assert_error(
+            &got,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &what,
+        );
+    }
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_makes_ready_503_and_the_peer_sees_left() {
+    let _serial = serial().await;
+    let (a, b) = pair(config("a"), config("b")).await;
+    let api_b = Api::of(&b);
+    let (status, v) = api_b.send(api_b.request(Method::POST, "/v1/leave")).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v, json!({"left": true, "announced": true}));
+    let ready = api_b.get("/ready").await;
+    assert_eq!(
+        ready,
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"ready": false, "reason": "leaving"})
+        )
+    );
+    assert_eq!(api_b.get("/v1/self").await.1["state"], "left");
+    tokio::time::timeout(Duration::from_secs(1), b.stop_requested())
+        .await
+        .expect("the leave asks the agent to stop");
+    let api_a = Api::of(&a);
+    poll("a lists b as left", CONVERGE_TIMEOUT, || async {
+        let (_, v) = api_a.get("/v1/members?state=left").await;
+        (names(&v) == ["b"]).then_some(()).ok_or(v.to_string())
+    })
+    .await;
+    b.shutdown().await;
+    a.shutdown().await;
+}
