@@ -104,8 +104,18 @@ async fn prometheus_scrapes_a_three_node_cluster() {
     // Counters and histograms arrive under their Prometheus names.
     let probes = query(&client, &base, "sum(dcore_probes_total)").await;
     assert!(probes.is_some_and(|r| r.as_array().is_some_and(|a| !a.is_empty())));
-    let rtt = query(&client, &base, "sum(dcore_probe_duration_seconds_count)").await;
-    assert!(rtt.is_some_and(|r| r.as_array().is_some_and(|a| !a.is_empty())));
+    for q in [
+        "sum(dcore_probe_duration_seconds_count)",
+        "sum(dcore_message_bytes_total{kind=\"ping\"})",
+        "sum(dcore_transport_bytes_total)",
+    ] {
+        let r = query(&client, &base, q).await;
+        assert!(
+            r.as_ref()
+                .is_some_and(|r| r.as_array().is_some_and(|a| !a.is_empty())),
+            "{q}: {r:?}"
+        );
+    }
     for a in agents {
         a.shutdown().await;
     }

@@ -279,6 +279,22 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
                 )
             }),
         )?;
+        family(
+            &mut e,
+            "dcore_message_bytes",
+            "Encoded bytes of protocol messages by direction, transport and kind (frame and packet headers excluded)",
+            Counter,
+            s.messages.iter().map(|k| {
+                (
+                    vec![
+                        ("direction", k.direction.to_string()),
+                        ("transport", k.transport.to_string()),
+                        ("kind", k.kind.to_string()),
+                    ],
+                    Value::Counter(k.bytes),
+                )
+            }),
+        )?;
         let bytes = [
             ("in", "udp", t.bytes_in - t.stream_bytes_in.min(t.bytes_in)),
             ("in", "tcp", t.stream_bytes_in),

@@ -24,6 +24,8 @@ pub(crate) struct Traffic {
     pub stream_bytes_out: AtomicU64,
     /// Messages by `[direction * 2 + channel][msg_type]` (direction 0 = in; channel 0 = udp).
     pub kinds: [[AtomicU64; KINDS]; 4],
+    /// Encoded bytes of those messages (type byte and body; no frame or packet header).
+    pub kind_bytes: [[AtomicU64; KINDS]; 4],
 }
 
 /// Message type bytes counted by kind (type 0 is unused; unknown types are not counted).
@@ -60,8 +62,11 @@ impl Traffic {
 
     /// Counts one message of `kind` (its type byte).
     pub fn message(&self, dir: Dir, chan: Chan, msg: &Message) {
-        if let Some(c) = self.kinds[dir as usize * 2 + chan as usize].get(msg.msg_type() as usize) {
+        let row = dir as usize * 2 + chan as usize;
+        let ty = msg.msg_type() as usize;
+        if let (Some(c), Some(b)) = (self.kinds[row].get(ty), self.kind_bytes[row].get(ty)) {
             c.fetch_add(1, Ordering::Relaxed);
+            b.fetch_add(msg.encoded_len() as u64, Ordering::Relaxed);
         }
     }
 
@@ -71,6 +76,7 @@ impl Traffic {
         for (row, counters) in self.kinds.iter().enumerate() {
             for (ty, c) in counters.iter().enumerate() {
                 let n = c.load(Ordering::Relaxed);
+                let bytes = self.kind_bytes[row][ty].load(Ordering::Relaxed);
                 let Some(kind) = kind_name(ty as u8).filter(|_| n > 0) else {
                     continue;
                 };
@@ -79,6 +85,7 @@ impl Traffic {
                     transport: if row % 2 == 0 { "udp" } else { "tcp" },
                     kind,
                     messages: n,
+                    bytes,
                 });
             }
         }
@@ -152,6 +159,9 @@ pub struct KindCount {
     pub kind: &'static str,
     /// Messages so far.
     pub messages: u64,
+    /// Their encoded bytes (type byte and body; frame and packet headers are not counted
+    /// here: they are in `dcore_transport_bytes_total`).
+    pub bytes: u64,
 }
 
 fn kind_name(ty: u8) -> Option<&'static str> {
