@@ -212,12 +212,25 @@ async fn udp_blocked_pair(net: &Net, fallback: bool) -> (Node, Node, usize) {
     let mut events = a.subscribe();
     fa.block(b.addr()).unwrap();
     fb.block(a.addr()).unwrap();
-    // Local preset: suspicion min 0.6 s, max 3.6 s, plus the last-chance probe.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Local preset: suspicion min 0.6 s, max 3.6 s, plus the last-chance probe. With the
+    // fallback, nothing may happen in a 6 s window; the control must fail b within 20 s (a
+    // deadline, not a window: a loaded machine stretches Lifeguard's timeouts).
+    let window = if fallback { 6 } else { 20 };
+    let end = tokio::time::Instant::now() + Duration::from_secs(window);
     let mut failed = 0;
-    while let Ok(e) = events.try_recv() {
-        if let distributed_core::cluster::Event::MemberFailed(v) = e {
-            failed += usize::from(v.info.id.as_str() == "b");
+    while let Ok(got) = tokio::time::timeout_at(end, events.recv()).await {
+        match got {
+            Ok(distributed_core::cluster::Event::MemberFailed(v)) if v.info.id.as_str() == "b" => {
+                failed += 1;
+                if !fallback {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                panic!("missed {n} events: the test cannot tell")
+            }
+            Err(_) => break,
         }
     }
     (a, b, failed)

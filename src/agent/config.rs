@@ -125,6 +125,15 @@ impl AgentConfig {
                 );
             }
         }
+        if !self.http_addr.ip().is_loopback() && self.token_file.is_none() {
+            return field(
+                "http_addr",
+                format!(
+                    "{} is not loopback: set token_file (the API can change keys and inject faults)",
+                    self.http_addr
+                ),
+            );
+        }
         if !["text", "json"].contains(&self.log_format.as_str()) {
             return field(
                 "log_format",

@@ -78,6 +78,13 @@ impl From<crate::node::NodeError> for ApiError {
                 e.to_string(),
             ),
             E::NoKeyring => ApiError::new(StatusCode::CONFLICT, "encryption_off", e.to_string()),
+            E::Command(
+                crate::cluster::CommandError::TagsTooLarge { .. }
+                | crate::cluster::CommandError::EventTooLarge { .. },
+            ) => ApiError::new(StatusCode::BAD_REQUEST, "too_large", e.to_string()),
+            E::Crypto(crate::transport::crypto::CryptoError::NotInstalled) => {
+                ApiError::new(StatusCode::NOT_FOUND, "key_not_installed", e.to_string())
+            }
             E::Crypto(_) | E::Command(_) => {
                 ApiError::new(StatusCode::CONFLICT, "refused", e.to_string())
             }
@@ -191,6 +198,7 @@ async fn snapshot(s: &Shared) -> ApiResult<Snapshot> {
         ("duplicated", c.duplicated),
         ("reordered", c.reordered),
         ("overflowed", c.overflowed),
+        ("discarded", c.discarded),
         ("streams_dropped", c.streams_dropped),
         ("streams_blocked", c.streams_blocked),
     ]
@@ -261,10 +269,7 @@ struct JoinBody {
     addrs: Vec<String>,
 }
 
-async fn join(
-    State(s): App,
-    body: Result<Json<JoinBody>, JsonRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+async fn join(State(s): App, body: Result<Json<JoinBody>, JsonRejection>) -> ApiResult<Response> {
     let Json(b) = body?;
     if b.addrs.is_empty() || b.addrs.len() > 64 {
         return Err(ApiError::bad("addrs: give 1 to 64 host:port addresses"));
@@ -287,14 +292,15 @@ async fn join(
     .await
     .ok()
     .flatten();
-    match joined {
-        Some(members) => Ok(Json(json!({"joined": true, "members": members}))),
-        None => Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "join_pending",
-            "no seed answered within 5 s; the node keeps retrying",
-        )),
-    }
+    Ok(match joined {
+        Some(members) => Json(json!({"joined": true, "members": members})).into_response(),
+        // Accepted: the node keeps retrying with backoff.
+        None => (
+            StatusCode::ACCEPTED,
+            Json(json!({"joined": false, "reason": "no seed answered within 5 s; retrying"})),
+        )
+            .into_response(),
+    })
 }
 
 async fn leave(State(s): App) -> Json<serde_json::Value> {
@@ -425,7 +431,6 @@ async fn chaos_put(
     s.chaos
         .set(config)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_chaos", e.to_string()))?;
-    tracing::warn!(config = ?s.chaos.get(), "chaos settings changed");
     Ok(chaos_get(State(s)).await)
 }
 

@@ -167,7 +167,8 @@ impl Agent {
             closing: watch::channel(false).0,
         });
         let mut tasks = JoinSet::new();
-        tasks.spawn(watch_ready(shared.clone()));
+        // Subscribed before the join is sent, so its JoinCompleted cannot be missed.
+        tasks.spawn(watch_ready(shared.clone(), node.subscribe()));
         tasks.spawn(http::serve(listener, shared.clone()));
         if !seeds.is_empty() {
             node.join(seeds).await?;
@@ -215,8 +216,17 @@ impl Agent {
     }
 
     async fn close(&mut self) {
+        /// In-flight requests may finish (the server drains its connections) within this.
+        const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
         self.shared.closing.send_replace(true);
-        self.tasks.shutdown().await;
+        let drained = tokio::time::timeout(DRAIN, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("admin API did not drain within {DRAIN:?}: aborted");
+            self.tasks.shutdown().await;
+        }
         self.shared.node.shutdown().await;
     }
 }
@@ -235,8 +245,7 @@ pub(crate) async fn leave(shared: &Shared) -> bool {
 }
 
 /// Marks the agent ready once a join completes (until it leaves).
-async fn watch_ready(shared: Arc<Shared>) {
-    let mut events = shared.node.subscribe();
+async fn watch_ready(shared: Arc<Shared>, mut events: tokio::sync::broadcast::Receiver<Event>) {
     let mut closing = shared.closing.subscribe();
     loop {
         tokio::select! {

@@ -64,7 +64,11 @@ pub enum ChaosCmd {
 #[derive(Debug, Subcommand)]
 pub enum KeysCmd {
     /// List installed keys by id (never the keys).
-    List,
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Install a key (base64) so it decrypts.
     Install {
         /// The key, as `dcore keygen` prints it.
@@ -198,7 +202,11 @@ pub fn join(t: &Target, addrs: Vec<String>) -> anyhow::Result<i32> {
         "/v1/join",
         Some(json!({"addrs": addrs})),
     )?;
-    println!("joined: {} members known", v["members"]);
+    if v["joined"] == true {
+        println!("joined: {} members known", v["members"]);
+    } else {
+        println!("not joined yet: no seed answered within 5 s; the agent keeps retrying");
+    }
     Ok(0)
 }
 
@@ -256,8 +264,9 @@ pub fn monitor(t: &Target, json_out: bool) -> anyhow::Result<i32> {
 pub fn keys(t: &Target, cmd: KeysCmd) -> anyhow::Result<i32> {
     use reqwest::Method;
     let c = Client::new(t)?;
+    let json_out = matches!(cmd, KeysCmd::List { json: true });
     let v = match cmd {
-        KeysCmd::List => c.json(Method::GET, "/v1/keys", None)?,
+        KeysCmd::List { .. } => c.json(Method::GET, "/v1/keys", None)?,
         KeysCmd::Install { key } => c.json(Method::POST, "/v1/keys", Some(json!({"key": key})))?,
         KeysCmd::Use { key } => c.json(
             Method::POST,
@@ -266,6 +275,10 @@ pub fn keys(t: &Target, cmd: KeysCmd) -> anyhow::Result<i32> {
         )?,
         KeysCmd::Remove { key } => c.json(Method::DELETE, "/v1/keys", Some(json!({"key": key})))?,
     };
+    if json_out {
+        println!("{v}");
+        return Ok(0);
+    }
     for k in v["keys"].as_array().into_iter().flatten() {
         let primary = if k["primary"] == true {
             "  primary"

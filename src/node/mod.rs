@@ -176,7 +176,13 @@ impl Node {
     ) -> Result<Node, NodeError> {
         match config.chaos.clone() {
             Some(chaos) => {
-                let seed = rand::RngCore::next_u64(&mut rand::thread_rng());
+                let seed = config
+                    .seed
+                    .unwrap_or_else(|| rand::RngCore::next_u64(&mut rand::thread_rng()));
+                tracing::info!(
+                    seed,
+                    "chaos layer in place (replay its choices with this seed)"
+                );
                 Self::launch(config, ChaosLayer::new(transport, chaos, seed)).await
             }
             None => Self::launch(config, transport).await,

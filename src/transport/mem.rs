@@ -28,8 +28,10 @@ pub const ENDPOINT_QUEUE: usize = 4096;
 
 #[derive(Default)]
 struct Inner {
-    endpoints: HashMap<SocketAddr, mpsc::Sender<Incoming>>,
+    /// By address: the endpoint's serial number and its queue.
+    endpoints: HashMap<SocketAddr, (u64, mpsc::Sender<Incoming>)>,
     next_port: u16,
+    next_serial: u64,
 }
 
 /// A network of in-process endpoints. Cheap to clone; clones are the same network.
@@ -74,10 +76,13 @@ impl MemNetwork {
             return Err(AddrInUse(addr));
         }
         let (tx, rx) = mpsc::channel(ENDPOINT_QUEUE);
-        inner.endpoints.insert(addr, tx);
+        inner.next_serial += 1;
+        let serial = inner.next_serial;
+        inner.endpoints.insert(addr, (serial, tx));
         Ok(MemTransport {
             net: self.clone(),
             addr,
+            serial,
             rx,
             config,
             counters: Arc::default(),
@@ -91,17 +96,22 @@ impl MemNetwork {
             .expect("network lock")
             .endpoints
             .get(&to)
-            .cloned()
+            .map(|(_, tx)| tx.clone())
             .ok_or(())?;
         tx.try_send(what).map_err(|_| ())
     }
 
-    fn unbind(&self, addr: SocketAddr) {
-        self.inner
-            .lock()
-            .expect("network lock")
+    /// Unbinds `addr` if it is still endpoint `serial`'s: a newer endpoint bound at the same
+    /// address after that one closed stays.
+    fn unbind(&self, addr: SocketAddr, serial: u64) {
+        let mut inner = self.inner.lock().expect("network lock");
+        if inner
             .endpoints
-            .remove(&addr);
+            .get(&addr)
+            .is_some_and(|(s, _)| *s == serial)
+        {
+            inner.endpoints.remove(&addr);
+        }
     }
 }
 
@@ -109,6 +119,7 @@ impl MemNetwork {
 pub struct MemTransport {
     net: MemNetwork,
     addr: SocketAddr,
+    serial: u64,
     rx: mpsc::Receiver<Incoming>,
     config: TransportConfig,
     counters: Arc<TransportCounters>,
@@ -162,14 +173,14 @@ impl Transport for MemTransport {
     }
 
     async fn close(&mut self) {
-        self.net.unbind(self.addr);
+        self.net.unbind(self.addr, self.serial);
         self.rx.close();
     }
 }
 
 impl Drop for MemTransport {
     fn drop(&mut self) {
-        self.net.unbind(self.addr);
+        self.net.unbind(self.addr, self.serial);
     }
 }
 

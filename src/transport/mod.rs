@@ -75,9 +75,10 @@ pub struct TransportConfig {
     /// sender, not the receiver, closes an idle connection. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub inbound_idle: Duration,
-    /// Bytes of inbound records being read at once, over all connections; a record waits for
-    /// room before it is read, so hostile peers cannot make the node hold more than this plus
-    /// the runtime's queue (16 records). At least `stream_record_bytes_max`. Default 32 MiB.
+    /// Bytes of inbound records being read or waiting for the runtime, over all connections.
+    /// Room is taken 64 KiB at a time as bytes arrive and given back once the runtime takes
+    /// the record, so hostile peers cannot make the node hold more than this (plus 64 KiB per
+    /// connection being read). At least `stream_record_bytes_max`. Default 32 MiB.
     pub inbound_bytes_max: usize,
     /// Once a record has started, the rest of it must arrive within this. Default 10 s.
     #[serde(with = "humantime_serde")]

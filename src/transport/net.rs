@@ -28,6 +28,8 @@ use tokio::time::{timeout, Instant};
 pub const DATAGRAM_BYTES_MAX: usize = 65_507;
 /// Stream records waiting for the runtime; a connection task waits while this is full.
 const STREAM_QUEUE: usize = 16;
+/// Inbound budget is taken in pieces of this size as a record's bytes arrive.
+const BUDGET_CHUNK: usize = 64 * 1024;
 /// Peers remembered in reconnect backoff; past this, those whose backoff is over are forgotten.
 const FAILING_MAX: usize = 4096;
 
@@ -322,7 +324,11 @@ async fn accept_loop(
         tokio::select! {
             _ = stop.changed() => break,
             r = listener.accept() => {
-                let Ok((sock, _)) = r else { continue };
+                let Ok((sock, _)) = r else {
+                    // Out of descriptors, say: the listener stays ready, so do not spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                };
                 if conns.len() >= config.inbound_streams_max {
                     counters.inbound_refused(1);
                     tracing::debug!("inbound stream refused: too many open");
@@ -361,18 +367,22 @@ async fn read_connection(
             tracing::debug!(len, "stream record over the limit: connection closed");
             return;
         }
+        // Budget is taken a chunk at a time as bytes arrive, so a peer that trickles holds only
+        // what it sent; it is held until the record is queued for the driver.
         let read = async {
-            // `len` fits in u32 (it came from one) and the budget is at most 2 GiB.
-            let _room = budget.acquire_many(len as u32).await.ok()?;
             let mut record = Vec::new();
-            (&mut sock)
-                .take(len as u64)
-                .read_to_end(&mut record)
-                .await
-                .ok()?;
-            (record.len() == len).then_some(record)
+            let mut room = Vec::new();
+            while record.len() < len {
+                let chunk = (len - record.len()).min(BUDGET_CHUNK);
+                // A chunk is at most 64 KiB, and the budget at most 2 GiB: both fit u32.
+                room.push(budget.acquire_many(chunk as u32).await.ok()?);
+                let start = record.len();
+                record.resize(start + chunk, 0);
+                sock.read_exact(&mut record[start..]).await.ok()?;
+            }
+            Some((record, room))
         };
-        let record = match timeout(config.read_timeout, read).await {
+        let (record, _room) = match timeout(config.read_timeout, read).await {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(_) => {
