@@ -263,38 +263,36 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
             "From sending a push-pull to merging its answer",
             Value::Histogram(&c.push_pull_duration),
         )?;
-        family(
-            &mut e,
-            "dcore_messages",
-            "Protocol messages by direction, transport and kind",
-            Counter,
-            s.messages.iter().map(|k| {
-                (
-                    vec![
-                        ("direction", k.direction.to_string()),
-                        ("transport", k.transport.to_string()),
-                        ("kind", k.kind.to_string()),
-                    ],
-                    Value::Counter(k.messages),
-                )
-            }),
-        )?;
-        family(
-            &mut e,
-            "dcore_message_bytes",
-            "Encoded bytes of protocol messages by direction, transport and kind (frame and packet headers excluded)",
-            Counter,
-            s.messages.iter().map(|k| {
-                (
-                    vec![
-                        ("direction", k.direction.to_string()),
-                        ("transport", k.transport.to_string()),
-                        ("kind", k.kind.to_string()),
-                    ],
-                    Value::Counter(k.bytes),
-                )
-            }),
-        )?;
+        let by_kind = [
+            (
+                "dcore_messages",
+                "Protocol messages by direction, transport and kind",
+                (|k| k.messages) as fn(&crate::node::KindCount) -> u64,
+            ),
+            (
+                "dcore_message_bytes",
+                "Encoded bytes of protocol messages by direction, transport and kind (frame and packet headers excluded)",
+                |k| k.bytes,
+            ),
+        ];
+        for (name, help, value) in by_kind {
+            family(
+                &mut e,
+                name,
+                help,
+                Counter,
+                s.messages.iter().map(|k| {
+                    (
+                        vec![
+                            ("direction", k.direction.to_string()),
+                            ("transport", k.transport.to_string()),
+                            ("kind", k.kind.to_string()),
+                        ],
+                        Value::Counter(value(k)),
+                    )
+                }),
+            )?;
+        }
         let bytes = [
             ("in", "udp", t.bytes_in - t.stream_bytes_in.min(t.bytes_in)),
             ("in", "tcp", t.stream_bytes_in),
