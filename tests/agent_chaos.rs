@@ -4,7 +4,7 @@ mod harness;
 
 use distributed_core::agent::{Agent, AgentConfig};
 use distributed_core::cluster::{Config, Event, MemberState};
-use harness::eventually;
+use harness::{alive_count, eventually, state_of};
 use serde_json::json;
 use std::time::Duration;
 
@@ -24,14 +24,7 @@ async fn agents(n: usize, protocol: Config) -> Vec<Agent> {
         out.push(Agent::start(c).await.unwrap());
     }
     eventually("converged", Duration::from_secs(15), || {
-        out.iter().all(|a| {
-            a.node()
-                .members()
-                .iter()
-                .filter(|m| m.state == MemberState::Alive)
-                .count()
-                == n - 1
-        })
+        out.iter().all(|a| alive_count(a.node()) == n - 1)
     })
     .await;
     out
@@ -50,14 +43,6 @@ async fn chaos(
     let resp = req.send().await.unwrap();
     assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
     resp.json().await.unwrap()
-}
-
-fn state(a: &Agent, name: &str) -> Option<MemberState> {
-    a.node()
-        .members()
-        .iter()
-        .find(|m| m.info.id.as_str() == name)
-        .map(|m| m.state)
 }
 
 /// One node loses 30 % of the datagrams it sends for 20 s; with the default (LAN) config no
@@ -104,26 +89,19 @@ async fn a_partition_set_through_the_api_is_detected_and_heals_when_cleared() {
         );
     }
     eventually("each side fails the other", Duration::from_secs(20), || {
-        state(&all[0], "n2") == Some(MemberState::Dead)
-            && state(&all[1], "n3") == Some(MemberState::Dead)
-            && state(&all[2], "n0") == Some(MemberState::Dead)
-            && state(&all[3], "n1") == Some(MemberState::Dead)
-            && state(&all[0], "n1") == Some(MemberState::Alive)
-            && state(&all[2], "n3") == Some(MemberState::Alive)
+        state_of(all[0].node(), "n2") == Some(MemberState::Dead)
+            && state_of(all[1].node(), "n3") == Some(MemberState::Dead)
+            && state_of(all[2].node(), "n0") == Some(MemberState::Dead)
+            && state_of(all[3].node(), "n1") == Some(MemberState::Dead)
+            && state_of(all[0].node(), "n1") == Some(MemberState::Alive)
+            && state_of(all[2].node(), "n3") == Some(MemberState::Alive)
     })
     .await;
     for a in &all {
         chaos(&client, a, None).await;
     }
     eventually("healed", Duration::from_secs(30), || {
-        all.iter().all(|a| {
-            a.node()
-                .members()
-                .iter()
-                .filter(|m| m.state == MemberState::Alive)
-                .count()
-                == 3
-        })
+        all.iter().all(|a| alive_count(a.node()) == 3)
     })
     .await;
     for a in all {

@@ -9,7 +9,7 @@ use distributed_core::cluster::{Config, Event, MemberState};
 use distributed_core::diagnostics::chaos::{Chaos, ChaosConfig, ChaosLayer, ChaosStats};
 use distributed_core::node::{Node, NodeConfig};
 use distributed_core::transport::mem::MemNetwork;
-use harness::{eventually, serial};
+use harness::{alive_count, eventually, serial, state_of};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,24 +39,10 @@ async fn cluster(n: usize) -> Vec<Member> {
         m.node.join(vec![members[0].node.addr()]).await.unwrap();
     }
     eventually("converged", Duration::from_secs(10), || {
-        members.iter().all(|m| alive(&m.node) == n - 1)
+        members.iter().all(|m| alive_count(&m.node) == n - 1)
     })
     .await;
     members
-}
-
-fn alive(node: &Node) -> usize {
-    node.members()
-        .iter()
-        .filter(|m| m.state == MemberState::Alive)
-        .count()
-}
-
-fn state_of(node: &Node, name: &str) -> Option<MemberState> {
-    node.members()
-        .iter()
-        .find(|m| m.info.id.as_str() == name)
-        .map(|m| m.state)
 }
 
 fn total(members: &[Member]) -> ChaosStats {
@@ -107,7 +93,7 @@ async fn a_lossy_slow_network_causes_no_failure() {
                 panic!("{:?} declared {} failed", m.node.addr(), v.info.id);
             }
         }
-        assert_eq!(alive(&m.node), 2);
+        assert_eq!(alive_count(&m.node), 2);
     }
     let t = total(&members);
     assert!(
@@ -148,7 +134,7 @@ async fn a_full_partition_is_detected_and_heals() {
     }
     // Dead members are retried every `reconnect_interval` (5 s in the local preset).
     eventually("healed", Duration::from_secs(30), || {
-        members.iter().all(|m| alive(&m.node) == 2)
+        members.iter().all(|m| alive_count(&m.node) == 2)
     })
     .await;
     shutdown(members).await;

@@ -8,7 +8,7 @@ mod harness;
 use distributed_core::cluster::{Config, MemberState};
 use distributed_core::node::{Node, NodeConfig};
 use distributed_core::transport::crypto::{Key, Keyring, KEY_BYTES};
-use harness::{eventually, serial, Net};
+use harness::{alive_count, eventually, serial, state_of, Net};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,20 +58,6 @@ async fn cluster(net: &Net, n: usize, make: impl Fn(usize) -> NodeConfig) -> Vec
         node.join(vec![seed]).await.unwrap();
     }
     nodes
-}
-
-fn alive_count(node: &Node) -> usize {
-    node.members()
-        .iter()
-        .filter(|m| m.state == MemberState::Alive)
-        .count()
-}
-
-fn state_of(node: &Node, name: &str) -> Option<MemberState> {
-    node.members()
-        .iter()
-        .find(|m| m.info.id.as_str() == name)
-        .map(|m| m.state)
 }
 
 on_both!(three_nodes_converge_and_a_crash_is_detected);

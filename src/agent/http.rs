@@ -15,7 +15,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -190,21 +189,7 @@ async fn ready(State(s): App) -> Response {
 
 async fn snapshot(s: &Shared) -> ApiResult<Snapshot> {
     let node = s.node.stats().await?;
-    let c = s.chaos.stats();
-    let chaos_faults: BTreeMap<String, u64> = [
-        ("dropped", c.dropped),
-        ("blocked", c.blocked),
-        ("delayed", c.delayed),
-        ("duplicated", c.duplicated),
-        ("reordered", c.reordered),
-        ("overflowed", c.overflowed),
-        ("discarded", c.discarded),
-        ("streams_dropped", c.streams_dropped),
-        ("streams_blocked", c.streams_blocked),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let chaos_faults = s.chaos.stats().faults();
     Ok(Snapshot {
         node,
         chaos_faults,

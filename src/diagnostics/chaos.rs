@@ -292,6 +292,22 @@ pub struct ChaosStats {
     pub held: u64,
 }
 
+impl ChaosStats {
+    /// Every fault counter by its field name (`dropped`, `blocked`, ...), the `held` gauge left
+    /// out: what metrics export as `dcore_chaos_faults_total{kind}`. Derived from the
+    /// serialized form, so a new counter shows up without another list to keep in step.
+    pub fn faults(&self) -> std::collections::BTreeMap<String, u64> {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(fields)) => fields
+                .into_iter()
+                .filter(|(k, _)| k != "held")
+                .filter_map(|(k, v)| Some((k, v.as_u64()?)))
+                .collect(),
+            _ => Default::default(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     dropped: AtomicU64,

@@ -1,9 +1,26 @@
 //! Shared helpers for the system tests. Each test binary uses only part of them.
 #![allow(dead_code)]
 
+use distributed_core::cluster::MemberState;
 use distributed_core::node::{Node, NodeConfig};
 use distributed_core::sim::{self, Report, Scenario};
 use distributed_core::transport::mem::MemNetwork;
+
+/// Members `node` sees alive (itself not counted).
+pub fn alive_count(node: &Node) -> usize {
+    node.members()
+        .iter()
+        .filter(|m| m.state == MemberState::Alive)
+        .count()
+}
+
+/// The state `node` holds for member `name`, if it knows it.
+pub fn state_of(node: &Node, name: &str) -> Option<MemberState> {
+    node.members()
+        .iter()
+        .find(|m| m.info.id.as_str() == name)
+        .map(|m| m.state)
+}
 
 /// Which transport a system test runs its nodes on.
 #[derive(Clone)]

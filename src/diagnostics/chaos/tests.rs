@@ -644,3 +644,25 @@ async fn delay_and_block_over_udp() {
     a.close().await;
     b.close().await;
 }
+
+#[test]
+fn faults_name_every_counter_but_the_held_gauge() {
+    let s = ChaosStats {
+        dropped: 1,
+        blocked: 2,
+        delayed: 3,
+        duplicated: 4,
+        reordered: 5,
+        overflowed: 6,
+        discarded: 7,
+        streams_dropped: 8,
+        streams_blocked: 9,
+        held: 10,
+    };
+    let f = s.faults();
+    assert_eq!(f.len(), 9, "{f:?}");
+    assert_eq!(f["dropped"], 1);
+    assert_eq!(f["streams_blocked"], 9);
+    assert!(!f.contains_key("held"));
+    assert_eq!(f.values().sum::<u64>(), 45);
+}
