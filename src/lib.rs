@@ -21,7 +21,8 @@
 //! returns. Two cores wired together by hand:
 //!
 //! ```
-//! use distributed_core::cluster::{Command, Config, Event, Incarnation, Input, Now, Output, Swim, Time};
+//! use distributed_core::cluster::{Command, Config, Event, Incarnation, Input, Output, Swim};
+//! use distributed_core::common::{Now, Time};
 //! use distributed_core::identity::{NodeId, NodeInfo};
 //!
 //! let addr_a = "127.0.0.1:7946".parse().unwrap();
@@ -63,6 +64,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod common;
 pub mod diagnostics;
 pub mod identity;
 pub mod metrics;

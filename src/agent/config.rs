@@ -2,7 +2,8 @@
 //! of precedence; the CLI merges them into one [`AgentConfig`]).
 
 use crate::cluster::Config;
-use crate::diagnostics::chaos::ChaosConfig;
+use crate::common::ConfigError;
+use crate::diagnostics::chaos::{ChaosConfig, ChaosError};
 use crate::transport::TransportConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -90,14 +91,10 @@ pub enum AgentConfigError {
         /// What is wrong.
         reason: String,
     },
-    /// A field's value is out of range.
-    #[error("{field}: {reason}")]
-    Field {
-        /// The field.
-        field: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
+    /// A field's value is out of range (its section names the table: `agent` for the top
+    /// level, `protocol`, `transport`, `chaos`).
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
 }
 
 impl AgentConfig {
@@ -113,7 +110,7 @@ impl AgentConfig {
 
     /// Checks every field.
     pub fn validate(&self) -> Result<(), AgentConfigError> {
-        let field = |field, reason: String| Err(AgentConfigError::Field { field, reason });
+        let field = |field, rule: String| Err(ConfigError::new("agent", field, rule).into());
         if let Err(e) = crate::identity::NodeId::new(&self.name) {
             return field("name", e.to_string());
         }
@@ -154,16 +151,13 @@ impl AgentConfig {
         {
             return field("leave_timeout", "must be above zero and at most 5m".into());
         }
-        if let Err(e) = self.protocol.validate() {
-            return field("protocol", e.to_string());
+        self.protocol.validate()?;
+        self.transport.validate()?;
+        match self.chaos.validate() {
+            Err(ChaosError::Invalid(e)) => Err(e.into()),
+            Err(e) => Err(ConfigError::new("chaos", e.field(), e.to_string()).into()),
+            Ok(()) => Ok(()),
         }
-        if let Err(e) = self.transport.validate() {
-            return field("transport", e.to_string());
-        }
-        if let Err(e) = self.chaos.validate() {
-            return field("chaos", e.to_string());
-        }
-        Ok(())
     }
 
     /// The config as TOML with secrets redacted (file paths are shown, never their content).
@@ -194,7 +188,7 @@ mod tests {
             .validate()
             .unwrap_err()
             .to_string()
-            .starts_with("log_format"));
+            .starts_with("agent.log_format"));
         let back: AgentConfig = toml::from_str(&AgentConfig::default().redacted_toml()).unwrap();
         assert_eq!(back, AgentConfig::default());
     }

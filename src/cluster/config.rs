@@ -4,6 +4,7 @@
 //! The same struct is read from the `[protocol]` table of a TOML file (`dcore sim --config`,
 //! later `dcore agent --config`); durations are written as in `"500ms"` or `"2s"`.
 
+use crate::common::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -12,21 +13,11 @@ pub const PACKET_BYTES_MIN: usize = 512;
 /// Largest number of indirect probers per failed probe.
 pub const INDIRECT_CHECKS_MAX: usize = 16;
 
-/// Why a config was refused. Nothing was started.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid protocol config: {field}: {reason}")]
-pub struct ConfigError {
-    /// The offending field (or fields, for a rule between fields).
-    pub field: &'static str,
-    /// What is wrong and what would be accepted.
-    pub reason: String,
-}
-
-fn bad(field: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
-    Err(ConfigError {
-        field,
-        reason: reason.into(),
-    })
+fn bad(
+    field: &'static str,
+    rule: impl Into<std::borrow::Cow<'static, str>>,
+) -> Result<(), ConfigError> {
+    ConfigError::fail("protocol", field, rule)
 }
 
 /// Settings of the SWIM/Lifeguard core. Every field has a default (see [`Config::lan`]).

@@ -7,7 +7,7 @@
 //! such tables.
 
 use super::message::{Incarnation, MemberState};
-use super::time::Time;
+use crate::common::Time;
 use crate::identity::{NodeId, NodeInfo};
 use hashbrown::HashTable;
 use rand::seq::SliceRandom;

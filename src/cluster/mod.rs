@@ -17,7 +17,6 @@
 
 mod broadcast;
 mod config;
-pub mod histogram;
 mod members;
 mod merge;
 mod message;
@@ -26,10 +25,9 @@ mod probe;
 mod suspicion;
 
 mod swim;
-mod time;
 mod user_events;
 
-pub use config::{Config, ConfigError, INDIRECT_CHECKS_MAX, PACKET_BYTES_MIN};
+pub use config::{Config, INDIRECT_CHECKS_MAX, PACKET_BYTES_MIN};
 pub use members::Member;
 pub use message::{
     decode_packet, encode_packet, item_len, msg_type, packet_header_len, packet_len, varint_len,
@@ -37,8 +35,8 @@ pub use message::{
     Ping, PingReq, PushMember, PushPull, Suspect, UserEvent, PACKET_MESSAGES_MAX, PROTOCOL_VERSION,
 };
 pub use swim::{CommandError, Stats, Swim};
-pub use time::{Now, Time};
 
+use crate::common::Time;
 use crate::identity::{NodeId, NodeInfo, Tags};
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,8 +3,8 @@
 
 use super::message::{Ack, Incarnation, MemberState, Message, Nack, Ping, PingReq, Suspect};
 use super::swim::{Channel, Swim};
-use super::time::Time;
 use super::Timer;
+use crate::common::Time;
 use crate::identity::NodeId;
 use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
@@ -72,7 +72,7 @@ impl Swim {
     fn next_probe_target(&mut self) -> Option<usize> {
         for _ in 0..=self.members.len() {
             if self.probe.index >= self.members.len() {
-                let reap_before = crate::cluster::Time::from_micros(
+                let reap_before = crate::common::Time::from_micros(
                     self.now
                         .mono
                         .as_micros()

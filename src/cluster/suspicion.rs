@@ -8,7 +8,7 @@
 use crate::identity::NodeId;
 use std::time::Duration;
 
-use super::time::Time;
+use crate::common::Time;
 
 /// `min = mult * max(1, log10(n)) * interval` (memberlist's formula).
 pub(crate) fn suspicion_min(mult: u32, n: usize, interval: Duration) -> Duration {

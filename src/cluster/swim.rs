@@ -2,7 +2,6 @@
 //! Probing lives in `probe.rs`, the merge rules for claims in `merge.rs`.
 
 use super::broadcast::{BroadcastKey, BroadcastQueue};
-use super::histogram::Histogram;
 use super::members::{Member, Members};
 use super::message::{
     item_len, packet_header_len, Alive, Dead, Incarnation, MemberState, Message, PushMember,
@@ -10,11 +9,12 @@ use super::message::{
 };
 use super::probe::ProbeState;
 use super::suspicion::{Awareness, Suspicion};
-use super::time::{Now, Time};
 use super::user_events::{digest, UserEvents, Verdict};
-use super::{Command, Config, ConfigError, Event, Input, MemberView, Output, Timer};
+use super::{Command, Config, Event, Input, MemberView, Output, Timer};
+use crate::common::Backoff;
+use crate::common::Histogram;
+use crate::common::{ConfigError, Now, Time};
 use crate::identity::{tags_len, NodeId, NodeInfo, Tags};
-use crate::transport::backoff::Backoff;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rustc_hash::FxHashMap;

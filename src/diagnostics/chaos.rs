@@ -81,6 +81,7 @@
 //! # }
 //! ```
 
+use crate::common::ConfigError;
 use crate::transport::net::DATAGRAM_BYTES_MAX;
 use crate::transport::{Incoming, Transport, TransportCounters};
 use humantime_serde::re::humantime::format_duration;
@@ -90,7 +91,7 @@ use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -165,16 +166,9 @@ impl Default for ChaosConfig {
 /// A chaos setting is refused; the settings in force are unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChaosError {
-    /// A field is out of range.
-    #[error("chaos.{field} = {value}: {rule}")]
-    Invalid {
-        /// The field.
-        field: &'static str,
-        /// The value given.
-        value: String,
-        /// What it must satisfy.
-        rule: &'static str,
-    },
+    /// A field is out of range (the rule names the value given).
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
     /// A member to block is not among the members given.
     #[error("chaos.blocked: no member named {0:?}")]
     UnknownMember(String),
@@ -184,7 +178,7 @@ impl ChaosError {
     /// The config field the error is about.
     pub fn field(&self) -> &'static str {
         match self {
-            ChaosError::Invalid { field, .. } => field,
+            ChaosError::Invalid(e) => e.field,
             ChaosError::UnknownMember(_) => "blocked",
         }
     }
@@ -193,7 +187,9 @@ impl ChaosError {
 impl ChaosConfig {
     /// Checks every field and the rules between fields.
     pub fn validate(&self) -> Result<(), ChaosError> {
-        let invalid = |field, value: String, rule| Err(ChaosError::Invalid { field, value, rule });
+        let invalid = |field, value: String, rule| {
+            Err(ConfigError::new("chaos", field, format!("{value}: {rule}")).into())
+        };
         let probabilities = [
             ("drop", self.drop),
             ("duplicate", self.duplicate),
@@ -266,30 +262,35 @@ impl ChaosConfig {
     }
 }
 
-/// The faults injected so far, by kind, and what is held now. Totals since the [`Chaos`] was
-/// made, over every layer sharing it; counted per datagram copy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChaosStats {
-    /// Outgoing datagrams dropped by `drop`.
-    pub dropped: u64,
-    /// Datagrams discarded by `blocked`, both directions.
-    pub blocked: u64,
-    /// Datagram copies held back by `delay` + `jitter` (a hold above zero).
-    pub delayed: u64,
-    /// Extra copies sent by `duplicate`.
-    pub duplicated: u64,
-    /// Datagram copies given an extra hold by `reorder`.
-    pub reordered: u64,
-    /// Datagram copies dropped because the layer's hold queue was full.
-    pub overflowed: u64,
-    /// Held datagram copies thrown away when the layer closed.
-    pub discarded: u64,
-    /// Outgoing stream records dropped by `drop` (with `streams` on).
-    pub streams_dropped: u64,
-    /// Outgoing stream records discarded by `blocked` (with `streams` on).
-    pub streams_blocked: u64,
-    /// Datagram copies held right now (a gauge, not a total).
-    pub held: u64,
+crate::common::counters! {
+    /// The live fault counters behind [`ChaosStats`].
+    struct Counters;
+    /// The faults injected so far, by kind, and what is held now. Totals since the [`Chaos`] was
+    /// made, over every layer sharing it; counted per datagram copy.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ChaosStats {
+        /// Outgoing datagrams dropped by `drop`.
+        dropped,
+        /// Datagrams discarded by `blocked`, both directions.
+        blocked,
+        /// Datagram copies held back by `delay` + `jitter` (a hold above zero).
+        delayed,
+        /// Extra copies sent by `duplicate`.
+        duplicated,
+        /// Datagram copies given an extra hold by `reorder`.
+        reordered,
+        /// Datagram copies dropped because the layer's hold queue was full.
+        overflowed,
+        /// Held datagram copies thrown away when the layer closed.
+        discarded,
+        /// Outgoing stream records dropped by `drop` (with `streams` on).
+        streams_dropped,
+        /// Outgoing stream records discarded by `blocked` (with `streams` on).
+        streams_blocked,
+        /// Datagram copies held right now (a gauge, not a total).
+        held,
+    }
+    extra {}
 }
 
 impl ChaosStats {
@@ -304,42 +305,6 @@ impl ChaosStats {
                 .filter_map(|(k, v)| Some((k, v.as_u64()?)))
                 .collect(),
             _ => Default::default(),
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    dropped: AtomicU64,
-    blocked: AtomicU64,
-    delayed: AtomicU64,
-    duplicated: AtomicU64,
-    reordered: AtomicU64,
-    overflowed: AtomicU64,
-    discarded: AtomicU64,
-    streams_dropped: AtomicU64,
-    streams_blocked: AtomicU64,
-    held: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
-}
-
-impl Counters {
-    fn snapshot(&self) -> ChaosStats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        ChaosStats {
-            dropped: get(&self.dropped),
-            blocked: get(&self.blocked),
-            delayed: get(&self.delayed),
-            duplicated: get(&self.duplicated),
-            reordered: get(&self.reordered),
-            overflowed: get(&self.overflowed),
-            discarded: get(&self.discarded),
-            streams_dropped: get(&self.streams_dropped),
-            streams_blocked: get(&self.streams_blocked),
-            held: get(&self.held),
         }
     }
 }
@@ -449,16 +414,16 @@ impl Chaos {
         }
         let c = self.lock();
         if c.blocked.contains(&to) {
-            bump(&self.counters.blocked, 1);
+            self.counters.blocked.add(1);
             return None;
         }
         if chance(rng, c.drop) {
-            bump(&self.counters.dropped, 1);
+            self.counters.dropped.add(1);
             return None;
         }
         let first = self.hold(&c, rng);
         let second = if chance(rng, c.duplicate) {
-            bump(&self.counters.duplicated, 1);
+            self.counters.duplicated.add(1);
             Some(self.hold(&c, rng))
         } else {
             None
@@ -473,10 +438,10 @@ impl Chaos {
             hold += rng.gen_range(Duration::ZERO..=c.jitter);
         }
         if !hold.is_zero() {
-            bump(&self.counters.delayed, 1);
+            self.counters.delayed.add(1);
         }
         if chance(rng, c.reorder) {
-            bump(&self.counters.reordered, 1);
+            self.counters.reordered.add(1);
             hold += rng.gen_range(Duration::ZERO..=c.reorder_window);
         }
         hold
@@ -489,7 +454,7 @@ impl Chaos {
         }
         let blocked = self.lock().blocked.contains(&from);
         if blocked {
-            bump(&self.counters.blocked, 1);
+            self.counters.blocked.add(1);
         }
         !blocked
     }
@@ -504,11 +469,11 @@ impl Chaos {
             return true;
         }
         if c.blocked.contains(&to) {
-            bump(&self.counters.streams_blocked, 1);
+            self.counters.streams_blocked.add(1);
             return false;
         }
         if chance(rng, c.drop) {
-            bump(&self.counters.streams_dropped, 1);
+            self.counters.streams_dropped.add(1);
             return false;
         }
         true
@@ -563,7 +528,7 @@ impl<T: Transport> ChaosLayer<T> {
     /// Queues a copy of `bytes` for `to`, due after `hold`; drops it if the queue is full.
     fn hold_back(&mut self, to: SocketAddr, bytes: &[u8], hold: Duration) {
         if self.held.len() >= HELD_MAX || self.held_bytes + bytes.len() > HELD_BYTES_MAX {
-            bump(&self.chaos.counters.overflowed, 1);
+            self.chaos.counters.overflowed.add(1);
             return;
         }
         self.seq += 1;
@@ -574,7 +539,7 @@ impl<T: Transport> ChaosLayer<T> {
             to,
             bytes: bytes.to_vec(),
         }));
-        bump(&self.chaos.counters.held, 1);
+        self.chaos.counters.held.add(1);
     }
 
     /// Sends every held datagram that is due. Cancel-safe: one leaves the queue only once sent.
@@ -587,7 +552,7 @@ impl<T: Transport> ChaosLayer<T> {
             self.inner.send_packet(next.to, &next.bytes).await;
             if let Some(Reverse(sent)) = self.held.pop() {
                 self.held_bytes -= sent.bytes.len();
-                self.chaos.counters.held.fetch_sub(1, Ordering::Relaxed);
+                self.chaos.counters.held.sub(1);
             }
         }
     }
@@ -651,8 +616,8 @@ impl<T> ChaosLayer<T> {
     fn discard_held(&mut self) {
         let n = self.held.len() as u64;
         if n > 0 {
-            bump(&self.chaos.counters.discarded, n);
-            self.chaos.counters.held.fetch_sub(n, Ordering::Relaxed);
+            self.chaos.counters.discarded.add(n);
+            self.chaos.counters.held.sub(n);
             tracing::debug!(datagrams = n, "chaos: held datagrams discarded");
         }
         self.held.clear();

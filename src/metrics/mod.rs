@@ -8,24 +8,14 @@
 //! scrapers reject prometheus-client's OpenMetrics help lines for counters), and OpenMetrics
 //! 1.0 when the scraper asks for it in `Accept`.
 
-use crate::cluster::histogram::Histogram;
-use crate::node::NodeStats;
+use crate::common::Histogram;
+use crate::node::{KindCount, NodeStats};
+use crate::persistence::wal::WalFigures;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use std::collections::BTreeMap;
-
-/// Figures of the write-ahead log, when the node has one.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct WalFigures {
-    /// Records appended.
-    pub appends: u64,
-    /// fsyncs (data syncs) done.
-    pub fsyncs: u64,
-    /// How long each fsync took.
-    pub fsync_duration: Histogram,
-}
 
 /// Everything `/metrics` and `/v1/metrics` show.
 #[derive(Debug, Clone, Serialize)]
@@ -161,161 +151,209 @@ fn family<'a>(
 
 impl prometheus_client::collector::Collector for SnapshotCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        use MetricType::{Counter, Gauge};
-        let s = &self.0.node;
-        let c = &s.core;
-        let t = &s.traffic;
-        let tr = &t.transport;
-        let states = [
-            ("alive", s.members.alive),
-            ("suspect", s.members.suspect),
-            ("failed", s.members.failed),
-            ("left", s.members.left),
-        ];
-        family(
-            &mut e,
-            "dcore_members",
-            "Other members by state, as this node sees them",
-            Gauge,
-            states
-                .iter()
-                .map(|(st, n)| (vec![("state", st.to_string())], Value::Gauge(*n as i64))),
-        )?;
-        let gauges = [
-            (
-                "dcore_incarnation",
-                "This node's incarnation",
-                s.incarnation as i64,
-            ),
-            (
-                "dcore_health_score",
-                "Lifeguard local health: 0 is healthy, higher stretches probe timeouts",
-                i64::from(s.health),
-            ),
-            (
-                "dcore_broadcast_queue_messages",
-                "Claims and events waiting to be piggybacked",
-                s.broadcast_queue as i64,
-            ),
-        ];
-        for (name, help, v) in gauges {
-            one(&mut e, name, help, Value::Gauge(v))?;
+        let snap = &self.0;
+        members(&mut e, &snap.node)?;
+        core(&mut e, &snap.node)?;
+        messages(&mut e, &snap.node.messages)?;
+        transport(&mut e, &snap.node)?;
+        chaos(&mut e, &snap.chaos_faults)?;
+        if let Some(w) = &snap.wal {
+            wal(&mut e, w)?;
         }
-        let counters = [
-            ("dcore_probes", "Probes started", c.probes),
-            (
-                "dcore_probes_failed",
-                "Probes that ended without any ack",
-                c.probes_failed,
-            ),
-            ("dcore_indirect_probes", "Ping-reqs sent", c.indirect_probes),
-            ("dcore_nacks_received", "Nacks received", c.nacks),
-            (
-                "dcore_suspicions_raised",
-                "Suspicions this node raised after its own failed probes",
-                c.suspicions_raised,
-            ),
-            (
-                "dcore_suspicions_refuted",
-                "Suspicions of this node that it refuted",
-                c.refutations,
-            ),
-            (
-                "dcore_failures_declared",
-                "Members this node declared failed",
-                c.failures_declared,
-            ),
-            ("dcore_user_events", "User events delivered", c.user_events),
-            (
-                "dcore_encryption_failures",
-                "Datagrams and records that did not decrypt (unknown key, wrong key or label)",
-                t.rejected_key,
-            ),
-        ];
-        for (name, help, v) in counters {
-            one(&mut e, name, help, Value::Counter(v))?;
-        }
+        Ok(())
+    }
+}
+
+/// Labels of one sample: `(name, value)` pairs.
+fn labels<'a>(pairs: &[(&'a str, &str)]) -> Vec<(&'a str, String)> {
+    pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+/// A counter family with one label: `(label value, count)` rows.
+fn counters_by(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    rows: &[(&str, u64)],
+) -> std::fmt::Result {
+    family(
+        e,
+        name,
+        help,
+        MetricType::Counter,
+        rows.iter()
+            .map(|(v, n)| (labels(&[(label, v)]), Value::Counter(*n))),
+    )
+}
+
+/// Members by state, this node's incarnation, health and broadcast queue.
+fn members(e: &mut DescriptorEncoder, s: &NodeStats) -> std::fmt::Result {
+    let states = [
+        ("alive", s.members.alive),
+        ("suspect", s.members.suspect),
+        ("failed", s.members.failed),
+        ("left", s.members.left),
+    ];
+    family(
+        e,
+        "dcore_members",
+        "Other members by state, as this node sees them",
+        MetricType::Gauge,
+        states
+            .iter()
+            .map(|(st, n)| (labels(&[("state", st)]), Value::Gauge(*n as i64))),
+    )?;
+    let gauges = [
+        (
+            "dcore_incarnation",
+            "This node's incarnation",
+            s.incarnation as i64,
+        ),
+        (
+            "dcore_health_score",
+            "Lifeguard local health: 0 is healthy, higher stretches probe timeouts",
+            i64::from(s.health),
+        ),
+        (
+            "dcore_broadcast_queue_messages",
+            "Claims and events waiting to be piggybacked",
+            s.broadcast_queue as i64,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        one(e, name, help, Value::Gauge(v))?;
+    }
+    Ok(())
+}
+
+/// The protocol core's counters and histograms.
+fn core(e: &mut DescriptorEncoder, s: &NodeStats) -> std::fmt::Result {
+    let c = &s.core;
+    let counters = [
+        ("dcore_probes", "Probes started", c.probes),
+        (
+            "dcore_probes_failed",
+            "Probes that ended without any ack",
+            c.probes_failed,
+        ),
+        ("dcore_indirect_probes", "Ping-reqs sent", c.indirect_probes),
+        ("dcore_nacks_received", "Nacks received", c.nacks),
+        (
+            "dcore_suspicions_raised",
+            "Suspicions this node raised after its own failed probes",
+            c.suspicions_raised,
+        ),
+        (
+            "dcore_suspicions_refuted",
+            "Suspicions of this node that it refuted",
+            c.refutations,
+        ),
+        (
+            "dcore_failures_declared",
+            "Members this node declared failed",
+            c.failures_declared,
+        ),
+        ("dcore_user_events", "User events delivered", c.user_events),
+        (
+            "dcore_encryption_failures",
+            "Datagrams and records that did not decrypt (unknown key, wrong key or label)",
+            s.traffic.rejected_key,
+        ),
+    ];
+    for (name, help, v) in counters {
+        one(e, name, help, Value::Counter(v))?;
+    }
+    counters_by(
+        e,
+        "dcore_push_pulls",
+        "Full-state exchanges, started here or answered",
+        "role",
+        &[
+            ("started", c.push_pulls),
+            ("answered", c.push_pulls_answered),
+        ],
+    )?;
+    one(
+        e,
+        "dcore_probe_duration_seconds",
+        "Round trip of acked probes",
+        Value::Histogram(&c.probe_rtt),
+    )?;
+    one(
+        e,
+        "dcore_push_pull_duration_seconds",
+        "From sending a push-pull to merging its answer",
+        Value::Histogram(&c.push_pull_duration),
+    )
+}
+
+/// Which number of a [`KindCount`] a family shows.
+type KindValue = fn(&KindCount) -> u64;
+
+/// Protocol messages and their bytes by direction, transport and kind.
+fn messages(e: &mut DescriptorEncoder, kinds: &[KindCount]) -> std::fmt::Result {
+    let by_kind: [(&str, &str, KindValue); 2] = [
+        (
+            "dcore_messages",
+            "Protocol messages by direction, transport and kind",
+            |k| k.messages,
+        ),
+        (
+            "dcore_message_bytes",
+            "Encoded bytes of protocol messages by direction, transport and kind (frame and packet headers excluded)",
+            |k| k.bytes,
+        ),
+    ];
+    for (name, help, value) in by_kind {
         family(
-            &mut e,
-            "dcore_push_pulls",
-            "Full-state exchanges, started here or answered",
-            Counter,
-            [
+            e,
+            name,
+            help,
+            MetricType::Counter,
+            kinds.iter().map(|k| {
                 (
-                    vec![("role", "started".to_string())],
-                    Value::Counter(c.push_pulls),
-                ),
-                (
-                    vec![("role", "answered".to_string())],
-                    Value::Counter(c.push_pulls_answered),
-                ),
-            ],
-        )?;
-        one(
-            &mut e,
-            "dcore_probe_duration_seconds",
-            "Round trip of acked probes",
-            Value::Histogram(&c.probe_rtt),
-        )?;
-        one(
-            &mut e,
-            "dcore_push_pull_duration_seconds",
-            "From sending a push-pull to merging its answer",
-            Value::Histogram(&c.push_pull_duration),
-        )?;
-        let by_kind = [
-            (
-                "dcore_messages",
-                "Protocol messages by direction, transport and kind",
-                (|k| k.messages) as fn(&crate::node::KindCount) -> u64,
-            ),
-            (
-                "dcore_message_bytes",
-                "Encoded bytes of protocol messages by direction, transport and kind (frame and packet headers excluded)",
-                |k| k.bytes,
-            ),
-        ];
-        for (name, help, value) in by_kind {
-            family(
-                &mut e,
-                name,
-                help,
-                Counter,
-                s.messages.iter().map(|k| {
-                    (
-                        vec![
-                            ("direction", k.direction.to_string()),
-                            ("transport", k.transport.to_string()),
-                            ("kind", k.kind.to_string()),
-                        ],
-                        Value::Counter(value(k)),
-                    )
-                }),
-            )?;
-        }
-        let bytes = [
-            ("in", "udp", t.bytes_in - t.stream_bytes_in.min(t.bytes_in)),
-            ("in", "tcp", t.stream_bytes_in),
-            (
-                "out",
-                "udp",
-                t.bytes_out - t.stream_bytes_out.min(t.bytes_out),
-            ),
-            ("out", "tcp", t.stream_bytes_out),
-        ];
-        family(
-            &mut e,
-            "dcore_transport_bytes",
-            "Frame bytes by direction and transport (no IP/UDP/TCP headers)",
-            Counter,
-            bytes.iter().map(|(d, tp, v)| {
-                (
-                    vec![("direction", d.to_string()), ("transport", tp.to_string())],
-                    Value::Counter(*v),
+                    labels(&[
+                        ("direction", k.direction),
+                        ("transport", k.transport),
+                        ("kind", k.kind),
+                    ]),
+                    Value::Counter(value(k)),
                 )
             }),
         )?;
-        let rejected = [
+    }
+    Ok(())
+}
+
+/// Frame bytes, rejected input, outgoing connections and dropped records.
+fn transport(e: &mut DescriptorEncoder, s: &NodeStats) -> std::fmt::Result {
+    let t = &s.traffic;
+    let tr = &t.transport;
+    let bytes = [
+        ("in", "udp", t.datagram_bytes_in),
+        ("in", "tcp", t.stream_bytes_in),
+        ("out", "udp", t.datagram_bytes_out),
+        ("out", "tcp", t.stream_bytes_out),
+    ];
+    family(
+        e,
+        "dcore_transport_bytes",
+        "Frame bytes by direction and transport (no IP/UDP/TCP headers)",
+        MetricType::Counter,
+        bytes.iter().map(|(d, tp, v)| {
+            (
+                labels(&[("direction", d), ("transport", tp)]),
+                Value::Counter(*v),
+            )
+        }),
+    )?;
+    counters_by(
+        e,
+        "dcore_rejected",
+        "Input refused and dropped, by reason",
+        "reason",
+        &[
             ("frame", t.rejected_frame),
             ("key", t.rejected_key),
             ("plain", t.rejected_plain),
@@ -325,69 +363,60 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
             ("stalled", tr.stream_timeouts),
             ("too_many_streams", tr.inbound_refused),
             ("queue_full", tr.queue_full),
-            ("protocol", c.dropped),
-        ];
-        family(
-            &mut e,
-            "dcore_rejected",
-            "Input refused and dropped, by reason",
-            Counter,
-            rejected
-                .iter()
-                .map(|(r, v)| (vec![("reason", r.to_string())], Value::Counter(*v))),
-        )?;
-        let conns = [
+            ("protocol", s.core.dropped),
+        ],
+    )?;
+    counters_by(
+        e,
+        "dcore_transport_connections",
+        "Outgoing stream connections by outcome",
+        "outcome",
+        &[
             ("opened", tr.connections_opened),
             ("failed", tr.connections_failed),
             ("evicted", tr.connections_evicted),
-        ];
-        family(
-            &mut e,
-            "dcore_transport_connections",
-            "Outgoing stream connections by outcome",
-            Counter,
-            conns
-                .iter()
-                .map(|(o, v)| (vec![("outcome", o.to_string())], Value::Counter(*v))),
-        )?;
-        one(
-            &mut e,
-            "dcore_transport_stream_records_dropped",
-            "Outgoing stream records dropped (peer in backoff, queue full, write failed)",
-            Value::Counter(tr.streams_out_dropped),
-        )?;
-        family(
-            &mut e,
-            "dcore_chaos_faults",
-            "Faults injected by the chaos layer, by kind",
-            Counter,
-            self.0
-                .chaos_faults
-                .iter()
-                .map(|(k, v)| (vec![("kind", k.clone())], Value::Counter(*v))),
-        )?;
-        if let Some(w) = &self.0.wal {
-            one(
-                &mut e,
-                "dcore_wal_appends",
-                "WAL records appended",
-                Value::Counter(w.appends),
-            )?;
-            one(
-                &mut e,
-                "dcore_wal_fsyncs",
-                "WAL fsyncs",
-                Value::Counter(w.fsyncs),
-            )?;
-            one(
-                &mut e,
-                "dcore_wal_fsync_duration_seconds",
-                "How long WAL fsyncs took",
-                Value::Histogram(&w.fsync_duration),
-            )?;
-        }
-        Ok(())
-    }
+        ],
+    )?;
+    one(
+        e,
+        "dcore_transport_stream_records_dropped",
+        "Outgoing stream records dropped (peer in backoff, queue full, write failed)",
+        Value::Counter(tr.streams_out_dropped),
+    )
+}
+
+/// Faults injected by the chaos layer.
+fn chaos(e: &mut DescriptorEncoder, faults: &BTreeMap<String, u64>) -> std::fmt::Result {
+    let rows: Vec<(&str, u64)> = faults.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    counters_by(
+        e,
+        "dcore_chaos_faults",
+        "Faults injected by the chaos layer, by kind",
+        "kind",
+        &rows,
+    )
+}
+
+/// The write-ahead log's appends and fsyncs.
+fn wal(e: &mut DescriptorEncoder, w: &WalFigures) -> std::fmt::Result {
+    one(
+        e,
+        "dcore_wal_appends",
+        "WAL records appended",
+        Value::Counter(w.stats.records),
+    )?;
+    one(
+        e,
+        "dcore_wal_fsyncs",
+        "WAL fsyncs",
+        Value::Counter(w.stats.fsyncs),
+    )?;
+    one(
+        e,
+        "dcore_wal_fsync_duration_seconds",
+        "How long WAL fsyncs took",
+        Value::Histogram(&w.fsync_duration),
+    )
 }
 
 #[cfg(test)]

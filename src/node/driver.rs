@@ -6,9 +6,9 @@ use super::stream::{self, SecurityOwned};
 use super::traffic::{Chan, Dir, Traffic};
 use super::Request;
 use crate::cluster::{
-    decode_packet, encode_packet, Event, Input, MemberState, MemberView, Now, Output, Swim, Time,
-    Timer,
+    decode_packet, encode_packet, Event, Input, MemberState, MemberView, Output, Swim, Timer,
 };
+use crate::common::{Now, Time};
 use crate::transport::{Incoming, Transport};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -120,8 +120,8 @@ impl<T: Transport> Driver<T> {
 
     fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
         let traffic = &self.links.traffic;
-        Traffic::add(&traffic.datagrams_in, 1);
-        Traffic::add(&traffic.bytes_in, bytes.len() as u64);
+        traffic.counts.datagrams_in.add(1);
+        traffic.counts.datagram_bytes_in.add(bytes.len() as u64);
         let body = match self.links.sec.open(bytes) {
             Ok(b) => b,
             Err(e) => {
@@ -141,15 +141,18 @@ impl<T: Transport> Driver<T> {
                 })
             }
             Err(e) => {
-                Traffic::add(&traffic.rejected_packet, 1);
+                traffic.counts.rejected_packet.add(1);
                 tracing::debug!(%from, error = %e, "datagram dropped");
             }
         }
     }
 
     fn on_record(&mut self, bytes: &[u8]) {
-        Traffic::add(&self.links.traffic.bytes_in, bytes.len() as u64);
-        Traffic::add(&self.links.traffic.stream_bytes_in, bytes.len() as u64);
+        self.links
+            .traffic
+            .counts
+            .stream_bytes_in
+            .add(bytes.len() as u64);
         match stream::open_record(bytes, &self.links.sec) {
             Ok(msgs) => {
                 for (from, msg) in msgs {
@@ -162,7 +165,7 @@ impl<T: Transport> Driver<T> {
                 tracing::debug!(error = %e, "stream record dropped");
             }
             Err(e) => {
-                Traffic::add(&self.links.traffic.rejected_stream, 1);
+                self.links.traffic.counts.rejected_stream.add(1);
                 tracing::debug!(error = %e, "stream record dropped");
             }
         }
@@ -187,7 +190,10 @@ impl<T: Transport> Driver<T> {
             broadcast_queue: self.swim.queued_broadcasts(),
             core: self.swim.stats().clone(),
             messages: self.links.traffic.by_kind(),
-            traffic: self.links.traffic.snapshot(),
+            traffic: self
+                .links
+                .traffic
+                .snapshot(self.transport.counters().snapshot()),
         }
     }
 
@@ -209,9 +215,9 @@ impl<T: Transport> Driver<T> {
                 Output::Packet { to, msgs } => {
                     let frame = self.links.sec.seal(&encode_packet(&msgs));
                     let traffic = &self.links.traffic;
-                    Traffic::add(&traffic.datagrams_out, 1);
-                    Traffic::add(&traffic.msgs_out, msgs.len() as u64);
-                    Traffic::add(&traffic.bytes_out, frame.len() as u64);
+                    traffic.counts.datagrams_out.add(1);
+                    traffic.counts.msgs_out.add(msgs.len() as u64);
+                    traffic.counts.datagram_bytes_out.add(frame.len() as u64);
                     for m in &msgs {
                         traffic.message(Dir::Out, Chan::Udp, m);
                     }
@@ -220,10 +226,9 @@ impl<T: Transport> Driver<T> {
                 Output::Stream { to, msg } => {
                     let record = stream::record(self.links.me, &msg, &self.links.sec);
                     let traffic = &self.links.traffic;
-                    Traffic::add(&traffic.streams_out, 1);
-                    Traffic::add(&traffic.msgs_out, 1);
-                    Traffic::add(&traffic.bytes_out, record.len() as u64 + 4);
-                    Traffic::add(&traffic.stream_bytes_out, record.len() as u64 + 4);
+                    traffic.counts.streams_out.add(1);
+                    traffic.counts.msgs_out.add(1);
+                    traffic.counts.stream_bytes_out.add(record.len() as u64 + 4);
                     traffic.message(Dir::Out, Chan::Tcp, &msg);
                     self.transport.send_stream(to, record);
                 }

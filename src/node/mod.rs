@@ -25,11 +25,13 @@ pub use stats::{MemberCounts, NodeStats};
 pub use traffic::{KindCount, TrafficStats};
 
 use crate::cluster::{Command, Config, Event, Incarnation, MemberView, Swim};
+use crate::common::ConfigError;
 use crate::diagnostics::chaos::{Chaos, ChaosLayer};
 use crate::identity::{IdentityError, NodeId, NodeInfo, Tags};
+use crate::persistence::wal::WalFigures;
 use crate::transport::crypto::{Key, KeyInfo, Keyring};
 use crate::transport::net::NetTransport;
-use crate::transport::{Transport, TransportConfig, TransportConfigError, TransportCounters};
+use crate::transport::{Transport, TransportConfig, TransportCounters};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,12 +47,9 @@ pub enum NodeError {
     /// The node name is not a valid id.
     #[error(transparent)]
     Identity(#[from] IdentityError),
-    /// The protocol config is invalid; nothing was bound.
+    /// A setting (protocol, transport, node) is invalid; nothing was bound.
     #[error(transparent)]
-    Config(#[from] crate::cluster::ConfigError),
-    /// The transport config is invalid; nothing was bound.
-    #[error(transparent)]
-    TransportConfig(#[from] TransportConfigError),
+    Config(#[from] ConfigError),
     /// Binding or reading a socket failed.
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
@@ -295,9 +294,9 @@ impl Node {
 
     /// What this node sent, received and rejected so far.
     pub fn traffic(&self) -> TrafficStats {
-        let mut t = self.shared.traffic.snapshot();
-        t.transport = self.shared.transport.snapshot();
-        t
+        self.shared
+            .traffic
+            .snapshot(self.shared.transport.snapshot())
     }
 
     /// The node's figures now: core counters and histograms, members by state, traffic.
@@ -308,21 +307,13 @@ impl Node {
             .send(Request::Stats(tx))
             .await
             .map_err(|_| NodeError::Closed)?;
-        let mut s = rx.await.map_err(|_| NodeError::Closed)?;
-        s.traffic.transport = self.shared.transport.snapshot();
-        Ok(s)
+        rx.await.map_err(|_| NodeError::Closed)
     }
 
     /// The figures of the WAL under `data_dir`, if the node has one.
-    pub fn wal_figures(&self) -> Option<crate::metrics::WalFigures> {
+    pub fn wal_figures(&self) -> Option<WalFigures> {
         let store = self.shared.wal.lock().expect("wal lock").clone()?;
-        let wal = store.wal();
-        let s = wal.stats();
-        Some(crate::metrics::WalFigures {
-            appends: s.records,
-            fsyncs: s.fsyncs,
-            fsync_duration: wal.fsync_durations(),
-        })
+        Some(store.wal().figures())
     }
 
     /// Freezes the node as a stopped process would be: it reads no input and fires no timer

@@ -5,27 +5,62 @@ use crate::transport::frame::OpenFrameError;
 use crate::transport::TransportStats;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Live counters (relaxed atomics: each is exact, a snapshot is not a single instant).
+crate::common::counters! {
+    /// Live counters of what a node sent, received and rejected.
+    pub(crate) struct TrafficCounters;
+    /// What a node sent and received so far. Bytes are frame bytes (no IP/UDP/TCP headers).
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+    pub struct TrafficStats {
+        /// Datagrams sent (before the fault layer).
+        datagrams_out,
+        /// Protocol messages sent (a compound datagram of 3 counts 3).
+        msgs_out,
+        /// Stream messages sent.
+        streams_out,
+        /// Datagrams received (after the fault layer).
+        datagrams_in,
+        /// Bytes of datagrams received.
+        datagram_bytes_in,
+        /// Bytes of datagrams sent.
+        datagram_bytes_out,
+        /// Bytes of stream records received.
+        stream_bytes_in,
+        /// Bytes of stream records sent (with their 4-byte length prefix).
+        stream_bytes_out,
+        /// Datagrams and records refused for a malformed frame header.
+        rejected_frame,
+        /// Datagrams and records that did not decrypt: unknown key id, wrong key or cluster
+        /// label, tampering, or encrypted while this node has no key.
+        rejected_key,
+        /// Plain datagrams and records refused because encryption is on.
+        rejected_plain,
+        /// Datagrams whose packet did not decode.
+        rejected_packet,
+        /// Stream records whose sender address or packet did not decode (the transport counts
+        /// oversized and stalled records, in `transport`).
+        rejected_stream,
+    }
+    extra {
+        /// Bytes of datagrams and stream records received: `datagram_bytes_in +
+        /// stream_bytes_in`.
+        pub bytes_in: u64,
+        /// Bytes of datagrams and stream records sent: `datagram_bytes_out +
+        /// stream_bytes_out`.
+        pub bytes_out: u64,
+        /// The transport's own counters: connections, drops, limits hit.
+        pub transport: TransportStats,
+    }
+}
+
+/// A node's traffic counters, shared by its tasks: totals, and messages by kind.
 #[derive(Debug, Default)]
 pub(crate) struct Traffic {
-    pub datagrams_out: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub msgs_out: AtomicU64,
-    pub streams_out: AtomicU64,
-    pub datagrams_in: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub rejected_frame: AtomicU64,
-    pub rejected_key: AtomicU64,
-    pub rejected_plain: AtomicU64,
-    pub rejected_packet: AtomicU64,
-    pub rejected_stream: AtomicU64,
-    /// Bytes of stream records in and out (also counted in `bytes_in` / `bytes_out`).
-    pub stream_bytes_in: AtomicU64,
-    pub stream_bytes_out: AtomicU64,
+    /// Totals.
+    pub counts: TrafficCounters,
     /// Messages by `[direction * 2 + channel][msg_type]` (direction 0 = in; channel 0 = udp).
-    pub kinds: [[AtomicU64; KINDS]; 4],
+    kinds: [[AtomicU64; KINDS]; 4],
     /// Encoded bytes of those messages (type byte and body; no frame or packet header).
-    pub kind_bytes: [[AtomicU64; KINDS]; 4],
+    kind_bytes: [[AtomicU64; KINDS]; 4],
 }
 
 /// Message type bytes counted by kind (type 0 is unused; unknown types are not counted).
@@ -46,18 +81,14 @@ pub(crate) enum Chan {
 }
 
 impl Traffic {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
     /// Counts a frame that did not open, by reason.
     pub fn frame_refused(&self, e: &OpenFrameError) {
         let counter = match e {
-            OpenFrameError::Header(_) => &self.rejected_frame,
-            OpenFrameError::Crypto(_) | OpenFrameError::NoKeyring => &self.rejected_key,
-            OpenFrameError::PlaintextRefused => &self.rejected_plain,
+            OpenFrameError::Header(_) => &self.counts.rejected_frame,
+            OpenFrameError::Crypto(_) | OpenFrameError::NoKeyring => &self.counts.rejected_key,
+            OpenFrameError::PlaintextRefused => &self.counts.rejected_plain,
         };
-        Self::add(counter, 1);
+        counter.add(1);
     }
 
     /// Counts one message of `kind` (its type byte).
@@ -92,60 +123,14 @@ impl Traffic {
         out
     }
 
-    pub fn snapshot(&self) -> TrafficStats {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        TrafficStats {
-            datagrams_out: g(&self.datagrams_out),
-            bytes_out: g(&self.bytes_out),
-            msgs_out: g(&self.msgs_out),
-            streams_out: g(&self.streams_out),
-            datagrams_in: g(&self.datagrams_in),
-            bytes_in: g(&self.bytes_in),
-            rejected_frame: g(&self.rejected_frame),
-            rejected_key: g(&self.rejected_key),
-            rejected_plain: g(&self.rejected_plain),
-            rejected_packet: g(&self.rejected_packet),
-            rejected_stream: g(&self.rejected_stream),
-            stream_bytes_in: g(&self.stream_bytes_in),
-            stream_bytes_out: g(&self.stream_bytes_out),
-            transport: TransportStats::default(),
-        }
+    /// The totals, with the transport's own counters.
+    pub fn snapshot(&self, transport: TransportStats) -> TrafficStats {
+        let mut t = self.counts.snapshot();
+        t.bytes_in = t.datagram_bytes_in + t.stream_bytes_in;
+        t.bytes_out = t.datagram_bytes_out + t.stream_bytes_out;
+        t.transport = transport;
+        t
     }
-}
-
-/// What a node sent and received so far. Bytes are frame bytes (no IP/UDP/TCP headers).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct TrafficStats {
-    /// Datagrams sent (before the fault layer).
-    pub datagrams_out: u64,
-    /// Bytes of datagrams and stream records sent.
-    pub bytes_out: u64,
-    /// Protocol messages sent (a compound datagram of 3 counts 3).
-    pub msgs_out: u64,
-    /// Stream messages sent.
-    pub streams_out: u64,
-    /// Datagrams received (after the fault layer).
-    pub datagrams_in: u64,
-    /// Bytes of datagrams and stream records received.
-    pub bytes_in: u64,
-    /// Datagrams and records refused for a malformed frame header.
-    pub rejected_frame: u64,
-    /// Datagrams and records that did not decrypt: unknown key id, wrong key or cluster label,
-    /// tampering, or encrypted while this node has no key.
-    pub rejected_key: u64,
-    /// Plain datagrams and records refused because encryption is on.
-    pub rejected_plain: u64,
-    /// Datagrams whose packet did not decode.
-    pub rejected_packet: u64,
-    /// Stream records whose sender address or packet did not decode (the transport counts
-    /// oversized and stalled records, in `transport`).
-    pub rejected_stream: u64,
-    /// Bytes of stream records received (included in `bytes_in`).
-    pub stream_bytes_in: u64,
-    /// Bytes of stream records sent (included in `bytes_out`).
-    pub stream_bytes_out: u64,
-    /// The transport's own counters: connections, drops, limits hit.
-    pub transport: TransportStats,
 }
 
 /// Messages of one kind, direction and transport.

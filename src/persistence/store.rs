@@ -28,6 +28,7 @@
 
 use super::wal::fs::{Fs, OsFs};
 use super::wal::{RecordType, Wal, WalConfig, WalError};
+use crate::common::ConfigError;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -173,7 +174,7 @@ pub enum StoreError {
     EmptyKey,
     /// A config field is out of range. Nothing changed.
     #[error("store: invalid config: {0}")]
-    Config(String),
+    Config(ConfigError),
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
@@ -280,16 +281,22 @@ impl StoreConfig {
     pub fn validate(&self) -> Result<(), StoreError> {
         self.wal.validate()?;
         if self.limits.key_bytes_max == 0 {
-            return Err(StoreError::Config(
-                "limits.key_bytes_max must be at least 1".into(),
-            ));
+            return Err(StoreError::Config(ConfigError::new(
+                "store",
+                "limits.key_bytes_max",
+                "must be at least 1",
+            )));
         }
         let one = 17 + self.limits.key_bytes_max + self.limits.value_bytes_max;
         if one > self.wal.record_bytes_max as usize {
-            return Err(StoreError::Config(format!(
-                "a put of the largest key and value takes {one} bytes, over \
-                 wal.record_bytes_max {}",
-                self.wal.record_bytes_max
+            return Err(StoreError::Config(ConfigError::new(
+                "store",
+                "limits",
+                format!(
+                    "a put of the largest key and value takes {one} bytes, over \
+                     wal.record_bytes_max {}",
+                    self.wal.record_bytes_max
+                ),
             )));
         }
         Ok(())

@@ -39,7 +39,8 @@ pub use scenario::{
     ScenarioError,
 };
 
-use crate::cluster::{Command, Event, Incarnation, Input, Message, Now, Output, Swim, Time, Timer};
+use crate::cluster::{Command, Event, Incarnation, Input, Message, Output, Swim, Timer};
+use crate::common::{Now, Time};
 use crate::identity::{NodeId, NodeInfo};
 use metrics::{Excuse, Metrics};
 use rand::seq::SliceRandom;

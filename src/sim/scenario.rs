@@ -1,6 +1,7 @@
 //! What a simulation run is asked to do, and the parsing of the CLI's compact fault syntax.
 
-use crate::cluster::{Config, ConfigError};
+use crate::cluster::Config;
+use crate::common::ConfigError;
 use std::time::Duration;
 
 /// Why a scenario was refused. Nothing was run.

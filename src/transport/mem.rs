@@ -133,15 +133,15 @@ impl Transport for MemTransport {
     async fn recv(&mut self) -> Option<Incoming> {
         let got = self.rx.recv().await;
         if let Some(Incoming::Stream { .. }) = got {
-            self.counters.streams_in(1);
+            self.counters.streams_in.add(1);
         }
         got
     }
 
     async fn send_packet(&mut self, to: SocketAddr, bytes: &[u8]) {
-        self.counters.packets_out(1);
+        self.counters.packets_out.add(1);
         if bytes.len() > DATAGRAM_BYTES_MAX {
-            self.counters.packets_oversized(1);
+            self.counters.packets_oversized.add(1);
             return;
         }
         let packet = Incoming::Packet {
@@ -154,17 +154,17 @@ impl Transport for MemTransport {
 
     fn send_stream(&mut self, to: SocketAddr, record: Vec<u8>) {
         if record.len() > self.config.stream_record_bytes_max {
-            self.counters.streams_out_dropped(1);
+            self.counters.streams_out_dropped.add(1);
             return;
         }
-        self.counters.streams_out(1);
+        self.counters.streams_out.add(1);
         if self
             .net
             .deliver(to, Incoming::Stream { bytes: record })
             .is_err()
         {
-            self.counters.connections_failed(1);
-            self.counters.streams_out_dropped(1);
+            self.counters.connections_failed.add(1);
+            self.counters.streams_out_dropped.add(1);
         }
     }
 

@@ -11,16 +11,15 @@
 //! This module never imports `cluster`: it carries opaque bodies. The two meet in `node/` (and in
 //! the simulator, which uses the frame's size to count honest bytes).
 
-pub mod backoff;
 pub mod crypto;
 pub mod frame;
 pub mod mem;
 pub mod net;
 
+use crate::common::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Something a transport received.
@@ -121,20 +120,10 @@ impl Default for TransportConfig {
     }
 }
 
-/// A transport setting is out of range.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("transport.{field}: {rule}")]
-pub struct TransportConfigError {
-    /// The field.
-    pub field: &'static str,
-    /// What it must satisfy.
-    pub rule: &'static str,
-}
-
 impl TransportConfig {
     /// Checks every field and the rules between fields.
-    pub fn validate(&self) -> Result<(), TransportConfigError> {
-        let err = |field, rule| Err(TransportConfigError { field, rule });
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |field, rule: &'static str| ConfigError::fail("transport", field, rule);
         if !(1024..=1 << 30).contains(&self.stream_record_bytes_max) {
             return err("stream_record_bytes_max", "must be 1 KiB to 1 GiB");
         }
@@ -173,87 +162,41 @@ impl TransportConfig {
     }
 }
 
-/// Live counters of a transport (relaxed atomics: each is exact; a snapshot is not an instant).
-#[derive(Debug, Default)]
-pub struct TransportCounters {
-    packets_out: AtomicU64,
-    packets_out_failed: AtomicU64,
-    streams_out: AtomicU64,
-    streams_out_dropped: AtomicU64,
-    connections_opened: AtomicU64,
-    connections_failed: AtomicU64,
-    connections_evicted: AtomicU64,
-    streams_in: AtomicU64,
-    inbound_refused: AtomicU64,
-    stream_oversized: AtomicU64,
-    stream_timeouts: AtomicU64,
-    packets_oversized: AtomicU64,
-    queue_full: AtomicU64,
+crate::common::counters! {
+    /// Live counters of a transport, shared with whoever reads them (see [`Transport::counters`]).
+    pub struct TransportCounters;
+    /// The counters a transport keeps, as numbers.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+    pub struct TransportStats {
+        /// Datagrams handed to the network.
+        packets_out,
+        /// Datagrams the network refused to send.
+        packets_out_failed,
+        /// Stream records written.
+        streams_out,
+        /// Stream records dropped: peer in reconnect backoff, queue full, write failed.
+        streams_out_dropped,
+        /// Outgoing connections opened.
+        connections_opened,
+        /// Outgoing connects that failed or timed out.
+        connections_failed,
+        /// Cached outgoing connections closed to stay within the cache cap.
+        connections_evicted,
+        /// Stream records received.
+        streams_in,
+        /// Inbound connections refused over `inbound_streams_max`.
+        inbound_refused,
+        /// Inbound records over `stream_record_bytes_max` (connection closed unread).
+        stream_oversized,
+        /// Inbound connections closed for a stalled record.
+        stream_timeouts,
+        /// Datagrams too large to deliver (in-memory network).
+        packets_oversized,
+        /// Received datagrams or records dropped because the runtime's queue was full.
+        queue_full,
+    }
+    extra {}
 }
-
-/// The counters a transport keeps, as numbers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct TransportStats {
-    /// Datagrams handed to the network.
-    pub packets_out: u64,
-    /// Datagrams the network refused to send.
-    pub packets_out_failed: u64,
-    /// Stream records written.
-    pub streams_out: u64,
-    /// Stream records dropped: peer in reconnect backoff, queue full, write failed.
-    pub streams_out_dropped: u64,
-    /// Outgoing connections opened.
-    pub connections_opened: u64,
-    /// Outgoing connects that failed or timed out.
-    pub connections_failed: u64,
-    /// Cached outgoing connections closed to stay within the cache cap.
-    pub connections_evicted: u64,
-    /// Stream records received.
-    pub streams_in: u64,
-    /// Inbound connections refused over `inbound_streams_max`.
-    pub inbound_refused: u64,
-    /// Inbound records over `stream_record_bytes_max` (connection closed unread).
-    pub stream_oversized: u64,
-    /// Inbound connections closed for a stalled record.
-    pub stream_timeouts: u64,
-    /// Datagrams too large to deliver (in-memory network).
-    pub packets_oversized: u64,
-    /// Received datagrams or records dropped because the runtime's queue was full.
-    pub queue_full: u64,
-}
-
-macro_rules! counter_fns {
-    ($($name:ident),*) => {
-        impl TransportCounters {
-            $(
-                #[doc = concat!("Adds `n` to `", stringify!($name), "`.")]
-                pub fn $name(&self, n: u64) {
-                    self.$name.fetch_add(n, Ordering::Relaxed);
-                }
-            )*
-            /// The counters now.
-            pub fn snapshot(&self) -> TransportStats {
-                TransportStats { $($name: self.$name.load(Ordering::Relaxed)),* }
-            }
-        }
-    };
-}
-
-counter_fns!(
-    packets_out,
-    packets_out_failed,
-    streams_out,
-    streams_out_dropped,
-    connections_opened,
-    connections_failed,
-    connections_evicted,
-    streams_in,
-    inbound_refused,
-    stream_oversized,
-    stream_timeouts,
-    packets_oversized,
-    queue_full
-);
 
 #[cfg(test)]
 mod tests {

@@ -13,8 +13,8 @@
 //! `read_timeout`. A length over `stream_record_bytes_max` closes the connection unread, and a
 //! record waits for room in a shared budget of `inbound_bytes_max` before it is read.
 
-use super::backoff::Backoff;
 use super::{Incoming, Transport, TransportConfig, TransportCounters};
+use crate::common::Backoff;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -142,9 +142,9 @@ impl Transport for NetTransport {
     }
 
     async fn send_packet(&mut self, to: SocketAddr, bytes: &[u8]) {
-        self.counters.packets_out(1);
+        self.counters.packets_out.add(1);
         if let Err(e) = self.udp.send_to(bytes, to).await {
-            self.counters.packets_out_failed(1);
+            self.counters.packets_out_failed.add(1);
             tracing::debug!(%to, error = %e, "datagram send failed");
         }
     }
@@ -153,7 +153,7 @@ impl Transport for NetTransport {
         while self.writers.try_join_next().is_some() {}
         let now = Instant::now();
         if record.len() > self.config.stream_record_bytes_max {
-            self.counters.streams_out_dropped(1);
+            self.counters.streams_out_dropped.add(1);
             tracing::warn!(%to, len = record.len(), "stream record over the limit: dropped");
             return;
         }
@@ -161,11 +161,11 @@ impl Transport for NetTransport {
             match c.tx.try_send(record) {
                 Ok(()) => {
                     c.last_used = now;
-                    self.counters.streams_out(1);
+                    self.counters.streams_out.add(1);
                     return;
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.counters.streams_out_dropped(1);
+                    self.counters.streams_out_dropped.add(1);
                     tracing::debug!(%to, "stream queue full: record dropped");
                     return;
                 }
@@ -177,7 +177,7 @@ impl Transport for NetTransport {
             }
         }
         if self.in_backoff(to, now) {
-            self.counters.streams_out_dropped(1);
+            self.counters.streams_out_dropped.add(1);
             return;
         }
         if self.cache.len() >= self.config.outbound_cached_max {
@@ -189,12 +189,12 @@ impl Transport for NetTransport {
             if let Some(a) = oldest {
                 // Dropping the sender lets the writer finish its queue, then close.
                 self.cache.remove(&a);
-                self.counters.connections_evicted(1);
+                self.counters.connections_evicted.add(1);
             }
         }
         let (tx, rx) = mpsc::channel(self.config.outbound_queue);
         tx.try_send(record).expect("a new queue has room");
-        self.counters.streams_out(1);
+        self.counters.streams_out.add(1);
         self.cache.insert(to, Cached { tx, last_used: now });
         self.writers.spawn(writer(
             to,
@@ -243,12 +243,12 @@ async fn writer(
     let mut sock = match connected {
         Ok(sock) => {
             failing.lock().expect("failing lock").remove(&to);
-            counters.connections_opened(1);
+            counters.connections_opened.add(1);
             let _ = sock.set_nodelay(true);
             sock
         }
         Err(e) => {
-            counters.connections_failed(1);
+            counters.connections_failed.add(1);
             let backoff = Backoff::new(config.reconnect_base, config.reconnect_max);
             {
                 let mut failing = failing.lock().expect("failing lock");
@@ -265,7 +265,7 @@ async fn writer(
             while rx.try_recv().is_ok() {
                 lost += 1;
             }
-            counters.streams_out_dropped(lost);
+            counters.streams_out_dropped.add(lost);
             tracing::debug!(%to, error = %e, lost, "stream connect failed");
             return;
         }
@@ -302,7 +302,7 @@ async fn writer(
             while rx.try_recv().is_ok() {
                 lost += 1;
             }
-            counters.streams_out_dropped(lost);
+            counters.streams_out_dropped.add(lost);
             tracing::debug!(%to, error = %e, lost, "stream write failed");
             return;
         }
@@ -330,7 +330,7 @@ async fn accept_loop(
                     continue;
                 };
                 if conns.len() >= config.inbound_streams_max {
-                    counters.inbound_refused(1);
+                    counters.inbound_refused.add(1);
                     tracing::debug!("inbound stream refused: too many open");
                     continue;
                 }
@@ -363,7 +363,7 @@ async fn read_connection(
         }
         let len = u32::from_be_bytes(len) as usize;
         if len > config.stream_record_bytes_max {
-            counters.stream_oversized(1);
+            counters.stream_oversized.add(1);
             tracing::debug!(len, "stream record over the limit: connection closed");
             return;
         }
@@ -386,11 +386,11 @@ async fn read_connection(
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(_) => {
-                counters.stream_timeouts(1);
+                counters.stream_timeouts.add(1);
                 return;
             }
         };
-        counters.streams_in(1);
+        counters.streams_in.add(1);
         if tx.send(record).await.is_err() {
             return;
         }

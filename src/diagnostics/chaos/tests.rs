@@ -364,7 +364,7 @@ fn validation_names_the_field() {
         let err = config.validate().unwrap_err();
         assert_eq!(err.field(), field, "{err}");
         assert!(
-            err.to_string().starts_with(&format!("chaos.{field} = ")),
+            err.to_string().starts_with(&format!("chaos.{field}: ")),
             "{err}"
         );
     }

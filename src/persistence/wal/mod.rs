@@ -42,8 +42,9 @@ pub use recovery::{
 };
 pub use repair::{repair, RepairReport};
 pub use segment::{parse_segment_name, segment_name};
-pub use writer::{Wal, WalStats, LOCK_FILE};
+pub use writer::{Wal, WalFigures, WalStats, LOCK_FILE};
 
+use crate::common::ConfigError;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -104,32 +105,39 @@ impl WalConfig {
 
     /// Checks every field and the rules between them.
     pub fn validate(&self) -> Result<(), WalError> {
-        let bad = |m: String| Err(WalError::Config(m));
+        let bad = |field, rule: String| Err(WalError::Config(ConfigError::new("wal", field, rule)));
         if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
-            return bad(format!(
-                "segment_bytes {} must be from {SEGMENT_BYTES_MIN} to {SEGMENT_BYTES_MAX}",
-                self.segment_bytes
-            ));
+            return bad(
+                "segment_bytes",
+                format!(
+                    "{} must be from {SEGMENT_BYTES_MIN} to {SEGMENT_BYTES_MAX}",
+                    self.segment_bytes
+                ),
+            );
         }
         if !self.segment_bytes.is_multiple_of(ALIGN as u64) {
-            return bad(format!(
-                "segment_bytes {} must be a multiple of {ALIGN}",
-                self.segment_bytes
-            ));
+            return bad(
+                "segment_bytes",
+                format!("{} must be a multiple of {ALIGN}", self.segment_bytes),
+            );
         }
         let room = self.segment_bytes - (SEGMENT_HEADER_LEN + RECORD_HEADER_LEN + ALIGN) as u64;
         if self.record_bytes_max == 0 || u64::from(self.record_bytes_max) > room {
-            return bad(format!(
-                "record_bytes_max {} must be from 1 to {room} (a record must fit in an empty \
+            return bad(
+                "record_bytes_max",
+                format!(
+                    "{} must be from 1 to {room} (a record must fit in an empty \
                  segment of segment_bytes {})",
-                self.record_bytes_max, self.segment_bytes
-            ));
+                    self.record_bytes_max, self.segment_bytes
+                ),
+            );
         }
         if let Durability::Interval(d) = self.durability {
             if d < Duration::from_millis(1) || d > Duration::from_secs(60) {
-                return bad(format!(
-                    "durability interval {d:?} must be from 1 ms to 60 s"
-                ));
+                return bad(
+                    "durability",
+                    format!("interval {d:?} must be from 1 ms to 60 s"),
+                );
             }
         }
         Ok(())
@@ -156,7 +164,7 @@ pub enum WalError {
     Locked(PathBuf),
     /// A config field is out of range. Nothing changed.
     #[error("wal: invalid config: {0}")]
-    Config(String),
+    Config(ConfigError),
     /// The log is corrupt at this place; open refuses it (nothing changed) and
     /// `dcore wal repair` can truncate it there.
     #[error("wal: corrupt log: {} at offset {offset}: {what}", path.display())]

@@ -10,11 +10,11 @@ use super::reader::WalReader;
 use super::recovery::{recover, RecoveryReport};
 use super::segment::{create_segment, read_segment, segment_name, zero_range, SegmentRef};
 use super::{Durability, WalConfig, WalError};
+use crate::common::Histogram;
 use crate::persistence::wal::format::{read_slot, Slot};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -22,42 +22,52 @@ use std::time::Duration;
 /// Name of the lock file in a log directory.
 pub const LOCK_FILE: &str = "LOCK";
 
-/// Counters of a [`Wal`] since it was opened.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct WalStats {
-    /// `append`/`append_batch` calls acknowledged.
-    pub appends: u64,
-    /// Records acknowledged.
-    pub records: u64,
-    /// Bytes written for records (headers and padding included).
-    pub bytes: u64,
-    /// Data flushes (fdatasync of a segment), the preallocation flush of new segments excluded.
-    pub fsyncs: u64,
-    /// Batches written by a leader (in `Always` mode, flushes shared by the batch's appenders).
-    pub batches: u64,
-    /// Segments created.
-    pub segments_created: u64,
-    /// Torn tails truncated when the log was opened (0 or 1).
-    pub torn_tails_truncated: u64,
+crate::common::counters! {
+    /// Live counters of a [`Wal`].
+    struct WalCounters;
+    /// Counters of a [`Wal`] since it was opened.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+    pub struct WalStats {
+        /// `append`/`append_batch` calls acknowledged.
+        appends,
+        /// Records acknowledged.
+        records,
+        /// Bytes written for records (headers and padding included).
+        bytes,
+        /// Data flushes (fdatasync of a segment), the preallocation flush of new segments excluded.
+        fsyncs,
+        /// Batches written by a leader (in `Always` mode, flushes shared by the batch's appenders).
+        batches,
+        /// Segments created.
+        segments_created,
+    }
+    extra {
+        /// Torn tails truncated when the log was opened (0 or 1).
+        pub torn_tails_truncated: u64,
+    }
 }
 
-impl Counters {
-    fn fsynced(&self, took: std::time::Duration) {
-        self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        lock(&self.fsync_time).observe(took);
-    }
+/// A [`Wal`]'s figures for metrics: its counters and how long its data flushes took.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WalFigures {
+    /// The counters since open.
+    pub stats: WalStats,
+    /// How long each data flush took.
+    pub fsync_duration: Histogram,
 }
 
 #[derive(Debug, Default)]
 struct Counters {
     /// How long each data flush took.
-    fsync_time: std::sync::Mutex<crate::cluster::histogram::Histogram>,
-    appends: AtomicU64,
-    records: AtomicU64,
-    bytes: AtomicU64,
-    fsyncs: AtomicU64,
-    batches: AtomicU64,
-    segments_created: AtomicU64,
+    fsync_time: Mutex<Histogram>,
+    counts: WalCounters,
+}
+
+impl Counters {
+    fn fsynced(&self, took: std::time::Duration) {
+        self.counts.fsyncs.add(1);
+        lock(&self.fsync_time).observe(took);
+    }
 }
 
 /// Encoded records waiting for a leader. Indexes are dense from `first`.
@@ -202,7 +212,7 @@ impl Wal {
         let io = open_io(&*fs, &dir, &config, &recovery)?;
         let counters = Counters::default();
         if io.segments.len() == 1 && recovery.scan.segments.is_empty() {
-            counters.segments_created.store(1, Ordering::Relaxed);
+            counters.counts.segments_created.add(1);
         }
         let shared = Shared {
             next_index: io.written + 1,
@@ -274,7 +284,7 @@ impl Wal {
         let mut s = lock(&inner.shared);
         loop {
             if ticket.0.is_empty() || s.acked >= last || s.truncations != ticket.1 {
-                inner.counters.appends.fetch_add(1, Ordering::Relaxed);
+                inner.counters.counts.appends.add(1);
                 return Ok(());
             }
             if let Some(p) = &s.poisoned {
@@ -400,22 +410,22 @@ impl Wal {
     }
 
     /// How long the data flushes since open took.
-    pub fn fsync_durations(&self) -> crate::cluster::histogram::Histogram {
+    pub fn fsync_durations(&self) -> Histogram {
         lock(&self.inner.counters.fsync_time).clone()
     }
 
     /// The counters since open.
     pub fn stats(&self) -> WalStats {
-        let c = &self.inner.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        WalStats {
-            appends: get(&c.appends),
-            records: get(&c.records),
-            bytes: get(&c.bytes),
-            fsyncs: get(&c.fsyncs),
-            batches: get(&c.batches),
-            segments_created: get(&c.segments_created),
-            torn_tails_truncated: u64::from(self.inner.recovery.torn_tail.is_some()),
+        let mut s = self.inner.counters.counts.snapshot();
+        s.torn_tails_truncated = u64::from(self.inner.recovery.torn_tail.is_some());
+        s
+    }
+
+    /// The counters and the flush durations, for metrics.
+    pub fn figures(&self) -> WalFigures {
+        WalFigures {
+            stats: self.stats(),
+            fsync_duration: self.fsync_durations(),
         }
     }
 
@@ -564,10 +574,10 @@ impl Inner {
             index += 1;
         }
         self.write(&mut io, &b.buf[chunk..pos], index - 1)?;
-        let c = &self.counters;
-        c.batches.fetch_add(1, Ordering::Relaxed);
-        c.records.fetch_add(b.lens.len() as u64, Ordering::Relaxed);
-        c.bytes.fetch_add(b.buf.len() as u64, Ordering::Relaxed);
+        let c = &self.counters.counts;
+        c.batches.add(1);
+        c.records.add(b.lens.len() as u64);
+        c.bytes.add(b.buf.len() as u64);
         if self.config.durability == Durability::Always {
             self.flush(&mut io)?;
             return Ok(io.durable);
@@ -625,9 +635,7 @@ impl Inner {
         }
         let size = self.config.segment_bytes;
         io.file = Arc::from(create_segment(&*self.fs, &self.dir, first, size)?);
-        self.counters
-            .segments_created
-            .fetch_add(1, Ordering::Relaxed);
+        self.counters.counts.segments_created.add(1);
         io.segments.push(SegmentRef {
             first,
             path: self.dir.join(segment_name(first)),
