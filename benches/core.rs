@@ -3,10 +3,10 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use distributed_core::cluster::{
-    Alive, Config, Incarnation, Input, MemberState, Message, Output, Ping, PushMember, PushPull,
-    Swim, Timer,
+    Alive, Config, Input, MemberState, Message, Output, Ping, PushMember, PushPull, Swim, Timer,
 };
 use distributed_core::common::{Now, Time};
+use distributed_core::identity::Incarnation;
 use distributed_core::identity::{NodeId, NodeInfo};
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -21,9 +21,9 @@
 //! returns. Two cores wired together by hand:
 //!
 //! ```
-//! use distributed_core::cluster::{Command, Config, Event, Incarnation, Input, Output, Swim};
+//! use distributed_core::cluster::{Command, Config, Event, Input, Output, Swim};
 //! use distributed_core::common::{Now, Time};
-//! use distributed_core::identity::{NodeId, NodeInfo};
+//! use distributed_core::identity::{Incarnation, NodeId, NodeInfo};
 //!
 //! let addr_a = "127.0.0.1:7946".parse().unwrap();
 //! let addr_b = "127.0.0.2:7946".parse().unwrap();

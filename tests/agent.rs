@@ -407,7 +407,7 @@ fn keygen_prints_a_base64_key() {
     assert_eq!(code, Some(0), "{err}");
     let key = out.trim();
     assert_eq!(key.len(), 44, "{out:?}");
-    distributed_core::transport::crypto::Key::from_base64(key).expect("a 32-byte base64 key");
+    distributed_core::identity::Key::from_base64(key).expect("a 32-byte base64 key");
     let (_, again, _) = dcore(&["keygen"]);
     assert_ne!(again.trim(), key, "each key is fresh");
 }

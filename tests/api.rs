@@ -7,7 +7,7 @@ mod harness;
 
 use distributed_core::agent::{Agent, AgentConfig};
 use distributed_core::cluster::{Config, Event, MemberState};
-use distributed_core::transport::crypto::Key;
+use distributed_core::identity::Key;
 use harness::serial;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};

@@ -6,8 +6,9 @@
 mod harness;
 
 use distributed_core::cluster::{Config, MemberState};
+use distributed_core::identity::{Key, KEY_BYTES};
 use distributed_core::node::{Node, NodeConfig};
-use distributed_core::transport::crypto::{Key, Keyring, KEY_BYTES};
+use distributed_core::transport::crypto::Keyring;
 use harness::{alive_count, eventually, serial, state_of, Net};
 use std::sync::Arc;
 use std::time::Duration;

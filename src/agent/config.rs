@@ -142,10 +142,8 @@ impl AgentConfig {
                 return field("join", format!("{j:?}: use host:port"));
             }
         }
-        for (k, v) in &self.tags {
-            if k.is_empty() || k.len() > 128 || v.len() > 512 {
-                return field("tags", format!("{k:?}: keys 1-128 bytes, values up to 512"));
-            }
+        if let Err(e) = crate::identity::check_tag_sizes(&self.tags) {
+            return field("tags", e.to_string());
         }
         if self.leave_timeout.is_zero() || self.leave_timeout > std::time::Duration::from_secs(300)
         {

@@ -3,8 +3,8 @@
 use super::views::{event_json, MemberJson};
 use super::Shared;
 use crate::diagnostics::chaos::ChaosConfig;
+use crate::identity::Key;
 use crate::metrics::{self, Format, Snapshot};
-use crate::transport::crypto::Key;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};

@@ -364,7 +364,7 @@ pub fn info(t: &Target, json_out: bool) -> anyhow::Result<i32> {
 
 /// `dcore keygen`
 pub fn keygen() -> anyhow::Result<i32> {
-    let key = distributed_core::transport::crypto::Key::generate(&mut rand::rngs::OsRng);
+    let key = distributed_core::identity::Key::generate(&mut rand::rngs::OsRng);
     println!("{}", key.to_base64());
     Ok(0)
 }

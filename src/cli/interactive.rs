@@ -5,7 +5,7 @@ use super::local::LocalArgs;
 use anyhow::{bail, Context};
 use distributed_core::agent::{Agent, AgentConfig};
 use distributed_core::cluster::{Config, Event, MemberState};
-use distributed_core::transport::crypto::Key;
+use distributed_core::identity::Key;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;

@@ -191,7 +191,8 @@ impl BroadcastQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::message::{Ack, Dead, Incarnation};
+    use crate::cluster::message::{Ack, Dead};
+    use crate::identity::Incarnation;
 
     fn dead(name: &str, inc: u64) -> (BroadcastKey, Message) {
         let id = NodeId::new(name).unwrap();

@@ -6,8 +6,9 @@
 //! ten thousand members costs about 40 bytes a member in all: the simulator holds ten thousand
 //! such tables.
 
-use super::message::{Incarnation, MemberState};
+use super::message::MemberState;
 use crate::common::Time;
+use crate::identity::Incarnation;
 use crate::identity::{NodeId, NodeInfo};
 use hashbrown::HashTable;
 use rand::seq::SliceRandom;

@@ -3,10 +3,11 @@
 //! incarnation, to refute a suspicion or death claim about itself.
 
 use super::members::Member;
-use super::message::{Alive, Dead, Incarnation, MemberState, Message, Ping, PushMember, Suspect};
+use super::message::{Alive, Dead, MemberState, Message, Ping, PushMember, Suspect};
 use super::suspicion::{suspicion_min, Suspicion};
 use super::swim::Swim;
 use super::{Event, Timer};
+use crate::identity::Incarnation;
 use crate::identity::NodeId;
 
 impl Swim {

@@ -5,7 +5,7 @@
 //! struct (see `docs/protocol.md`). A changed message gets a new `msg_type`; an item of unknown
 //! type is skipped by its length before any decoding, so old nodes drop what they do not know.
 
-use crate::identity::{NodeId, NodeInfo};
+use crate::identity::{Incarnation, NodeId, NodeInfo};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,13 +14,6 @@ use std::sync::Arc;
 pub const PROTOCOL_VERSION: u8 = 1;
 /// Messages in one packet at most.
 pub const PACKET_MESSAGES_MAX: usize = 255;
-
-/// A member's incarnation: only the member raises its own, to refute claims about it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
-#[serde(transparent)]
-pub struct Incarnation(pub u64);
 
 /// A member's state as one node sees it. At equal incarnation `Dead`/`Left` beat `Suspect`,
 /// which beats `Alive`.

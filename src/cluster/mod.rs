@@ -31,13 +31,13 @@ pub use config::{Config, INDIRECT_CHECKS_MAX, PACKET_BYTES_MIN};
 pub use members::Member;
 pub use message::{
     decode_packet, encode_packet, item_len, msg_type, packet_header_len, packet_len, varint_len,
-    Ack, Alive, Dead, DecodeMessageError, DecodedPacket, Incarnation, MemberState, Message, Nack,
-    Ping, PingReq, PushMember, PushPull, Suspect, UserEvent, PACKET_MESSAGES_MAX, PROTOCOL_VERSION,
+    Ack, Alive, Dead, DecodeMessageError, DecodedPacket, MemberState, Message, Nack, Ping, PingReq,
+    PushMember, PushPull, Suspect, UserEvent, PACKET_MESSAGES_MAX, PROTOCOL_VERSION,
 };
 pub use swim::{CommandError, Stats, Swim};
 
 use crate::common::Time;
-use crate::identity::{NodeId, NodeInfo, Tags};
+use crate::identity::{Incarnation, NodeId, NodeInfo, Tags};
 use std::net::SocketAddr;
 use std::sync::Arc;
 

@@ -1,10 +1,11 @@
 //! The probe cycle: ping, then ping-req through `indirect_checks` members (and a stream ping),
 //! then suspicion; and the other side: answering pings and running indirect probes for others.
 
-use super::message::{Ack, Incarnation, MemberState, Message, Nack, Ping, PingReq, Suspect};
+use super::message::{Ack, MemberState, Message, Nack, Ping, PingReq, Suspect};
 use super::swim::{Channel, Swim};
 use super::Timer;
 use crate::common::Time;
+use crate::identity::Incarnation;
 use crate::identity::NodeId;
 use rustc_hash::FxHashMap;
 use std::net::SocketAddr;

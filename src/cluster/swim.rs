@@ -4,8 +4,8 @@
 use super::broadcast::{BroadcastKey, BroadcastQueue};
 use super::members::{Member, Members};
 use super::message::{
-    item_len, packet_header_len, Alive, Dead, Incarnation, MemberState, Message, PushMember,
-    PushPull, UserEvent, PACKET_MESSAGES_MAX,
+    item_len, packet_header_len, Alive, Dead, MemberState, Message, PushMember, PushPull,
+    UserEvent, PACKET_MESSAGES_MAX,
 };
 use super::probe::ProbeState;
 use super::suspicion::{Awareness, Suspicion};
@@ -14,6 +14,7 @@ use super::{Command, Config, Event, Input, MemberView, Output, Timer};
 use crate::common::Backoff;
 use crate::common::Histogram;
 use crate::common::{ConfigError, Now, Time};
+use crate::identity::Incarnation;
 use crate::identity::{tags_len, NodeId, NodeInfo, Tags};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -1,19 +1,30 @@
-//! Who a node is: its id (the unique member name), its address and its tags.
+//! What a node is: its id (the unique member name), its incarnation, the address and tags it
+//! announces, the cluster keys it holds, and what it keeps of itself across restarts.
 //!
-//! These types are shared by the protocol core, the transport and the runtime. A `NodeInfo` is
-//! immutable once built and shared behind an [`Arc`]: a membership table of ten thousand entries
-//! per node in the simulator would otherwise hold a hundred million copies of the same strings.
+//! These types are shared by the protocol core, the transport and the runtime; this module
+//! imports only `common`. A [`NodeInfo`] is immutable once built and shared behind an `Arc`: a
+//! membership table of ten thousand entries per node in the simulator would otherwise hold a
+//! hundred million copies of the same strings.
+//!
+//! Layout: `id.rs` ([`NodeId`], [`Incarnation`]), `info.rs` ([`NodeInfo`], [`Tags`] and their
+//! limit), `key.rs` ([`Key`]: generation, base64, key files, the cipher), `persisted.rs`
+//! ([`PersistedIdentity`]: the id and incarnation a node keeps in its data dir).
 
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::fmt;
-use std::net::SocketAddr;
-use std::sync::Arc;
+mod id;
+mod info;
+mod key;
+mod persisted;
 
-/// Longest node id in bytes. Ids travel in nearly every message, so they stay short.
-pub const NODE_ID_BYTES_MAX: usize = 128;
+pub use id::{Incarnation, NodeId, NODE_ID_BYTES_MAX};
+pub use info::{
+    check_tag_sizes, check_tags, tags_len, NodeInfo, Tags, TAG_KEY_BYTES_MAX, TAG_VALUE_BYTES_MAX,
+};
+pub use key::{read_key_file, Key, KEY_BYTES, NONCE_BYTES, TAG_BYTES};
+pub use persisted::PersistedIdentity;
 
-/// Why an id or a tag set was refused.
+use std::path::PathBuf;
+
+/// Why an id, a tag set, a key or a stored identity was refused. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
     /// The id is empty or longer than [`NODE_ID_BYTES_MAX`]; nothing was changed.
@@ -27,88 +38,37 @@ pub enum IdentityError {
         /// The configured limit.
         max: usize,
     },
-}
-
-/// A member's unique name. Cheap to clone (an `Arc<str>` inside).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct NodeId(Arc<str>);
-
-impl NodeId {
-    /// Builds an id, checking its length.
-    pub fn new(name: &str) -> Result<Self, IdentityError> {
-        if name.is_empty() || name.len() > NODE_ID_BYTES_MAX {
-            return Err(IdentityError::IdLength(name.len()));
-        }
-        Ok(NodeId(Arc::from(name)))
-    }
-
-    /// The id as a string slice.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", &*self.0)
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Key/value metadata a node publishes about itself (role, zone, version, ...).
-pub type Tags = BTreeMap<String, String>;
-
-/// Bytes `tags` take in the limit check: the sum of key and value lengths plus two per pair.
-pub fn tags_len(tags: &Tags) -> usize {
-    tags.iter().map(|(k, v)| k.len() + v.len() + 2).sum()
-}
-
-/// Everything a node says about itself in an `Alive` claim.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    /// Unique member name.
-    pub id: NodeId,
-    /// Where its UDP and TCP listeners are reachable.
-    pub addr: SocketAddr,
-    /// Published metadata, bounded by the protocol config's `tags_bytes_max`.
-    pub tags: Tags,
-}
-
-impl NodeInfo {
-    /// A node with no tags.
-    pub fn new(id: NodeId, addr: SocketAddr) -> Self {
-        NodeInfo {
-            id,
-            addr,
-            tags: Tags::new(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn id_length_is_bounded() {
-        assert!(NodeId::new("").is_err());
-        assert!(NodeId::new(&"x".repeat(NODE_ID_BYTES_MAX)).is_ok());
-        assert_eq!(
-            NodeId::new(&"x".repeat(NODE_ID_BYTES_MAX + 1)),
-            Err(IdentityError::IdLength(NODE_ID_BYTES_MAX + 1))
-        );
-    }
-
-    #[test]
-    fn tags_len_counts_keys_values_and_separators() {
-        let mut t = Tags::new();
-        t.insert("zone".into(), "a".into());
-        assert_eq!(tags_len(&t), 7);
-    }
+    /// A tag key is empty or too long, or its value is too long.
+    #[error("tag {key:?}: keys 1-{TAG_KEY_BYTES_MAX} bytes, values up to {TAG_VALUE_BYTES_MAX}")]
+    TagSize {
+        /// The tag's key.
+        key: String,
+    },
+    /// Not a base64 key of 32 bytes.
+    #[error("a key is 32 bytes in standard base64: {0}")]
+    BadKey(String),
+    /// The key file could not be read, or holds no key.
+    #[error("key file {path}: {reason}")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The key file can be read by users other than its owner.
+    #[error("key file {path} has mode {mode:o}: others can read it; chmod 600 it")]
+    KeyFilePermissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The data dir holds another node's identity.
+    #[error("belongs to node {stored:?}, not {name:?}")]
+    OtherNode {
+        /// The name stored.
+        stored: String,
+        /// The name of the node starting.
+        name: String,
+    },
 }

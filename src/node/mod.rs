@@ -24,12 +24,14 @@ mod traffic;
 pub use stats::{MemberCounts, NodeStats};
 pub use traffic::{KindCount, TrafficStats};
 
-use crate::cluster::{Command, Config, Event, Incarnation, MemberView, Swim};
+use crate::cluster::{Command, Config, Event, MemberView, Swim};
 use crate::common::ConfigError;
 use crate::diagnostics::chaos::{Chaos, ChaosLayer};
+use crate::identity::Incarnation;
+use crate::identity::Key;
 use crate::identity::{IdentityError, NodeId, NodeInfo, Tags};
 use crate::persistence::wal::WalFigures;
-use crate::transport::crypto::{Key, KeyInfo, Keyring};
+use crate::transport::crypto::{KeyInfo, Keyring};
 use crate::transport::net::NetTransport;
 use crate::transport::{Transport, TransportConfig, TransportCounters};
 use std::net::SocketAddr;

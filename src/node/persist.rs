@@ -8,6 +8,7 @@
 
 use super::{NodeError, Request};
 use crate::cluster::{Event, MemberState, MemberView};
+use crate::identity::PersistedIdentity;
 use crate::persistence::store::{Batch, Store, StoreConfig, WalStore};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -47,21 +48,17 @@ pub(crate) async fn restore(
         let mut config = StoreConfig::default();
         config.wal.segment_bytes = 8 << 20;
         let store = WalStore::open(&dir, config).map_err(store_err)?;
-        match store.get(b"node/id").map_err(store_err)? {
-            Some(id) if id != name.as_bytes() => {
-                return Err(NodeError::DataDir(format!(
-                    "{} belongs to node {:?}, not {name:?}",
-                    dir.display(),
-                    String::from_utf8_lossy(&id)
-                )))
-            }
-            _ => {}
-        }
-        let stored = store
-            .get(b"node/incarnation")
-            .map_err(store_err)?
-            .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok());
-        let incarnation = stored.map_or(configured, |s| configured.max(s + 1));
+        let stored_id = store.get(PersistedIdentity::ID_KEY).map_err(store_err)?;
+        let stored_incarnation = store
+            .get(PersistedIdentity::INCARNATION_KEY)
+            .map_err(store_err)?;
+        let me = PersistedIdentity::resume(
+            &name,
+            stored_id.as_deref(),
+            stored_incarnation.as_deref(),
+            configured,
+        )
+        .map_err(|e| NodeError::DataDir(format!("{} {e}", dir.display())))?;
         let mut members = BTreeMap::new();
         for (k, v) in store.scan_prefix(b"members/").map_err(store_err)? {
             let name = String::from_utf8_lossy(&k["members/".len()..]).into_owned();
@@ -72,13 +69,16 @@ pub(crate) async fn restore(
         store
             .write(
                 Batch::new()
-                    .put(b"node/id", name.as_bytes())
-                    .put(b"node/incarnation", incarnation.to_string().as_bytes()),
+                    .put(PersistedIdentity::ID_KEY, name.as_bytes())
+                    .put(
+                        PersistedIdentity::INCARNATION_KEY,
+                        &PersistedIdentity::encode_incarnation(me.incarnation),
+                    ),
             )
             .map_err(store_err)?;
         Ok(Restored {
             store: Arc::new(store),
-            incarnation,
+            incarnation: me.incarnation,
             members,
         })
     })
@@ -120,7 +120,10 @@ pub(crate) async fn keep(
             .collect();
         let mut batch = Batch::new();
         if let Some(inc) = incarnation.filter(|i| Some(*i) != saved_incarnation) {
-            batch = batch.put(b"node/incarnation", inc.to_string().as_bytes());
+            batch = batch.put(
+                PersistedIdentity::INCARNATION_KEY,
+                &PersistedIdentity::encode_incarnation(inc),
+            );
         }
         // Members that are gone stay saved until a newer list has someone else: an empty list
         // (a node alone after a partition) must not erase what it could rejoin.

@@ -95,7 +95,7 @@ mod tests {
     use super::*;
     use crate::cluster::Ping;
     use crate::identity::NodeId;
-    use crate::transport::crypto::{Key, KEY_BYTES};
+    use crate::identity::{Key, KEY_BYTES};
     use proptest::prelude::*;
 
     fn ping(seq: u32) -> Message {

@@ -198,7 +198,8 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::{Incarnation, MemberView};
+    use crate::cluster::MemberView;
+    use crate::identity::Incarnation;
     use crate::identity::{NodeId, NodeInfo};
     use std::sync::Arc;
 

@@ -39,8 +39,9 @@ pub use scenario::{
     ScenarioError,
 };
 
-use crate::cluster::{Command, Event, Incarnation, Input, Message, Output, Swim, Timer};
+use crate::cluster::{Command, Event, Input, Message, Output, Swim, Timer};
 use crate::common::{Now, Time};
+use crate::identity::Incarnation;
 use crate::identity::{NodeId, NodeInfo};
 use metrics::{Excuse, Metrics};
 use rand::seq::SliceRandom;

@@ -14,27 +14,13 @@
 //! authenticated but not encrypted: a frame from another cluster, or with its flags changed,
 //! fails to open.
 //!
-//! XChaCha20-Poly1305 is built as its specification (draft-irtf-cfrg-xchacha, section 2.3)
-//! defines it: HChaCha20 of the key and the nonce's first 16 bytes gives a subkey, and the
-//! IETF ChaCha20-Poly1305 of `ring` seals under that subkey with the nonce `[0; 4] ++
-//! nonce[16..24]`. Why not RustCrypto's `chacha20poly1305` crate alone: its Poly1305 picks an
-//! AVX2 code path at run time that is slower than its own portable code unless the whole build
-//! targets AVX2 (measured here: 2.2 µs against 0.55 µs to seal 600 bytes). A unit test checks
-//! that both constructions give the same bytes.
+//! The cipher itself (XChaCha20-Poly1305 on `ring`) and key files live with the key, in
+//! [`crate::identity::Key`].
 
-use base64::Engine;
-use chacha20::cipher::consts::U10;
+use crate::identity::{read_key_file, IdentityError, Key, NONCE_BYTES, TAG_BYTES};
 use rand::{CryptoRng, RngCore};
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use std::fmt;
-use std::path::{Path, PathBuf};
-
-/// Bytes of a key.
-pub const KEY_BYTES: usize = 32;
-/// Bytes of a nonce.
-pub const NONCE_BYTES: usize = 24;
-/// Bytes of the authentication tag.
-pub const TAG_BYTES: usize = 16;
+use std::path::Path;
 /// Bytes a sealed body adds to its plaintext: key id, nonce, tag.
 pub const SEAL_OVERHEAD_BYTES: usize = 1 + NONCE_BYTES + TAG_BYTES;
 /// Keys a keyring holds at most (a rotation needs two; a few spare are harmless).
@@ -64,116 +50,9 @@ pub enum CryptoError {
     /// The primary key cannot be removed; make another key primary first.
     #[error("the primary key cannot be removed")]
     RemovePrimary,
-    /// Not a base64 key of 32 bytes.
-    #[error("a key is 32 bytes in standard base64: {0}")]
-    BadKey(String),
-    /// The key file could not be read, or holds no key.
-    #[error("key file {path}: {reason}")]
-    KeyFile {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The key file can be read by users other than its owner.
-    #[error("key file {path} has mode {mode:o}: others can read it; chmod 600 it")]
-    KeyFilePermissions {
-        /// The file.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
-    },
-}
-
-/// A 32-byte key. Its `Debug` shows only the key id.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Key([u8; KEY_BYTES]);
-
-impl Key {
-    /// A key from raw bytes.
-    pub fn from_bytes(bytes: [u8; KEY_BYTES]) -> Self {
-        Key(bytes)
-    }
-
-    /// A fresh random key.
-    pub fn generate(rng: &mut (impl RngCore + CryptoRng)) -> Self {
-        let mut k = [0u8; KEY_BYTES];
-        rng.fill_bytes(&mut k);
-        Key(k)
-    }
-
-    /// Parses standard base64 (surrounding whitespace ignored).
-    pub fn from_base64(text: &str) -> Result<Self, CryptoError> {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(text.trim())
-            .map_err(|e| CryptoError::BadKey(e.to_string()))?;
-        let bytes: [u8; KEY_BYTES] = bytes
-            .try_into()
-            .map_err(|v: Vec<u8>| CryptoError::BadKey(format!("{} bytes", v.len())))?;
-        Ok(Key(bytes))
-    }
-
-    /// Standard base64, as `dcore keygen` prints and key files hold.
-    pub fn to_base64(&self) -> String {
-        base64::engine::general_purpose::STANDARD.encode(self.0)
-    }
-
-    /// The one-byte id frames carry: the first byte of the key's own tag over a fixed message,
-    /// so it is the same on every node and reveals nothing useful about the key.
-    pub fn id(&self) -> u8 {
-        let mut msg = b"distributed-core key id".to_vec();
-        let tag = xseal_in_place(self, &[0; NONCE_BYTES], b"", &mut msg);
-        tag[0]
-    }
-}
-
-/// The IETF ChaCha20-Poly1305 key for one XChaCha20 nonce, and the 12-byte nonce to use with it.
-fn subkey(key: &Key, nonce: &[u8; NONCE_BYTES]) -> (LessSafeKey, Nonce) {
-    let (head, tail) = nonce.split_at(16);
-    let sub = chacha20::hchacha::<U10>((&key.0).into(), head.into());
-    let unbound = UnboundKey::new(&CHACHA20_POLY1305, sub.as_slice())
-        .expect("an HChaCha20 output is a 32-byte ChaCha20 key");
-    let mut short = [0u8; 12];
-    short[4..].copy_from_slice(tail);
-    (
-        LessSafeKey::new(unbound),
-        Nonce::assume_unique_for_key(short),
-    )
-}
-
-/// Encrypts `buf` in place with XChaCha20-Poly1305; returns the tag.
-fn xseal_in_place(
-    key: &Key,
-    nonce: &[u8; NONCE_BYTES],
-    aad: &[u8],
-    buf: &mut [u8],
-) -> [u8; TAG_BYTES] {
-    let (k, n) = subkey(key, nonce);
-    let tag = k
-        .seal_in_place_separate_tag(n, Aad::from(aad), buf)
-        .expect("ChaCha20-Poly1305 seals any message that fits in memory");
-    let mut out = [0u8; TAG_BYTES];
-    out.copy_from_slice(tag.as_ref());
-    out
-}
-
-/// Decrypts `ciphertext ++ tag` in place; returns the plaintext's length.
-fn xopen_in_place(
-    key: &Key,
-    nonce: &[u8; NONCE_BYTES],
-    aad: &[u8],
-    buf: &mut [u8],
-) -> Result<usize, CryptoError> {
-    let (k, n) = subkey(key, nonce);
-    k.open_in_place(n, Aad::from(aad), buf)
-        .map(|plain| plain.len())
-        .map_err(|_| CryptoError::Decrypt)
-}
-
-impl fmt::Debug for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Key(id {:#04x})", self.id())
-    }
+    /// The key file could not be read, or a key in it is not valid; nothing was loaded.
+    #[error(transparent)]
+    Key(#[from] IdentityError),
 }
 
 #[derive(Clone)]
@@ -282,7 +161,9 @@ impl Keyring {
         out.push(slot.id);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plaintext);
-        let tag = xseal_in_place(&slot.key, &nonce, aad, &mut out[1 + NONCE_BYTES..]);
+        let tag = slot
+            .key
+            .seal_in_place(&nonce, aad, &mut out[1 + NONCE_BYTES..]);
         out.extend_from_slice(&tag);
         out
     }
@@ -301,56 +182,29 @@ impl Keyring {
             .ok_or(CryptoError::UnknownKey(id))?;
         let nonce: &[u8; NONCE_BYTES] = nonce.try_into().expect("split at NONCE_BYTES");
         let mut buf = ct.to_vec();
-        let len = xopen_in_place(&slot.key, nonce, aad, &mut buf)?;
+        let len = slot
+            .key
+            .open_in_place(nonce, aad, &mut buf)
+            .ok_or(CryptoError::Decrypt)?;
         buf.truncate(len);
         Ok(buf)
     }
 
-    /// Reads a key file: one base64 key per line, the first one primary, `#` comments allowed.
-    /// Refused if group or others may read it (on Unix).
-    pub fn load(path: &Path) -> Result<Self, CryptoError> {
-        check_permissions(path)?;
-        let text = std::fs::read_to_string(path).map_err(|e| key_file(path, e.to_string()))?;
-        let mut keys = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(Key::from_base64);
-        let first = keys
-            .next()
-            .ok_or_else(|| key_file(path, "no key in it".into()))??;
+    /// A keyring of `keys`, the first one primary (as a key file lists them).
+    pub fn from_keys(keys: Vec<Key>) -> Result<Self, CryptoError> {
+        let mut keys = keys.into_iter();
+        let first = keys.next().ok_or(CryptoError::NotInstalled)?;
         let mut ring = Keyring::new(first);
         for key in keys {
-            ring.install(key?)?;
+            ring.install(key)?;
         }
         Ok(ring)
     }
-}
 
-fn key_file(path: &Path, reason: String) -> CryptoError {
-    CryptoError::KeyFile {
-        path: path.to_path_buf(),
-        reason,
+    /// Reads a key file (see [`read_key_file`]: permissions checked, the first key primary).
+    pub fn load(path: &Path) -> Result<Self, CryptoError> {
+        Self::from_keys(read_key_file(path)?)
     }
-}
-
-#[cfg(unix)]
-fn check_permissions(path: &Path) -> Result<(), CryptoError> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| key_file(path, e.to_string()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(CryptoError::KeyFilePermissions {
-            path: path.to_path_buf(),
-            mode,
-        });
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn check_permissions(_path: &Path) -> Result<(), CryptoError> {
-    Ok(())
 }
 
 #[cfg(test)]
@@ -364,60 +218,7 @@ mod tests {
     }
 
     fn key(b: u8) -> Key {
-        Key::from_bytes([b; KEY_BYTES])
-    }
-
-    /// The construction on `ring` gives the same bytes as RustCrypto's XChaCha20-Poly1305, for
-    /// random keys, nonces, associated data and lengths; and the published test vector.
-    #[test]
-    fn xchacha_matches_the_reference_implementation() {
-        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-        use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-        let mut r = rng();
-        for len in (0..300).chain([1350, 4096]) {
-            let key = Key::generate(&mut r);
-            let mut nonce = [0u8; NONCE_BYTES];
-            r.fill_bytes(&mut nonce);
-            let mut aad = vec![0u8; len % 40];
-            r.fill_bytes(&mut aad);
-            let mut msg = vec![0u8; len];
-            r.fill_bytes(&mut msg);
-            let reference = XChaCha20Poly1305::new((&key.0).into())
-                .encrypt(
-                    XNonce::from_slice(&nonce),
-                    Payload {
-                        msg: &msg,
-                        aad: &aad,
-                    },
-                )
-                .unwrap();
-            let mut ours = msg.clone();
-            let tag = xseal_in_place(&key, &nonce, &aad, &mut ours);
-            ours.extend_from_slice(&tag);
-            assert_eq!(ours, reference, "len {len}");
-            assert_eq!(xopen_in_place(&key, &nonce, &aad, &mut ours), Ok(len));
-            assert_eq!(ours[..len], msg[..]);
-        }
-        // draft-irtf-cfrg-xchacha-03, appendix A.3.1.
-        let hex = |s: &str| {
-            (0..s.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-                .collect::<Vec<u8>>()
-        };
-        let key = Key::from_bytes(
-            hex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f")
-                .try_into()
-                .unwrap(),
-        );
-        let nonce: [u8; NONCE_BYTES] = hex("404142434445464748494a4b4c4d4e4f5051525354555657")
-            .try_into()
-            .unwrap();
-        let aad = hex("50515253c0c1c2c3c4c5c6c7");
-        let mut msg = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.".to_vec();
-        let tag = xseal_in_place(&key, &nonce, &aad, &mut msg);
-        assert_eq!(tag.to_vec(), hex("c0875924c1c7987947deafd8780acf49"));
-        assert_eq!(msg[..8], hex("bd6d179d3e83d43b")[..]);
+        Key::from_bytes([b; crate::identity::KEY_BYTES])
     }
 
     #[test]
@@ -518,25 +319,6 @@ mod tests {
         assert_eq!(ring.install(next), Err(CryptoError::KeyringFull));
     }
 
-    #[test]
-    fn keys_parse_from_base64_and_debug_hides_them() {
-        let k = key(9);
-        assert_eq!(
-            Key::from_base64(&format!(" {}\n", k.to_base64())).unwrap(),
-            k
-        );
-        assert!(matches!(
-            Key::from_base64("c2hvcnQ="),
-            Err(CryptoError::BadKey(_))
-        ));
-        assert!(matches!(
-            Key::from_base64("!!"),
-            Err(CryptoError::BadKey(_))
-        ));
-        let shown = format!("{k:?}");
-        assert!(!shown.contains(&k.to_base64()) && shown.starts_with("Key(id"));
-    }
-
     #[cfg(unix)]
     #[test]
     fn key_files_load_and_loose_permissions_are_refused() {
@@ -553,7 +335,10 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
             Keyring::load(&path),
-            Err(CryptoError::KeyFilePermissions { mode: 0o644, .. })
+            Err(CryptoError::Key(IdentityError::KeyFilePermissions {
+                mode: 0o644,
+                ..
+            }))
         ));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let ring = Keyring::load(&path).unwrap();
@@ -562,7 +347,7 @@ mod tests {
         std::fs::write(&path, "# nothing\n").unwrap();
         assert!(matches!(
             Keyring::load(&path),
-            Err(CryptoError::KeyFile { .. })
+            Err(CryptoError::Key(IdentityError::KeyFile { .. }))
         ));
         std::fs::remove_dir_all(&dir).unwrap();
     }

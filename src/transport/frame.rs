@@ -177,7 +177,7 @@ mod tests {
 
     #[test]
     fn sealed_frames_open_only_with_key_and_label() {
-        use crate::transport::crypto::{Key, KEY_BYTES};
+        use crate::identity::{Key, KEY_BYTES};
         use rand::SeedableRng;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let ring = Keyring::new(Key::from_bytes([3; KEY_BYTES]));
