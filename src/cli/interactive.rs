@@ -1,7 +1,6 @@
 //! `dcore local` without `--json`: N agents in this process on 127.0.0.1, a live membership
 //! matrix, and typed commands to crash, pause, resume, restart nodes and inject faults.
 
-use super::local::LocalArgs;
 use anyhow::{bail, Context};
 use distributed_core::agent::{Agent, AgentConfig};
 use distributed_core::cluster::{Config, Event, MemberState};
@@ -281,15 +280,26 @@ fn describe(e: &Event) -> Option<String> {
     })
 }
 
+/// What an interactive cluster starts with.
+pub struct Session {
+    /// Agents to start.
+    pub nodes: usize,
+    /// Share one random key (written to a key file) and encrypt every frame.
+    pub encrypt: bool,
+    /// Protocol settings of every agent.
+    pub protocol: Config,
+}
+
 /// Runs the interactive cluster until `quit` or end of input.
-pub fn run(args: &LocalArgs, protocol: Config) -> anyhow::Result<i32> {
+pub fn run(args: Session) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(session(args, protocol))
+    rt.block_on(session(args))
 }
 
-async fn session(args: &LocalArgs, protocol: Config) -> anyhow::Result<i32> {
+async fn session(args: Session) -> anyhow::Result<i32> {
+    let protocol = args.protocol.clone();
     let key_dir = std::env::temp_dir().join(format!("dcore-local-{}", std::process::id()));
     let key_file = if args.encrypt {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

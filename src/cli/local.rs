@@ -78,17 +78,26 @@ struct LocalReport {
     encrypted: bool,
 }
 
-/// Runs `dcore local`.
-pub fn run(args: LocalArgs) -> anyhow::Result<i32> {
-    if args.nodes < 2 || args.kill >= args.nodes || !(0.0..1.0).contains(&args.loss) {
-        bail!("need --nodes >= 2, --kill < --nodes and --loss in [0, 1)");
+impl LocalArgs {
+    /// The protocol config of the run, once the flags are checked.
+    pub fn protocol(&self) -> anyhow::Result<Config> {
+        if self.nodes < 2 || self.kill >= self.nodes || !(0.0..1.0).contains(&self.loss) {
+            bail!("need --nodes >= 2, --kill < --nodes and --loss in [0, 1)");
+        }
+        let Some(protocol) = Config::preset(&self.preset) else {
+            bail!("--preset must be lan, wan or local");
+        };
+        Ok(protocol)
     }
-    let Some(protocol) = Config::preset(&args.preset) else {
-        bail!("--preset must be lan, wan or local");
-    };
-    if !args.json && !args.summary {
-        return super::interactive::run(&args, protocol);
+
+    /// Without `--json` or `--summary` the cluster is interactive.
+    pub fn interactive(&self) -> bool {
+        !self.json && !self.summary
     }
+}
+
+/// Runs the `dcore local` scenario (`--json` or `--summary`) with `protocol`.
+pub fn run(args: LocalArgs, protocol: Config) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -134,7 +134,18 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Commands::Chaos { cmd, target } => client::chaos(&target, cmd),
         Commands::Keygen => client::keygen(),
         Commands::Sim(args) => sim::run(args),
-        Commands::Local(args) => local::run(args),
+        Commands::Local(args) => {
+            let protocol = args.protocol()?;
+            if args.interactive() {
+                interactive::run(interactive::Session {
+                    nodes: args.nodes,
+                    encrypt: args.encrypt,
+                    protocol,
+                })
+            } else {
+                local::run(args, protocol)
+            }
+        }
         Commands::Wal(args) => wal::run(args),
         Commands::Bench(args) => bench::run(args),
     }

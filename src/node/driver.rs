@@ -1,14 +1,15 @@
 //! The driver task: the one place that owns the core and the transport, and carries out the
 //! core's outputs.
 
+use super::record;
 use super::stats::{MemberCounts, NodeStats};
-use super::stream::{self, SecurityOwned};
 use super::traffic::{Chan, Dir, Traffic};
 use super::Request;
 use crate::cluster::{
     decode_packet, encode_packet, Event, Input, MemberState, MemberView, Output, Swim, Timer,
 };
 use crate::common::{Now, Time};
+use crate::transport::frame::FrameSealer;
 use crate::transport::{Incoming, Transport};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,7 +20,7 @@ use tokio::time::Instant;
 /// What the driver shares with the `Node` handles.
 pub(crate) struct Links {
     pub me: SocketAddr,
-    pub sec: SecurityOwned,
+    pub sec: FrameSealer,
     pub events: broadcast::Sender<Event>,
     pub members: Arc<Mutex<Vec<MemberView>>>,
     pub traffic: Arc<Traffic>,
@@ -153,14 +154,14 @@ impl<T: Transport> Driver<T> {
             .counts
             .stream_bytes_in
             .add(bytes.len() as u64);
-        match stream::open_record(bytes, &self.links.sec) {
+        match record::open_record(bytes, &self.links.sec) {
             Ok(msgs) => {
                 for (from, msg) in msgs {
                     self.links.traffic.message(Dir::In, Chan::Tcp, &msg);
                     self.feed(Input::Stream { from, msg });
                 }
             }
-            Err(stream::RecordError::Frame(e)) => {
+            Err(record::RecordError::Frame(e)) => {
                 self.links.traffic.frame_refused(&e);
                 tracing::debug!(error = %e, "stream record dropped");
             }
@@ -224,7 +225,7 @@ impl<T: Transport> Driver<T> {
                     self.transport.send_packet(to, &frame).await;
                 }
                 Output::Stream { to, msg } => {
-                    let record = stream::record(self.links.me, &msg, &self.links.sec);
+                    let record = record::record(self.links.me, &msg, &self.links.sec);
                     let traffic = &self.links.traffic;
                     traffic.counts.streams_out.add(1);
                     traffic.counts.msgs_out.add(1);

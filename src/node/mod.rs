@@ -13,12 +13,13 @@
 //! A stream record is one frame whose body is the sender's advertised address (postcard)
 //! followed by a one-message packet, so the address is covered by encryption.
 //!
-//! Layout: `mod.rs` (API, start, shutdown), `driver.rs` (the loop), `stream.rs` (frames).
+//! Layout: `mod.rs` (API, start, shutdown), `driver.rs` (the loop), `record.rs` (stream
+//! records), `persist.rs` (the data dir), `traffic.rs` and `stats.rs` (figures).
 
 mod driver;
 mod persist;
+mod record;
 mod stats;
-mod stream;
 mod traffic;
 
 pub use stats::{MemberCounts, NodeStats};
@@ -32,6 +33,7 @@ use crate::identity::Key;
 use crate::identity::{IdentityError, NodeId, NodeInfo, Tags};
 use crate::persistence::wal::WalFigures;
 use crate::transport::crypto::{KeyInfo, Keyring};
+use crate::transport::frame::FrameSealer;
 use crate::transport::net::NetTransport;
 use crate::transport::{Transport, TransportConfig, TransportCounters};
 use std::net::SocketAddr;
@@ -138,7 +140,7 @@ pub(crate) enum Request {
 }
 
 struct Shared {
-    security: stream::SecurityOwned,
+    security: FrameSealer,
     traffic: Arc<traffic::Traffic>,
     transport: Arc<TransportCounters>,
     requests: mpsc::Sender<Request>,
@@ -225,7 +227,7 @@ impl Node {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (stop_tx, stop_rx) = oneshot::channel();
         let members = Arc::new(Mutex::new(Vec::new()));
-        let security = stream::SecurityOwned::new(config.keyring, config.label.clone());
+        let security = FrameSealer::new(config.keyring, config.label.clone());
         let traffic: Arc<traffic::Traffic> = Arc::default();
         let counters = transport.counters();
         let links = driver::Links {

@@ -3,10 +3,14 @@
 //!
 //! `flags` bit 0 says the body is encrypted (then it is `[key_id: u8][nonce: 24][ciphertext+tag]`,
 //! see `docs/protocol.md`); other bits are reserved and must be zero.
+//!
+//! [`seal`] and [`open`] take the [`Security`] of one call; a [`FrameSealer`] owns a node's
+//! keyring and label and seals or opens with them from any task.
 
 use super::crypto::{CryptoError, Keyring, SEAL_OVERHEAD_BYTES};
 use rand::{CryptoRng, RngCore};
 use std::borrow::Cow;
+use std::sync::{Arc, RwLock};
 
 /// The two bytes every frame starts with.
 pub const MAGIC: [u8; 2] = *b"DC";
@@ -158,6 +162,54 @@ pub fn decode(frame: &[u8]) -> Result<(Flags, &[u8]), DecodeFrameError> {
         return Err(DecodeFrameError::Flags(flags));
     }
     Ok((Flags(flags), &frame[FRAME_HEADER_BYTES..]))
+}
+
+/// Seals and opens a node's frames: its keyring (if encryption is on) and cluster label, shared
+/// by its tasks. The keyring can change at runtime (key rotation), so every seal and open takes
+/// a short read lock (never held across an await).
+#[derive(Clone)]
+pub struct FrameSealer {
+    keyring: Option<Arc<RwLock<Keyring>>>,
+    label: Arc<[u8]>,
+}
+
+impl FrameSealer {
+    /// Plain frames when `keyring` is `None`; else sealed with it, bound to `label`.
+    pub fn new(keyring: Option<Keyring>, label: String) -> Self {
+        FrameSealer {
+            keyring: keyring.map(|k| Arc::new(RwLock::new(k))),
+            label: label.into_bytes().into(),
+        }
+    }
+
+    /// The keyring, to change it; `None` when encryption is off.
+    pub fn keyring(&self) -> Option<&RwLock<Keyring>> {
+        self.keyring.as_deref()
+    }
+
+    fn with<R>(&self, f: impl FnOnce(Security<'_>) -> R) -> R {
+        match &self.keyring {
+            None => f(Security::Plain),
+            Some(k) => {
+                let ring = k.read().expect("keyring lock");
+                f(Security::Encrypted {
+                    keyring: &ring,
+                    label: &self.label,
+                    accept_plain: false,
+                })
+            }
+        }
+    }
+
+    /// A frame around `body`, sealed when encryption is on.
+    pub fn seal(&self, body: &[u8]) -> Vec<u8> {
+        self.with(|s| seal(body, s, &mut rand::thread_rng()))
+    }
+
+    /// The body of `bytes`, decrypted when encryption is on.
+    pub fn open(&self, bytes: &[u8]) -> Result<Vec<u8>, OpenFrameError> {
+        self.with(|s| open(bytes, s).map(|b| b.into_owned()))
+    }
 }
 
 #[cfg(test)]
