@@ -72,3 +72,17 @@ pub mod node;
 pub mod persistence;
 pub mod sim;
 pub mod transport;
+
+pub use agent::{Agent, AgentConfig, AgentError};
+pub use cluster::{Config, Event, MemberState, MemberView};
+pub use common::ConfigError;
+pub use diagnostics::chaos::{Chaos, ChaosConfig, ChaosLayer};
+pub use identity::{Incarnation, Key, NodeId, NodeInfo, Tags};
+pub use node::{Node, NodeConfig, NodeError, NodeStats};
+pub use persistence::store::{Batch, MemStore, Store, StoreConfig, StoreError, WalStore};
+pub use persistence::wal::{Durability, Wal, WalConfig, WalError};
+pub use sim::{Report, Scenario};
+pub use transport::crypto::Keyring;
+pub use transport::mem::MemNetwork;
+pub use transport::net::NetTransport;
+pub use transport::{Transport, TransportConfig};
