@@ -4,10 +4,11 @@
 //! is what a node pays per datagram.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use distributed_core::cluster::{decode_packet, encode_packet, Alive, Message, Ping};
+use distributed_core::cluster::{Alive, Message, Ping};
 use distributed_core::identity::Incarnation;
 use distributed_core::identity::{Key, KEY_BYTES};
 use distributed_core::identity::{NodeId, NodeInfo};
+use distributed_core::testing::{decode_packet, encode_packet};
 use distributed_core::transport::crypto::Keyring;
 use distributed_core::transport::frame::{self, Security};
 use rand::SeedableRng;

@@ -86,3 +86,14 @@ pub use transport::crypto::Keyring;
 pub use transport::mem::MemNetwork;
 pub use transport::net::NetTransport;
 pub use transport::{Transport, TransportConfig};
+
+/// Internals for the crate's own tests, benches and fuzz targets (feature `testing`): the
+/// packet codec, the frame header, a fault-injecting filesystem. Not a stable API.
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::cluster::message::{
+        decode_packet, encode_packet, item_len, msg_type, packet_header_len, packet_len, varint_len,
+    };
+    pub use crate::persistence::wal::faulty::{FaultPlan, FaultyFs};
+    pub use crate::transport::frame::{decode as decode_frame, encode_header};
+}

@@ -2,12 +2,13 @@
 //! round-trips and that no input, random or mutated, makes the decoder panic.
 
 use distributed_core::cluster::{
-    decode_packet, encode_packet, packet_len, Ack, Alive, Dead, DecodeMessageError, MemberState,
-    Message, Nack, Ping, PingReq, PushMember, PushPull, Suspect, UserEvent,
+    Ack, Alive, Dead, DecodeMessageError, MemberState, Message, Nack, Ping, PingReq, PushMember,
+    PushPull, Suspect, UserEvent,
 };
 use distributed_core::identity::Incarnation;
 use distributed_core::identity::{Key, KEY_BYTES};
 use distributed_core::identity::{NodeId, NodeInfo, Tags};
+use distributed_core::testing::{decode_packet, encode_packet, packet_len};
 use distributed_core::transport::crypto::Keyring;
 use distributed_core::transport::frame::{self, Security};
 use proptest::prelude::*;

@@ -5,8 +5,9 @@
 use distributed_core::persistence::store::{
     Batch, Limits, MemStore, Store, StoreConfig, StoreError, WalStore,
 };
-use distributed_core::persistence::wal::fs::{FaultPlan, FaultyFs, Fs};
+use distributed_core::persistence::wal::fs::Fs;
 use distributed_core::persistence::wal::{Durability, WalConfig};
+use distributed_core::testing::{FaultPlan, FaultyFs};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;

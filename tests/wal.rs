@@ -2,10 +2,11 @@
 //! disk filled, fsync failing, segments removed or repeated; plus group commit, truncation,
 //! locking and the `dcore wal` commands.
 
-use distributed_core::persistence::wal::fs::{FaultPlan, FaultyFs, Fs};
+use distributed_core::persistence::wal::fs::Fs;
 use distributed_core::persistence::wal::{
     self, BadRecord, Corruption, Durability, RecordType, Wal, WalConfig, WalError,
 };
+use distributed_core::testing::{FaultPlan, FaultyFs};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Any bytes: the packet decoder returns an error or messages that re-encode to a decodable packet.
 #![no_main]
-use distributed_core::cluster::{decode_packet, encode_packet};
+use distributed_core::testing::{decode_packet, encode_packet};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,6 +3,7 @@
 mod agent;
 mod bench;
 mod client;
+mod faults;
 mod interactive;
 mod local;
 mod sim;

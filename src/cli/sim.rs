@@ -1,5 +1,6 @@
 //! `dcore sim`: the simulator from the command line.
 
+use super::faults;
 use anyhow::{bail, Context};
 use clap::Args;
 use distributed_core::cluster::Config;
@@ -87,22 +88,22 @@ impl SimArgs {
             duration: Duration::from_secs_f64(self.duration),
             loss: self.loss,
             dup: self.dup,
-            latency: sim::parse_latency(&self.latency_ms)?,
+            latency: faults::parse_latency(&self.latency_ms)?,
             kill: self.kill,
             pause: self
                 .pause
                 .as_deref()
-                .map(|p| sim::parse_node_fault(p, "--pause", 1000))
+                .map(|p| faults::parse_node_fault(p, "--pause", 1000))
                 .transpose()?,
             slow: self
                 .slow
                 .as_deref()
-                .map(|p| sim::parse_node_fault(p, "--slow", 1))
+                .map(|p| faults::parse_node_fault(p, "--slow", 1))
                 .transpose()?,
             partition: self
                 .partition
                 .as_deref()
-                .map(sim::parse_partition)
+                .map(faults::parse_partition)
                 .transpose()?,
             clock_jumps: self.clock_jumps,
             encrypt: self.encrypt,

@@ -19,7 +19,7 @@ mod broadcast;
 mod config;
 mod members;
 mod merge;
-mod message;
+pub(crate) mod message;
 pub mod phi;
 mod probe;
 mod suspicion;
@@ -30,7 +30,6 @@ mod user_events;
 pub use config::{Config, INDIRECT_CHECKS_MAX, PACKET_BYTES_MIN};
 pub use members::Member;
 pub use message::{
-    decode_packet, encode_packet, item_len, msg_type, packet_header_len, packet_len, varint_len,
     Ack, Alive, Dead, DecodeMessageError, DecodedPacket, MemberState, Message, Nack, Ping, PingReq,
     PushMember, PushPull, Suspect, UserEvent, PACKET_MESSAGES_MAX, PROTOCOL_VERSION,
 };

@@ -1,6 +1,7 @@
 //! Hand-driven tests of the core: messages passed one at a time, timers fired by hand.
 
 use super::*;
+use crate::cluster::message::packet_len;
 use crate::common::Now;
 use crate::identity::NodeInfo;
 use std::time::Duration;

@@ -5,9 +5,8 @@ use super::record;
 use super::stats::{MemberCounts, NodeStats};
 use super::traffic::{Chan, Dir, Traffic};
 use super::Request;
-use crate::cluster::{
-    decode_packet, encode_packet, Event, Input, MemberState, MemberView, Output, Swim, Timer,
-};
+use crate::cluster::message::{decode_packet, encode_packet};
+use crate::cluster::{Event, Input, MemberState, MemberView, Output, Swim, Timer};
 use crate::common::{Now, Time};
 use crate::transport::frame::FrameSealer;
 use crate::transport::{Incoming, Transport};

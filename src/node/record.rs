@@ -1,7 +1,8 @@
 //! The stream record: one sealed frame whose body is the sender's advertised address (postcard)
 //! followed by a one-message packet, so the address is covered by encryption.
 
-use crate::cluster::{decode_packet, encode_packet, Message};
+use crate::cluster::message::{decode_packet, encode_packet};
+use crate::cluster::Message;
 use crate::transport::frame::{self, FrameSealer};
 use std::net::SocketAddr;
 

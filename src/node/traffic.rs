@@ -150,7 +150,7 @@ pub struct KindCount {
 }
 
 fn kind_name(ty: u8) -> Option<&'static str> {
-    use crate::cluster::msg_type as t;
+    use crate::cluster::message::msg_type as t;
     Some(match ty {
         t::PING => "ping",
         t::PING_REQ => "ping_req",

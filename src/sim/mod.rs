@@ -34,10 +34,7 @@ mod scenario;
 
 pub use metrics::Detect;
 pub use net::{addr, index};
-pub use scenario::{
-    parse_latency, parse_node_fault, parse_partition, NodeFault, PartitionSpec, Scenario,
-    ScenarioError,
-};
+pub use scenario::{NodeFault, PartitionSpec, Scenario, ScenarioError};
 
 use crate::cluster::{Command, Event, Input, Message, Output, Swim, Timer};
 use crate::common::{Now, Time};

@@ -1,6 +1,7 @@
 //! The network model: addresses, latency, loss, TCP-like streams, and honest byte counts.
 
-use crate::cluster::{packet_len, Message};
+use crate::cluster::message::packet_len;
+use crate::cluster::Message;
 use crate::transport::frame::{ENCRYPTION_OVERHEAD_BYTES, FRAME_HEADER_BYTES, UDP_IP_HEADER_BYTES};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;

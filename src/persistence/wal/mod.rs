@@ -27,6 +27,8 @@
 //!
 //! The byte layout, the recovery rules and the durability modes are in `docs/wal.md`.
 
+#[cfg(any(test, feature = "testing"))]
+pub(crate) mod faulty;
 mod format;
 pub mod fs;
 mod reader;
