@@ -8,6 +8,7 @@ mod harness;
 
 use distributed_core::agent::AgentConfig;
 use distributed_core::cluster::Config;
+use distributed_core::node::NodeConfig;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -178,8 +179,11 @@ impl AgentProc {
 /// the flags add the addresses and the log format.
 fn write_local_config(dir: &Path, name: &str) -> PathBuf {
     let config = AgentConfig {
-        name: name.to_string(),
-        protocol: Config::local(),
+        node: NodeConfig {
+            name: name.to_string(),
+            protocol: Config::local(),
+            ..NodeConfig::default()
+        },
         ..AgentConfig::default()
     };
     let path = dir.join(format!("{name}.toml"));

@@ -4,6 +4,7 @@ mod harness;
 
 use distributed_core::agent::{Agent, AgentConfig};
 use distributed_core::cluster::{Config, Event, MemberState};
+use distributed_core::node::NodeConfig;
 use harness::{alive_count, eventually, state_of};
 use serde_json::json;
 use std::time::Duration;
@@ -12,10 +13,11 @@ async fn agents(n: usize, protocol: Config) -> Vec<Agent> {
     let mut out: Vec<Agent> = Vec::new();
     for i in 0..n {
         let mut c = AgentConfig {
-            name: format!("n{i}"),
-            bind: "127.0.0.1:0".parse().unwrap(),
+            node: NodeConfig {
+                protocol: protocol.clone(),
+                ..NodeConfig::new(&format!("n{i}"), "127.0.0.1:0".parse().unwrap())
+            },
             http_addr: "127.0.0.1:0".parse().unwrap(),
-            protocol: protocol.clone(),
             ..AgentConfig::default()
         };
         if let Some(first) = out.first() {

@@ -8,6 +8,7 @@ mod harness;
 use distributed_core::agent::{Agent, AgentConfig};
 use distributed_core::cluster::{Config, Event, MemberState};
 use distributed_core::identity::Key;
+use distributed_core::node::NodeConfig;
 use harness::serial;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -20,16 +21,17 @@ const CONVERGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn config(name: &str) -> AgentConfig {
     AgentConfig {
-        name: name.to_string(),
-        bind: "127.0.0.1:0".parse().unwrap(),
+        node: NodeConfig {
+            protocol: Config::local(),
+            ..NodeConfig::new(name, "127.0.0.1:0".parse().unwrap())
+        },
         http_addr: "127.0.0.1:0".parse().unwrap(),
-        protocol: Config::local(),
         ..AgentConfig::default()
     }
 }
 
 async fn start(config: AgentConfig) -> Agent {
-    let name = config.name.clone();
+    let name = config.node.name.clone();
     Agent::start(config)
         .await
         .unwrap_or_else(|e| panic!("agent {name} starts: {e}"))
@@ -163,10 +165,10 @@ fn names(members: &Value) -> Vec<&str> {
 async fn health_ready_self_and_member_filters() {
     let _serial = serial().await;
     let mut ac = config("a");
-    ac.tags.insert("zone".into(), "eu".into());
+    ac.node.tags.insert("zone".into(), "eu".into());
     let mut bc = config("b");
-    bc.tags.insert("zone".into(), "us".into());
-    bc.tags.insert("role".into(), "db".into());
+    bc.node.tags.insert("zone".into(), "us".into());
+    bc.node.tags.insert("role".into(), "db".into());
     let (a, b) = pair(ac, bc).await;
     let (api_a, api_b) = (Api::of(&a), Api::of(&b));
 

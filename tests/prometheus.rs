@@ -5,6 +5,7 @@ mod harness;
 
 use distributed_core::agent::{Agent, AgentConfig};
 use distributed_core::cluster::Config;
+use distributed_core::node::NodeConfig;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,10 +47,11 @@ async fn prometheus_scrapes_a_three_node_cluster() {
     let mut agents = Vec::new();
     for i in 0..3 {
         let mut c = AgentConfig {
-            name: format!("p{i}"),
-            bind: "127.0.0.1:0".parse().unwrap(),
+            node: NodeConfig {
+                protocol: Config::local(),
+                ..NodeConfig::new(&format!("p{i}"), "127.0.0.1:0".parse().unwrap())
+            },
             http_addr: "127.0.0.1:0".parse().unwrap(),
-            protocol: Config::local(),
             ..AgentConfig::default()
         };
         if let Some(first) = agents.first() {

@@ -1,38 +1,34 @@
 //! The agent's settings: a TOML file, `DCORE_*` environment variables and flags (in rising order
 //! of precedence; the CLI merges them into one [`AgentConfig`]).
 
-use crate::cluster::Config;
 use crate::common::ConfigError;
 use crate::diagnostics::chaos::{ChaosConfig, ChaosError};
-use crate::transport::TransportConfig;
+use crate::node::NodeConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// Everything an agent needs. Every field has a default; [`AgentConfig::validate`] checks them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// Everything an agent needs: the node's settings ([`NodeConfig`], at the top level of the
+/// file and in its `[protocol]` and `[transport]` tables) and the agent's own. Every field has
+/// a default; [`AgentConfig::validate`] checks them. Unknown keys are refused when the file is
+/// read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "AgentConfigFile")]
 pub struct AgentConfig {
-    /// Unique member name. Default: the host name.
-    pub name: String,
-    /// Gossip address, UDP and TCP. Default `0.0.0.0:7946`.
-    pub bind: SocketAddr,
-    /// Address announced to peers. Default: the bind address (required when binding `0.0.0.0`
-    /// on a host with several addresses; the agent refuses an unspecified advertise address).
-    pub advertise: Option<SocketAddr>,
+    /// The node: `name` (default: the host name), `bind` (default `0.0.0.0:7946`),
+    /// `advertise`, `tags`, `data_dir`, `label`, `[protocol]`, `[transport]`; see
+    /// [`NodeConfig`] for each default. Its `seeds` come from `join`, its keyring from
+    /// `encrypt_key_file`.
+    #[serde(flatten)]
+    pub node: NodeConfig,
     /// Admin HTTP API address. Default `127.0.0.1:7947` (loopback only).
     pub http_addr: SocketAddr,
-    /// Seeds to join at start (`host:port`), retried with backoff. Default none.
+    /// Seeds to join at start (`host:port`, names resolved), retried with backoff. Default
+    /// none.
     pub join: Vec<String>,
-    /// Directory for persistent state. Default none (memory only).
-    pub data_dir: Option<PathBuf>,
-    /// Tags published with this member. Default none.
-    pub tags: BTreeMap<String, String>,
     /// Key file (base64 keys, one per line, the first primary; mode 0600). Default none: plain.
     pub encrypt_key_file: Option<PathBuf>,
-    /// Cluster label bound into every encrypted frame. Default empty.
-    pub label: String,
     /// File holding the admin API's bearer token. Default none: no auth (loopback only).
     pub token_file: Option<PathBuf>,
     /// Log format, `text` or `json`. Default `text`.
@@ -40,10 +36,6 @@ pub struct AgentConfig {
     /// How long a graceful leave may take before the agent exits anyway. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub leave_timeout: std::time::Duration,
-    /// Protocol settings (`[protocol]` table; see `cluster::Config`). Default: LAN preset.
-    pub protocol: Config,
-    /// Transport limits (`[transport]` table). Default: see `transport::TransportConfig`.
-    pub transport: TransportConfig,
     /// Chaos injection at start (`[chaos]` table; see `diagnostics::chaos::ChaosConfig`).
     /// Default: off. It can be changed at runtime through the API.
     pub chaos: ChaosConfig,
@@ -52,32 +44,79 @@ pub struct AgentConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
-            name: default_name(),
-            bind: "0.0.0.0:7946".parse().expect("literal"),
-            advertise: None,
+            node: NodeConfig::default(),
             http_addr: "127.0.0.1:7947".parse().expect("literal"),
             join: Vec::new(),
-            data_dir: None,
-            tags: BTreeMap::new(),
             encrypt_key_file: None,
-            label: String::new(),
             token_file: None,
             log_format: "text".into(),
             leave_timeout: std::time::Duration::from_secs(5),
-            protocol: Config::lan(),
-            transport: TransportConfig::default(),
             chaos: ChaosConfig::default(),
         }
     }
 }
 
-fn default_name() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "dcore".into())
+/// The file as read: the agent's own keys with their defaults, the node's keys, and whatever
+/// keys neither knows (serde cannot refuse unknown keys next to a flattened struct, so they are
+/// collected and refused in `try_from`).
+#[derive(Deserialize)]
+struct AgentConfigFile {
+    #[serde(flatten)]
+    node: NodeConfig,
+    #[serde(flatten)]
+    own: AgentOwn,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
+}
+
+/// The agent's own keys, each defaulting as in [`AgentConfig::default`].
+#[derive(Deserialize)]
+#[serde(default)]
+struct AgentOwn {
+    http_addr: SocketAddr,
+    join: Vec<String>,
+    encrypt_key_file: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    log_format: String,
+    #[serde(with = "humantime_serde")]
+    leave_timeout: std::time::Duration,
+    chaos: ChaosConfig,
+}
+
+impl Default for AgentOwn {
+    fn default() -> Self {
+        let d = AgentConfig::default();
+        AgentOwn {
+            http_addr: d.http_addr,
+            join: d.join,
+            encrypt_key_file: d.encrypt_key_file,
+            token_file: d.token_file,
+            log_format: d.log_format,
+            leave_timeout: d.leave_timeout,
+            chaos: d.chaos,
+        }
+    }
+}
+
+impl TryFrom<AgentConfigFile> for AgentConfig {
+    type Error = String;
+
+    fn try_from(file: AgentConfigFile) -> Result<Self, String> {
+        if let Some(key) = file.unknown.keys().next() {
+            return Err(format!("unknown key `{key}`"));
+        }
+        let own = file.own;
+        Ok(AgentConfig {
+            node: file.node,
+            http_addr: own.http_addr,
+            join: own.join,
+            encrypt_key_file: own.encrypt_key_file,
+            token_file: own.token_file,
+            log_format: own.log_format,
+            leave_timeout: own.leave_timeout,
+            chaos: own.chaos,
+        })
+    }
 }
 
 /// A setting is wrong; the message names it.
@@ -111,17 +150,7 @@ impl AgentConfig {
     /// Checks every field.
     pub fn validate(&self) -> Result<(), AgentConfigError> {
         let field = |field, rule: String| Err(ConfigError::new("agent", field, rule).into());
-        if let Err(e) = crate::identity::NodeId::new(&self.name) {
-            return field("name", e.to_string());
-        }
-        if let Some(a) = self.advertise {
-            if a.ip().is_unspecified() || a.port() == 0 {
-                return field(
-                    "advertise",
-                    format!("{a} is not an address peers can reach"),
-                );
-            }
-        }
+        self.node.validate()?;
         if !self.http_addr.ip().is_loopback() && self.token_file.is_none() {
             return field(
                 "http_addr",
@@ -142,15 +171,10 @@ impl AgentConfig {
                 return field("join", format!("{j:?}: use host:port"));
             }
         }
-        if let Err(e) = crate::identity::check_tag_sizes(&self.tags) {
-            return field("tags", e.to_string());
-        }
         if self.leave_timeout.is_zero() || self.leave_timeout > std::time::Duration::from_secs(300)
         {
             return field("leave_timeout", "must be above zero and at most 5m".into());
         }
-        self.protocol.validate()?;
-        self.transport.validate()?;
         match self.chaos.validate() {
             Err(ChaosError::Invalid(e)) => Err(e.into()),
             Err(e) => Err(ConfigError::new("chaos", e.field(), e.to_string()).into()),
@@ -175,8 +199,11 @@ mod tests {
             "name = \"a\"\nbind = \"127.0.0.1:7000\"\n[tags]\nzone = \"eu\"\n[protocol]\nprobe_interval = \"1s\"\n",
         )
         .unwrap();
-        assert_eq!(c.tags["zone"], "eu");
-        assert_eq!(c.protocol.probe_interval, std::time::Duration::from_secs(1));
+        assert_eq!(c.node.tags["zone"], "eu");
+        assert_eq!(
+            c.node.protocol.probe_interval,
+            std::time::Duration::from_secs(1)
+        );
         assert!(toml::from_str::<AgentConfig>("nmae = \"typo\"").is_err());
         let bad = AgentConfig {
             log_format: "xml".into(),
@@ -187,7 +214,9 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("agent.log_format"));
-        let back: AgentConfig = toml::from_str(&AgentConfig::default().redacted_toml()).unwrap();
-        assert_eq!(back, AgentConfig::default());
+        let printed = AgentConfig::default().redacted_toml();
+        let back: AgentConfig = toml::from_str(&printed).unwrap();
+        assert_eq!(back.redacted_toml(), printed);
+        assert_eq!(back.node.name, AgentConfig::default().node.name);
     }
 }

@@ -17,7 +17,7 @@ pub use config::{AgentConfig, AgentConfigError};
 
 use crate::cluster::Event;
 use crate::diagnostics::chaos::{Chaos, ChaosError};
-use crate::node::{Node, NodeConfig, NodeError};
+use crate::node::{Node, NodeError};
 use crate::transport::crypto::{CryptoError, Keyring};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -134,17 +134,14 @@ impl Agent {
                 Some(t)
             }
         };
-        let seeds = resolve(&config.join).await?;
         let chaos = Arc::new(Chaos::new(config.chaos.clone())?);
-        let mut nc = NodeConfig::new(&config.name, config.bind);
-        nc.advertise = config.advertise;
-        nc.tags = config.tags.clone();
-        nc.protocol = config.protocol.clone();
-        nc.transport = config.transport.clone();
+        let mut nc = config.node.clone();
+        // Seeds are joined below, once readiness is watched: `join` resolved, then any the
+        // node config names.
+        let mut seeds = resolve(&config.join).await?;
+        seeds.append(&mut nc.seeds);
         nc.keyring = keyring;
-        nc.label = config.label.clone();
         nc.chaos = Some(chaos.clone());
-        nc.data_dir = config.data_dir.clone();
         let node = Node::start(nc).await?;
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
@@ -173,7 +170,7 @@ impl Agent {
         if !seeds.is_empty() {
             node.join(seeds).await?;
         }
-        tracing::info!(name = %config.name, gossip = %node.addr(), http = %http_addr, "agent started");
+        tracing::info!(name = %config.node.name, gossip = %node.addr(), http = %http_addr, "agent started");
         Ok(Agent {
             shared,
             http_addr,

@@ -62,13 +62,13 @@ pub fn effective_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
         None => AgentConfig::default(),
     };
     if let Some(v) = &args.name {
-        c.name = v.clone();
+        c.node.name = v.clone();
     }
     if let Some(v) = args.bind {
-        c.bind = v;
+        c.node.bind = v;
     }
     if let Some(v) = args.advertise {
-        c.advertise = Some(v);
+        c.node.advertise = Some(v);
     }
     if let Some(v) = args.http_addr {
         c.http_addr = v;
@@ -77,19 +77,19 @@ pub fn effective_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
         c.join = args.join.clone();
     }
     if let Some(v) = &args.data_dir {
-        c.data_dir = Some(v.clone());
+        c.node.data_dir = Some(v.clone());
     }
     for t in &args.tags {
         let (k, v) = t
             .split_once('=')
             .with_context(|| format!("--tag {t:?}: use KEY=VALUE"))?;
-        c.tags.insert(k.to_string(), v.to_string());
+        c.node.tags.insert(k.to_string(), v.to_string());
     }
     if let Some(v) = &args.encrypt_key_file {
         c.encrypt_key_file = Some(v.clone());
     }
     if let Some(v) = &args.label {
-        c.label = v.clone();
+        c.node.label = v.clone();
     }
     if let Some(v) = &args.token_file {
         c.token_file = Some(v.clone());

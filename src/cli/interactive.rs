@@ -5,6 +5,7 @@ use anyhow::{bail, Context};
 use distributed_core::agent::{Agent, AgentConfig};
 use distributed_core::cluster::{Config, Event, MemberState};
 use distributed_core::identity::Key;
+use distributed_core::node::NodeConfig;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -53,7 +54,7 @@ struct Cluster {
 impl Cluster {
     fn config_for(&self, i: usize) -> AgentConfig {
         let mut c = self.base.clone();
-        c.name = format!("n{i}");
+        c.node.name = format!("n{i}");
         c.encrypt_key_file = self.key_file.clone();
         if i > 0 {
             if let Some(seed) = self.slots.first().and_then(|s| s.gossip) {
@@ -318,9 +319,11 @@ async fn session(args: Session) -> anyhow::Result<i32> {
         None
     };
     let base = AgentConfig {
-        bind: "127.0.0.1:0".parse()?,
+        node: NodeConfig {
+            protocol,
+            ..NodeConfig::new("n0", "127.0.0.1:0".parse()?)
+        },
         http_addr: "127.0.0.1:0".parse()?,
-        protocol,
         ..AgentConfig::default()
     };
     let (tx, mut events) = mpsc::unbounded_channel();

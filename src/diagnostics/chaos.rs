@@ -188,7 +188,7 @@ impl ChaosConfig {
     /// Checks every field and the rules between fields.
     pub fn validate(&self) -> Result<(), ChaosError> {
         let invalid = |field, value: String, rule| {
-            Err(ConfigError::new("chaos", field, format!("{value}: {rule}")).into())
+            Err(ConfigError::new("chaos", field, format!("{rule} (got {value})")).into())
         };
         let probabilities = [
             ("drop", self.drop),

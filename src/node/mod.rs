@@ -16,18 +16,20 @@
 //! Layout: `mod.rs` (API, start, shutdown), `driver.rs` (the loop), `record.rs` (stream
 //! records), `persist.rs` (the data dir), `traffic.rs` and `stats.rs` (figures).
 
+mod config;
 mod driver;
 mod persist;
 mod record;
 mod stats;
 mod traffic;
 
+pub use config::{NodeConfig, NodeConfigBuilder};
 pub use stats::{MemberCounts, NodeStats};
 pub use traffic::{KindCount, TrafficStats};
 
-use crate::cluster::{Command, Config, Event, MemberView, Swim};
+use crate::cluster::{Command, Event, MemberView, Swim};
 use crate::common::ConfigError;
-use crate::diagnostics::chaos::{Chaos, ChaosLayer};
+use crate::diagnostics::chaos::ChaosLayer;
 use crate::identity::Incarnation;
 use crate::identity::Key;
 use crate::identity::{IdentityError, NodeId, NodeInfo, Tags};
@@ -35,7 +37,7 @@ use crate::persistence::wal::WalFigures;
 use crate::transport::crypto::{KeyInfo, Keyring};
 use crate::transport::frame::FrameSealer;
 use crate::transport::net::NetTransport;
-use crate::transport::{Transport, TransportConfig, TransportCounters};
+use crate::transport::{Transport, TransportCounters};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -74,61 +76,6 @@ pub enum NodeError {
     DataDir(String),
 }
 
-/// Settings of a node.
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    /// Unique member name.
-    pub name: String,
-    /// UDP and TCP bind address; port 0 picks a free port (tests).
-    pub bind: SocketAddr,
-    /// Address announced to peers; defaults to the bound address.
-    pub advertise: Option<SocketAddr>,
-    /// Published tags.
-    pub tags: Tags,
-    /// Seeds to join through at start (retried with backoff until one answers); none by default.
-    pub seeds: Vec<SocketAddr>,
-    /// Where the node keeps its id, highest incarnation and last known members (a WAL-backed
-    /// store); `None` (the default): memory only. With it, a restarted node starts above its
-    /// old incarnation and also joins the members it knew.
-    pub data_dir: Option<std::path::PathBuf>,
-    /// Protocol settings.
-    pub protocol: Config,
-    /// Transport limits and timeouts.
-    pub transport: TransportConfig,
-    /// Encrypt with this keyring (and refuse plain frames); keys can be rotated at runtime.
-    pub keyring: Option<Keyring>,
-    /// Cluster label bound into every encrypted frame.
-    pub label: String,
-    /// Incarnation to start at: one above any used before (persisted by the caller).
-    pub incarnation: u64,
-    /// Seed for the core's RNG; random when `None`.
-    pub seed: Option<u64>,
-    /// Chaos injection between the sealed frames and the transport (`diagnostics::chaos`);
-    /// none by default (no layer at all).
-    pub chaos: Option<Arc<Chaos>>,
-}
-
-impl NodeConfig {
-    /// A node named `name` bound to `bind`, with LAN defaults and no encryption.
-    pub fn new(name: &str, bind: SocketAddr) -> Self {
-        NodeConfig {
-            name: name.to_string(),
-            bind,
-            advertise: None,
-            tags: Tags::new(),
-            seeds: Vec::new(),
-            data_dir: None,
-            protocol: Config::lan(),
-            transport: TransportConfig::default(),
-            keyring: None,
-            label: String::new(),
-            incarnation: 0,
-            seed: None,
-            chaos: None,
-        }
-    }
-}
-
 pub(crate) enum Request {
     Command(
         Command,
@@ -164,9 +111,7 @@ pub struct Node {
 impl Node {
     /// Binds UDP and TCP on `config.bind`, starts the driver, and returns the running node.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
-        config.protocol.validate()?;
-        config.transport.validate()?;
-        NodeId::new(&config.name)?;
+        config.validate()?;
         let transport = NetTransport::bind(config.bind, config.transport.clone()).await?;
         Self::start_on(config, transport).await
     }
@@ -193,8 +138,7 @@ impl Node {
     }
 
     async fn launch(config: NodeConfig, transport: impl Transport) -> Result<Node, NodeError> {
-        config.protocol.validate()?;
-        config.transport.validate()?;
+        config.validate()?;
         let id = NodeId::new(&config.name)?;
         let advertise = config.advertise.unwrap_or(transport.local_addr());
         let restored = match &config.data_dir {
@@ -457,6 +401,7 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::Config;
 
     #[test]
     fn node_is_cheap_to_clone_and_shareable_across_tasks() {

@@ -382,7 +382,7 @@ fn validation_names_the_field() {
             .validate()
             .unwrap_err()
             .to_string(),
-        "chaos.drop = 1.5: must be a probability in [0, 1]"
+        "chaos.drop: must be a probability in [0, 1] (got 1.5)"
     );
 }
 
