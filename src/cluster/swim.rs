@@ -23,6 +23,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Which full-state exchange a push-pull message is (the wire keeps two flags, `join` and
+/// `reply`; never both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushPullKind {
+    /// A joiner asks a seed for the whole table.
+    Join,
+    /// Periodic anti-entropy, or a reconnect to a failed member.
+    Periodic,
+    /// The answer to either.
+    Reply,
+}
+
 /// Why a command was refused. The state is unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
@@ -248,7 +260,7 @@ impl Swim {
         self.awareness.score()
     }
 
-    /// Broadcasts waiting in the piggyback queue.
+    /// Claims and events waiting in the piggyback queue.
     pub fn broadcast_queue_len(&self) -> usize {
         self.broadcasts.len()
     }
@@ -256,11 +268,6 @@ impl Swim {
     /// The config in force.
     pub fn config(&self) -> &Config {
         &self.config
-    }
-
-    /// Claims and events waiting in the piggyback queue.
-    pub fn queued_broadcasts(&self) -> usize {
-        self.broadcasts.len()
     }
 
     /// Counters since start, for the runtime's metrics.
@@ -445,7 +452,7 @@ impl Swim {
     fn send_join(&mut self) {
         let seeds = self.join.seeds.clone();
         for seed in seeds {
-            self.start_push_pull(seed, true);
+            self.start_push_pull(seed, PushPullKind::Join);
         }
         let attempt = self.join.attempt;
         let backoff = Backoff::new(self.config.join_retry_base, self.config.join_retry_max);
@@ -577,7 +584,7 @@ impl Swim {
         }
     }
 
-    pub(crate) fn push_pull_message(&mut self, join: bool, reply: bool) -> Message {
+    pub(crate) fn push_pull_message(&mut self, kind: PushPullKind) -> Message {
         let members = self
             .members
             .iter()
@@ -589,8 +596,8 @@ impl Swim {
             })
             .collect();
         Message::PushPull(PushPull {
-            join,
-            reply,
+            join: kind == PushPullKind::Join,
+            reply: kind == PushPullKind::Reply,
             event_ltime: self.user_events.clock(),
             members,
         })
@@ -608,12 +615,12 @@ impl Swim {
         });
         if let Some(&i) = picked.first() {
             let to = self.members.at(i).info.addr;
-            self.start_push_pull(to, false);
+            self.start_push_pull(to, PushPullKind::Periodic);
         }
     }
 
     /// Sends a push-pull to `to` and notes when, to time the answer.
-    fn start_push_pull(&mut self, to: SocketAddr, join: bool) {
+    fn start_push_pull(&mut self, to: SocketAddr, kind: PushPullKind) {
         /// Push-pulls timed at once; an older unanswered one is forgotten first.
         const PENDING_MAX: usize = 64;
         if self.push_pull_sent.len() >= PENDING_MAX {
@@ -624,7 +631,7 @@ impl Swim {
         }
         self.push_pull_sent.insert(to, self.now.mono);
         self.stats.push_pulls += 1;
-        let msg = self.push_pull_message(join, false);
+        let msg = self.push_pull_message(kind);
         self.send_stream(to, msg);
     }
 
@@ -652,7 +659,7 @@ impl Swim {
             .sample(&mut self.rng, 1, |m| m.state == MemberState::Dead);
         if let Some(&i) = picked.first() {
             let to = self.members.at(i).info.addr;
-            self.start_push_pull(to, false);
+            self.start_push_pull(to, PushPullKind::Periodic);
         }
     }
 
@@ -664,7 +671,7 @@ impl Swim {
         self.user_events.witness(pp.event_ltime);
         if !pp.reply {
             self.stats.push_pulls_answered += 1;
-            let reply = self.push_pull_message(false, true);
+            let reply = self.push_pull_message(PushPullKind::Reply);
             self.send_stream(from, reply);
         } else if let Some(sent) = self.push_pull_sent.remove(&from) {
             let took = self.now.mono.saturating_since(sent);

@@ -187,7 +187,7 @@ impl<T: Transport> Driver<T> {
             incarnation: self.swim.incarnation().0,
             health: self.swim.awareness(),
             members,
-            broadcast_queue: self.swim.queued_broadcasts(),
+            broadcast_queue: self.swim.broadcast_queue_len(),
             core: self.swim.stats().clone(),
             messages: self.links.traffic.by_kind(),
             traffic: self
