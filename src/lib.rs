@@ -5,17 +5,60 @@
 //! thousands of them in one process.
 //!
 //! ## Layout
-//! - [`cluster`]: the sans-io protocol core ([`cluster::Swim`]): membership table, probe cycle,
-//!   suspicion, dissemination, push-pull, tags, user events; plus a phi-accrual detector.
-//! - [`identity`]: node ids, addresses, tags.
-//! - [`transport`]: the frame around every packet (sockets and encryption come with the runtime).
+//! Layers from the top; each uses only those below it (`docs/architecture.md` has the picture,
+//! checked against the code by `tests/layers.rs`).
+//! - [`agent`]: a [`Node`] plus the admin HTTP API, as `dcore agent` runs it ([`Agent`],
+//!   [`AgentConfig`]).
+//! - [`metrics`]: the node's figures in Prometheus text (and OpenMetrics), and as JSON.
+//! - [`node`]: the tokio runtime around the core: [`Node`] (start, join, leave, tags, user
+//!   events, subscribe, key rotation, shutdown) and its [`NodeConfig`].
 //! - [`diagnostics`]: chaos injection in the transport stack (drop, delay, duplication,
 //!   reordering, partitions).
-//! - [`sim`]: the deterministic simulator behind `dcore sim`.
-//! - [`persistence`]: a crash-safe write-ahead log (segments, CRC32C, group commit) and a
-//!   key-value state store on it (snapshots), with an in-memory twin; see `docs/wal.md`.
+//! - [`cluster`]: the sans-io protocol core ([`cluster::Swim`]): membership table, probe cycle,
+//!   suspicion, dissemination, push-pull, tags, user events; plus a phi-accrual detector.
+//! - [`transport`]: the [`Transport`] trait with real UDP + TCP ([`NetTransport`]) and
+//!   in-memory ([`MemNetwork`]) implementations, the frame and its sealing ([`Keyring`]).
+//! - [`persistence`]: a crash-safe write-ahead log ([`Wal`]: segments, CRC32C, group commit)
+//!   and a key-value state store on it ([`WalStore`], snapshots), with an in-memory twin; see
+//!   `docs/wal.md`.
+//! - [`sim`]: the deterministic simulator behind `dcore sim` ([`Scenario`] → [`Report`]).
+//! - [`identity`]: what a node is: [`NodeId`], [`Incarnation`], [`NodeInfo`] and [`Tags`],
+//!   cluster [`Key`]s and key files, the identity kept across restarts.
+//! - [`common`]: small shared pieces: time, histogram, backoff, counters, [`ConfigError`].
 //! - `dcore` (the binary, `src/cli/`): the command line.
 //!
+//! The types a user needs are re-exported here, at the crate root. Internals that the crate's
+//! own tests use (packet codec, frame header, a fault-injecting filesystem) are behind the
+//! `testing` feature.
+//!
+//! ## A node in ten lines
+//! Two nodes on real UDP + TCP at 127.0.0.1, the second joining through the first, each
+//! publishing its role in tags:
+//!
+//! ```
+//! use distributed_core::{Config, MemberState, Node, NodeConfig};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let any = "127.0.0.1:0".parse()?;
+//! let seed = Node::start(NodeConfig::builder("seed", any).tag("role", "broker").build()?).await?;
+//! let media = NodeConfig::builder("media-1", any)
+//!     .tag("role", "media")
+//!     .seeds(vec![seed.addr()])
+//!     .protocol(Config::local())
+//!     .build()?;
+//! let media = Node::start(media).await?;
+//! while !seed.members().iter().any(|m| m.state == MemberState::Alive) {
+//!     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+//! }
+//! assert_eq!(seed.members()[0].info.tags["role"], "media");
+//! media.leave(std::time::Duration::from_secs(1)).await?;
+//! media.shutdown().await;
+//! seed.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## The sans-io core
 //! The core never reads a clock, never touches a socket and draws randomness only from the seed
 //! it is given. A driver feeds it inputs stamped with the current time and carries out what it
 //! returns. Two cores wired together by hand:

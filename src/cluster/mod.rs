@@ -2,18 +2,24 @@
 //!
 //! [`Swim`] never reads a clock, never touches a socket and draws randomness only from a seeded
 //! RNG it owns. The driver (the tokio runtime in `node/`, or the simulator in `sim/`) feeds it
-//! [`Input`]s with the current [`Now`] and carries out the [`Output`]s it returns: packets and
+//! [`Input`]s with the current [`Now`](crate::common::Now) and carries out the [`Output`]s it returns: packets and
 //! stream messages to send, timers to arm, events for the application.
 //!
 //! Layout:
 //! - `config.rs`: [`Config`], presets and validation.
-//! - `message.rs`: the messages and their byte layout.
-//! - `members.rs`: the membership table and its merge rules.
+//! - `message.rs`: the messages and their byte layout (the packet codec is crate-internal,
+//!   and in `distributed_core::testing` for the crate's tests).
+//! - `members.rs`: the membership table.
+//! - `swim.rs`: the state machine: inputs, commands, timers, dissemination rounds and
+//!   push-pull; with `probe.rs` (ping, ping-req, nack, TCP fallback, suspicion trigger) and
+//!   `merge.rs` (the merge rules for alive, suspect, dead and push-pull rows).
 //! - `broadcast.rs`: the piggyback (dissemination) queue.
 //! - `suspicion.rs`: Lifeguard's dynamic suspicion timeout and local health awareness.
 //! - `user_events.rs`: Lamport clock and dedup buffer for user events.
-//! - `swim.rs` (with `probe.rs`, `gossip.rs`, `merge.rs`): the state machine itself.
-//! - `phi.rs`: a phi-accrual failure detector for heartbeat streams.
+//! - `phi.rs`: a phi-accrual failure detector.
+//!
+//! Time ([`crate::common::Now`]) and ids ([`crate::identity::NodeId`],
+//! [`crate::identity::Incarnation`]) come from the layers below.
 
 mod broadcast;
 mod config;

@@ -6,10 +6,11 @@
 //!   [`mem::MemNetwork`] (in-process, for tests). `diagnostics::chaos::ChaosLayer` wraps either.
 //! - [`frame`]: the versioned frame around every packet and stream record, and its sealing
 //!   with [`crypto`] (XChaCha20-Poly1305 keyring).
-//! - [`backoff`]: exponential backoff with full jitter (join retries, reconnects).
+//! - Backoff for reconnects is [`crate::common::Backoff`].
 //!
-//! This module never imports `cluster`: it carries opaque bodies. The two meet in `node/` (and in
-//! the simulator, which uses the frame's size to count honest bytes).
+//! This module imports only `common` and `identity` from the crate: it carries opaque bodies,
+//! and meets `cluster` in `node/` (and in the simulator, which uses the frame's size to count
+//! honest bytes).
 
 pub mod crypto;
 pub mod frame;

@@ -22,7 +22,7 @@
 //! - `recovery.rs`: [`scan`] (read-only verification) and the recovery done on open.
 //! - `writer.rs`: [`Wal`]: appends, group commit, durability modes, truncation.
 //! - `reader.rs`: [`WalReader`], records from an index on.
-//! - `repair.rs`: [`repair`], truncation at the first problem, only on request.
+//! - `repair.rs`: [`repair()`], truncation at the first problem, only on request.
 //! - `fs.rs`: the filesystem trait, with a fault-injecting implementation for tests.
 //!
 //! The byte layout, the recovery rules and the durability modes are in `docs/wal.md`.
