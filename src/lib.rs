@@ -138,5 +138,5 @@ pub mod testing {
         decode_packet, encode_packet, item_len, msg_type, packet_header_len, packet_len, varint_len,
     };
     pub use crate::persistence::wal::faulty::{FaultPlan, FaultyFs};
-    pub use crate::transport::frame::{decode as decode_frame, encode_header};
+    pub use crate::transport::frame::header::{decode as decode_frame, encode_header};
 }

@@ -70,7 +70,7 @@ pub fn render(snap: &Snapshot, format: Format) -> String {
 
 /// Rewrites OpenMetrics text as Prometheus text 0.0.4: a counter's `# HELP` and `# TYPE` lines
 /// name its sample (`x_total`), and `# UNIT` and `# EOF` lines go.
-pub fn openmetrics_to_text(om: &str) -> String {
+pub(crate) fn openmetrics_to_text(om: &str) -> String {
     let counters: std::collections::HashSet<&str> = om
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

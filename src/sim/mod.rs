@@ -33,7 +33,7 @@ mod net;
 mod scenario;
 
 pub use metrics::Detect;
-pub use net::{addr, index};
+pub(crate) use net::{addr, index};
 pub use scenario::{NodeFault, PartitionSpec, Scenario, ScenarioError};
 
 use crate::cluster::{Command, Event, Input, Message, Output, Swim, Timer};

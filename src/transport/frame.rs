@@ -139,30 +139,37 @@ pub fn open<'f>(frame: &'f [u8], security: Security<'_>) -> Result<Cow<'f, [u8]>
     }
 }
 
-/// Writes the header for a body with `flags` into `out`.
-pub fn encode_header(flags: Flags, out: &mut Vec<u8>) {
-    out.extend_from_slice(&MAGIC);
-    out.push(FRAME_VERSION);
-    out.push(flags.0);
-}
+/// The header on its own: crate-internal (and in `distributed_core::testing` for the fuzz
+/// targets); users seal and open whole frames.
+pub(crate) mod header {
+    use super::{DecodeFrameError, Flags, FRAME_HEADER_BYTES, FRAME_VERSION, MAGIC};
 
-/// Splits a frame into flags and body.
-pub fn decode(frame: &[u8]) -> Result<(Flags, &[u8]), DecodeFrameError> {
-    if frame.len() < FRAME_HEADER_BYTES {
-        return Err(DecodeFrameError::Truncated);
+    /// Writes the header for a body with `flags` into `out`.
+    pub fn encode_header(flags: Flags, out: &mut Vec<u8>) {
+        out.extend_from_slice(&MAGIC);
+        out.push(FRAME_VERSION);
+        out.push(flags.0);
     }
-    if frame[..2] != MAGIC {
-        return Err(DecodeFrameError::Magic);
+
+    /// Splits a frame into flags and body.
+    pub fn decode(frame: &[u8]) -> Result<(Flags, &[u8]), DecodeFrameError> {
+        if frame.len() < FRAME_HEADER_BYTES {
+            return Err(DecodeFrameError::Truncated);
+        }
+        if frame[..2] != MAGIC {
+            return Err(DecodeFrameError::Magic);
+        }
+        if frame[2] != FRAME_VERSION {
+            return Err(DecodeFrameError::Version(frame[2]));
+        }
+        let flags = frame[3];
+        if flags & !Flags::KNOWN != 0 {
+            return Err(DecodeFrameError::Flags(flags));
+        }
+        Ok((Flags(flags), &frame[FRAME_HEADER_BYTES..]))
     }
-    if frame[2] != FRAME_VERSION {
-        return Err(DecodeFrameError::Version(frame[2]));
-    }
-    let flags = frame[3];
-    if flags & !Flags::KNOWN != 0 {
-        return Err(DecodeFrameError::Flags(flags));
-    }
-    Ok((Flags(flags), &frame[FRAME_HEADER_BYTES..]))
 }
+pub(crate) use header::{decode, encode_header};
 
 /// Seals and opens a node's frames: its keyring (if encryption is on) and cluster label, shared
 /// by its tasks. The keyring can change at runtime (key rotation), so every seal and open takes
