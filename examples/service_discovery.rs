@@ -294,10 +294,13 @@ async fn start_node(
     tags: Tags,
     seeds: Vec<SocketAddr>,
 ) -> Result<Node, Error> {
-    let mut config = NodeConfig::new(name, bind);
-    config.protocol = Config::local();
-    config.tags = tags;
-    config.seeds = seeds;
+    let config = tags
+        .iter()
+        .fold(NodeConfig::builder(name, bind), |b, (k, v)| b.tag(k, v))
+        .protocol(Config::local())
+        .seeds(seeds)
+        .build()
+        .map_err(|e| format!("node {name}: {e}"))?;
     Node::start(config)
         .await
         .map_err(|e| format!("starting {name} on {bind}: {e}").into())
