@@ -319,36 +319,30 @@ mod tests {
         assert_eq!(ring.install(next), Err(CryptoError::KeyringFull));
     }
 
-    #[cfg(unix)]
+    /// `Keyring::load` is `read_key_file` (tested in `identity`) then `from_keys`.
     #[test]
-    fn key_files_load_and_loose_permissions_are_refused() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("dcore-keys-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("keys");
-        let text = format!(
-            "# primary first\n{}\n\n{}\n",
-            key(1).to_base64(),
-            key(2).to_base64()
+    fn a_keyring_from_a_key_list_makes_the_first_primary() {
+        let ring = Keyring::from_keys(vec![key(1), key(2)]).unwrap();
+        assert_eq!(
+            ring.keys(),
+            vec![
+                KeyInfo {
+                    id: key(1).id(),
+                    primary: true
+                },
+                KeyInfo {
+                    id: key(2).id(),
+                    primary: false
+                }
+            ]
         );
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(
+            Keyring::from_keys(Vec::new()).unwrap_err(),
+            CryptoError::NotInstalled
+        );
         assert!(matches!(
-            Keyring::load(&path),
-            Err(CryptoError::Key(IdentityError::KeyFilePermissions {
-                mode: 0o644,
-                ..
-            }))
-        ));
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let ring = Keyring::load(&path).unwrap();
-        assert_eq!(ring.keys().len(), 2);
-        assert!(ring.keys()[0].primary);
-        std::fs::write(&path, "# nothing\n").unwrap();
-        assert!(matches!(
-            Keyring::load(&path),
+            Keyring::load(std::path::Path::new("/nonexistent/dcore-keys")),
             Err(CryptoError::Key(IdentityError::KeyFile { .. }))
         ));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
