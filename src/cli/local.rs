@@ -34,7 +34,7 @@ pub struct LocalArgs {
     /// Encrypt every frame (one random key shared by all nodes).
     #[arg(long)]
     pub encrypt: bool,
-    /// Share of datagrams each node drops on sending (the transport's fault layer).
+    /// Share of datagrams each node drops on sending (the chaos layer's `drop`).
     #[arg(long, default_value_t = 0.0)]
     pub loss: f64,
     /// Seed for the choice of crashed nodes.

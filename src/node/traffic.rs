@@ -11,13 +11,13 @@ crate::common::counters! {
     /// What a node sent and received so far. Bytes are frame bytes (no IP/UDP/TCP headers).
     #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
     pub struct TrafficStats {
-        /// Datagrams sent (before the fault layer).
+        /// Datagrams sent (before the chaos layer, if any).
         datagrams_out,
         /// Protocol messages sent (a compound datagram of 3 counts 3).
         msgs_out,
         /// Stream messages sent.
         streams_out,
-        /// Datagrams received (after the fault layer).
+        /// Datagrams received (after the chaos layer, if any).
         datagrams_in,
         /// Bytes of datagrams received.
         datagram_bytes_in,
