@@ -1,13 +1,14 @@
 //! `dcore agent` end to end: real agent processes from the built binary on 127.0.0.1 with
 //! OS-chosen ports, driven by the `dcore` client commands (`members --json`) and plain HTTP
 //! (`/metrics`). Every child is killed when its guard drops, so a failed test leaves no process
-//! behind; every wait has a deadline, and fixed sleeps are used only to check that something
-//! does *not* happen.
+//! behind (and shows the logs of the agents it held); every wait has a deadline, and fixed sleeps
+//! are used only to check that something does *not* happen.
 
 mod harness;
 
 use distributed_core::agent::AgentConfig;
 use distributed_core::cluster::Config;
+use harness::eventually_blocking;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -47,7 +48,11 @@ struct AgentProc {
 }
 
 impl Drop for AgentProc {
+    /// A failing test shows the log of every agent it still holds.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_text());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -157,20 +162,11 @@ impl AgentProc {
 
     /// Waits for the process to exit, at most `deadline`.
     fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
-        let end = Instant::now() + deadline;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            if Instant::now() >= end {
-                panic!(
-                    "{} did not exit within {deadline:?}\n{}",
-                    self.name,
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("{} to exit", self.name);
+        eventually_blocking(&what, deadline, || {
+            let status = self.child.try_wait().expect("try_wait");
+            status.ok_or_else(|| "still running".to_string())
+        })
     }
 }
 
@@ -224,31 +220,6 @@ fn members(agent: &AgentProc) -> Result<BTreeMap<String, Member>, String> {
     Ok(list.into_iter().map(|m| (m.name.clone(), m)).collect())
 }
 
-/// Polls `check` every 50 ms until it returns `Ok`, at most `deadline`; on timeout panics with
-/// `what`, the last `Err` and the agents' logs.
-fn eventually<T>(
-    what: &str,
-    deadline: Duration,
-    agents: &[&AgentProc],
-    mut check: impl FnMut() -> Result<T, String>,
-) -> T {
-    let end = Instant::now() + deadline;
-    loop {
-        let last = match check() {
-            Ok(v) => return v,
-            Err(e) => e,
-        };
-        if Instant::now() >= end {
-            let logs: Vec<String> = agents.iter().map(|a| a.log_text()).collect();
-            panic!(
-                "timed out after {deadline:?} waiting for: {what}\nlast: {last}\n{}",
-                logs.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// `Ok` with the member when `observer` sees `name` in `state`; an `Err` saying what it saw.
 fn seen_as(observer: &AgentProc, name: &str, state: &str) -> Result<Member, String> {
     let all = members(observer)?;
@@ -268,10 +239,9 @@ fn join_leave_crash_and_restart() {
     let a0 = AgentProc::start(dir.path(), "a0", None);
     let a1 = AgentProc::start(dir.path(), "a1", Some(&a0.gossip));
     let mut a2 = AgentProc::start(dir.path(), "a2", Some(&a0.gossip));
-    eventually(
+    eventually_blocking(
         "every agent lists 3 alive members",
         CONVERGE_TIMEOUT,
-        &[&a0, &a1, &a2],
         || {
             for a in [&a0, &a1, &a2] {
                 let all = members(a)?;
@@ -292,20 +262,15 @@ fn join_leave_crash_and_restart() {
     a2.terminate();
     let status = a2.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "a2 exit\n{}", a2.log_text());
-    eventually(
-        "a2 left on a0 and a1",
-        CONVERGE_TIMEOUT,
-        &[&a0, &a1, &a2],
-        || {
-            for a in [&a0, &a1] {
-                if let Ok(m) = seen_as(a, "a2", "failed") {
-                    panic!("{} saw a2 failed after a graceful leave: {m:?}", a.name);
-                }
-                seen_as(a, "a2", "left")?;
+    eventually_blocking("a2 left on a0 and a1", CONVERGE_TIMEOUT, || {
+        for a in [&a0, &a1] {
+            if let Ok(m) = seen_as(a, "a2", "failed") {
+                panic!("{} saw a2 failed after a graceful leave: {m:?}", a.name);
             }
-            Ok(())
-        },
-    );
+            seen_as(a, "a2", "left")?;
+        }
+        Ok(())
+    });
     // Past a suspicion timeout of the local preset, it must still be `left`.
     let end = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < end {
@@ -321,7 +286,7 @@ fn join_leave_crash_and_restart() {
     let before = members(&a0).unwrap()["a1"].incarnation;
     a1.child.kill().expect("SIGKILL a1");
     a1.wait_exit(Duration::from_secs(5));
-    let failed = eventually("a1 failed on a0", CONVERGE_TIMEOUT, &[&a0, &a1], || {
+    let failed = eventually_blocking("a1 failed on a0", CONVERGE_TIMEOUT, || {
         seen_as(&a0, "a1", "failed")
     });
     assert!(failed.incarnation >= before, "{failed:?}");
@@ -329,10 +294,9 @@ fn join_leave_crash_and_restart() {
 
     // Restart with the same name: alive again, with a higher incarnation (it refutes its death).
     let a1 = AgentProc::start(dir.path(), "a1", Some(&a0.gossip));
-    let back = eventually(
+    let back = eventually_blocking(
         "restarted a1 alive on a0 with a higher incarnation",
         CONVERGE_TIMEOUT,
-        &[&a0, &a1],
         || {
             let m = seen_as(&a0, "a1", "alive")?;
             if m.incarnation <= failed.incarnation {
@@ -342,7 +306,7 @@ fn join_leave_crash_and_restart() {
         },
     );
     assert_eq!(back.addr, a1.gossip, "a0 must use the new address");
-    eventually("a1 sees a0 alive", CONVERGE_TIMEOUT, &[&a0, &a1], || {
+    eventually_blocking("a1 sees a0 alive", CONVERGE_TIMEOUT, || {
         seen_as(&a1, "a0", "alive")
     });
 }
@@ -420,7 +384,7 @@ async fn metrics_are_valid_prometheus_text_openmetrics_and_json() {
 fn metrics_of_a_two_agent_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let a = AgentProc::start(dir.path(), "m0", None);
-    let b = AgentProc::start(dir.path(), "m1", Some(&a.gossip));
+    let _m1 = AgentProc::start(dir.path(), "m1", Some(&a.gossip));
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -433,20 +397,15 @@ fn metrics_of_a_two_agent_cluster() {
         r.json::<Value>().map_err(|e| e.to_string())
     };
     // Wait for a probe to be acked, so the histograms hold samples.
-    eventually(
-        "m0 sees m1 and has probed it",
-        CONVERGE_TIMEOUT,
-        &[&a, &b],
-        || {
-            let m = get_json("/v1/metrics")?;
-            let alive = m["node"]["members"]["alive"].as_u64();
-            let rtt = m["node"]["core"]["probe_rtt"].to_string();
-            match alive {
-                Some(1) if m["node"]["core"]["probes"].as_u64() > Some(1) => Ok(()),
-                _ => Err(format!("alive {alive:?}, probe_rtt {rtt}")),
-            }
-        },
-    );
+    eventually_blocking("m0 sees m1 and has probed it", CONVERGE_TIMEOUT, || {
+        let m = get_json("/v1/metrics")?;
+        let alive = m["node"]["members"]["alive"].as_u64();
+        let rtt = m["node"]["core"]["probe_rtt"].to_string();
+        match alive {
+            Some(1) if m["node"]["core"]["probes"].as_u64() > Some(1) => Ok(()),
+            _ => Err(format!("alive {alive:?}, probe_rtt {rtt}")),
+        }
+    });
 
     let resp = http
         .get(format!("http://{}/metrics", a.http))

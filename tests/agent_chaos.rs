@@ -23,7 +23,7 @@ async fn agents(n: usize, protocol: Config) -> Vec<Agent> {
         }
         out.push(Agent::start(c).await.unwrap());
     }
-    eventually("converged", Duration::from_secs(15), || {
+    eventually("converged", Duration::from_secs(15), async || {
         out.iter().all(|a| alive_count(a.node()) == n - 1)
     })
     .await;
@@ -88,19 +88,23 @@ async fn a_partition_set_through_the_api_is_detected_and_heals_when_cleared() {
             "{v}"
         );
     }
-    eventually("each side fails the other", Duration::from_secs(20), || {
-        state_of(all[0].node(), "n2") == Some(MemberState::Dead)
-            && state_of(all[1].node(), "n3") == Some(MemberState::Dead)
-            && state_of(all[2].node(), "n0") == Some(MemberState::Dead)
-            && state_of(all[3].node(), "n1") == Some(MemberState::Dead)
-            && state_of(all[0].node(), "n1") == Some(MemberState::Alive)
-            && state_of(all[2].node(), "n3") == Some(MemberState::Alive)
-    })
+    eventually(
+        "each side fails the other",
+        Duration::from_secs(20),
+        async || {
+            state_of(all[0].node(), "n2") == Some(MemberState::Dead)
+                && state_of(all[1].node(), "n3") == Some(MemberState::Dead)
+                && state_of(all[2].node(), "n0") == Some(MemberState::Dead)
+                && state_of(all[3].node(), "n1") == Some(MemberState::Dead)
+                && state_of(all[0].node(), "n1") == Some(MemberState::Alive)
+                && state_of(all[2].node(), "n3") == Some(MemberState::Alive)
+        },
+    )
     .await;
     for a in &all {
         chaos(&client, a, None).await;
     }
-    eventually("healed", Duration::from_secs(30), || {
+    eventually("healed", Duration::from_secs(30), async || {
         all.iter().all(|a| alive_count(a.node()) == 3)
     })
     .await;

@@ -8,7 +8,7 @@ mod harness;
 use distributed_core::agent::{Agent, AgentConfig};
 use distributed_core::cluster::{Config, Event, MemberState};
 use distributed_core::transport::crypto::Key;
-use harness::serial;
+use harness::{eventually, serial};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
@@ -43,10 +43,10 @@ async fn pair(a: AgentConfig, b: AgentConfig) -> (Agent, Agent) {
         ..b
     })
     .await;
-    harness::eventually(
+    eventually(
         "the two agents see each other alive",
         CONVERGE_TIMEOUT,
-        || {
+        async || {
             [&a, &b].iter().all(|x| {
                 let m = x.node().members();
                 m.len() == 1 && m[0].state == MemberState::Alive
@@ -116,26 +116,6 @@ impl Api {
 
     async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
         self.call(Method::POST, path, body).await
-    }
-}
-
-/// Polls `check` every 20 ms until it returns `Ok`, at most `deadline`; the panic names `what`
-/// and the last `Err`.
-async fn poll<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let end = tokio::time::Instant::now() + deadline;
-    loop {
-        let last = match check().await {
-            Ok(v) => return v,
-            Err(e) => e,
-        };
-        if tokio::time::Instant::now() >= end {
-            panic!("timed out after {deadline:?} waiting for: {what}\nlast: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -269,15 +249,17 @@ async fn ready_is_503_while_joining_and_200_after_a_join_through_the_api() {
         .await;
     assert_eq!(status, StatusCode::OK, "{joined}");
     assert_eq!(joined["joined"], true, "{joined}");
-    poll("c ready after joining a", CONVERGE_TIMEOUT, || async {
-        match api_c.get("/ready").await {
+    eventually(
+        "c ready after joining a",
+        CONVERGE_TIMEOUT,
+        async || match api_c.get("/ready").await {
             (StatusCode::OK, v) if v == json!({"ready": true}) => Ok(()),
             other => Err(format!("{other:?}")),
-        }
-    })
+        },
+    )
     .await;
     let api_a = Api::of(&a);
-    poll("a lists c alive", CONVERGE_TIMEOUT, || async {
+    eventually("a lists c alive", CONVERGE_TIMEOUT, async || {
         let (_, v) = api_a.get("/v1/members?state=alive").await;
         (names(&v) == ["a", "c"]).then_some(()).ok_or(v.to_string())
     })
@@ -680,7 +662,7 @@ async fn leave_makes_ready_503_and_the_peer_sees_left() {
         .await
         .expect("the leave asks the agent to stop");
     let api_a = Api::of(&a);
-    poll("a lists b as left", CONVERGE_TIMEOUT, || async {
+    eventually("a lists b as left", CONVERGE_TIMEOUT, async || {
         let (_, v) = api_a.get("/v1/members?state=left").await;
         (names(&v) == ["b"]).then_some(()).ok_or(v.to_string())
     })

@@ -38,7 +38,7 @@ async fn cluster(n: usize) -> Vec<Member> {
     for m in &members[1..] {
         m.node.join(vec![members[0].node.addr()]).await.unwrap();
     }
-    eventually("converged", Duration::from_secs(10), || {
+    eventually("converged", Duration::from_secs(10), async || {
         members.iter().all(|m| alive_count(&m.node) == n - 1)
     })
     .await;
@@ -63,7 +63,7 @@ async fn shutdown(members: Vec<Member>) {
         m.node.shutdown().await;
     }
     let metrics = tokio::runtime::Handle::current().metrics();
-    eventually("no task left", Duration::from_secs(1), || {
+    eventually("no task left", Duration::from_secs(1), async || {
         metrics.num_alive_tasks() == 0
     })
     .await;
@@ -117,13 +117,17 @@ async fn a_full_partition_is_detected_and_heals() {
     members[0].chaos.set(cut(&addrs[2..])).unwrap();
     members[1].chaos.set(cut(&addrs[2..])).unwrap();
     members[2].chaos.set(cut(&addrs[..2])).unwrap();
-    eventually("each side fails the other", Duration::from_secs(15), || {
-        let dead = Some(MemberState::Dead);
-        state_of(&members[0].node, "n2") == dead
-            && state_of(&members[1].node, "n2") == dead
-            && state_of(&members[2].node, "n0") == dead
-            && state_of(&members[2].node, "n1") == dead
-    })
+    eventually(
+        "each side fails the other",
+        Duration::from_secs(15),
+        async || {
+            let dead = Some(MemberState::Dead);
+            state_of(&members[0].node, "n2") == dead
+                && state_of(&members[1].node, "n2") == dead
+                && state_of(&members[2].node, "n0") == dead
+                && state_of(&members[2].node, "n1") == dead
+        },
+    )
     .await;
     assert_eq!(state_of(&members[0].node, "n1"), Some(MemberState::Alive));
     let t = total(&members);
@@ -133,7 +137,7 @@ async fn a_full_partition_is_detected_and_heals() {
         m.chaos.clear();
     }
     // Dead members are retried every `reconnect_interval` (5 s in the local preset).
-    eventually("healed", Duration::from_secs(30), || {
+    eventually("healed", Duration::from_secs(30), async || {
         members.iter().all(|m| alive_count(&m.node) == 2)
     })
     .await;

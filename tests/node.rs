@@ -36,7 +36,7 @@ macro_rules! on_both {
 /// Every test shuts its nodes down; then no task may be left on the runtime.
 async fn no_task_left() {
     let metrics = tokio::runtime::Handle::current().metrics();
-    eventually("no task left", Duration::from_secs(1), || {
+    eventually("no task left", Duration::from_secs(1), async || {
         metrics.num_alive_tasks() == 0
     })
     .await;
@@ -66,14 +66,14 @@ async fn three_nodes_converge_and_a_crash_is_detected(net: Net) {
     eventually(
         "3 nodes see each other alive",
         Duration::from_secs(10),
-        || nodes.iter().all(|n| alive_count(n) == 2),
+        async || nodes.iter().all(|n| alive_count(n) == 2),
     )
     .await;
     nodes[2].shutdown().await; // gone without leaving
     eventually(
         "n2 marked failed by both others",
         Duration::from_secs(15),
-        || {
+        async || {
             nodes[..2]
                 .iter()
                 .all(|n| state_of(n, "n2") == Some(MemberState::Dead))
@@ -88,7 +88,7 @@ async fn three_nodes_converge_and_a_crash_is_detected(net: Net) {
 on_both!(graceful_leave_is_seen_as_left_never_failed);
 async fn graceful_leave_is_seen_as_left_never_failed(net: Net) {
     let nodes = cluster(&net, 3, |i| config(&format!("n{i}"))).await;
-    eventually("converged", Duration::from_secs(10), || {
+    eventually("converged", Duration::from_secs(10), async || {
         nodes.iter().all(|n| alive_count(n) == 2)
     })
     .await;
@@ -97,7 +97,7 @@ async fn graceful_leave_is_seen_as_left_never_failed(net: Net) {
         nodes[2].leave(Duration::from_secs(5)).await.unwrap(),
         "left claim sent"
     );
-    eventually("n2 left everywhere", Duration::from_secs(10), || {
+    eventually("n2 left everywhere", Duration::from_secs(10), async || {
         nodes[..2]
             .iter()
             .all(|n| state_of(n, "n2") == Some(MemberState::Left))
@@ -133,7 +133,7 @@ async fn clusters_with_different_keys_never_merge(net: Net) {
     eventually(
         "a and b converge encrypted",
         Duration::from_secs(10),
-        || alive_count(&a) == 1 && alive_count(&b) == 1,
+        async || alive_count(&a) == 1 && alive_count(&b) == 1,
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -148,9 +148,11 @@ async fn clusters_with_different_keys_never_merge(net: Net) {
     // A node without encryption is refused too, and counted as plain.
     let d = net.start(config("d")).await;
     d.join(vec![a.addr()]).await.unwrap();
-    eventually("d's plain join refused", Duration::from_secs(5), || {
-        a.traffic().rejected_plain > 0
-    })
+    eventually(
+        "d's plain join refused",
+        Duration::from_secs(5),
+        async || a.traffic().rejected_plain > 0,
+    )
     .await;
     assert!(state_of(&a, "d").is_none());
     d.shutdown().await;
@@ -191,7 +193,7 @@ async fn udp_blocked_pair(net: &Net, fallback: bool) -> (Node, Node, usize) {
     let a = net.start(make("a", &fa)).await;
     let b = net.start(make("b", &fb)).await;
     b.join(vec![a.addr()]).await.unwrap();
-    eventually("pair converged", Duration::from_secs(10), || {
+    eventually("pair converged", Duration::from_secs(10), async || {
         alive_count(&a) == 1 && alive_count(&b) == 1
     })
     .await;
@@ -245,7 +247,7 @@ async fn ten_and_fifty_nodes_converge(net: Net) {
         eventually(
             &format!("{n} nodes converge"),
             Duration::from_secs(30),
-            || nodes.iter().all(|x| alive_count(x) == n - 1),
+            async || nodes.iter().all(|x| alive_count(x) == n - 1),
         )
         .await;
         for x in &nodes {
@@ -258,7 +260,7 @@ on_both!(tags_propagate_and_user_events_arrive_exactly_once);
 async fn tags_propagate_and_user_events_arrive_exactly_once(net: Net) {
     use distributed_core::cluster::Event;
     let nodes = cluster(&net, 5, |i| config(&format!("n{i}"))).await;
-    eventually("converged", Duration::from_secs(10), || {
+    eventually("converged", Duration::from_secs(10), async || {
         nodes.iter().all(|n| alive_count(n) == 4)
     })
     .await;
@@ -269,18 +271,22 @@ async fn tags_propagate_and_user_events_arrive_exactly_once(net: Net) {
         .broadcast_event("deploy", b"v2".to_vec())
         .await
         .unwrap();
-    eventually("tags seen everywhere", Duration::from_secs(10), || {
-        nodes
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != 3)
-            .all(|(_, n)| {
-                n.members().iter().any(|m| {
-                    m.info.id.as_str() == "n3"
-                        && m.info.tags.get("zone").map(String::as_str) == Some("eu-1")
+    eventually(
+        "tags seen everywhere",
+        Duration::from_secs(10),
+        async || {
+            nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != 3)
+                .all(|(_, n)| {
+                    n.members().iter().any(|m| {
+                        m.info.id.as_str() == "n3"
+                            && m.info.tags.get("zone").map(String::as_str) == Some("eu-1")
+                    })
                 })
-            })
-    })
+        },
+    )
     .await;
     // Let the event's retransmissions die out, then count deliveries per node.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -306,12 +312,12 @@ async fn tags_propagate_and_user_events_arrive_exactly_once(net: Net) {
 on_both!(a_crashed_node_restarted_with_its_name_rejoins_with_a_higher_incarnation);
 async fn a_crashed_node_restarted_with_its_name_rejoins_with_a_higher_incarnation(net: Net) {
     let nodes = cluster(&net, 3, |i| config(&format!("n{i}"))).await;
-    eventually("converged", Duration::from_secs(10), || {
+    eventually("converged", Duration::from_secs(10), async || {
         nodes.iter().all(|n| alive_count(n) == 2)
     })
     .await;
     nodes[2].shutdown().await;
-    eventually("n2 failed", Duration::from_secs(15), || {
+    eventually("n2 failed", Duration::from_secs(15), async || {
         nodes[..2]
             .iter()
             .all(|n| state_of(n, "n2") == Some(MemberState::Dead))
@@ -320,16 +326,20 @@ async fn a_crashed_node_restarted_with_its_name_rejoins_with_a_higher_incarnatio
     // Same name, new port, no memory of its old incarnation: it must out-bid its old self.
     let again = net.start(config("n2")).await;
     again.join(vec![nodes[0].addr()]).await.unwrap();
-    eventually("n2 alive again everywhere", Duration::from_secs(15), || {
-        nodes[..2].iter().all(|n| {
-            n.members().iter().any(|m| {
-                m.info.id.as_str() == "n2"
-                    && m.state == MemberState::Alive
-                    && m.incarnation.0 > 0
-                    && m.info.addr == again.addr()
+    eventually(
+        "n2 alive again everywhere",
+        Duration::from_secs(15),
+        async || {
+            nodes[..2].iter().all(|n| {
+                n.members().iter().any(|m| {
+                    m.info.id.as_str() == "n2"
+                        && m.state == MemberState::Alive
+                        && m.incarnation.0 > 0
+                        && m.info.addr == again.addr()
+                })
             })
-        })
-    })
+        },
+    )
     .await;
     for n in nodes[..2].iter().chain([&again]) {
         n.shutdown().await;
@@ -349,7 +359,7 @@ async fn a_node_with_a_data_dir_rejoins_the_members_it_knew_at_a_higher_incarnat
     let c = net.start(with_dir("c")).await;
     b.join(vec![a.addr()]).await.unwrap();
     c.join(vec![a.addr()]).await.unwrap();
-    eventually("converged", Duration::from_secs(10), || {
+    eventually("converged", Duration::from_secs(10), async || {
         [&a, &b, &c].iter().all(|n| alive_count(n) == 2)
     })
     .await;
@@ -362,22 +372,27 @@ async fn a_node_with_a_data_dir_rejoins_the_members_it_knew_at_a_higher_incarnat
     // c crashes (its state is saved on the way down), and so does the seed a.
     c.shutdown().await;
     a.shutdown().await;
-    eventually("b sees a and c failed", Duration::from_secs(15), || {
-        state_of(&b, "a") == Some(MemberState::Dead) && state_of(&b, "c") == Some(MemberState::Dead)
-    })
+    eventually(
+        "b sees a and c failed",
+        Duration::from_secs(15),
+        async || {
+            state_of(&b, "a") == Some(MemberState::Dead)
+                && state_of(&b, "c") == Some(MemberState::Dead)
+        },
+    )
     .await;
     // A different name may not use c's data dir.
     let refused = net.start_err(with_dir("intruder")).await;
     assert!(refused.contains("belongs to node \"c\""), "{refused}");
     // c comes back with no seed at all: it joins b, which it knew, above its old incarnation.
     let c = net.start(with_dir("c")).await;
-    eventually("c alive again on b", Duration::from_secs(15), || {
+    eventually("c alive again on b", Duration::from_secs(15), async || {
         b.members().iter().any(|m| {
             m.info.id.as_str() == "c" && m.state == MemberState::Alive && m.incarnation.0 > before
         })
     })
     .await;
-    eventually("c sees b alive", Duration::from_secs(5), || {
+    eventually("c sees b alive", Duration::from_secs(5), async || {
         state_of(&c, "b") == Some(MemberState::Alive)
     })
     .await;
@@ -399,7 +414,7 @@ async fn rotating_the_key_across_a_running_cluster_loses_no_member(net: Net) {
         c
     })
     .await;
-    eventually("converged", Duration::from_secs(10), || {
+    eventually("converged", Duration::from_secs(10), async || {
         nodes.iter().all(|n| alive_count(n) == 4)
     })
     .await;
@@ -457,7 +472,7 @@ async fn hostile_input_is_counted_and_dropped() {
         .unwrap(); // encrypted, but no key here
     let mut tcp = tokio::net::TcpStream::connect(node.addr()).await.unwrap();
     tcp.write_all(&u32::MAX.to_be_bytes()).await.unwrap(); // a 4 GiB record: refused unread
-    eventually("rejections counted", Duration::from_secs(5), || {
+    eventually("rejections counted", Duration::from_secs(5), async || {
         let t = node.traffic();
         t.rejected_frame == 1
             && t.rejected_key == 1
@@ -468,9 +483,11 @@ async fn hostile_input_is_counted_and_dropped() {
     // Still serving: a peer can join.
     let peer = Node::start(config("peer")).await.unwrap();
     peer.join(vec![node.addr()]).await.unwrap();
-    eventually("joined after the garbage", Duration::from_secs(10), || {
-        alive_count(&node) == 1
-    })
+    eventually(
+        "joined after the garbage",
+        Duration::from_secs(10),
+        async || alive_count(&node) == 1,
+    )
     .await;
     node.shutdown().await;
     peer.shutdown().await;
@@ -492,7 +509,7 @@ async fn hostile_input_is_counted_and_dropped_in_memory() {
     raw.send_stream(node.addr(), b"DC\x01\x00not a record".to_vec());
     raw.send_stream(node.addr(), b"DC\x01\x01sealed?".to_vec()); // encrypted, no key here
     raw.send_stream(node.addr(), vec![0; 5 << 20]); // over the record limit: never sent
-    eventually("rejections counted", Duration::from_secs(5), || {
+    eventually("rejections counted", Duration::from_secs(5), async || {
         let t = node.traffic();
         t.rejected_frame == 1
             && t.rejected_packet == 1
@@ -503,9 +520,11 @@ async fn hostile_input_is_counted_and_dropped_in_memory() {
     assert_eq!(raw.counters().snapshot().streams_out_dropped, 1);
     let peer = net.start(config("peer")).await;
     peer.join(vec![node.addr()]).await.unwrap();
-    eventually("joined after the garbage", Duration::from_secs(10), || {
-        alive_count(&node) == 1
-    })
+    eventually(
+        "joined after the garbage",
+        Duration::from_secs(10),
+        async || alive_count(&node) == 1,
+    )
     .await;
     node.shutdown().await;
     peer.shutdown().await;

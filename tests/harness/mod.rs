@@ -12,4 +12,4 @@ pub use node::{alive_count, state_of, Net};
 #[allow(unused_imports)]
 pub use sim::{ensure, for_seeds};
 #[allow(unused_imports)]
-pub use wait::{eventually, serial};
+pub use wait::{eventually, eventually_blocking, serial};
