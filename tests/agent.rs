@@ -8,17 +8,13 @@ mod harness;
 
 use distributed_core::agent::AgentConfig;
 use distributed_core::cluster::Config;
-use harness::eventually_blocking;
+use harness::{dcore, dcore_command, eventually_blocking, KillOnDrop, Lines};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-
-const DCORE: &str = env!("CARGO_BIN_EXE_dcore");
 
 /// How long an agent may take to log "agent started".
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,13 +34,13 @@ async fn serial_blocking(body: impl FnOnce() + Send + 'static) {
 /// One `dcore agent` process. Dropping it kills the process (SIGKILL) and reaps it.
 struct AgentProc {
     name: String,
-    child: Child,
+    child: KillOnDrop,
     /// Gossip address, from the "agent started" log line.
     gossip: String,
     /// HTTP API address, from the same line.
     http: String,
-    /// Every stderr line so far (a thread keeps draining the pipe), for failure context.
-    log: Arc<Mutex<Vec<String>>>,
+    /// Its stderr, for the "agent started" line and failure context.
+    log: Lines,
 }
 
 impl Drop for AgentProc {
@@ -53,8 +49,6 @@ impl Drop for AgentProc {
         if std::thread::panicking() {
             eprintln!("{}", self.log_text());
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -68,13 +62,12 @@ impl AgentProc {
     /// [`AgentProc::start`] with `extra` flags for `dcore agent`.
     fn start_with(dir: &Path, name: &str, join: Option<&str>, extra: &[&str]) -> AgentProc {
         let config = write_local_config(dir, name);
-        let mut cmd = Command::new(DCORE);
+        let mut cmd = dcore_command();
         cmd.args(["agent", "--name", name, "--config"])
             .arg(&config)
             .args(["--bind", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .args(["--log-format", "json"])
             .env("RUST_LOG", "info")
-            .env_remove("DCORE_HTTP_ADDR")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -82,26 +75,16 @@ impl AgentProc {
             cmd.args(["--join", seed]);
         }
         cmd.args(extra);
-        let mut child = cmd.spawn().expect("dcore agent spawns");
+        let mut child = KillOnDrop(cmd.spawn().expect("dcore agent spawns"));
         let stderr = child.stderr.take().expect("stderr is piped");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                sink.lock().unwrap().push(line.clone());
-                let _ = tx.send(line); // nobody listens once the agent has started
-            }
-        });
         let mut proc = AgentProc {
             name: name.to_string(),
             child,
             gossip: String::new(),
             http: String::new(),
-            log,
+            log: Lines::new(stderr),
         };
-        let (gossip, http) = proc.wait_started(&rx);
+        let (gossip, http) = proc.wait_started();
         proc.gossip = gossip;
         proc.http = http;
         proc
@@ -109,45 +92,37 @@ impl AgentProc {
 
     /// Reads stderr lines until the JSON line with message "agent started"; returns its
     /// `gossip` and `http` fields.
-    fn wait_started(&mut self, rx: &mpsc::Receiver<String>) -> (String, String) {
-        let end = Instant::now() + START_TIMEOUT;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            let line = match rx.recv_timeout(left) {
-                Ok(line) => line,
-                Err(e) => panic!(
-                    "{}: no \"agent started\" line within {START_TIMEOUT:?} ({e}); exit: {:?}\n{}",
-                    self.name,
-                    self.child.try_wait(),
-                    self.log_text()
-                ),
-            };
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue; // the effective config is printed as TOML first
-            };
+    fn wait_started(&mut self) -> (String, String) {
+        let started = self.log.wait_for(START_TIMEOUT, |line| {
+            // Other lines are not JSON: the effective config is printed as TOML first.
+            let v = serde_json::from_str::<Value>(line).ok()?;
             let fields = if v["fields"].is_object() {
                 &v["fields"]
             } else {
                 &v
             };
-            if fields["message"] == "agent started" {
-                let field = |k: &str| {
-                    fields[k]
-                        .as_str()
-                        .unwrap_or_else(|| panic!("{}: no {k} in {line}", self.name))
-                        .to_string()
-                };
-                return (field("gossip"), field("http"));
+            if fields["message"] != "agent started" {
+                return None;
             }
-        }
+            let field = |k: &str| {
+                fields[k]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{}: no {k} in {line}", self.name))
+                    .to_string()
+            };
+            Some((field("gossip"), field("http")))
+        });
+        started.unwrap_or_else(|e| {
+            panic!(
+                "{}: no \"agent started\" line within {START_TIMEOUT:?} ({e}); exit: {:?}",
+                self.name,
+                self.child.try_wait()
+            )
+        })
     }
 
     fn log_text(&self) -> String {
-        format!(
-            "--- stderr of {} ---\n{}",
-            self.name,
-            self.log.lock().unwrap().join("\n")
-        )
+        format!("--- stderr of {} ---\n{}", self.name, self.log.text())
     }
 
     /// Sends SIGTERM (through `kill`, so the test needs no libc binding).
@@ -183,21 +158,6 @@ fn write_local_config(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
-/// Runs `dcore ARGS`; returns (exit code, stdout, stderr).
-fn dcore(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(DCORE)
-        .args(args)
-        .env_remove("DCORE_HTTP_ADDR")
-        .env_remove("DCORE_TOKEN_FILE")
-        .output()
-        .expect("dcore runs");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// A member as `dcore members --json` prints it.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[allow(dead_code)] // every field is parsed, to check the output has it
@@ -211,10 +171,15 @@ struct Member {
 
 /// `dcore members --json` against `agent`, by name.
 fn members(agent: &AgentProc) -> Result<BTreeMap<String, Member>, String> {
-    let (code, out, err) = dcore(&["members", "--json", "--http-addr", &agent.http]);
-    if code != Some(0) {
-        return Err(format!("dcore members exited {code:?}: {err}"));
+    let run = dcore(&["members", "--json", "--http-addr", &agent.http]);
+    if run.code() != Some(0) {
+        return Err(format!(
+            "dcore members exited {:?}: {}",
+            run.code(),
+            run.stderr
+        ));
     }
+    let out = &run.stdout;
     let list: Vec<Member> =
         serde_json::from_str(out.trim()).map_err(|e| format!("not a member array ({e}): {out}"))?;
     Ok(list.into_iter().map(|m| (m.name.clone(), m)).collect())
@@ -325,9 +290,9 @@ async fn members_tag_filter_takes_any_value() {
         ];
         let a = AgentProc::start_with(dir.path(), "t0", None, &tags);
         for tag in ["plus=a+b", "hash=x#y", "space=p q"] {
-            let (code, out, err) =
-                dcore(&["members", "--json", "--http-addr", &a.http, "--tag", tag]);
-            assert_eq!(code, Some(0), "{err}");
+            let run = dcore(&["members", "--json", "--http-addr", &a.http, "--tag", tag]);
+            assert_eq!(run.code(), Some(0), "{}", run.stderr);
+            let out = &run.stdout;
             let list: Vec<Member> = serde_json::from_str(out.trim()).expect("a member array");
             let names: Vec<&str> = list.iter().map(|m| m.name.as_str()).collect();
             assert_eq!(names, ["t0"], "--tag {tag:?} lists {out}");
@@ -340,14 +305,15 @@ async fn members_tag_filter_takes_any_value() {
 fn check_config_accepts_a_good_file_and_names_an_unknown_key() {
     let dir = tempfile::tempdir().unwrap();
     let good = write_local_config(dir.path(), "checked");
-    let (code, out, err) = dcore(&["agent", "--check-config", "--config", path_str(&good)]);
-    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
-    assert!(out.contains("name = \"checked\""), "{out}");
+    let run = dcore(&["agent", "--check-config", "--config", path_str(&good)]);
+    assert_eq!(run.code(), Some(0), "{run:?}");
+    assert!(run.stdout.contains("name = \"checked\""), "{}", run.stdout);
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "name = \"x\"\nprobe_intervall = \"1s\"\n").unwrap();
-    let (code, out, err) = dcore(&["agent", "--check-config", "--config", path_str(&bad)]);
-    assert_eq!(code, Some(2), "stdout: {out}\nstderr: {err}");
+    let run = dcore(&["agent", "--check-config", "--config", path_str(&bad)]);
+    assert_eq!(run.code(), Some(2), "{run:?}");
+    let err = &run.stderr;
     assert!(err.contains("probe_intervall"), "must name the key: {err}");
 
     let nested = dir.path().join("nested.toml");
@@ -356,8 +322,13 @@ fn check_config_accepts_a_good_file_and_names_an_unknown_key() {
         "[protocol]\nprobe_timeout = \"5s\"\nprobe_interval = \"1s\"\n",
     )
     .unwrap();
-    let (code, _, err) = dcore(&["agent", "--check-config", "--config", path_str(&nested)]);
-    assert_eq!(code, Some(2), "a rule between fields is checked too: {err}");
+    let run = dcore(&["agent", "--check-config", "--config", path_str(&nested)]);
+    let err = &run.stderr;
+    assert_eq!(
+        run.code(),
+        Some(2),
+        "a rule between fields is checked too: {err}"
+    );
     assert!(err.contains("probe_timeout"), "{err}");
 }
 
@@ -367,12 +338,12 @@ fn path_str(p: &Path) -> &str {
 
 #[test]
 fn keygen_prints_a_base64_key() {
-    let (code, out, err) = dcore(&["keygen"]);
-    assert_eq!(code, Some(0), "{err}");
-    let key = out.trim();
-    assert_eq!(key.len(), 44, "{out:?}");
+    let run = dcore(&["keygen"]);
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    let key = run.stdout.trim();
+    assert_eq!(key.len(), 44, "{:?}", run.stdout);
     distributed_core::transport::crypto::Key::from_base64(key).expect("a 32-byte base64 key");
-    let (_, again, _) = dcore(&["keygen"]);
+    let again = dcore(&["keygen"]).stdout;
     assert_ne!(again.trim(), key, "each key is fresh");
 }
 

@@ -5,6 +5,7 @@ mod harness;
 
 use distributed_core::agent::{Agent, AgentConfig};
 use distributed_core::cluster::Config;
+use harness::KillOnDrop;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,15 +15,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 async fn query(client: &reqwest::Client, base: &str, q: &str) -> Option<serde_json::Value> {

@@ -2,10 +2,13 @@
 //! disk filled, fsync failing, segments removed or repeated; plus group commit, truncation,
 //! locking and the `dcore wal` commands.
 
+mod harness;
+
 use distributed_core::persistence::wal::fs::{FaultPlan, FaultyFs, Fs};
 use distributed_core::persistence::wal::{
     self, BadRecord, Corruption, Durability, RecordType, Wal, WalConfig, WalError,
 };
+use harness::dcore;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -550,21 +553,14 @@ fn oversized_records_and_bad_configs_are_refused() {
     assert!(matches!(Wal::open(d.path(), bad), Err(WalError::Config(_))));
 }
 
-fn dcore(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_dcore"))
-        .args(args)
-        .output()
-        .expect("run dcore")
-}
-
 #[test]
 fn dcore_wal_verify_names_the_bad_record_and_repair_cuts_there_keeping_a_copy() {
     let d = tmp();
     append_n(&open(d.path()).unwrap(), 1, 60);
     let dir = d.path().to_str().unwrap();
     let ok = dcore(&["wal", "verify", dir, "--json"]);
-    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
-    let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(ok.code(), Some(0), "{ok:?}");
+    let v: serde_json::Value = serde_json::from_str(&ok.stdout).unwrap();
     assert_eq!(
         (v["records"].as_u64(), v["ok"].as_bool()),
         (Some(60), Some(true))
@@ -573,8 +569,8 @@ fn dcore_wal_verify_names_the_bad_record_and_repair_cuts_there_keeping_a_copy() 
     let l = locate(d.path())[&20].clone();
     flip(&l.path, l.offset * 8 + 3);
     let bad = dcore(&["wal", "verify", dir]);
-    assert_eq!(bad.status.code(), Some(1));
-    let text = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.code(), Some(1));
+    let text = &bad.stdout;
     let name = l.path.file_name().unwrap().to_str().unwrap();
     assert!(
         text.contains(name) && text.contains(&format!("offset {}", l.offset)),
@@ -582,8 +578,8 @@ fn dcore_wal_verify_names_the_bad_record_and_repair_cuts_there_keeping_a_copy() 
     );
     assert!(text.contains("corruption"), "{text}");
     let insp = dcore(&["wal", "inspect", dir, "--json", "--limit", "5"]);
-    assert_eq!(insp.status.code(), Some(0));
-    let v: serde_json::Value = serde_json::from_slice(&insp.stdout).unwrap();
+    assert_eq!(insp.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_str(&insp.stdout).unwrap();
     assert_eq!(v["record_list"].as_array().unwrap().len(), 5);
     assert_eq!(v["problem"]["offset"].as_u64(), Some(l.offset));
     let backup = d.path().join("backup");
@@ -594,9 +590,9 @@ fn dcore_wal_verify_names_the_bad_record_and_repair_cuts_there_keeping_a_copy() 
         "--backup-dir",
         backup.to_str().unwrap(),
     ]);
-    assert_eq!(rep.status.code(), Some(0), "{rep:?}");
+    assert_eq!(rep.code(), Some(0), "{rep:?}");
     assert!(backup.join(name).exists(), "no copy kept");
-    assert_eq!(dcore(&["wal", "verify", dir]).status.code(), Some(0));
+    assert_eq!(dcore(&["wal", "verify", dir]).code(), Some(0));
     check_prefix(&open(d.path()).unwrap(), 19);
 }
 
@@ -616,8 +612,8 @@ fn dcore_bench_wal_prints_one_json_object_and_keeps_the_log_when_asked() {
         "400",
     ];
     let out = dcore(&[&args[..], &["--durability", "never", "--keep", "--json"]].concat());
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     for k in [
         "writers",
         "records",
@@ -629,10 +625,10 @@ fn dcore_bench_wal_prints_one_json_object_and_keeps_the_log_when_asked() {
     ] {
         assert!(v[k].is_number(), "{k} missing: {v}");
     }
-    assert_eq!(dcore(&["wal", "verify", dir_s]).status.code(), Some(0));
+    assert_eq!(dcore(&["wal", "verify", dir_s]).code(), Some(0));
     let again = dcore(&[&args[..], &["--json"]].concat());
     assert_eq!(
-        again.status.code(),
+        again.code(),
         Some(2),
         "a directory holding a log must be refused"
     );

@@ -1,10 +1,13 @@
 //! kill -9 in the middle of appends, many times: every record the child acknowledged (printed
 //! after `append` returned in `Always` mode) is there after reopen, with its payload.
 
+mod harness;
+
 use distributed_core::persistence::wal::{Durability, Wal, WalConfig};
+use harness::dcore_command;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 const SEGMENT_BYTES: u64 = 16 << 10;
 const RECORD_SIZE: usize = 64;
@@ -31,7 +34,7 @@ fn parse(line: &str) -> (u64, u64, u64) {
 /// Runs the child until it has acknowledged `wait_for` records, kills it, returns every ack it
 /// printed (complete lines only).
 fn run_and_kill(dir: &std::path::Path, wait_for: usize) -> Vec<(u64, u64, u64)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dcore"))
+    let mut child = dcore_command()
         .args([
             "bench",
             "wal",
