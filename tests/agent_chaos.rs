@@ -4,30 +4,17 @@ mod harness;
 
 use distributed_core::agent::{Agent, AgentConfig};
 use distributed_core::cluster::{Config, Event, MemberState};
-use harness::{alive_count, eventually, state_of};
+use harness::{agent_config, alive_count, eventually, state_of};
 use serde_json::json;
 use std::time::Duration;
 
+/// Agents `n0..` with `protocol`, joined through `n0` and converged.
 async fn agents(n: usize, protocol: Config) -> Vec<Agent> {
-    let mut out: Vec<Agent> = Vec::new();
-    for i in 0..n {
-        let mut c = AgentConfig {
-            name: format!("n{i}"),
-            bind: "127.0.0.1:0".parse().unwrap(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            protocol: protocol.clone(),
-            ..AgentConfig::default()
-        };
-        if let Some(first) = out.first() {
-            c.join = vec![first.node().addr().to_string()];
-        }
-        out.push(Agent::start(c).await.unwrap());
-    }
-    eventually("converged", Duration::from_secs(15), async || {
-        out.iter().all(|a| alive_count(a.node()) == n - 1)
-    })
-    .await;
-    out
+    let configs = (0..n).map(|i| AgentConfig {
+        protocol: protocol.clone(),
+        ..agent_config(&format!("n{i}"))
+    });
+    harness::agents(configs, Duration::from_secs(15)).await
 }
 
 async fn chaos(

@@ -8,7 +8,7 @@ mod harness;
 use distributed_core::cluster::{Config, MemberState};
 use distributed_core::node::{Node, NodeConfig};
 use distributed_core::transport::crypto::{Key, Keyring, KEY_BYTES};
-use harness::{alive_count, eventually, serial, state_of, Net};
+use harness::{alive_count, array, eventually, no_task_left, serial, state_of, Net};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,42 +33,20 @@ macro_rules! on_both {
     };
 }
 
-/// Every test shuts its nodes down; then no task may be left on the runtime.
-async fn no_task_left() {
-    let metrics = tokio::runtime::Handle::current().metrics();
-    eventually("no task left", Duration::from_secs(1), async || {
-        metrics.num_alive_tasks() == 0
-    })
-    .await;
-}
-
 fn config(name: &str) -> NodeConfig {
     let mut c = NodeConfig::new(name, "127.0.0.1:0".parse().unwrap());
     c.protocol = Config::local();
     c
 }
 
-async fn cluster(net: &Net, n: usize, make: impl Fn(usize) -> NodeConfig) -> Vec<Node> {
-    let mut nodes = Vec::new();
-    for i in 0..n {
-        nodes.push(net.start(make(i)).await);
-    }
-    let seed = nodes[0].addr();
-    for node in &nodes[1..] {
-        node.join(vec![seed]).await.unwrap();
-    }
-    nodes
+/// Configs of nodes `n0`, `n1`, ... `n{n-1}`.
+fn named(n: usize) -> impl Iterator<Item = NodeConfig> {
+    (0..n).map(|i| config(&format!("n{i}")))
 }
 
 on_both!(three_nodes_converge_and_a_crash_is_detected);
 async fn three_nodes_converge_and_a_crash_is_detected(net: Net) {
-    let nodes = cluster(&net, 3, |i| config(&format!("n{i}"))).await;
-    eventually(
-        "3 nodes see each other alive",
-        Duration::from_secs(10),
-        async || nodes.iter().all(|n| alive_count(n) == 2),
-    )
-    .await;
+    let nodes = net.cluster(named(3), Duration::from_secs(10)).await;
     nodes[2].shutdown().await; // gone without leaving
     eventually(
         "n2 marked failed by both others",
@@ -87,11 +65,7 @@ async fn three_nodes_converge_and_a_crash_is_detected(net: Net) {
 
 on_both!(graceful_leave_is_seen_as_left_never_failed);
 async fn graceful_leave_is_seen_as_left_never_failed(net: Net) {
-    let nodes = cluster(&net, 3, |i| config(&format!("n{i}"))).await;
-    eventually("converged", Duration::from_secs(10), async || {
-        nodes.iter().all(|n| alive_count(n) == 2)
-    })
-    .await;
+    let nodes = net.cluster(named(3), Duration::from_secs(10)).await;
     let mut events = nodes[0].subscribe();
     assert!(
         nodes[2].leave(Duration::from_secs(5)).await.unwrap(),
@@ -190,13 +164,8 @@ async fn udp_blocked_pair(net: &Net, fallback: bool) -> (Node, Node, usize) {
         c
     };
     let (fa, fb) = (Arc::new(Chaos::default()), Arc::new(Chaos::default()));
-    let a = net.start(make("a", &fa)).await;
-    let b = net.start(make("b", &fb)).await;
-    b.join(vec![a.addr()]).await.unwrap();
-    eventually("pair converged", Duration::from_secs(10), async || {
-        alive_count(&a) == 1 && alive_count(&b) == 1
-    })
-    .await;
+    let pair = [make("a", &fa), make("b", &fb)];
+    let [a, b] = array(net.cluster(pair, Duration::from_secs(10)).await);
     let mut events = a.subscribe();
     fa.block(b.addr()).unwrap();
     fb.block(a.addr()).unwrap();
@@ -243,13 +212,7 @@ async fn udp_blocked_but_tcp_open_is_no_failure(net: Net) {
 on_both!(ten_and_fifty_nodes_converge);
 async fn ten_and_fifty_nodes_converge(net: Net) {
     for n in [10, 50] {
-        let nodes = cluster(&net, n, |i| config(&format!("n{i}"))).await;
-        eventually(
-            &format!("{n} nodes converge"),
-            Duration::from_secs(30),
-            async || nodes.iter().all(|x| alive_count(x) == n - 1),
-        )
-        .await;
+        let nodes = net.cluster(named(n), Duration::from_secs(30)).await;
         for x in &nodes {
             x.shutdown().await;
         }
@@ -259,11 +222,7 @@ async fn ten_and_fifty_nodes_converge(net: Net) {
 on_both!(tags_propagate_and_user_events_arrive_exactly_once);
 async fn tags_propagate_and_user_events_arrive_exactly_once(net: Net) {
     use distributed_core::cluster::Event;
-    let nodes = cluster(&net, 5, |i| config(&format!("n{i}"))).await;
-    eventually("converged", Duration::from_secs(10), async || {
-        nodes.iter().all(|n| alive_count(n) == 4)
-    })
-    .await;
+    let nodes = net.cluster(named(5), Duration::from_secs(10)).await;
     let mut subs: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
     let tags = [("zone".to_string(), "eu-1".to_string())].into();
     nodes[3].set_tags(tags).await.unwrap();
@@ -311,11 +270,7 @@ async fn tags_propagate_and_user_events_arrive_exactly_once(net: Net) {
 
 on_both!(a_crashed_node_restarted_with_its_name_rejoins_with_a_higher_incarnation);
 async fn a_crashed_node_restarted_with_its_name_rejoins_with_a_higher_incarnation(net: Net) {
-    let nodes = cluster(&net, 3, |i| config(&format!("n{i}"))).await;
-    eventually("converged", Duration::from_secs(10), async || {
-        nodes.iter().all(|n| alive_count(n) == 2)
-    })
-    .await;
+    let nodes = net.cluster(named(3), Duration::from_secs(10)).await;
     nodes[2].shutdown().await;
     eventually("n2 failed", Duration::from_secs(15), async || {
         nodes[..2]
@@ -354,15 +309,8 @@ async fn a_node_with_a_data_dir_rejoins_the_members_it_knew_at_a_higher_incarnat
         c.data_dir = Some(dir.path().to_path_buf());
         c
     };
-    let a = net.start(config("a")).await;
-    let b = net.start(config("b")).await;
-    let c = net.start(with_dir("c")).await;
-    b.join(vec![a.addr()]).await.unwrap();
-    c.join(vec![a.addr()]).await.unwrap();
-    eventually("converged", Duration::from_secs(10), async || {
-        [&a, &b, &c].iter().all(|n| alive_count(n) == 2)
-    })
-    .await;
+    let configs = [config("a"), config("b"), with_dir("c")];
+    let [a, b, c] = array(net.cluster(configs, Duration::from_secs(10)).await);
     let before = b
         .members()
         .iter()
@@ -407,17 +355,12 @@ async fn rotating_the_key_across_a_running_cluster_loses_no_member(net: Net) {
         Key::from_bytes([5; KEY_BYTES]),
         Key::from_bytes([6; KEY_BYTES]),
     );
-    let nodes = cluster(&net, 5, |i| {
-        let mut c = config(&format!("n{i}"));
+    let encrypted = named(5).map(|mut c| {
         c.keyring = Some(Keyring::new(old.clone()));
         c.label = "prod".into();
         c
-    })
-    .await;
-    eventually("converged", Duration::from_secs(10), async || {
-        nodes.iter().all(|n| alive_count(n) == 4)
-    })
-    .await;
+    });
+    let nodes = net.cluster(encrypted, Duration::from_secs(10)).await;
     let mut subs: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
     let settle = || tokio::time::sleep(Duration::from_millis(500));
     for n in &nodes {

@@ -3,9 +3,7 @@
 
 mod harness;
 
-use distributed_core::agent::{Agent, AgentConfig};
-use distributed_core::cluster::Config;
-use harness::KillOnDrop;
+use harness::{agent_config, start_agents, KillOnDrop};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,21 +33,7 @@ async fn prometheus_scrapes_a_three_node_cluster() {
         return;
     }
     let _serial = harness::serial().await;
-    let mut agents = Vec::new();
-    for i in 0..3 {
-        let mut c = AgentConfig {
-            name: format!("p{i}"),
-            bind: "127.0.0.1:0".parse().unwrap(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            protocol: Config::local(),
-            ..AgentConfig::default()
-        };
-        if let Some(first) = agents.first() {
-            let first: &Agent = first;
-            c.join = vec![first.node().addr().to_string()];
-        }
-        agents.push(Agent::start(c).await.unwrap());
-    }
+    let agents = start_agents((0..3).map(|i| agent_config(&format!("p{i}")))).await;
     let dir = tempfile::tempdir().unwrap();
     let targets: Vec<String> = agents
         .iter()

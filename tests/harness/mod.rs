@@ -2,6 +2,7 @@
 //! uses only part of them.
 #![allow(dead_code)]
 
+mod agent;
 mod node;
 mod process;
 mod sim;
@@ -9,7 +10,12 @@ mod wait;
 
 // Each binary uses part of these, so an unused re-export is no mistake.
 #[allow(unused_imports)]
-pub use node::{alive_count, state_of, Net};
+pub use agent::{agent_config, agents, start_agent, start_agents};
+#[allow(unused_imports)]
+pub use node::{
+    alive_count, array, cluster, converged, join, no_task_left, start_cluster, state_of, Member,
+    Net,
+};
 #[allow(unused_imports)]
 pub use process::{dcore, dcore_command, KillOnDrop, Lines, Run, DCORE};
 #[allow(unused_imports)]
