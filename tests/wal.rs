@@ -4,11 +4,10 @@
 
 mod harness;
 
-use distributed_core::persistence::wal::fs::{FaultPlan, FaultyFs, Fs};
 use distributed_core::persistence::wal::{
     self, BadRecord, Corruption, Durability, RecordType, Wal, WalConfig, WalError,
 };
-use harness::dcore;
+use harness::{dcore, faulty_fs, wal_records};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,16 +37,9 @@ fn append_n(log: &Wal, from: u64, n: u64) {
     }
 }
 
-fn all(log: &Wal) -> Vec<(u64, Vec<u8>)> {
-    log.read_from(log.first_index())
-        .unwrap()
-        .map(|r| r.map(|e| (e.index, e.payload)).unwrap())
-        .collect()
-}
-
 fn check_prefix(log: &Wal, n: u64) {
     assert_eq!(log.last_index(), n, "last index");
-    let got = all(log);
+    let got = wal_records(log);
     assert_eq!(got.len() as u64, n);
     for (i, p) in got {
         assert_eq!(p, payload(i), "payload of {i}");
@@ -310,9 +302,8 @@ fn disk_full_during_append_loses_nothing_acknowledged_and_reopens_cleanly() {
             .chain((8192..8192 + 900).step_by(131))
         {
             let d = tmp();
-            let plan = Arc::new(FaultPlan::default());
+            let (plan, fs) = faulty_fs();
             plan.set_write_budget(budget);
-            let fs: Arc<dyn Fs> = Arc::new(FaultyFs::new(plan.clone()));
             let config = WalConfig {
                 durability,
                 ..small()
@@ -338,8 +329,7 @@ fn disk_full_during_append_loses_nothing_acknowledged_and_reopens_cleanly() {
 #[test]
 fn a_failed_fsync_poisons_the_log_and_is_never_retried() {
     let d = tmp();
-    let plan = Arc::new(FaultPlan::default());
-    let fs: Arc<dyn Fs> = Arc::new(FaultyFs::new(plan.clone()));
+    let (plan, fs) = faulty_fs();
     let config = WalConfig {
         durability: Durability::Always,
         ..small()
@@ -383,7 +373,8 @@ fn a_failed_fsync_poisons_the_log_and_is_never_retried() {
     assert_eq!(plan.syncs(), syncs, "a failed fsync must never be retried");
     drop(log);
     let log = Wal::open(d.path(), config).unwrap();
-    let have: std::collections::BTreeSet<u64> = all(&log).into_iter().map(|(i, _)| i).collect();
+    let have: std::collections::BTreeSet<u64> =
+        wal_records(&log).into_iter().map(|(i, _)| i).collect();
     for i in acked {
         assert!(have.contains(&i), "acknowledged record {i} lost");
     }
@@ -392,9 +383,8 @@ fn a_failed_fsync_poisons_the_log_and_is_never_retried() {
 #[test]
 fn group_commit_shares_one_fsync_among_concurrent_appenders() {
     let d = tmp();
-    let plan = Arc::new(FaultPlan::default());
+    let (plan, fs) = faulty_fs();
     plan.set_sync_delay(Duration::from_millis(2));
-    let fs: Arc<dyn Fs> = Arc::new(FaultyFs::new(plan.clone()));
     let config = WalConfig {
         durability: Durability::Always,
         ..WalConfig::for_test()
@@ -434,8 +424,7 @@ fn group_commit_shares_one_fsync_among_concurrent_appenders() {
 #[test]
 fn interval_mode_flushes_in_the_background_and_stops_on_drop() {
     let d = tmp();
-    let plan = Arc::new(FaultPlan::default());
-    let fs: Arc<dyn Fs> = Arc::new(FaultyFs::new(plan.clone()));
+    let (plan, fs) = faulty_fs();
     let config = WalConfig {
         durability: Durability::Interval(Duration::from_millis(5)),
         ..small()
@@ -480,7 +469,7 @@ fn truncate_suffix_and_prefix_then_reopen() {
         log.read_from(first - 1),
         Err(WalError::IndexOutOfRange { .. })
     ));
-    let got = all(&log);
+    let got = wal_records(&log);
     assert_eq!(got.first().unwrap().0, first);
     assert_eq!(got.last().unwrap().0, 47);
     drop(log);
@@ -495,7 +484,7 @@ fn truncate_suffix_and_prefix_then_reopen() {
     );
     drop(log);
     let log = open(d.path()).unwrap();
-    assert_eq!(all(&log), vec![(first, payload(first))]);
+    assert_eq!(wal_records(&log), vec![(first, payload(first))]);
 }
 
 #[test]

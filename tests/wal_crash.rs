@@ -4,7 +4,7 @@
 mod harness;
 
 use distributed_core::persistence::wal::{Durability, Wal, WalConfig};
-use harness::dcore_command;
+use harness::{dcore_command, wal_records, wal_segments};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
@@ -98,11 +98,7 @@ fn kill_9_during_always_appends_loses_no_acknowledged_record() {
         }
         let log = Wal::open(d.path(), config.clone())
             .unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
-        let have: BTreeMap<u64, Vec<u8>> = log
-            .read_from(log.first_index())
-            .unwrap()
-            .map(|r| r.map(|e| (e.index, e.payload)).unwrap())
-            .collect();
+        let have: BTreeMap<u64, Vec<u8>> = wal_records(&log).into_iter().collect();
         for (index, (id, seq)) in &acked {
             let got = have
                 .get(index)
@@ -125,16 +121,7 @@ fn kill_9_during_always_appends_loses_no_acknowledged_record() {
         }
     }
     assert!(acked.len() > rounds * 20);
-    let segments = std::fs::read_dir(d.path())
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "wal")
-        })
-        .count();
+    let segments = wal_segments(d.path());
     assert!(
         segments > 10,
         "only {segments} segments: the kills never met a segment roll"

@@ -6,6 +6,7 @@ mod agent;
 mod node;
 mod process;
 mod sim;
+mod store;
 mod wait;
 
 // Each binary uses part of these, so an unused re-export is no mistake.
@@ -20,5 +21,7 @@ pub use node::{
 pub use process::{dcore, dcore_command, KillOnDrop, Lines, Run, DCORE};
 #[allow(unused_imports)]
 pub use sim::{ensure, for_seeds};
+#[allow(unused_imports)]
+pub use store::{faulty_fs, wal_records, wal_segments};
 #[allow(unused_imports)]
 pub use wait::{eventually, eventually_blocking, serial};
