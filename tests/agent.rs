@@ -8,7 +8,7 @@ mod harness;
 
 use distributed_core::agent::AgentConfig;
 use distributed_core::cluster::Config;
-use harness::{dcore, dcore_command, eventually_blocking, KillOnDrop, Lines};
+use harness::{dcore, dcore_command, eventually_blocking, fixture, KillOnDrop, Lines};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -145,16 +145,25 @@ impl AgentProc {
     }
 }
 
-/// Writes a config file with the `local` protocol preset (fast detection) for agent `name`;
-/// the flags add the addresses and the log format.
+/// Writes a config file with the `local` protocol preset (fast detection) for agent `name`:
+/// `fixtures/agent-local.toml` with the name; the flags add the addresses and the log format.
 fn write_local_config(dir: &Path, name: &str) -> PathBuf {
-    let config = AgentConfig {
+    let text = format!(
+        "name = {name:?}\n{}",
+        include_str!("fixtures/agent-local.toml")
+    );
+    let want = AgentConfig {
         name: name.to_string(),
         protocol: Config::local(),
         ..AgentConfig::default()
     };
+    let parsed: AgentConfig = toml::from_str(&text).expect("the fixture parses");
+    assert_eq!(
+        parsed, want,
+        "fixtures/agent-local.toml is the local preset"
+    );
     let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, toml::to_string(&config).expect("config serializes")).unwrap();
+    std::fs::write(&path, text).unwrap();
     path
 }
 
@@ -309,19 +318,13 @@ fn check_config_accepts_a_good_file_and_names_an_unknown_key() {
     assert_eq!(run.code(), Some(0), "{run:?}");
     assert!(run.stdout.contains("name = \"checked\""), "{}", run.stdout);
 
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "name = \"x\"\nprobe_intervall = \"1s\"\n").unwrap();
+    let bad = fixture("agent-unknown-key.toml");
     let run = dcore(&["agent", "--check-config", "--config", path_str(&bad)]);
     assert_eq!(run.code(), Some(2), "{run:?}");
     let err = &run.stderr;
     assert!(err.contains("probe_intervall"), "must name the key: {err}");
 
-    let nested = dir.path().join("nested.toml");
-    std::fs::write(
-        &nested,
-        "[protocol]\nprobe_timeout = \"5s\"\nprobe_interval = \"1s\"\n",
-    )
-    .unwrap();
+    let nested = fixture("agent-probe-timeout-over-interval.toml");
     let run = dcore(&["agent", "--check-config", "--config", path_str(&nested)]);
     let err = &run.stderr;
     assert_eq!(
@@ -333,7 +336,7 @@ fn check_config_accepts_a_good_file_and_names_an_unknown_key() {
 }
 
 fn path_str(p: &Path) -> &str {
-    p.to_str().expect("temp paths are UTF-8")
+    p.to_str().expect("test paths are UTF-8")
 }
 
 #[test]

@@ -39,10 +39,7 @@ async fn prometheus_scrapes_a_three_node_cluster() {
         .iter()
         .map(|a| format!("'{}'", a.http_addr()))
         .collect();
-    let config = format!(
-        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: dcore\n    static_configs:\n      - targets: [{}]\n",
-        targets.join(", ")
-    );
+    let config = include_str!("fixtures/prometheus.yml").replace("TARGETS", &targets.join(", "));
     let config_path = dir.path().join("prometheus.yml");
     std::fs::write(&config_path, config).unwrap();
     let port = free_port();

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 mod agent;
+mod fixtures;
 mod node;
 mod process;
 mod sim;
@@ -12,6 +13,8 @@ mod wait;
 // Each binary uses part of these, so an unused re-export is no mistake.
 #[allow(unused_imports)]
 pub use agent::{agent_config, agents, start_agent, start_agents};
+#[allow(unused_imports)]
+pub use fixtures::fixture;
 #[allow(unused_imports)]
 pub use node::{
     alive_count, array, cluster, converged, join, no_task_left, start_cluster, state_of, Member,
