@@ -2,8 +2,7 @@
 //! form for tests that run on a blocking thread); and, for the tests that run real nodes, one
 //! test at a time (`serial`).
 
-use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What one look at an awaited condition says: `true`, or `Ok(value)`, when it holds; `false`,
 /// or `Err(what was seen)`, while it does not.
@@ -32,24 +31,35 @@ impl<T> Check for Result<T, String> {
     }
 }
 
-/// A wait that ran out; both forms of `eventually` panic with it.
-struct TimedOut<'a> {
+/// A wait for `what`, until `deadline` from its start.
+struct Wait<'a> {
     what: &'a str,
     deadline: Duration,
-    last: Option<String>,
+    end: Instant,
 }
 
-impl fmt::Display for TimedOut<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "timed out after {:?} waiting for: {}",
-            self.deadline, self.what
-        )?;
-        match &self.last {
-            Some(last) => write!(f, "\nlast: {last}"),
-            None => Ok(()),
+impl<'a> Wait<'a> {
+    fn new(what: &'a str, deadline: Duration) -> Self {
+        Wait {
+            what,
+            deadline,
+            end: Instant::now() + deadline,
         }
+    }
+
+    /// The value of a look at the condition that holds; `None` for one that does not while there
+    /// is time left; once there is none, a panic naming what was awaited and what was seen last.
+    fn look<C: Check>(&self, look: C) -> Option<C::Value> {
+        let last = match look.done() {
+            Ok(v) => return Some(v),
+            Err(_) if Instant::now() < self.end => return None,
+            Err(last) => last,
+        };
+        let last = last.map(|l| format!("\nlast: {l}")).unwrap_or_default();
+        panic!(
+            "timed out after {:?} waiting for: {}{last}",
+            self.deadline, self.what
+        );
     }
 }
 
@@ -60,21 +70,10 @@ pub async fn eventually<C: Check>(
     deadline: Duration,
     mut check: impl AsyncFnMut() -> C,
 ) -> C::Value {
-    let end = tokio::time::Instant::now() + deadline;
+    let wait = Wait::new(what, deadline);
     loop {
-        let last = match check().await.done() {
-            Ok(v) => return v,
-            Err(last) => last,
-        };
-        if tokio::time::Instant::now() >= end {
-            panic!(
-                "{}",
-                TimedOut {
-                    what,
-                    deadline,
-                    last
-                }
-            );
+        if let Some(v) = wait.look(check().await) {
+            return v;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -86,21 +85,10 @@ pub fn eventually_blocking<C: Check>(
     deadline: Duration,
     mut check: impl FnMut() -> C,
 ) -> C::Value {
-    let end = std::time::Instant::now() + deadline;
+    let wait = Wait::new(what, deadline);
     loop {
-        let last = match check().done() {
-            Ok(v) => return v,
-            Err(last) => last,
-        };
-        if std::time::Instant::now() >= end {
-            panic!(
-                "{}",
-                TimedOut {
-                    what,
-                    deadline,
-                    last
-                }
-            );
+        if let Some(v) = wait.look(check()) {
+            return v;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
