@@ -1,24 +1,21 @@
 //! `dcore agent` end to end: real agent processes from the built binary on 127.0.0.1 with
 //! OS-chosen ports, driven by the `dcore` client commands (`members --json`) and plain HTTP
 //! (`/metrics`). Every child is killed when its guard drops, so a failed test leaves no process
-//! behind; every wait has a deadline, and fixed sleeps are used only to check that something
-//! does *not* happen.
+//! behind (and shows the logs of the agents it held); every wait has a deadline, and fixed sleeps
+//! are used only to check that something does *not* happen.
 
 mod harness;
 
 use distributed_core::agent::AgentConfig;
 use distributed_core::cluster::Config;
 use distributed_core::node::NodeConfig;
+use harness::{dcore, dcore_command, eventually_blocking, fixture, KillOnDrop, Lines};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-
-const DCORE: &str = env!("CARGO_BIN_EXE_dcore");
 
 /// How long an agent may take to log "agent started".
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,19 +35,21 @@ async fn serial_blocking(body: impl FnOnce() + Send + 'static) {
 /// One `dcore agent` process. Dropping it kills the process (SIGKILL) and reaps it.
 struct AgentProc {
     name: String,
-    child: Child,
+    child: KillOnDrop,
     /// Gossip address, from the "agent started" log line.
     gossip: String,
     /// HTTP API address, from the same line.
     http: String,
-    /// Every stderr line so far (a thread keeps draining the pipe), for failure context.
-    log: Arc<Mutex<Vec<String>>>,
+    /// Its stderr, for the "agent started" line and failure context.
+    log: Lines,
 }
 
 impl Drop for AgentProc {
+    /// A failing test shows the log of every agent it still holds.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_text());
+        }
     }
 }
 
@@ -64,13 +63,12 @@ impl AgentProc {
     /// [`AgentProc::start`] with `extra` flags for `dcore agent`.
     fn start_with(dir: &Path, name: &str, join: Option<&str>, extra: &[&str]) -> AgentProc {
         let config = write_local_config(dir, name);
-        let mut cmd = Command::new(DCORE);
+        let mut cmd = dcore_command();
         cmd.args(["agent", "--name", name, "--config"])
             .arg(&config)
             .args(["--bind", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .args(["--log-format", "json"])
             .env("RUST_LOG", "info")
-            .env_remove("DCORE_HTTP_ADDR")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -78,26 +76,16 @@ impl AgentProc {
             cmd.args(["--join", seed]);
         }
         cmd.args(extra);
-        let mut child = cmd.spawn().expect("dcore agent spawns");
+        let mut child = KillOnDrop(cmd.spawn().expect("dcore agent spawns"));
         let stderr = child.stderr.take().expect("stderr is piped");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                sink.lock().unwrap().push(line.clone());
-                let _ = tx.send(line); // nobody listens once the agent has started
-            }
-        });
         let mut proc = AgentProc {
             name: name.to_string(),
             child,
             gossip: String::new(),
             http: String::new(),
-            log,
+            log: Lines::new(stderr),
         };
-        let (gossip, http) = proc.wait_started(&rx);
+        let (gossip, http) = proc.wait_started();
         proc.gossip = gossip;
         proc.http = http;
         proc
@@ -105,45 +93,37 @@ impl AgentProc {
 
     /// Reads stderr lines until the JSON line with message "agent started"; returns its
     /// `gossip` and `http` fields.
-    fn wait_started(&mut self, rx: &mpsc::Receiver<String>) -> (String, String) {
-        let end = Instant::now() + START_TIMEOUT;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            let line = match rx.recv_timeout(left) {
-                Ok(line) => line,
-                Err(e) => panic!(
-                    "{}: no \"agent started\" line within {START_TIMEOUT:?} ({e}); exit: {:?}\n{}",
-                    self.name,
-                    self.child.try_wait(),
-                    self.log_text()
-                ),
-            };
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue; // the effective config is printed as TOML first
-            };
+    fn wait_started(&mut self) -> (String, String) {
+        let started = self.log.wait_for(START_TIMEOUT, |line| {
+            // Other lines are not JSON: the effective config is printed as TOML first.
+            let v = serde_json::from_str::<Value>(line).ok()?;
             let fields = if v["fields"].is_object() {
                 &v["fields"]
             } else {
                 &v
             };
-            if fields["message"] == "agent started" {
-                let field = |k: &str| {
-                    fields[k]
-                        .as_str()
-                        .unwrap_or_else(|| panic!("{}: no {k} in {line}", self.name))
-                        .to_string()
-                };
-                return (field("gossip"), field("http"));
+            if fields["message"] != "agent started" {
+                return None;
             }
-        }
+            let field = |k: &str| {
+                fields[k]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{}: no {k} in {line}", self.name))
+                    .to_string()
+            };
+            Some((field("gossip"), field("http")))
+        });
+        started.unwrap_or_else(|e| {
+            panic!(
+                "{}: no \"agent started\" line within {START_TIMEOUT:?} ({e}); exit: {:?}",
+                self.name,
+                self.child.try_wait()
+            )
+        })
     }
 
     fn log_text(&self) -> String {
-        format!(
-            "--- stderr of {} ---\n{}",
-            self.name,
-            self.log.lock().unwrap().join("\n")
-        )
+        format!("--- stderr of {} ---\n{}", self.name, self.log.text())
     }
 
     /// Sends SIGTERM (through `kill`, so the test needs no libc binding).
@@ -158,27 +138,22 @@ impl AgentProc {
 
     /// Waits for the process to exit, at most `deadline`.
     fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
-        let end = Instant::now() + deadline;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            if Instant::now() >= end {
-                panic!(
-                    "{} did not exit within {deadline:?}\n{}",
-                    self.name,
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("{} to exit", self.name);
+        eventually_blocking(&what, deadline, || {
+            let status = self.child.try_wait().expect("try_wait");
+            status.ok_or_else(|| "still running".to_string())
+        })
     }
 }
 
-/// Writes a config file with the `local` protocol preset (fast detection) for agent `name`;
-/// the flags add the addresses and the log format.
+/// Writes a config file with the `local` protocol preset (fast detection) for agent `name`:
+/// `fixtures/agent-local.toml` with the name; the flags add the addresses and the log format.
 fn write_local_config(dir: &Path, name: &str) -> PathBuf {
-    let config = AgentConfig {
+    let text = format!(
+        "name = {name:?}\n{}",
+        include_str!("fixtures/agent-local.toml")
+    );
+    let want = AgentConfig {
         node: NodeConfig {
             name: name.to_string(),
             protocol: Config::local(),
@@ -186,24 +161,15 @@ fn write_local_config(dir: &Path, name: &str) -> PathBuf {
         },
         ..AgentConfig::default()
     };
+    let parsed: AgentConfig = toml::from_str(&text).expect("the fixture parses");
+    assert_eq!(
+        parsed.redacted_toml(),
+        want.redacted_toml(),
+        "fixtures/agent-local.toml is the local preset"
+    );
     let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, toml::to_string(&config).expect("config serializes")).unwrap();
+    std::fs::write(&path, text).unwrap();
     path
-}
-
-/// Runs `dcore ARGS`; returns (exit code, stdout, stderr).
-fn dcore(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(DCORE)
-        .args(args)
-        .env_remove("DCORE_HTTP_ADDR")
-        .env_remove("DCORE_TOKEN_FILE")
-        .output()
-        .expect("dcore runs");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// A member as `dcore members --json` prints it.
@@ -219,38 +185,18 @@ struct Member {
 
 /// `dcore members --json` against `agent`, by name.
 fn members(agent: &AgentProc) -> Result<BTreeMap<String, Member>, String> {
-    let (code, out, err) = dcore(&["members", "--json", "--http-addr", &agent.http]);
-    if code != Some(0) {
-        return Err(format!("dcore members exited {code:?}: {err}"));
+    let run = dcore(&["members", "--json", "--http-addr", &agent.http]);
+    if run.code() != Some(0) {
+        return Err(format!(
+            "dcore members exited {:?}: {}",
+            run.code(),
+            run.stderr
+        ));
     }
+    let out = &run.stdout;
     let list: Vec<Member> =
         serde_json::from_str(out.trim()).map_err(|e| format!("not a member array ({e}): {out}"))?;
     Ok(list.into_iter().map(|m| (m.name.clone(), m)).collect())
-}
-
-/// Polls `check` every 50 ms until it returns `Ok`, at most `deadline`; on timeout panics with
-/// `what`, the last `Err` and the agents' logs.
-fn eventually<T>(
-    what: &str,
-    deadline: Duration,
-    agents: &[&AgentProc],
-    mut check: impl FnMut() -> Result<T, String>,
-) -> T {
-    let end = Instant::now() + deadline;
-    loop {
-        let last = match check() {
-            Ok(v) => return v,
-            Err(e) => e,
-        };
-        if Instant::now() >= end {
-            let logs: Vec<String> = agents.iter().map(|a| a.log_text()).collect();
-            panic!(
-                "timed out after {deadline:?} waiting for: {what}\nlast: {last}\n{}",
-                logs.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// `Ok` with the member when `observer` sees `name` in `state`; an `Err` saying what it saw.
@@ -272,10 +218,9 @@ fn join_leave_crash_and_restart() {
     let a0 = AgentProc::start(dir.path(), "a0", None);
     let a1 = AgentProc::start(dir.path(), "a1", Some(&a0.gossip));
     let mut a2 = AgentProc::start(dir.path(), "a2", Some(&a0.gossip));
-    eventually(
+    eventually_blocking(
         "every agent lists 3 alive members",
         CONVERGE_TIMEOUT,
-        &[&a0, &a1, &a2],
         || {
             for a in [&a0, &a1, &a2] {
                 let all = members(a)?;
@@ -296,20 +241,15 @@ fn join_leave_crash_and_restart() {
     a2.terminate();
     let status = a2.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "a2 exit\n{}", a2.log_text());
-    eventually(
-        "a2 left on a0 and a1",
-        CONVERGE_TIMEOUT,
-        &[&a0, &a1, &a2],
-        || {
-            for a in [&a0, &a1] {
-                if let Ok(m) = seen_as(a, "a2", "failed") {
-                    panic!("{} saw a2 failed after a graceful leave: {m:?}", a.name);
-                }
-                seen_as(a, "a2", "left")?;
+    eventually_blocking("a2 left on a0 and a1", CONVERGE_TIMEOUT, || {
+        for a in [&a0, &a1] {
+            if let Ok(m) = seen_as(a, "a2", "failed") {
+                panic!("{} saw a2 failed after a graceful leave: {m:?}", a.name);
             }
-            Ok(())
-        },
-    );
+            seen_as(a, "a2", "left")?;
+        }
+        Ok(())
+    });
     // Past a suspicion timeout of the local preset, it must still be `left`.
     let end = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < end {
@@ -325,7 +265,7 @@ fn join_leave_crash_and_restart() {
     let before = members(&a0).unwrap()["a1"].incarnation;
     a1.child.kill().expect("SIGKILL a1");
     a1.wait_exit(Duration::from_secs(5));
-    let failed = eventually("a1 failed on a0", CONVERGE_TIMEOUT, &[&a0, &a1], || {
+    let failed = eventually_blocking("a1 failed on a0", CONVERGE_TIMEOUT, || {
         seen_as(&a0, "a1", "failed")
     });
     assert!(failed.incarnation >= before, "{failed:?}");
@@ -333,10 +273,9 @@ fn join_leave_crash_and_restart() {
 
     // Restart with the same name: alive again, with a higher incarnation (it refutes its death).
     let a1 = AgentProc::start(dir.path(), "a1", Some(&a0.gossip));
-    let back = eventually(
+    let back = eventually_blocking(
         "restarted a1 alive on a0 with a higher incarnation",
         CONVERGE_TIMEOUT,
-        &[&a0, &a1],
         || {
             let m = seen_as(&a0, "a1", "alive")?;
             if m.incarnation <= failed.incarnation {
@@ -346,7 +285,7 @@ fn join_leave_crash_and_restart() {
         },
     );
     assert_eq!(back.addr, a1.gossip, "a0 must use the new address");
-    eventually("a1 sees a0 alive", CONVERGE_TIMEOUT, &[&a0, &a1], || {
+    eventually_blocking("a1 sees a0 alive", CONVERGE_TIMEOUT, || {
         seen_as(&a1, "a0", "alive")
     });
 }
@@ -365,9 +304,9 @@ async fn members_tag_filter_takes_any_value() {
         ];
         let a = AgentProc::start_with(dir.path(), "t0", None, &tags);
         for tag in ["plus=a+b", "hash=x#y", "space=p q"] {
-            let (code, out, err) =
-                dcore(&["members", "--json", "--http-addr", &a.http, "--tag", tag]);
-            assert_eq!(code, Some(0), "{err}");
+            let run = dcore(&["members", "--json", "--http-addr", &a.http, "--tag", tag]);
+            assert_eq!(run.code(), Some(0), "{}", run.stderr);
+            let out = &run.stdout;
             let list: Vec<Member> = serde_json::from_str(out.trim()).expect("a member array");
             let names: Vec<&str> = list.iter().map(|m| m.name.as_str()).collect();
             assert_eq!(names, ["t0"], "--tag {tag:?} lists {out}");
@@ -380,39 +319,39 @@ async fn members_tag_filter_takes_any_value() {
 fn check_config_accepts_a_good_file_and_names_an_unknown_key() {
     let dir = tempfile::tempdir().unwrap();
     let good = write_local_config(dir.path(), "checked");
-    let (code, out, err) = dcore(&["agent", "--check-config", "--config", path_str(&good)]);
-    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
-    assert!(out.contains("name = \"checked\""), "{out}");
+    let run = dcore(&["agent", "--check-config", "--config", path_str(&good)]);
+    assert_eq!(run.code(), Some(0), "{run:?}");
+    assert!(run.stdout.contains("name = \"checked\""), "{}", run.stdout);
 
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "name = \"x\"\nprobe_intervall = \"1s\"\n").unwrap();
-    let (code, out, err) = dcore(&["agent", "--check-config", "--config", path_str(&bad)]);
-    assert_eq!(code, Some(2), "stdout: {out}\nstderr: {err}");
+    let bad = fixture("agent-unknown-key.toml");
+    let run = dcore(&["agent", "--check-config", "--config", path_str(&bad)]);
+    assert_eq!(run.code(), Some(2), "{run:?}");
+    let err = &run.stderr;
     assert!(err.contains("probe_intervall"), "must name the key: {err}");
 
-    let nested = dir.path().join("nested.toml");
-    std::fs::write(
-        &nested,
-        "[protocol]\nprobe_timeout = \"5s\"\nprobe_interval = \"1s\"\n",
-    )
-    .unwrap();
-    let (code, _, err) = dcore(&["agent", "--check-config", "--config", path_str(&nested)]);
-    assert_eq!(code, Some(2), "a rule between fields is checked too: {err}");
+    let nested = fixture("agent-probe-timeout-over-interval.toml");
+    let run = dcore(&["agent", "--check-config", "--config", path_str(&nested)]);
+    let err = &run.stderr;
+    assert_eq!(
+        run.code(),
+        Some(2),
+        "a rule between fields is checked too: {err}"
+    );
     assert!(err.contains("probe_timeout"), "{err}");
 }
 
 fn path_str(p: &Path) -> &str {
-    p.to_str().expect("temp paths are UTF-8")
+    p.to_str().expect("test paths are UTF-8")
 }
 
 #[test]
 fn keygen_prints_a_base64_key() {
-    let (code, out, err) = dcore(&["keygen"]);
-    assert_eq!(code, Some(0), "{err}");
-    let key = out.trim();
-    assert_eq!(key.len(), 44, "{out:?}");
+    let run = dcore(&["keygen"]);
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    let key = run.stdout.trim();
+    assert_eq!(key.len(), 44, "{:?}", run.stdout);
     distributed_core::identity::Key::from_base64(key).expect("a 32-byte base64 key");
-    let (_, again, _) = dcore(&["keygen"]);
+    let again = dcore(&["keygen"]).stdout;
     assert_ne!(again.trim(), key, "each key is fresh");
 }
 
@@ -424,7 +363,7 @@ async fn metrics_are_valid_prometheus_text_openmetrics_and_json() {
 fn metrics_of_a_two_agent_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let a = AgentProc::start(dir.path(), "m0", None);
-    let b = AgentProc::start(dir.path(), "m1", Some(&a.gossip));
+    let _m1 = AgentProc::start(dir.path(), "m1", Some(&a.gossip));
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -437,20 +376,15 @@ fn metrics_of_a_two_agent_cluster() {
         r.json::<Value>().map_err(|e| e.to_string())
     };
     // Wait for a probe to be acked, so the histograms hold samples.
-    eventually(
-        "m0 sees m1 and has probed it",
-        CONVERGE_TIMEOUT,
-        &[&a, &b],
-        || {
-            let m = get_json("/v1/metrics")?;
-            let alive = m["node"]["members"]["alive"].as_u64();
-            let rtt = m["node"]["core"]["probe_rtt"].to_string();
-            match alive {
-                Some(1) if m["node"]["core"]["probes"].as_u64() > Some(1) => Ok(()),
-                _ => Err(format!("alive {alive:?}, probe_rtt {rtt}")),
-            }
-        },
-    );
+    eventually_blocking("m0 sees m1 and has probed it", CONVERGE_TIMEOUT, || {
+        let m = get_json("/v1/metrics")?;
+        let alive = m["node"]["members"]["alive"].as_u64();
+        let rtt = m["node"]["core"]["probe_rtt"].to_string();
+        match alive {
+            Some(1) if m["node"]["core"]["probes"].as_u64() > Some(1) => Ok(()),
+            _ => Err(format!("alive {alive:?}, probe_rtt {rtt}")),
+        }
+    });
 
     let resp = http
         .get(format!("http://{}/metrics", a.http))

@@ -2,34 +2,20 @@
 
 mod harness;
 
-use distributed_core::agent::{Agent, AgentConfig};
+use distributed_core::agent::Agent;
 use distributed_core::cluster::{Config, Event, MemberState};
-use distributed_core::node::NodeConfig;
-use harness::{alive_count, eventually, state_of};
+use harness::{agent_config, alive_count, eventually, state_of};
 use serde_json::json;
 use std::time::Duration;
 
+/// Agents `n0..` with `protocol`, joined through `n0` and converged.
 async fn agents(n: usize, protocol: Config) -> Vec<Agent> {
-    let mut out: Vec<Agent> = Vec::new();
-    for i in 0..n {
-        let mut c = AgentConfig {
-            node: NodeConfig {
-                protocol: protocol.clone(),
-                ..NodeConfig::new(&format!("n{i}"), "127.0.0.1:0".parse().unwrap())
-            },
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            ..AgentConfig::default()
-        };
-        if let Some(first) = out.first() {
-            c.join = vec![first.node().addr().to_string()];
-        }
-        out.push(Agent::start(c).await.unwrap());
-    }
-    eventually("converged", Duration::from_secs(15), || {
-        out.iter().all(|a| alive_count(a.node()) == n - 1)
-    })
-    .await;
-    out
+    let configs = (0..n).map(|i| {
+        let mut c = agent_config(&format!("n{i}"));
+        c.node.protocol = protocol.clone();
+        c
+    });
+    harness::agents(configs, Duration::from_secs(15)).await
 }
 
 async fn chaos(
@@ -90,19 +76,23 @@ async fn a_partition_set_through_the_api_is_detected_and_heals_when_cleared() {
             "{v}"
         );
     }
-    eventually("each side fails the other", Duration::from_secs(20), || {
-        state_of(all[0].node(), "n2") == Some(MemberState::Dead)
-            && state_of(all[1].node(), "n3") == Some(MemberState::Dead)
-            && state_of(all[2].node(), "n0") == Some(MemberState::Dead)
-            && state_of(all[3].node(), "n1") == Some(MemberState::Dead)
-            && state_of(all[0].node(), "n1") == Some(MemberState::Alive)
-            && state_of(all[2].node(), "n3") == Some(MemberState::Alive)
-    })
+    eventually(
+        "each side fails the other",
+        Duration::from_secs(20),
+        async || {
+            state_of(all[0].node(), "n2") == Some(MemberState::Dead)
+                && state_of(all[1].node(), "n3") == Some(MemberState::Dead)
+                && state_of(all[2].node(), "n0") == Some(MemberState::Dead)
+                && state_of(all[3].node(), "n1") == Some(MemberState::Dead)
+                && state_of(all[0].node(), "n1") == Some(MemberState::Alive)
+                && state_of(all[2].node(), "n3") == Some(MemberState::Alive)
+        },
+    )
     .await;
     for a in &all {
         chaos(&client, a, None).await;
     }
-    eventually("healed", Duration::from_secs(30), || {
+    eventually("healed", Duration::from_secs(30), async || {
         all.iter().all(|a| alive_count(a.node()) == 3)
     })
     .await;

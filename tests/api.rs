@@ -6,10 +6,9 @@
 mod harness;
 
 use distributed_core::agent::{Agent, AgentConfig};
-use distributed_core::cluster::{Config, Event, MemberState};
+use distributed_core::cluster::Event;
 use distributed_core::identity::Key;
-use distributed_core::node::NodeConfig;
-use harness::serial;
+use harness::{agent_config, agents, array, eventually, serial, start_agent};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
@@ -19,43 +18,9 @@ use std::time::Duration;
 /// How long a membership change may take to show (the `local` preset detects in about 1 s).
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn config(name: &str) -> AgentConfig {
-    AgentConfig {
-        node: NodeConfig {
-            protocol: Config::local(),
-            ..NodeConfig::new(name, "127.0.0.1:0".parse().unwrap())
-        },
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        ..AgentConfig::default()
-    }
-}
-
-async fn start(config: AgentConfig) -> Agent {
-    let name = config.node.name.clone();
-    Agent::start(config)
-        .await
-        .unwrap_or_else(|e| panic!("agent {name} starts: {e}"))
-}
-
 /// Starts `a`, then `b` joining `a`, and waits until each sees the other alive.
 async fn pair(a: AgentConfig, b: AgentConfig) -> (Agent, Agent) {
-    let a = start(a).await;
-    let b = start(AgentConfig {
-        join: vec![a.node().addr().to_string()],
-        ..b
-    })
-    .await;
-    harness::eventually(
-        "the two agents see each other alive",
-        CONVERGE_TIMEOUT,
-        || {
-            [&a, &b].iter().all(|x| {
-                let m = x.node().members();
-                m.len() == 1 && m[0].state == MemberState::Alive
-            })
-        },
-    )
-    .await;
+    let [a, b] = array(agents([a, b], CONVERGE_TIMEOUT).await);
     (a, b)
 }
 
@@ -121,26 +86,6 @@ impl Api {
     }
 }
 
-/// Polls `check` every 20 ms until it returns `Ok`, at most `deadline`; the panic names `what`
-/// and the last `Err`.
-async fn poll<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let end = tokio::time::Instant::now() + deadline;
-    loop {
-        let last = match check().await {
-            Ok(v) => return v,
-            Err(e) => e,
-        };
-        if tokio::time::Instant::now() >= end {
-            panic!("timed out after {deadline:?} waiting for: {what}\nlast: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Asserts an error response: `status` and a JSON `{"error": "...", "code": code}`.
 fn assert_error(got: &(StatusCode, Value), status: StatusCode, code: &str, what: &str) {
     let (s, body) = got;
@@ -164,9 +109,9 @@ fn names(members: &Value) -> Vec<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_ready_self_and_member_filters() {
     let _serial = serial().await;
-    let mut ac = config("a");
+    let mut ac = agent_config("a");
     ac.node.tags.insert("zone".into(), "eu".into());
-    let mut bc = config("b");
+    let mut bc = agent_config("b");
     bc.node.tags.insert("zone".into(), "us".into());
     bc.node.tags.insert("role".into(), "db".into());
     let (a, b) = pair(ac, bc).await;
@@ -234,10 +179,10 @@ fn closed_port() -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_is_503_while_joining_and_200_after_a_join_through_the_api() {
     let _serial = serial().await;
-    let a = start(config("a")).await;
-    let mut cc = config("c");
+    let a = start_agent(agent_config("a")).await;
+    let mut cc = agent_config("c");
     cc.join = vec![closed_port().to_string()];
-    let c = start(cc).await;
+    let c = start_agent(cc).await;
     let api_c = Api::of(&c);
 
     let not_ready = (
@@ -271,15 +216,17 @@ async fn ready_is_503_while_joining_and_200_after_a_join_through_the_api() {
         .await;
     assert_eq!(status, StatusCode::OK, "{joined}");
     assert_eq!(joined["joined"], true, "{joined}");
-    poll("c ready after joining a", CONVERGE_TIMEOUT, || async {
-        match api_c.get("/ready").await {
+    eventually(
+        "c ready after joining a",
+        CONVERGE_TIMEOUT,
+        async || match api_c.get("/ready").await {
             (StatusCode::OK, v) if v == json!({"ready": true}) => Ok(()),
             other => Err(format!("{other:?}")),
-        }
-    })
+        },
+    )
     .await;
     let api_a = Api::of(&a);
-    poll("a lists c alive", CONVERGE_TIMEOUT, || async {
+    eventually("a lists c alive", CONVERGE_TIMEOUT, async || {
         let (_, v) = api_a.get("/v1/members?state=alive").await;
         (names(&v) == ["a", "c"]).then_some(()).ok_or(v.to_string())
     })
@@ -291,7 +238,7 @@ async fn ready_is_503_while_joining_and_200_after_a_join_through_the_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_event_posted_to_one_agent_streams_from_another() {
     let _serial = serial().await;
-    let (a, b) = pair(config("a"), config("b")).await;
+    let (a, b) = pair(agent_config("a"), agent_config("b")).await;
     let resp = Api::of(&b)
         .request(Method::GET, "/v1/events/stream")
         .send()
@@ -370,7 +317,7 @@ async fn keys_rotate_over_the_api_and_a_plain_agent_answers_409() {
     let file = secret_file(dir.path(), "keys", &format!("{}\n", old.to_base64()));
     let encrypted = |name: &str| AgentConfig {
         encrypt_key_file: Some(file.clone()),
-        ..config(name)
+        ..agent_config(name)
     };
     let (a, b) = pair(encrypted("a"), encrypted("b")).await;
     let apis = [Api::of(&a), Api::of(&b)];
@@ -445,7 +392,7 @@ async fn keys_rotate_over_the_api_and_a_plain_agent_answers_409() {
         assert_eq!(m["node"]["members"]["alive"], 1, "{m}");
     }
 
-    let plain = start(config("plain")).await;
+    let plain = start_agent(agent_config("plain")).await;
     let api = Api::of(&plain);
     let off = api.get("/v1/keys").await;
     assert_error(
@@ -472,9 +419,9 @@ async fn a_token_guards_every_route_but_health() {
     let dir = tempfile::tempdir().unwrap();
     let token = "s3cret-token";
     let file = secret_file(dir.path(), "token", &format!("{token}\n"));
-    let a = start(AgentConfig {
+    let a = start_agent(AgentConfig {
         token_file: Some(file),
-        ..config("a")
+        ..agent_config("a")
     })
     .await;
     // Each route with a body that gets past auth, and the status it then gets (the key routes
@@ -560,7 +507,7 @@ async fn a_token_guards_every_route_but_health() {
     a.shutdown().await;
 
     // Auth off: no header needed, and a stray one is ignored.
-    let open = start(config("open")).await;
+    let open = start_agent(agent_config("open")).await;
     let api = Api::of(&open);
     assert_eq!(api.get("/v1/self").await.0, StatusCode::OK);
     assert_eq!(
@@ -573,7 +520,7 @@ async fn a_token_guards_every_route_but_health() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_json_errors_and_the_agent_keeps_serving() {
     let _serial = serial().await;
-    let a = start(config("a")).await;
+    let a = start_agent(agent_config("a")).await;
     let api = Api::of(&a);
     let events = || api.request(Method::POST, "/v1/events");
     let json_body = |b: String| events().header("content-type", "application/json").body(b);
@@ -631,7 +578,7 @@ async fn bad_requests_get_json_errors_and_the_agent_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_field_is_a_400() {
-    let a = start(config("a")).await;
+    let a = start_agent(agent_config("a")).await;
     let api = Api::of(&a);
     for (path, body) in [
         ("/v1/events", json!({"name": "x", "colour": "red"})),
@@ -646,7 +593,7 @@ async fn an_unknown_field_is_a_400() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_method_gets_a_json_405() {
-    let a = start(config("a")).await;
+    let a = start_agent(agent_config("a")).await;
     let api = Api::of(&a);
     for (method, path) in [(Method::GET, "/v1/join"), (Method::PUT, "/v1/members")] {
         let got = api.send(api.request(method.clone(), path)).await;
@@ -664,7 +611,7 @@ async fn a_wrong_method_gets_a_json_405() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leave_makes_ready_503_and_the_peer_sees_left() {
     let _serial = serial().await;
-    let (a, b) = pair(config("a"), config("b")).await;
+    let (a, b) = pair(agent_config("a"), agent_config("b")).await;
     let api_b = Api::of(&b);
     let (status, v) = api_b.send(api_b.request(Method::POST, "/v1/leave")).await;
     assert_eq!(status, StatusCode::OK, "{v}");
@@ -682,7 +629,7 @@ async fn leave_makes_ready_503_and_the_peer_sees_left() {
         .await
         .expect("the leave asks the agent to stop");
     let api_a = Api::of(&a);
-    poll("a lists b as left", CONVERGE_TIMEOUT, || async {
+    eventually("a lists b as left", CONVERGE_TIMEOUT, async || {
         let (_, v) = api_a.get("/v1/members?state=left").await;
         (names(&v) == ["b"]).then_some(()).ok_or(v.to_string())
     })

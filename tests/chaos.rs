@@ -20,12 +20,17 @@ struct Member {
     chaos: Arc<Chaos>,
 }
 
+impl harness::Member for Member {
+    fn node(&self) -> &Node {
+        &self.node
+    }
+}
+
 /// `n` nodes `n0..` at 10.0.0.1.. on one in-memory network, each behind its own (off) chaos
 /// layer, joined through `n0` and converged.
 async fn cluster(n: usize) -> Vec<Member> {
     let net = MemNetwork::new();
-    let mut members = Vec::new();
-    for i in 0..n {
+    harness::cluster(0..n, Duration::from_secs(10), async |i, seed| {
         let addr = SocketAddr::from(([10, 0, 0, i as u8 + 1], 7946));
         let chaos = Arc::new(Chaos::default());
         let layer = ChaosLayer::new(net.bind(addr).unwrap(), chaos.clone(), i as u64);
@@ -33,16 +38,10 @@ async fn cluster(n: usize) -> Vec<Member> {
         config.protocol = Config::local();
         config.seed = Some(100 + i as u64);
         let node = Node::start_on(config, layer).await.expect("node starts");
-        members.push(Member { node, chaos });
-    }
-    for m in &members[1..] {
-        m.node.join(vec![members[0].node.addr()]).await.unwrap();
-    }
-    eventually("converged", Duration::from_secs(10), || {
-        members.iter().all(|m| alive_count(&m.node) == n - 1)
+        harness::join(&node, seed).await;
+        Member { node, chaos }
     })
-    .await;
-    members
+    .await
 }
 
 fn total(members: &[Member]) -> ChaosStats {
@@ -62,11 +61,7 @@ async fn shutdown(members: Vec<Member>) {
     for m in members {
         m.node.shutdown().await;
     }
-    let metrics = tokio::runtime::Handle::current().metrics();
-    eventually("no task left", Duration::from_secs(1), || {
-        metrics.num_alive_tasks() == 0
-    })
-    .await;
+    harness::no_task_left().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,13 +112,17 @@ async fn a_full_partition_is_detected_and_heals() {
     members[0].chaos.set(cut(&addrs[2..])).unwrap();
     members[1].chaos.set(cut(&addrs[2..])).unwrap();
     members[2].chaos.set(cut(&addrs[..2])).unwrap();
-    eventually("each side fails the other", Duration::from_secs(15), || {
-        let dead = Some(MemberState::Dead);
-        state_of(&members[0].node, "n2") == dead
-            && state_of(&members[1].node, "n2") == dead
-            && state_of(&members[2].node, "n0") == dead
-            && state_of(&members[2].node, "n1") == dead
-    })
+    eventually(
+        "each side fails the other",
+        Duration::from_secs(15),
+        async || {
+            let dead = Some(MemberState::Dead);
+            state_of(&members[0].node, "n2") == dead
+                && state_of(&members[1].node, "n2") == dead
+                && state_of(&members[2].node, "n0") == dead
+                && state_of(&members[2].node, "n1") == dead
+        },
+    )
     .await;
     assert_eq!(state_of(&members[0].node, "n1"), Some(MemberState::Alive));
     let t = total(&members);
@@ -133,7 +132,7 @@ async fn a_full_partition_is_detected_and_heals() {
         m.chaos.clear();
     }
     // Dead members are retried every `reconnect_interval` (5 s in the local preset).
-    eventually("healed", Duration::from_secs(30), || {
+    eventually("healed", Duration::from_secs(30), async || {
         members.iter().all(|m| alive_count(&m.node) == 2)
     })
     .await;

@@ -9,7 +9,7 @@ use distributed_core::cluster::{Config, MemberState};
 use distributed_core::identity::{Key, KEY_BYTES};
 use distributed_core::node::{Node, NodeConfig};
 use distributed_core::transport::crypto::Keyring;
-use harness::{alive_count, eventually, serial, state_of, Net};
+use harness::{alive_count, array, eventually, no_task_left, serial, state_of, Net};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,47 +34,25 @@ macro_rules! on_both {
     };
 }
 
-/// Every test shuts its nodes down; then no task may be left on the runtime.
-async fn no_task_left() {
-    let metrics = tokio::runtime::Handle::current().metrics();
-    eventually("no task left", Duration::from_secs(1), || {
-        metrics.num_alive_tasks() == 0
-    })
-    .await;
-}
-
 fn config(name: &str) -> NodeConfig {
     let mut c = NodeConfig::new(name, "127.0.0.1:0".parse().unwrap());
     c.protocol = Config::local();
     c
 }
 
-async fn cluster(net: &Net, n: usize, make: impl Fn(usize) -> NodeConfig) -> Vec<Node> {
-    let mut nodes = Vec::new();
-    for i in 0..n {
-        nodes.push(net.start(make(i)).await);
-    }
-    let seed = nodes[0].addr();
-    for node in &nodes[1..] {
-        node.join(vec![seed]).await.unwrap();
-    }
-    nodes
+/// Configs of nodes `n0`, `n1`, ... `n{n-1}`.
+fn named(n: usize) -> impl Iterator<Item = NodeConfig> {
+    (0..n).map(|i| config(&format!("n{i}")))
 }
 
 on_both!(three_nodes_converge_and_a_crash_is_detected);
 async fn three_nodes_converge_and_a_crash_is_detected(net: Net) {
-    let nodes = cluster(&net, 3, |i| config(&format!("n{i}"))).await;
-    eventually(
-        "3 nodes see each other alive",
-        Duration::from_secs(10),
-        || nodes.iter().all(|n| alive_count(n) == 2),
-    )
-    .await;
+    let nodes = net.cluster(named(3), Duration::from_secs(10)).await;
     nodes[2].shutdown().await; // gone without leaving
     eventually(
         "n2 marked failed by both others",
         Duration::from_secs(15),
-        || {
+        async || {
             nodes[..2]
                 .iter()
                 .all(|n| state_of(n, "n2") == Some(MemberState::Dead))
@@ -88,17 +66,13 @@ async fn three_nodes_converge_and_a_crash_is_detected(net: Net) {
 
 on_both!(graceful_leave_is_seen_as_left_never_failed);
 async fn graceful_leave_is_seen_as_left_never_failed(net: Net) {
-    let nodes = cluster(&net, 3, |i| config(&format!("n{i}"))).await;
-    eventually("converged", Duration::from_secs(10), || {
-        nodes.iter().all(|n| alive_count(n) == 2)
-    })
-    .await;
+    let nodes = net.cluster(named(3), Duration::from_secs(10)).await;
     let mut events = nodes[0].subscribe();
     assert!(
         nodes[2].leave(Duration::from_secs(5)).await.unwrap(),
         "left claim sent"
     );
-    eventually("n2 left everywhere", Duration::from_secs(10), || {
+    eventually("n2 left everywhere", Duration::from_secs(10), async || {
         nodes[..2]
             .iter()
             .all(|n| state_of(n, "n2") == Some(MemberState::Left))
@@ -134,7 +108,7 @@ async fn clusters_with_different_keys_never_merge(net: Net) {
     eventually(
         "a and b converge encrypted",
         Duration::from_secs(10),
-        || alive_count(&a) == 1 && alive_count(&b) == 1,
+        async || alive_count(&a) == 1 && alive_count(&b) == 1,
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -149,9 +123,11 @@ async fn clusters_with_different_keys_never_merge(net: Net) {
     // A node without encryption is refused too, and counted as plain.
     let d = net.start(config("d")).await;
     d.join(vec![a.addr()]).await.unwrap();
-    eventually("d's plain join refused", Duration::from_secs(5), || {
-        a.traffic().rejected_plain > 0
-    })
+    eventually(
+        "d's plain join refused",
+        Duration::from_secs(5),
+        async || a.traffic().rejected_plain > 0,
+    )
     .await;
     assert!(state_of(&a, "d").is_none());
     d.shutdown().await;
@@ -189,13 +165,8 @@ async fn udp_blocked_pair(net: &Net, fallback: bool) -> (Node, Node, usize) {
         c
     };
     let (fa, fb) = (Arc::new(Chaos::default()), Arc::new(Chaos::default()));
-    let a = net.start(make("a", &fa)).await;
-    let b = net.start(make("b", &fb)).await;
-    b.join(vec![a.addr()]).await.unwrap();
-    eventually("pair converged", Duration::from_secs(10), || {
-        alive_count(&a) == 1 && alive_count(&b) == 1
-    })
-    .await;
+    let pair = [make("a", &fa), make("b", &fb)];
+    let [a, b] = array(net.cluster(pair, Duration::from_secs(10)).await);
     let mut events = a.subscribe();
     fa.block(b.addr()).unwrap();
     fb.block(a.addr()).unwrap();
@@ -242,13 +213,7 @@ async fn udp_blocked_but_tcp_open_is_no_failure(net: Net) {
 on_both!(ten_and_fifty_nodes_converge);
 async fn ten_and_fifty_nodes_converge(net: Net) {
     for n in [10, 50] {
-        let nodes = cluster(&net, n, |i| config(&format!("n{i}"))).await;
-        eventually(
-            &format!("{n} nodes converge"),
-            Duration::from_secs(30),
-            || nodes.iter().all(|x| alive_count(x) == n - 1),
-        )
-        .await;
+        let nodes = net.cluster(named(n), Duration::from_secs(30)).await;
         for x in &nodes {
             x.shutdown().await;
         }
@@ -258,11 +223,7 @@ async fn ten_and_fifty_nodes_converge(net: Net) {
 on_both!(tags_propagate_and_user_events_arrive_exactly_once);
 async fn tags_propagate_and_user_events_arrive_exactly_once(net: Net) {
     use distributed_core::cluster::Event;
-    let nodes = cluster(&net, 5, |i| config(&format!("n{i}"))).await;
-    eventually("converged", Duration::from_secs(10), || {
-        nodes.iter().all(|n| alive_count(n) == 4)
-    })
-    .await;
+    let nodes = net.cluster(named(5), Duration::from_secs(10)).await;
     let mut subs: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
     let tags = [("zone".to_string(), "eu-1".to_string())].into();
     nodes[3].set_tags(tags).await.unwrap();
@@ -270,18 +231,22 @@ async fn tags_propagate_and_user_events_arrive_exactly_once(net: Net) {
         .broadcast_event("deploy", b"v2".to_vec())
         .await
         .unwrap();
-    eventually("tags seen everywhere", Duration::from_secs(10), || {
-        nodes
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != 3)
-            .all(|(_, n)| {
-                n.members().iter().any(|m| {
-                    m.info.id.as_str() == "n3"
-                        && m.info.tags.get("zone").map(String::as_str) == Some("eu-1")
+    eventually(
+        "tags seen everywhere",
+        Duration::from_secs(10),
+        async || {
+            nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != 3)
+                .all(|(_, n)| {
+                    n.members().iter().any(|m| {
+                        m.info.id.as_str() == "n3"
+                            && m.info.tags.get("zone").map(String::as_str) == Some("eu-1")
+                    })
                 })
-            })
-    })
+        },
+    )
     .await;
     // Let the event's retransmissions die out, then count deliveries per node.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -306,13 +271,9 @@ async fn tags_propagate_and_user_events_arrive_exactly_once(net: Net) {
 
 on_both!(a_crashed_node_restarted_with_its_name_rejoins_with_a_higher_incarnation);
 async fn a_crashed_node_restarted_with_its_name_rejoins_with_a_higher_incarnation(net: Net) {
-    let nodes = cluster(&net, 3, |i| config(&format!("n{i}"))).await;
-    eventually("converged", Duration::from_secs(10), || {
-        nodes.iter().all(|n| alive_count(n) == 2)
-    })
-    .await;
+    let nodes = net.cluster(named(3), Duration::from_secs(10)).await;
     nodes[2].shutdown().await;
-    eventually("n2 failed", Duration::from_secs(15), || {
+    eventually("n2 failed", Duration::from_secs(15), async || {
         nodes[..2]
             .iter()
             .all(|n| state_of(n, "n2") == Some(MemberState::Dead))
@@ -321,16 +282,20 @@ async fn a_crashed_node_restarted_with_its_name_rejoins_with_a_higher_incarnatio
     // Same name, new port, no memory of its old incarnation: it must out-bid its old self.
     let again = net.start(config("n2")).await;
     again.join(vec![nodes[0].addr()]).await.unwrap();
-    eventually("n2 alive again everywhere", Duration::from_secs(15), || {
-        nodes[..2].iter().all(|n| {
-            n.members().iter().any(|m| {
-                m.info.id.as_str() == "n2"
-                    && m.state == MemberState::Alive
-                    && m.incarnation.0 > 0
-                    && m.info.addr == again.addr()
+    eventually(
+        "n2 alive again everywhere",
+        Duration::from_secs(15),
+        async || {
+            nodes[..2].iter().all(|n| {
+                n.members().iter().any(|m| {
+                    m.info.id.as_str() == "n2"
+                        && m.state == MemberState::Alive
+                        && m.incarnation.0 > 0
+                        && m.info.addr == again.addr()
+                })
             })
-        })
-    })
+        },
+    )
     .await;
     for n in nodes[..2].iter().chain([&again]) {
         n.shutdown().await;
@@ -345,15 +310,8 @@ async fn a_node_with_a_data_dir_rejoins_the_members_it_knew_at_a_higher_incarnat
         c.data_dir = Some(dir.path().to_path_buf());
         c
     };
-    let a = net.start(config("a")).await;
-    let b = net.start(config("b")).await;
-    let c = net.start(with_dir("c")).await;
-    b.join(vec![a.addr()]).await.unwrap();
-    c.join(vec![a.addr()]).await.unwrap();
-    eventually("converged", Duration::from_secs(10), || {
-        [&a, &b, &c].iter().all(|n| alive_count(n) == 2)
-    })
-    .await;
+    let configs = [config("a"), config("b"), with_dir("c")];
+    let [a, b, c] = array(net.cluster(configs, Duration::from_secs(10)).await);
     let before = b
         .members()
         .iter()
@@ -363,22 +321,27 @@ async fn a_node_with_a_data_dir_rejoins_the_members_it_knew_at_a_higher_incarnat
     // c crashes (its state is saved on the way down), and so does the seed a.
     c.shutdown().await;
     a.shutdown().await;
-    eventually("b sees a and c failed", Duration::from_secs(15), || {
-        state_of(&b, "a") == Some(MemberState::Dead) && state_of(&b, "c") == Some(MemberState::Dead)
-    })
+    eventually(
+        "b sees a and c failed",
+        Duration::from_secs(15),
+        async || {
+            state_of(&b, "a") == Some(MemberState::Dead)
+                && state_of(&b, "c") == Some(MemberState::Dead)
+        },
+    )
     .await;
     // A different name may not use c's data dir.
     let refused = net.start_err(with_dir("intruder")).await;
     assert!(refused.contains("belongs to node \"c\""), "{refused}");
     // c comes back with no seed at all: it joins b, which it knew, above its old incarnation.
     let c = net.start(with_dir("c")).await;
-    eventually("c alive again on b", Duration::from_secs(15), || {
+    eventually("c alive again on b", Duration::from_secs(15), async || {
         b.members().iter().any(|m| {
             m.info.id.as_str() == "c" && m.state == MemberState::Alive && m.incarnation.0 > before
         })
     })
     .await;
-    eventually("c sees b alive", Duration::from_secs(5), || {
+    eventually("c sees b alive", Duration::from_secs(5), async || {
         state_of(&c, "b") == Some(MemberState::Alive)
     })
     .await;
@@ -393,17 +356,12 @@ async fn rotating_the_key_across_a_running_cluster_loses_no_member(net: Net) {
         Key::from_bytes([5; KEY_BYTES]),
         Key::from_bytes([6; KEY_BYTES]),
     );
-    let nodes = cluster(&net, 5, |i| {
-        let mut c = config(&format!("n{i}"));
+    let encrypted = named(5).map(|mut c| {
         c.keyring = Some(Keyring::new(old.clone()));
         c.label = "prod".into();
         c
-    })
-    .await;
-    eventually("converged", Duration::from_secs(10), || {
-        nodes.iter().all(|n| alive_count(n) == 4)
-    })
-    .await;
+    });
+    let nodes = net.cluster(encrypted, Duration::from_secs(10)).await;
     let mut subs: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
     let settle = || tokio::time::sleep(Duration::from_millis(500));
     for n in &nodes {
@@ -458,7 +416,7 @@ async fn hostile_input_is_counted_and_dropped() {
         .unwrap(); // encrypted, but no key here
     let mut tcp = tokio::net::TcpStream::connect(node.addr()).await.unwrap();
     tcp.write_all(&u32::MAX.to_be_bytes()).await.unwrap(); // a 4 GiB record: refused unread
-    eventually("rejections counted", Duration::from_secs(5), || {
+    eventually("rejections counted", Duration::from_secs(5), async || {
         let t = node.traffic();
         t.rejected_frame == 1
             && t.rejected_key == 1
@@ -466,12 +424,19 @@ async fn hostile_input_is_counted_and_dropped() {
             && t.transport.stream_oversized == 1
     })
     .await;
-    // Still serving: a peer can join.
-    let peer = Node::start(config("peer")).await.unwrap();
+    still_serving(&Net::Udp, node).await;
+}
+
+/// After hostile input `node` still serves: a peer on `net` can join it. Then both stop, and no
+/// task may be left.
+async fn still_serving(net: &Net, node: Node) {
+    let peer = net.start(config("peer")).await;
     peer.join(vec![node.addr()]).await.unwrap();
-    eventually("joined after the garbage", Duration::from_secs(10), || {
-        alive_count(&node) == 1
-    })
+    eventually(
+        "joined after the garbage",
+        Duration::from_secs(10),
+        async || alive_count(&node) == 1,
+    )
     .await;
     node.shutdown().await;
     peer.shutdown().await;
@@ -493,7 +458,7 @@ async fn hostile_input_is_counted_and_dropped_in_memory() {
     raw.send_stream(node.addr(), b"DC\x01\x00not a record".to_vec());
     raw.send_stream(node.addr(), b"DC\x01\x01sealed?".to_vec()); // encrypted, no key here
     raw.send_stream(node.addr(), vec![0; 5 << 20]); // over the record limit: never sent
-    eventually("rejections counted", Duration::from_secs(5), || {
+    eventually("rejections counted", Duration::from_secs(5), async || {
         let t = node.traffic();
         t.rejected_frame == 1
             && t.rejected_packet == 1
@@ -502,13 +467,5 @@ async fn hostile_input_is_counted_and_dropped_in_memory() {
     })
     .await;
     assert_eq!(raw.counters().snapshot().streams_out_dropped, 1);
-    let peer = net.start(config("peer")).await;
-    peer.join(vec![node.addr()]).await.unwrap();
-    eventually("joined after the garbage", Duration::from_secs(10), || {
-        alive_count(&node) == 1
-    })
-    .await;
-    node.shutdown().await;
-    peer.shutdown().await;
-    no_task_left().await;
+    still_serving(&net, node).await;
 }

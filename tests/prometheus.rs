@@ -3,9 +3,7 @@
 
 mod harness;
 
-use distributed_core::agent::{Agent, AgentConfig};
-use distributed_core::cluster::Config;
-use distributed_core::node::NodeConfig;
+use harness::{agent_config, start_agents, KillOnDrop};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,15 +13,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 async fn query(client: &reqwest::Client, base: &str, q: &str) -> Option<serde_json::Value> {
@@ -44,31 +33,13 @@ async fn prometheus_scrapes_a_three_node_cluster() {
         return;
     }
     let _serial = harness::serial().await;
-    let mut agents = Vec::new();
-    for i in 0..3 {
-        let mut c = AgentConfig {
-            node: NodeConfig {
-                protocol: Config::local(),
-                ..NodeConfig::new(&format!("p{i}"), "127.0.0.1:0".parse().unwrap())
-            },
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            ..AgentConfig::default()
-        };
-        if let Some(first) = agents.first() {
-            let first: &Agent = first;
-            c.join = vec![first.node().addr().to_string()];
-        }
-        agents.push(Agent::start(c).await.unwrap());
-    }
+    let agents = start_agents((0..3).map(|i| agent_config(&format!("p{i}")))).await;
     let dir = tempfile::tempdir().unwrap();
     let targets: Vec<String> = agents
         .iter()
         .map(|a| format!("'{}'", a.http_addr()))
         .collect();
-    let config = format!(
-        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: dcore\n    static_configs:\n      - targets: [{}]\n",
-        targets.join(", ")
-    );
+    let config = include_str!("fixtures/prometheus.yml").replace("TARGETS", &targets.join(", "));
     let config_path = dir.path().join("prometheus.yml");
     std::fs::write(&config_path, config).unwrap();
     let port = free_port();

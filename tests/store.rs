@@ -2,12 +2,13 @@
 //! snapshots, reopens), snapshots that let the WAL drop its prefix, damaged snapshots and missing
 //! records refused, concurrent writers applied in log order, a full disk, and the in-memory twin.
 
+mod harness;
+
 use distributed_core::persistence::store::{
     Batch, Limits, MemStore, Store, StoreConfig, StoreError, WalStore,
 };
-use distributed_core::persistence::wal::fs::Fs;
 use distributed_core::persistence::wal::{Durability, WalConfig};
-use distributed_core::testing::{FaultPlan, FaultyFs};
+use harness::{faulty_fs, wal_segments};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -128,19 +129,6 @@ proptest! {
     }
 }
 
-fn wal_segments(dir: &Path) -> usize {
-    std::fs::read_dir(dir.join("wal"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "wal")
-        })
-        .count()
-}
-
 #[test]
 fn a_snapshot_lets_the_wal_drop_its_prefix_and_replay_starts_after_it() {
     let d = tempfile::tempdir().unwrap();
@@ -149,12 +137,12 @@ fn a_snapshot_lets_the_wal_drop_its_prefix_and_replay_starts_after_it() {
         s.put(format!("key{}", i % 50).as_bytes(), &i.to_le_bytes())
             .unwrap();
     }
-    let before = wal_segments(d.path());
+    let before = wal_segments(&d.path().join("wal"));
     assert!(before > 5, "{before}");
     s.snapshot().unwrap();
     assert_eq!(s.snapshot_index(), 800);
     assert!(s.wal().first_index() > 700, "{}", s.wal().first_index());
-    assert!(wal_segments(d.path()) < 3);
+    assert!(wal_segments(&d.path().join("wal")) < 3);
     for i in 800..810u32 {
         s.put(format!("key{}", i % 50).as_bytes(), &i.to_le_bytes())
             .unwrap();
@@ -235,9 +223,8 @@ fn concurrent_writers_are_applied_in_log_order() {
 fn disk_full_keeps_every_acknowledged_write() {
     for budget in (4096..12_000).step_by(1499) {
         let d = tempfile::tempdir().unwrap();
-        let plan = Arc::new(FaultPlan::default());
+        let (plan, fs) = faulty_fs();
         plan.set_write_budget(budget);
-        let fs: Arc<dyn Fs> = Arc::new(FaultyFs::new(plan));
         let s = WalStore::open_with_fs(d.path(), config(25, Durability::Always), fs).unwrap();
         let mut acked = BTreeMap::new();
         for i in 0..1000u32 {

@@ -2,11 +2,12 @@
 //! disk filled, fsync failing, segments removed or repeated; plus group commit, truncation,
 //! locking and the `dcore wal` commands.
 
-use distributed_core::persistence::wal::fs::Fs;
+mod harness;
+
 use distributed_core::persistence::wal::{
     self, BadRecord, Corruption, Durability, RecordType, Wal, WalConfig, WalError,
 };
-use distributed_core::testing::{FaultPlan, FaultyFs};
+use harness::{dcore, faulty_fs, wal_records};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,16 +37,9 @@ fn append_n(log: &Wal, from: u64, n: u64) {
     }
 }
 
-fn all(log: &Wal) -> Vec<(u64, Vec<u8>)> {
-    log.read_from(log.first_index())
-        .unwrap()
-        .map(|r| r.map(|e| (e.index, e.payload)).unwrap())
-        .collect()
-}
-
 fn check_prefix(log: &Wal, n: u64) {
     assert_eq!(log.last_index(), n, "last index");
-    let got = all(log);
+    let got = wal_records(log);
     assert_eq!(got.len() as u64, n);
     for (i, p) in got {
         assert_eq!(p, payload(i), "payload of {i}");
@@ -308,9 +302,8 @@ fn disk_full_during_append_loses_nothing_acknowledged_and_reopens_cleanly() {
             .chain((8192..8192 + 900).step_by(131))
         {
             let d = tmp();
-            let plan = Arc::new(FaultPlan::default());
+            let (plan, fs) = faulty_fs();
             plan.set_write_budget(budget);
-            let fs: Arc<dyn Fs> = Arc::new(FaultyFs::new(plan.clone()));
             let config = WalConfig {
                 durability,
                 ..small()
@@ -336,8 +329,7 @@ fn disk_full_during_append_loses_nothing_acknowledged_and_reopens_cleanly() {
 #[test]
 fn a_failed_fsync_poisons_the_log_and_is_never_retried() {
     let d = tmp();
-    let plan = Arc::new(FaultPlan::default());
-    let fs: Arc<dyn Fs> = Arc::new(FaultyFs::new(plan.clone()));
+    let (plan, fs) = faulty_fs();
     let config = WalConfig {
         durability: Durability::Always,
         ..small()
@@ -381,7 +373,8 @@ fn a_failed_fsync_poisons_the_log_and_is_never_retried() {
     assert_eq!(plan.syncs(), syncs, "a failed fsync must never be retried");
     drop(log);
     let log = Wal::open(d.path(), config).unwrap();
-    let have: std::collections::BTreeSet<u64> = all(&log).into_iter().map(|(i, _)| i).collect();
+    let have: std::collections::BTreeSet<u64> =
+        wal_records(&log).into_iter().map(|(i, _)| i).collect();
     for i in acked {
         assert!(have.contains(&i), "acknowledged record {i} lost");
     }
@@ -390,9 +383,8 @@ fn a_failed_fsync_poisons_the_log_and_is_never_retried() {
 #[test]
 fn group_commit_shares_one_fsync_among_concurrent_appenders() {
     let d = tmp();
-    let plan = Arc::new(FaultPlan::default());
+    let (plan, fs) = faulty_fs();
     plan.set_sync_delay(Duration::from_millis(2));
-    let fs: Arc<dyn Fs> = Arc::new(FaultyFs::new(plan.clone()));
     let config = WalConfig {
         durability: Durability::Always,
         ..WalConfig::for_test()
@@ -432,8 +424,7 @@ fn group_commit_shares_one_fsync_among_concurrent_appenders() {
 #[test]
 fn interval_mode_flushes_in_the_background_and_stops_on_drop() {
     let d = tmp();
-    let plan = Arc::new(FaultPlan::default());
-    let fs: Arc<dyn Fs> = Arc::new(FaultyFs::new(plan.clone()));
+    let (plan, fs) = faulty_fs();
     let config = WalConfig {
         durability: Durability::Interval(Duration::from_millis(5)),
         ..small()
@@ -478,7 +469,7 @@ fn truncate_suffix_and_prefix_then_reopen() {
         log.read_from(first - 1),
         Err(WalError::IndexOutOfRange { .. })
     ));
-    let got = all(&log);
+    let got = wal_records(&log);
     assert_eq!(got.first().unwrap().0, first);
     assert_eq!(got.last().unwrap().0, 47);
     drop(log);
@@ -493,7 +484,7 @@ fn truncate_suffix_and_prefix_then_reopen() {
     );
     drop(log);
     let log = open(d.path()).unwrap();
-    assert_eq!(all(&log), vec![(first, payload(first))]);
+    assert_eq!(wal_records(&log), vec![(first, payload(first))]);
 }
 
 #[test]
@@ -551,21 +542,14 @@ fn oversized_records_and_bad_configs_are_refused() {
     assert!(matches!(Wal::open(d.path(), bad), Err(WalError::Config(_))));
 }
 
-fn dcore(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_dcore"))
-        .args(args)
-        .output()
-        .expect("run dcore")
-}
-
 #[test]
 fn dcore_wal_verify_names_the_bad_record_and_repair_cuts_there_keeping_a_copy() {
     let d = tmp();
     append_n(&open(d.path()).unwrap(), 1, 60);
     let dir = d.path().to_str().unwrap();
     let ok = dcore(&["wal", "verify", dir, "--json"]);
-    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
-    let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(ok.code(), Some(0), "{ok:?}");
+    let v: serde_json::Value = serde_json::from_str(&ok.stdout).unwrap();
     assert_eq!(
         (v["records"].as_u64(), v["ok"].as_bool()),
         (Some(60), Some(true))
@@ -574,8 +558,8 @@ fn dcore_wal_verify_names_the_bad_record_and_repair_cuts_there_keeping_a_copy() 
     let l = locate(d.path())[&20].clone();
     flip(&l.path, l.offset * 8 + 3);
     let bad = dcore(&["wal", "verify", dir]);
-    assert_eq!(bad.status.code(), Some(1));
-    let text = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.code(), Some(1));
+    let text = &bad.stdout;
     let name = l.path.file_name().unwrap().to_str().unwrap();
     assert!(
         text.contains(name) && text.contains(&format!("offset {}", l.offset)),
@@ -583,8 +567,8 @@ fn dcore_wal_verify_names_the_bad_record_and_repair_cuts_there_keeping_a_copy() 
     );
     assert!(text.contains("corruption"), "{text}");
     let insp = dcore(&["wal", "inspect", dir, "--json", "--limit", "5"]);
-    assert_eq!(insp.status.code(), Some(0));
-    let v: serde_json::Value = serde_json::from_slice(&insp.stdout).unwrap();
+    assert_eq!(insp.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_str(&insp.stdout).unwrap();
     assert_eq!(v["record_list"].as_array().unwrap().len(), 5);
     assert_eq!(v["problem"]["offset"].as_u64(), Some(l.offset));
     let backup = d.path().join("backup");
@@ -595,9 +579,9 @@ fn dcore_wal_verify_names_the_bad_record_and_repair_cuts_there_keeping_a_copy() 
         "--backup-dir",
         backup.to_str().unwrap(),
     ]);
-    assert_eq!(rep.status.code(), Some(0), "{rep:?}");
+    assert_eq!(rep.code(), Some(0), "{rep:?}");
     assert!(backup.join(name).exists(), "no copy kept");
-    assert_eq!(dcore(&["wal", "verify", dir]).status.code(), Some(0));
+    assert_eq!(dcore(&["wal", "verify", dir]).code(), Some(0));
     check_prefix(&open(d.path()).unwrap(), 19);
 }
 
@@ -617,8 +601,8 @@ fn dcore_bench_wal_prints_one_json_object_and_keeps_the_log_when_asked() {
         "400",
     ];
     let out = dcore(&[&args[..], &["--durability", "never", "--keep", "--json"]].concat());
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     for k in [
         "writers",
         "records",
@@ -630,10 +614,10 @@ fn dcore_bench_wal_prints_one_json_object_and_keeps_the_log_when_asked() {
     ] {
         assert!(v[k].is_number(), "{k} missing: {v}");
     }
-    assert_eq!(dcore(&["wal", "verify", dir_s]).status.code(), Some(0));
+    assert_eq!(dcore(&["wal", "verify", dir_s]).code(), Some(0));
     let again = dcore(&[&args[..], &["--json"]].concat());
     assert_eq!(
-        again.status.code(),
+        again.code(),
         Some(2),
         "a directory holding a log must be refused"
     );

@@ -1,10 +1,13 @@
 //! kill -9 in the middle of appends, many times: every record the child acknowledged (printed
 //! after `append` returned in `Always` mode) is there after reopen, with its payload.
 
+mod harness;
+
 use distributed_core::persistence::wal::{Durability, Wal, WalConfig};
+use harness::{dcore_command, wal_records, wal_segments};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 const SEGMENT_BYTES: u64 = 16 << 10;
 const RECORD_SIZE: usize = 64;
@@ -31,7 +34,7 @@ fn parse(line: &str) -> (u64, u64, u64) {
 /// Runs the child until it has acknowledged `wait_for` records, kills it, returns every ack it
 /// printed (complete lines only).
 fn run_and_kill(dir: &std::path::Path, wait_for: usize) -> Vec<(u64, u64, u64)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dcore"))
+    let mut child = dcore_command()
         .args([
             "bench",
             "wal",
@@ -95,11 +98,7 @@ fn kill_9_during_always_appends_loses_no_acknowledged_record() {
         }
         let log = Wal::open(d.path(), config.clone())
             .unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
-        let have: BTreeMap<u64, Vec<u8>> = log
-            .read_from(log.first_index())
-            .unwrap()
-            .map(|r| r.map(|e| (e.index, e.payload)).unwrap())
-            .collect();
+        let have: BTreeMap<u64, Vec<u8>> = wal_records(&log).into_iter().collect();
         for (index, (id, seq)) in &acked {
             let got = have
                 .get(index)
@@ -122,16 +121,7 @@ fn kill_9_during_always_appends_loses_no_acknowledged_record() {
         }
     }
     assert!(acked.len() > rounds * 20);
-    let segments = std::fs::read_dir(d.path())
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "wal")
-        })
-        .count();
+    let segments = wal_segments(d.path());
     assert!(
         segments > 10,
         "only {segments} segments: the kills never met a segment roll"

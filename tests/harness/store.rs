@@ -1,0 +1,37 @@
+//! The write-ahead log on disk: its segment files, every record of a log, and a filesystem that
+//! fails when a test says.
+
+use distributed_core::persistence::wal::fs::Fs;
+use distributed_core::persistence::wal::Wal;
+use distributed_core::testing::{FaultPlan, FaultyFs};
+use std::path::Path;
+use std::sync::Arc;
+
+/// How many segment files (`*.wal`) the log directory `dir` holds.
+pub fn wal_segments(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "wal")
+        })
+        .count()
+}
+
+/// Every record of `log`, first to last: (index, payload).
+pub fn wal_records(log: &Wal) -> Vec<(u64, Vec<u8>)> {
+    log.read_from(log.first_index())
+        .unwrap()
+        .map(|r| r.map(|e| (e.index, e.payload)).unwrap())
+        .collect()
+}
+
+/// A filesystem that fails as its plan says, and the plan (to steer it while it is in use).
+pub fn faulty_fs() -> (Arc<FaultPlan>, Arc<dyn Fs>) {
+    let plan = Arc::new(FaultPlan::default());
+    let fs: Arc<dyn Fs> = Arc::new(FaultyFs::new(plan.clone()));
+    (plan, fs)
+}
