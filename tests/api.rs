@@ -637,3 +637,53 @@ async fn leave_makes_ready_503_and_the_peer_sees_left() {
     b.shutdown().await;
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_carry_phi_and_rtt_and_metrics_export_them() {
+    let _serial = serial().await;
+    let (a, b) = pair(config("a"), config("b")).await;
+    let api_a = Api::of(&a);
+    let rows = poll("a has measured b", CONVERGE_TIMEOUT, || async {
+        let (status, v) = api_a.get("/v1/members").await;
+        let measured = status == StatusCode::OK && v[1]["rtt_ms"].is_number();
+        measured.then_some(v.clone()).ok_or(v.to_string())
+    })
+    .await;
+    assert_eq!(names(&rows), ["a", "b"], "{rows}");
+    let (me, b_row) = (&rows[0], &rows[1]);
+    assert!(
+        me["phi"].is_null() && me["rtt_ms"].is_null(),
+        "no figures for self: {me}"
+    );
+    let phi = b_row["phi"].as_f64().expect("phi is a number");
+    assert!((0.0..8.0).contains(&phi), "{b_row}");
+    assert_eq!(phi, (phi * 100.0).round() / 100.0, "2 decimals: {b_row}");
+    let rtt_ms = b_row["rtt_ms"].as_f64().unwrap();
+    assert!(rtt_ms > 0.0 && rtt_ms < 1000.0, "{b_row}");
+    for key in ["name", "addr", "state", "incarnation", "tags"] {
+        assert!(!b_row[key].is_null(), "{key} still there: {b_row}");
+    }
+    // The filters still apply to the rows.
+    let (_, alive) = api_a.get("/v1/members?state=alive").await;
+    assert!(alive[1]["phi"].is_number(), "{alive}");
+
+    let (status, text) = api_a.get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let text = text.as_str().expect("text");
+    for line in [
+        "dcore_member_phi{member=\"b\"} ",
+        "dcore_member_rtt_seconds{member=\"b\"} ",
+        "dcore_ping_rtt_seconds_count ",
+    ] {
+        assert!(text.contains(line), "{line:?} in\n{text}");
+    }
+    assert!(
+        !text.contains("member=\"a\""),
+        "no figures for self:\n{text}"
+    );
+    let (_, m) = api_a.get("/v1/metrics").await;
+    assert!(m["member_health"]["b"]["phi"].is_number(), "{m}");
+    assert!(m["node"]["ping_rtt"]["count"].as_u64() >= Some(1), "{m}");
+    b.shutdown().await;
+    a.shutdown().await;
+}

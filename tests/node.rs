@@ -469,3 +469,86 @@ async fn hostile_input_is_counted_and_dropped_in_memory() {
     assert_eq!(raw.counters().snapshot().streams_out_dropped, 1);
     still_serving(&net, node).await;
 }
+
+on_both!(each_member_carries_a_live_phi_and_rtt);
+/// Every node measures every other: phi (from the acks to its pings) and a round trip. phi stays
+/// low while members answer, and rises on every survivor once one goes silent, while it is still
+/// in their tables; a member that leaves loses its figures.
+async fn each_member_carries_a_live_phi_and_rtt(net: Net) {
+    use distributed_core::identity::NodeId;
+    let nodes = cluster(&net, 4, |i| config(&format!("n{i}"))).await;
+    eventually("4 nodes converge", Duration::from_secs(10), || {
+        nodes.iter().all(|n| alive_count(n) == 3)
+    })
+    .await;
+    eventually(
+        "every node has phi and an RTT for the 3 others",
+        Duration::from_secs(10),
+        || {
+            nodes.iter().all(|n| {
+                let h = n.member_health();
+                h.len() == 3 && h.values().all(|m| m.rtt.is_some())
+            })
+        },
+    )
+    .await;
+    for n in &nodes {
+        let me = &n.local_member().info.id;
+        for (id, h) in n.member_health() {
+            assert_ne!(&id, me, "a node does not measure itself");
+            assert!(h.phi.is_finite() && h.phi < 8.0, "{me} -> {id}: {h:?}");
+            let rtt = h.rtt.unwrap();
+            assert!(rtt < Duration::from_secs(1), "{me} -> {id}: {h:?}");
+            assert!(
+                h.last_ack_age < Duration::from_secs(5),
+                "{me} -> {id}: {h:?}"
+            );
+        }
+        let figures = n.stats().await.unwrap().ping_rtt;
+        assert!(figures.count() >= 3, "{me}: ping_rtt {figures:?}");
+    }
+
+    let n3 = NodeId::new("n3").unwrap();
+    let phi_of = |n: &Node| n.member_health().get(&n3).map(|h| h.phi);
+    nodes[3].shutdown().await; // silent, without leaving
+    eventually(
+        "n3's phi passes 8 on every survivor, n3 still in their tables",
+        Duration::from_secs(15),
+        || {
+            nodes[..3].iter().all(|n| {
+                state_of(n, "n3").is_some_and(|s| s != MemberState::Alive)
+                    && phi_of(n).is_some_and(|phi| phi > 8.0)
+            })
+        },
+    )
+    .await;
+    let before: Vec<f64> = nodes[..3].iter().map(|n| phi_of(n).unwrap()).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (n, before) in nodes[..3].iter().zip(before) {
+        let me = &n.local_member().info.id;
+        let now = phi_of(n).expect("a failed member keeps its figures until reaped");
+        assert!(
+            now > before,
+            "{me}: n3's phi rises with silence: {before} -> {now}"
+        );
+        for (id, h) in n.member_health().into_iter().filter(|(id, _)| id != &n3) {
+            assert!(h.phi < 8.0, "{me} -> {id} still answers: {h:?}");
+        }
+    }
+
+    assert!(nodes[2].leave(Duration::from_secs(5)).await.unwrap());
+    eventually(
+        "n2 left: its figures are gone",
+        Duration::from_secs(10),
+        || {
+            nodes[..2].iter().all(|n| {
+                state_of(n, "n2") == Some(MemberState::Left)
+                    && !n.member_health().contains_key(&NodeId::new("n2").unwrap())
+            })
+        },
+    )
+    .await;
+    for n in &nodes[..3] {
+        n.shutdown().await;
+    }
+}

@@ -1,6 +1,6 @@
 //! The admin HTTP API (axum).
 
-use super::views::{event_json, MemberJson};
+use super::views::{event_json, MemberJson, MemberRowJson};
 use super::Shared;
 use crate::diagnostics::chaos::ChaosConfig;
 use crate::identity::Key;
@@ -192,6 +192,7 @@ async fn snapshot(s: &Shared) -> ApiResult<Snapshot> {
     let chaos_faults = s.chaos.stats().faults();
     Ok(Snapshot {
         node,
+        member_health: s.node.member_health(),
         chaos_faults,
         wal: s.node.wal_figures(),
     })
@@ -224,7 +225,10 @@ struct MemberFilter {
     tag: Option<String>,
 }
 
-async fn members(State(s): App, Query(f): Query<MemberFilter>) -> ApiResult<Json<Vec<MemberJson>>> {
+async fn members(
+    State(s): App,
+    Query(f): Query<MemberFilter>,
+) -> ApiResult<Json<Vec<MemberRowJson>>> {
     if let Some(st) = &f.state {
         if !["alive", "suspect", "failed", "left"].contains(&st.as_str()) {
             return Err(ApiError::bad(format!(
@@ -240,12 +244,17 @@ async fn members(State(s): App, Query(f): Query<MemberFilter>) -> ApiResult<Json
         ),
     };
     let Json(me) = self_view(State(s.clone())).await?;
-    let mut all: Vec<MemberJson> = std::iter::once(me)
-        .chain(s.node.members().iter().map(MemberJson::from))
+    let health = s.node.member_health();
+    let others = s.node.members();
+    let others = others
+        .iter()
+        .map(|m| MemberRowJson::new(MemberJson::from(m), health.get(&m.info.id)));
+    let mut all: Vec<MemberRowJson> = std::iter::once(MemberRowJson::new(me, None))
+        .chain(others)
         .collect();
-    all.retain(|m| f.state.as_deref().is_none_or(|st| m.state == st));
-    all.retain(|m| tag.is_none_or(|(k, v)| m.tags.get(k).map(String::as_str) == Some(v)));
-    all.sort_by(|a, b| a.name.cmp(&b.name));
+    all.retain(|r| f.state.as_deref().is_none_or(|st| r.member.state == st));
+    all.retain(|r| tag.is_none_or(|(k, v)| r.member.tags.get(k).map(String::as_str) == Some(v)));
+    all.sort_by(|a, b| a.member.name.cmp(&b.member.name));
     Ok(Json(all))
 }
 

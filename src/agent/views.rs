@@ -1,6 +1,7 @@
 //! JSON views of members and events, as the admin API and `dcore members --json` show them.
 
 use crate::cluster::{Event, MemberState, MemberView};
+use crate::node::MemberHealth;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -18,6 +19,44 @@ pub struct MemberJson {
     pub incarnation: u64,
     /// Published tags.
     pub tags: BTreeMap<String, String>,
+}
+
+/// A row of `/v1/members`: the member's fields, plus what this node measures of it: `phi`
+/// (suspicion level now, 2 decimals) and `rtt_ms` (smoothed round trip of its acks, in
+/// milliseconds, 3 decimals). Each is `null` until measured: no ack heard yet (or it left, or
+/// this is the node itself), or for `rtt_ms`, only acks relayed through ping-req.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct MemberRowJson {
+    /// `name`, `addr`, `state`, `incarnation`, `tags`.
+    #[serde(flatten)]
+    pub member: MemberJson,
+    /// Phi-accrual suspicion level now.
+    pub phi: Option<f64>,
+    /// Smoothed round trip, in milliseconds.
+    pub rtt_ms: Option<f64>,
+}
+
+impl MemberRowJson {
+    /// `member` with the figures of `health`, if any.
+    pub fn new(member: MemberJson, health: Option<&MemberHealth>) -> Self {
+        MemberRowJson {
+            member,
+            phi: health.map(|h| round_to(h.phi, 100.0)),
+            rtt_ms: health
+                .and_then(|h| h.rtt)
+                .map(|d| round_to(d.as_secs_f64() * 1e3, 1e3)),
+        }
+    }
+}
+
+/// `x` rounded to `1 / scale`; left as it is where scaling would overflow.
+fn round_to(x: f64, scale: f64) -> f64 {
+    let scaled = x * scale;
+    if scaled.is_finite() {
+        scaled.round() / scale
+    } else {
+        x
+    }
 }
 
 /// The API's name of a state.

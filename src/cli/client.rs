@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use distributed_core::agent::views::MemberJson;
+use distributed_core::agent::views::MemberRowJson;
 use serde_json::{json, Value};
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -176,19 +176,24 @@ pub fn members(
         println!("{}", serde_json::to_string(&v)?);
         return Ok(0);
     }
-    let members: Vec<MemberJson> = serde_json::from_value(v)?;
+    let members: Vec<MemberRowJson> = serde_json::from_value(v)?;
     println!(
-        "{:<24} {:<22} {:<8} {:>11}  TAGS",
-        "NAME", "ADDRESS", "STATE", "INCARNATION"
+        "{:<24} {:<22} {:<8} {:>11} {:>8} {:>9}  TAGS",
+        "NAME", "ADDRESS", "STATE", "INCARNATION", "PHI", "RTT"
     );
-    for m in members {
+    for row in members {
+        let m = &row.member;
         let tags: Vec<String> = m.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let phi = row.phi.map_or("-".to_string(), |p| format!("{p:.2}"));
+        let rtt = row.rtt_ms.map_or("-".to_string(), |r| format!("{r:.2}ms"));
         println!(
-            "{:<24} {:<22} {:<8} {:>11}  {}",
+            "{:<24} {:<22} {:<8} {:>11} {:>8} {:>9}  {}",
             m.name,
             m.addr,
             m.state,
             m.incarnation,
+            phi,
+            rtt,
             tags.join(",")
         );
     }

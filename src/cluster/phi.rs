@@ -1,6 +1,14 @@
 //! A phi-accrual failure detector (Hayashibara et al., 2004) for one heartbeat stream, with the
 //! formula and defaults of Akka's `PhiAccrualFailureDetector` (Cassandra uses the same idea).
 //!
+//! ## Where it is used
+//!
+//! Not by [`super::Swim`]: the protocol decides with SWIM probes and Lifeguard suspicion only.
+//! The runtime (`node/health.rs`) keeps one detector per member, fed with the acks to this
+//! node's pings as heartbeats, and shows the resulting phi as an observation: in
+//! [`crate::node::Node::member_health`], the admin API's `/v1/members` (`phi`), `dcore members`
+//! and the `dcore_member_phi` metric. It suspects or declares nothing.
+//!
 //! ## What phi means
 //!
 //! A fixed timeout answers "failed or not". This detector answers "how sure am I": it keeps the

@@ -9,7 +9,8 @@
 //! 1.0 when the scraper asks for it in `Accept`.
 
 use crate::common::Histogram;
-use crate::node::{KindCount, NodeStats};
+use crate::identity::NodeId;
+use crate::node::{KindCount, MemberHealth, NodeStats};
 use crate::persistence::wal::WalFigures;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -22,6 +23,9 @@ use std::collections::BTreeMap;
 pub struct Snapshot {
     /// The node's own figures.
     pub node: NodeStats,
+    /// What the node measures of each member it has heard an ack from (phi at the time of the
+    /// snapshot, round trips).
+    pub member_health: BTreeMap<NodeId, MemberHealth>,
     /// Faults injected by the chaos layer, by kind.
     pub chaos_faults: BTreeMap<String, u64>,
     /// The WAL's figures, if the node persists.
@@ -101,6 +105,7 @@ struct SnapshotCollector(Snapshot);
 enum Value<'a> {
     Counter(u64),
     Gauge(i64),
+    GaugeF64(f64),
     Histogram(&'a Histogram),
 }
 
@@ -109,6 +114,7 @@ impl EncodeMetric for Value<'_> {
         match self {
             Value::Counter(v) => e.encode_counter::<NoLabelSet, _, u64>(v, None),
             Value::Gauge(v) => e.encode_gauge(v),
+            Value::GaugeF64(v) => e.encode_gauge(v),
             Value::Histogram(h) => {
                 // prometheus-client writes le="+Inf" only for f64::MAX; INFINITY came out "inf".
                 let b: Vec<_> = h
@@ -124,7 +130,7 @@ impl EncodeMetric for Value<'_> {
     fn metric_type(&self) -> MetricType {
         match self {
             Value::Counter(_) => MetricType::Counter,
-            Value::Gauge(_) => MetricType::Gauge,
+            Value::Gauge(_) | Value::GaugeF64(_) => MetricType::Gauge,
             Value::Histogram(_) => MetricType::Histogram,
         }
     }
@@ -153,6 +159,7 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snap = &self.0;
         members(&mut e, &snap.node)?;
+        member_health(&mut e, &snap.member_health)?;
         core(&mut e, &snap.node)?;
         messages(&mut e, &snap.node.messages)?;
         transport(&mut e, &snap.node)?;
@@ -227,6 +234,35 @@ fn members(e: &mut DescriptorEncoder, s: &NodeStats) -> std::fmt::Result {
     Ok(())
 }
 
+/// Per member: phi and smoothed round trip, as this node measures them.
+fn member_health(
+    e: &mut DescriptorEncoder,
+    health: &BTreeMap<NodeId, MemberHealth>,
+) -> std::fmt::Result {
+    family(
+        e,
+        "dcore_member_phi",
+        "Phi-accrual suspicion level of each member, from the acks to this node's pings: about 0 just after an ack, rising with silence (8: such a gap is a 1e-8 event for a live member)",
+        MetricType::Gauge,
+        health
+            .iter()
+            .map(|(id, h)| (labels(&[("member", id.as_str())]), Value::GaugeF64(h.phi))),
+    )?;
+    family(
+        e,
+        "dcore_member_rtt_seconds",
+        "Smoothed round trip (SRTT, 1/8 weight per sample) of the pings each member answered itself",
+        MetricType::Gauge,
+        health.iter().filter_map(|(id, h)| {
+            let rtt = h.rtt?;
+            Some((
+                labels(&[("member", id.as_str())]),
+                Value::GaugeF64(rtt.as_secs_f64()),
+            ))
+        }),
+    )
+}
+
 /// The protocol core's counters and histograms.
 fn core(e: &mut DescriptorEncoder, s: &NodeStats) -> std::fmt::Result {
     let c = &s.core;
@@ -277,8 +313,14 @@ fn core(e: &mut DescriptorEncoder, s: &NodeStats) -> std::fmt::Result {
     one(
         e,
         "dcore_probe_duration_seconds",
-        "Round trip of acked probes",
+        "From a probe's ping to its first ack, direct or relayed through ping-req",
         Value::Histogram(&c.probe_rtt),
+    )?;
+    one(
+        e,
+        "dcore_ping_rtt_seconds",
+        "Round trip of every ping answered by the member pinged (probes, TCP fallback, pings run for ping-reqs); acks relayed through ping-req excluded",
+        Value::Histogram(&s.ping_rtt),
     )?;
     one(
         e,

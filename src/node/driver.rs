@@ -1,12 +1,13 @@
 //! The driver task: the one place that owns the core and the transport, and carries out the
 //! core's outputs.
 
+use super::health::Board;
 use super::record;
 use super::stats::{MemberCounts, NodeStats};
 use super::traffic::{Chan, Dir, Traffic};
 use super::Request;
 use crate::cluster::message::{decode_packet, encode_packet};
-use crate::cluster::{Event, Input, MemberState, MemberView, Output, Swim, Timer};
+use crate::cluster::{Event, Input, MemberState, MemberView, Message, Output, Swim, Timer};
 use crate::common::{Now, Time};
 use crate::transport::frame::FrameSealer;
 use crate::transport::{Incoming, Transport};
@@ -23,6 +24,7 @@ pub(crate) struct Links {
     pub events: broadcast::Sender<Event>,
     pub members: Arc<Mutex<Vec<MemberView>>>,
     pub traffic: Arc<Traffic>,
+    pub health: Arc<Board>,
 }
 
 pub(crate) struct Driver<T> {
@@ -36,6 +38,8 @@ pub(crate) struct Driver<T> {
     out: Vec<Output>,
     /// Frozen (`Node::pause`): no input is read and no timer fires until resumed.
     paused: bool,
+    /// Rows in the core's table when last looked: a change without a member event is a reap.
+    table_len: usize,
 }
 
 impl<T: Transport> Driver<T> {
@@ -49,6 +53,7 @@ impl<T: Transport> Driver<T> {
             origin: Instant::now(),
             out: Vec::new(),
             paused: false,
+            table_len: 0,
         }
     }
 
@@ -135,6 +140,7 @@ impl<T: Transport> Driver<T> {
                 for m in &p.messages {
                     traffic.message(Dir::In, Chan::Udp, m);
                 }
+                self.observe_in(from, &p.messages, Chan::Udp);
                 self.feed(Input::Packet {
                     from,
                     msgs: p.messages,
@@ -157,6 +163,7 @@ impl<T: Transport> Driver<T> {
             Ok(msgs) => {
                 for (from, msg) in msgs {
                     self.links.traffic.message(Dir::In, Chan::Tcp, &msg);
+                    self.observe_in(from, std::slice::from_ref(&msg), Chan::Tcp);
                     self.feed(Input::Stream { from, msg });
                 }
             }
@@ -189,6 +196,7 @@ impl<T: Transport> Driver<T> {
             members,
             broadcast_queue: self.swim.broadcast_queue_len(),
             core: self.swim.stats().clone(),
+            ping_rtt: self.links.health.lock().rtt_histogram().clone(),
             messages: self.links.traffic.by_kind(),
             traffic: self
                 .links
@@ -221,6 +229,7 @@ impl<T: Transport> Driver<T> {
                     for m in &msgs {
                         traffic.message(Dir::Out, Chan::Udp, m);
                     }
+                    self.observe_out(to, &msgs, Chan::Udp);
                     self.transport.send_packet(to, &frame).await;
                 }
                 Output::Stream { to, msg } => {
@@ -230,6 +239,7 @@ impl<T: Transport> Driver<T> {
                     traffic.counts.msgs_out.add(1);
                     traffic.counts.stream_bytes_out.add(record.len() as u64 + 4);
                     traffic.message(Dir::Out, Chan::Tcp, &msg);
+                    self.observe_out(to, std::slice::from_ref(&msg), Chan::Tcp);
                     self.transport.send_stream(to, record);
                 }
                 Output::Timer { at, timer } => {
@@ -238,9 +248,23 @@ impl<T: Transport> Driver<T> {
                 }
                 Output::Event(e) => {
                     changed |= e.member().is_some();
+                    self.links.health.lock().member_event(&e);
                     let _ = self.links.events.send(e);
                 }
             }
+        }
+        // `count` of the table's slice iterator is its length: O(1).
+        let table_len = self.swim.members().count();
+        if changed || table_len != self.table_len {
+            self.table_len = table_len;
+            let me = self.swim.id();
+            self.links.health.lock().retain(|id| {
+                id != me
+                    && self
+                        .swim
+                        .member(id)
+                        .is_some_and(|m| m.state != MemberState::Left)
+            });
         }
         if changed {
             let me = self.swim.id().clone();
@@ -254,6 +278,49 @@ impl<T: Transport> Driver<T> {
                     state: m.state,
                 });
             *self.links.members.lock().expect("members lock") = views.collect();
+        }
+    }
+
+    /// Shows the health tracker the pings and ping-reqs going out (observation only).
+    fn observe_out(&self, to: SocketAddr, msgs: &[Message], chan: Chan) {
+        let health = &self.links.health;
+        for m in msgs {
+            match m {
+                Message::Ping(p) => {
+                    health
+                        .lock()
+                        .ping_sent(health.now(), p.seq, &p.target, to, chan)
+                }
+                Message::PingReq(r) => health.lock().ping_req_sent(r.seq, to),
+                _ => {}
+            }
+        }
+    }
+
+    /// Shows the health tracker the acks coming in: the first ack of one of our pings is a
+    /// heartbeat of the member pinged, if it is in the table at the address pinged.
+    fn observe_in(&self, from: SocketAddr, msgs: &[Message], chan: Chan) {
+        let health = &self.links.health;
+        for m in msgs {
+            let Message::Ack(ack) = m else { continue };
+            let mut tracker = health.lock();
+            let now = health.now();
+            let Some(heard) = tracker.take_ack(now, ack.seq, from, chan) else {
+                continue;
+            };
+            let member = self.swim.member(&heard.target).filter(|m| {
+                m.id() != self.swim.id() && m.info.addr == heard.to && m.state != MemberState::Left
+            });
+            if member.is_some() {
+                // Until intervals are measured: one probe round over the other active members.
+                let others = self.swim.active_members().saturating_sub(1).max(1);
+                let estimate = self
+                    .swim
+                    .config()
+                    .probe_interval
+                    .saturating_mul(u32::try_from(others).unwrap_or(u32::MAX));
+                tracker.heartbeat(now, &heard.target, heard.rtt, estimate);
+            }
         }
     }
 }

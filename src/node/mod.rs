@@ -5,7 +5,10 @@
 //! timer. Every input goes through `Swim::handle`; the outputs are carried out at once: packets
 //! sealed and sent as datagrams, stream messages sealed and queued on the transport's cached
 //! connection to the peer, timers kept in an ordered map, events published to subscribers and
-//! folded into the membership snapshot that `Node::members` reads.
+//! folded into the membership snapshot that `Node::members` reads. The driver also shows every
+//! ping it sends and every ack it gets to a health tracker (`health.rs`), which keeps a live
+//! phi-accrual suspicion level and a round-trip estimate per member for
+//! [`Node::member_health`]; the core never sees those figures.
 //!
 //! [`Node::start`] runs on real UDP + TCP ([`NetTransport`]); [`Node::start_on`] takes any
 //! transport, such as the in-memory [`crate::transport::mem::MemNetwork`] of the tests.
@@ -14,16 +17,19 @@
 //! followed by a one-message packet, so the address is covered by encryption.
 //!
 //! Layout: `mod.rs` (API, start, shutdown), `driver.rs` (the loop), `record.rs` (stream
-//! records), `persist.rs` (the data dir), `traffic.rs` and `stats.rs` (figures).
+//! records), `persist.rs` (the data dir), `traffic.rs` and `stats.rs` (figures), `health.rs`
+//! (phi and RTT per member).
 
 mod config;
 mod driver;
+mod health;
 mod persist;
 mod record;
 mod stats;
 mod traffic;
 
 pub use config::{NodeConfig, NodeConfigBuilder};
+pub use health::MemberHealth;
 pub use stats::{MemberCounts, NodeStats};
 pub use traffic::{KindCount, TrafficStats};
 
@@ -38,6 +44,7 @@ use crate::transport::crypto::{KeyInfo, Keyring};
 use crate::transport::frame::FrameSealer;
 use crate::transport::net::NetTransport;
 use crate::transport::{Transport, TransportCounters};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -93,6 +100,7 @@ struct Shared {
     requests: mpsc::Sender<Request>,
     events: broadcast::Sender<Event>,
     members: Arc<Mutex<Vec<MemberView>>>,
+    health: Arc<health::Board>,
     local: MemberView,
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
     driver: tokio::sync::Mutex<Option<JoinHandle<()>>>,
@@ -173,6 +181,8 @@ impl Node {
         let members = Arc::new(Mutex::new(Vec::new()));
         let security = FrameSealer::new(config.keyring, config.label.clone());
         let traffic: Arc<traffic::Traffic> = Arc::default();
+        let tracker = health::Tracker::new(config.protocol.probe_interval);
+        let health = Arc::new(health::Board::new(tracker));
         let counters = transport.counters();
         let links = driver::Links {
             me: advertise,
@@ -180,6 +190,7 @@ impl Node {
             events: events.clone(),
             members: members.clone(),
             traffic: traffic.clone(),
+            health: health.clone(),
         };
         let mut seeds = config.seeds.clone();
         let mut wal = None;
@@ -210,6 +221,7 @@ impl Node {
             requests: req_tx,
             events,
             members,
+            health,
             local,
             shutdown: Mutex::new(Some(stop_tx)),
             driver: tokio::sync::Mutex::new(Some(run)),
@@ -238,6 +250,13 @@ impl Node {
     /// Every other member this node knows, with its state.
     pub fn members(&self) -> Vec<MemberView> {
         self.shared.members.lock().expect("members lock").clone()
+    }
+
+    /// What this node measures of each member it has heard an ack from: phi (computed now),
+    /// smoothed and last round trip, time since the last ack. Members that left, were reaped,
+    /// or never acked one of this node's pings are absent.
+    pub fn member_health(&self) -> BTreeMap<NodeId, MemberHealth> {
+        self.shared.health.figures()
     }
 
     /// What this node sent, received and rejected so far.

@@ -2,6 +2,7 @@
 
 use super::traffic::{KindCount, TrafficStats};
 use crate::cluster::Stats;
+use crate::common::Histogram;
 use serde::Serialize;
 
 /// Other members by state, as this node sees them.
@@ -32,6 +33,10 @@ pub struct NodeStats {
     pub broadcast_queue: usize,
     /// The protocol core's counters and histograms.
     pub core: Stats,
+    /// Round trip of every ping answered by the node pinged (probes, fallback and last-chance
+    /// pings, pings run for others' ping-reqs; UDP or TCP, each timed from its own send).
+    /// Unlike `core.probe_rtt` it leaves out acks relayed through ping-req.
+    pub ping_rtt: Histogram,
     /// Messages by direction, transport and kind.
     pub messages: Vec<KindCount>,
     /// Bytes, datagrams, records, rejections, transport counters.
