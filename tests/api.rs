@@ -641,9 +641,9 @@ async fn leave_makes_ready_503_and_the_peer_sees_left() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_carry_phi_and_rtt_and_metrics_export_them() {
     let _serial = serial().await;
-    let (a, b) = pair(config("a"), config("b")).await;
+    let (a, b) = pair(agent_config("a"), agent_config("b")).await;
     let api_a = Api::of(&a);
-    let rows = poll("a has measured b", CONVERGE_TIMEOUT, || async {
+    let rows = eventually("a has measured b", CONVERGE_TIMEOUT, async || {
         let (status, v) = api_a.get("/v1/members").await;
         let measured = status == StatusCode::OK && v[1]["rtt_ms"].is_number();
         measured.then_some(v.clone()).ok_or(v.to_string())

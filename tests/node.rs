@@ -476,15 +476,11 @@ on_both!(each_member_carries_a_live_phi_and_rtt);
 /// in their tables; a member that leaves loses its figures.
 async fn each_member_carries_a_live_phi_and_rtt(net: Net) {
     use distributed_core::identity::NodeId;
-    let nodes = cluster(&net, 4, |i| config(&format!("n{i}"))).await;
-    eventually("4 nodes converge", Duration::from_secs(10), || {
-        nodes.iter().all(|n| alive_count(n) == 3)
-    })
-    .await;
+    let nodes = net.cluster(named(4), Duration::from_secs(10)).await;
     eventually(
         "every node has phi and an RTT for the 3 others",
         Duration::from_secs(10),
-        || {
+        async || {
             nodes.iter().all(|n| {
                 let h = n.member_health();
                 h.len() == 3 && h.values().all(|m| m.rtt.is_some())
@@ -514,7 +510,7 @@ async fn each_member_carries_a_live_phi_and_rtt(net: Net) {
     eventually(
         "n3's phi passes 8 on every survivor, n3 still in their tables",
         Duration::from_secs(15),
-        || {
+        async || {
             nodes[..3].iter().all(|n| {
                 state_of(n, "n3").is_some_and(|s| s != MemberState::Alive)
                     && phi_of(n).is_some_and(|phi| phi > 8.0)
@@ -540,7 +536,7 @@ async fn each_member_carries_a_live_phi_and_rtt(net: Net) {
     eventually(
         "n2 left: its figures are gone",
         Duration::from_secs(10),
-        || {
+        async || {
             nodes[..2].iter().all(|n| {
                 state_of(n, "n2") == Some(MemberState::Left)
                     && !n.member_health().contains_key(&NodeId::new("n2").unwrap())
