@@ -268,13 +268,7 @@ impl Node {
 
     /// The node's figures now: core counters and histograms, members by state, traffic.
     pub async fn stats(&self) -> Result<NodeStats, NodeError> {
-        let (tx, rx) = oneshot::channel();
-        self.shared
-            .requests
-            .send(Request::Stats(tx))
-            .await
-            .map_err(|_| NodeError::Closed)?;
-        rx.await.map_err(|_| NodeError::Closed)
+        self.ask(Request::Stats).await
     }
 
     /// The figures of the WAL under `data_dir`, if the node has one.
@@ -287,20 +281,31 @@ impl Node {
     /// until [`Node::resume`] (then it handles what waited in the socket buffers, and its
     /// overdue timers fire at once). For tests and `dcore local`.
     pub async fn pause(&self) -> Result<(), NodeError> {
-        self.shared
-            .requests
-            .send(Request::Pause(true))
-            .await
-            .map_err(|_| NodeError::Closed)
+        self.send(Request::Pause(true)).await
     }
 
     /// Ends a [`Node::pause`].
     pub async fn resume(&self) -> Result<(), NodeError> {
+        self.send(Request::Pause(false)).await
+    }
+
+    /// Hands `request` to the driver.
+    async fn send(&self, request: Request) -> Result<(), NodeError> {
         self.shared
             .requests
-            .send(Request::Pause(false))
+            .send(request)
             .await
             .map_err(|_| NodeError::Closed)
+    }
+
+    /// Asks the driver a question and waits for its answer.
+    async fn ask<R>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<R>) -> Request,
+    ) -> Result<R, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(request(tx)).await?;
+        rx.await.map_err(|_| NodeError::Closed)
     }
 
     /// Live membership events from now on.
@@ -309,13 +314,7 @@ impl Node {
     }
 
     async fn command(&self, cmd: Command) -> Result<(), NodeError> {
-        let (tx, rx) = oneshot::channel();
-        self.shared
-            .requests
-            .send(Request::Command(cmd, tx))
-            .await
-            .map_err(|_| NodeError::Closed)?;
-        Ok(rx.await.map_err(|_| NodeError::Closed)??)
+        Ok(self.ask(|tx| Request::Command(cmd, tx)).await??)
     }
 
     /// Joins a cluster through these seeds (retried by the core until one answers).
@@ -342,13 +341,7 @@ impl Node {
         self.command(Command::Leave).await?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let (tx, rx) = oneshot::channel();
-            self.shared
-                .requests
-                .send(Request::LeaveAnnounced(tx))
-                .await
-                .map_err(|_| NodeError::Closed)?;
-            if rx.await.map_err(|_| NodeError::Closed)? {
+            if self.ask(Request::LeaveAnnounced).await? {
                 return Ok(true);
             }
             if tokio::time::Instant::now() >= deadline {
