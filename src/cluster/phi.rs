@@ -6,8 +6,8 @@
 //! Not by [`super::Swim`]: the protocol decides with SWIM probes and Lifeguard suspicion only.
 //! The runtime (`node/health.rs`) keeps one detector per member, fed with the acks to this
 //! node's pings as heartbeats, and shows the resulting phi as an observation: in
-//! `Node::member_health` (the runtime, above this layer), the admin API's `/v1/members` (`phi`), `dcore members`
-//! and the `dcore_member_phi` metric. It suspects or declares nothing.
+//! `Node::member_health` (the runtime, above this layer), the admin API's `/v1/members`
+//! (`phi`), `dcore members` and the `dcore_member_phi` metric. It suspects or declares nothing.
 //!
 //! ## What phi means
 //!
