@@ -548,3 +548,60 @@ async fn each_member_carries_a_live_phi_and_rtt(net: Net) {
         n.shutdown().await;
     }
 }
+
+/// The attack of the hardening issue: one plain datagram carrying `Suspect` at incarnation
+/// `u64::MAX` about a live node, sent to every node. Before the plausible-step rule it made the
+/// node failed everywhere for good (it cannot refute above `u64::MAX`); now every node drops
+/// the claim and counts it, and the node stays alive everywhere at a small incarnation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspect_at_u64_max_about_a_live_node_cannot_kill_it() {
+    use distributed_core::cluster::{Message, Suspect};
+    use distributed_core::identity::{Incarnation, NodeId};
+    use distributed_core::testing::encode_packet;
+    use distributed_core::transport::frame::{self, Security};
+    let _serial = serial().await;
+    let nodes = Net::Udp.cluster(named(4), Duration::from_secs(10)).await;
+    let forged = Message::Suspect(Suspect {
+        incarnation: Incarnation(u64::MAX),
+        node: NodeId::new("n1").unwrap(),
+        from: NodeId::new("attacker").unwrap(),
+    });
+    let datagram = frame::seal(
+        &encode_packet(&[forged]),
+        Security::Plain,
+        &mut rand::thread_rng(),
+    );
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for n in &nodes {
+        sock.send_to(&datagram, n.addr()).await.unwrap();
+    }
+    eventually(
+        "every node counted the forged claim as implausible",
+        Duration::from_secs(5),
+        async || {
+            let mut all = true;
+            for n in &nodes {
+                all &= n.stats().await.unwrap().core.implausible >= 1;
+            }
+            all
+        },
+    )
+    .await;
+    // Past a suspicion timeout of the local preset: a believed claim would have killed n1.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for n in nodes
+        .iter()
+        .filter(|n| n.local_member().info.id.as_str() != "n1")
+    {
+        let m = n
+            .members()
+            .into_iter()
+            .find(|m| m.info.id.as_str() == "n1")
+            .expect("n1 known");
+        assert_eq!(m.state, MemberState::Alive, "{m:?}");
+        assert!(m.incarnation.0 < 1 << 16, "{m:?}");
+    }
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}

@@ -5,12 +5,22 @@
 use super::members::Member;
 use super::message::{Alive, Dead, MemberState, Message, Ping, PushMember, Suspect};
 use super::suspicion::{suspicion_min, Suspicion};
-use super::swim::Swim;
+use super::swim::{Swim, INCARNATION_JUMP_MAX};
 use super::{Event, Timer};
 use crate::identity::Incarnation;
 use crate::identity::NodeId;
 
 impl Swim {
+    /// Whether a claim at `claimed` about a member known at `known` is a plausible step (see
+    /// [`INCARNATION_JUMP_MAX`]); an implausible one is counted, and the caller drops it.
+    fn plausible(&mut self, known: Incarnation, claimed: Incarnation) -> bool {
+        let ok = claimed.0 <= known.0.saturating_add(INCARNATION_JUMP_MAX);
+        if !ok {
+            self.stats.implausible += 1;
+        }
+        ok
+    }
+
     pub(crate) fn on_alive(&mut self, a: Alive) {
         if a.info.id == self.id {
             self.on_alive_about_us(a);
@@ -24,6 +34,11 @@ impl Swim {
         if a.incarnation <= old.incarnation {
             return;
         }
+        let known = old.incarnation;
+        if !self.plausible(known, a.incarnation) {
+            return;
+        }
+        let old = self.members.get(&id).expect("looked up above");
         let (old_state, changed) = (old.state, old.info != a.info);
         let now = self.now.mono;
         let info = if changed {
@@ -56,9 +71,15 @@ impl Swim {
         let me = self.local();
         let stale = a.incarnation > me.incarnation
             || (a.incarnation == me.incarnation && a.info != me.info);
-        if stale && !self.leaving {
+        if stale && !self.leaving && self.plausible_about_us(a.incarnation) {
             self.refute(a.incarnation);
         }
+    }
+
+    /// Whether a claim about this node at `claimed` may move its incarnation: a plausible step,
+    /// or any step while the state of the seed we join through is merged.
+    fn plausible_about_us(&mut self, claimed: Incarnation) -> bool {
+        self.trust_jumps || self.plausible(self.incarnation(), claimed)
     }
 
     fn add_member(&mut self, a: Alive) {
@@ -78,9 +99,16 @@ impl Swim {
     /// member it is about, if we know it alive or suspect at no newer incarnation.
     fn down_claim_target(&mut self, node: &NodeId, incarnation: Incarnation) -> Option<&Member> {
         if node == &self.id {
-            if incarnation >= self.incarnation() && !self.leaving {
+            if incarnation >= self.incarnation()
+                && !self.leaving
+                && self.plausible_about_us(incarnation)
+            {
                 self.refute(incarnation);
             }
+            return None;
+        }
+        let known = self.members.get(node)?.incarnation;
+        if !self.plausible(known, incarnation) {
             return None;
         }
         self.members
@@ -268,6 +296,11 @@ impl Swim {
             node: r.info.id.clone(),
             from: self.id.clone(),
         };
+        if let Some(known) = self.members.get(&s.node).map(|m| m.incarnation) {
+            if s.node != self.id && !self.plausible(known, s.incarnation) {
+                return;
+            }
+        }
         let alive_here = self
             .members
             .get(&s.node)

@@ -93,7 +93,22 @@ pub struct Stats {
     pub probe_rtt: Histogram,
     /// From sending a push-pull to merging its answer.
     pub push_pull_duration: Histogram,
+    /// Claims and Lamport times refused as implausible jumps (more than
+    /// [`INCARNATION_JUMP_MAX`] above the incarnation known, or [`LTIME_JUMP_MAX`] above the
+    /// clock); see `docs/protocol.md`.
+    pub implausible: u64,
 }
+
+/// Largest step up from the incarnation this node knows for a member (itself included) that a
+/// claim may take; a larger one is dropped and counted (`Stats::implausible`). A member's own
+/// incarnation rises by one per refutation, so honest steps are tiny; the cap keeps a forged
+/// claim near `u64::MAX` from pinning a live member above any incarnation it could refute
+/// with. The one exception is the full state of the seed a node joins through, which may set
+/// the joiner's own incarnation (a restart without a data dir) and its clock anywhere.
+pub const INCARNATION_JUMP_MAX: u64 = 1 << 16;
+/// Largest step up of the user-event Lamport clock that one event or push-pull may cause; a
+/// larger one is dropped and counted. Honest clocks differ by the events sent while apart.
+pub const LTIME_JUMP_MAX: u64 = 1 << 20;
 
 /// Which channel a message came in on; replies go back the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +138,9 @@ pub struct Swim {
     pub(crate) probe: ProbeState,
     pub(crate) user_events: UserEvents,
     join: JoinState,
+    /// Set while the members of the answer to our join are merged: the seed's word may move
+    /// this node's own incarnation and clock by any amount (see [`INCARNATION_JUMP_MAX`]).
+    pub(crate) trust_jumps: bool,
     pub(crate) leaving: bool,
     pub(crate) now: Now,
     pub(crate) out: Vec<Output>,
@@ -159,6 +177,7 @@ impl Swim {
             probe: ProbeState::default(),
             user_events: UserEvents::new(config.user_event_buffer),
             join: JoinState::default(),
+            trust_jumps: false,
             leaving: false,
             now: Now::default(),
             out: Vec::new(),
@@ -422,7 +441,7 @@ impl Swim {
 
     /// Raises our incarnation above `seen` and announces it.
     pub(crate) fn refute(&mut self, seen: Incarnation) {
-        let inc = Incarnation(seen.0.max(self.incarnation().0) + 1);
+        let inc = Incarnation(seen.0.max(self.incarnation().0).saturating_add(1));
         let me = self.id.clone();
         self.members.update(&me, |m| m.incarnation = inc);
         self.broadcast_self();
@@ -501,7 +520,7 @@ impl Swim {
         let info = Arc::new(info);
         self.members.update(&me, |m| {
             m.info = info;
-            m.incarnation = Incarnation(m.incarnation.0 + 1);
+            m.incarnation = Incarnation(m.incarnation.0.saturating_add(1));
         });
         self.broadcast_self();
         Ok(())
@@ -553,6 +572,7 @@ impl Swim {
             }
             Verdict::Duplicate => {}
             Verdict::TooOld => self.stats.dropped += 1,
+            Verdict::Implausible => self.stats.implausible += 1,
         }
     }
 
@@ -668,7 +688,10 @@ impl Swim {
             self.stats.dropped += 1;
             return;
         }
-        self.user_events.witness(pp.event_ltime);
+        let trusted = pp.reply && self.join.pending;
+        if !self.user_events.witness(pp.event_ltime, trusted) {
+            self.stats.implausible += 1;
+        }
         if !pp.reply {
             self.stats.push_pulls_answered += 1;
             let reply = self.push_pull_message(PushPullKind::Reply);
@@ -677,9 +700,11 @@ impl Swim {
             let took = self.now.mono.saturating_since(sent);
             self.stats.push_pull_duration.observe(took);
         }
+        self.trust_jumps = trusted;
         for m in pp.members {
             self.merge_remote(m);
         }
+        self.trust_jumps = false;
         if pp.reply && self.join.pending {
             self.join.pending = false;
             let members = self.members.len();

@@ -1007,3 +1007,165 @@ fn a_probe_carrying_a_suspicion_stays_within_the_packet_budget() {
         packet_len(msgs)
     );
 }
+
+// ---- integer edges: implausible jumps (docs/protocol.md, "Plausible steps") ----
+
+fn suspect(node: u8, incarnation: u64, from: u8) -> Message {
+    Message::Suspect(Suspect {
+        incarnation: Incarnation(incarnation),
+        node: id(node),
+        from: id(from),
+    })
+}
+
+fn row(i: u8, state: MemberState, incarnation: u64) -> PushMember {
+    PushMember {
+        info: info(i),
+        incarnation: Incarnation(incarnation),
+        state,
+    }
+}
+
+fn user_event(ltime: u64, origin: u8, name: &str) -> Message {
+    Message::UserEvent(Box::new(UserEvent {
+        ltime,
+        origin: id(origin),
+        wall_ms: 0,
+        name: name.into(),
+        payload: Vec::new(),
+    }))
+}
+
+#[test]
+fn claims_near_u64_max_about_a_live_member_are_dropped_and_counted() {
+    let mut t = T::new(1, &[2, 3]);
+    t.msg(3, suspect(2, u64::MAX, 3));
+    t.msg(
+        3,
+        Message::Dead(Dead {
+            incarnation: Incarnation(u64::MAX),
+            node: id(2),
+            from: id(3),
+        }),
+    );
+    t.msg(
+        3,
+        Message::Alive(Alive {
+            incarnation: Incarnation(u64::MAX),
+            info: Arc::new(NodeInfo::new(id(2), addr(9))),
+        }),
+    );
+    t.input(Input::Stream {
+        from: addr(3),
+        msg: Message::PushPull(PushPull {
+            join: false,
+            reply: true,
+            event_ltime: 0,
+            members: vec![row(2, MemberState::Dead, u64::MAX)],
+        }),
+    });
+    assert_eq!(t.state(2), Some((MemberState::Alive, 0)));
+    assert_eq!(t.swim.stats().implausible, 4);
+    // One step of at most INCARNATION_JUMP_MAX is believed (and refuted by the member itself).
+    t.msg(3, suspect(2, INCARNATION_JUMP_MAX, 3));
+    assert_eq!(
+        t.state(2),
+        Some((MemberState::Suspect, INCARNATION_JUMP_MAX))
+    );
+}
+
+#[test]
+fn a_forged_claim_about_us_near_u64_max_neither_panics_nor_moves_us() {
+    let mut t = T::new(1, &[2]);
+    t.msg(2, suspect(1, u64::MAX, 2));
+    t.msg(
+        2,
+        Message::Alive(Alive {
+            incarnation: Incarnation(u64::MAX - 1),
+            info: info(1),
+        }),
+    );
+    assert_eq!(t.swim.incarnation(), Incarnation(0));
+    assert_eq!(t.swim.stats().implausible, 2);
+    assert_eq!(t.swim.stats().refutations, 0);
+    // A plausible one is refuted, one above the claim.
+    t.msg(2, suspect(1, 1000, 2));
+    assert_eq!(t.swim.incarnation(), Incarnation(1001));
+}
+
+#[test]
+fn the_seed_we_join_through_may_set_our_incarnation_and_clock_anywhere() {
+    let mut t = T::new(2, &[]);
+    t.input(Input::Command(Command::Join(vec![addr(1)])));
+    // A restart without a data dir: the cluster remembers us far above 0, and its clock is on.
+    let out = t.input(Input::Stream {
+        from: addr(1),
+        msg: Message::PushPull(PushPull {
+            join: false,
+            reply: true,
+            event_ltime: 5_000_000,
+            members: vec![
+                row(1, MemberState::Alive, 0),
+                row(2, MemberState::Dead, 1 << 40),
+            ],
+        }),
+    });
+    assert_eq!(t.swim.incarnation(), Incarnation((1 << 40) + 1));
+    assert_eq!(t.swim.event_clock(), 5_000_001);
+    assert!(events(&out)
+        .iter()
+        .any(|e| matches!(e, Event::JoinCompleted { .. })));
+    assert_eq!(t.swim.stats().implausible, 0);
+    // Once joined, the same jump from anyone is refused.
+    t.msg(1, suspect(2, u64::MAX, 1));
+    assert_eq!(t.swim.incarnation(), Incarnation((1 << 40) + 1));
+    assert_eq!(t.swim.stats().implausible, 1);
+    // Even a trusted seed saying u64::MAX only pins the incarnation there: no overflow.
+    let mut u = T::new(3, &[]);
+    u.input(Input::Command(Command::Join(vec![addr(1)])));
+    u.input(Input::Stream {
+        from: addr(1),
+        msg: Message::PushPull(PushPull {
+            join: false,
+            reply: true,
+            event_ltime: u64::MAX,
+            members: vec![row(3, MemberState::Dead, u64::MAX)],
+        }),
+    });
+    assert_eq!(u.swim.incarnation(), Incarnation(u64::MAX));
+    let mut out = Vec::new();
+    u.swim
+        .command(
+            at(0),
+            Command::Broadcast {
+                name: "e".into(),
+                payload: Vec::new(),
+            },
+            &mut out,
+        )
+        .unwrap();
+    assert_eq!(u.swim.event_clock(), u64::MAX);
+}
+
+#[test]
+fn a_forged_lamport_time_cannot_stop_later_user_events() {
+    let mut t = T::new(1, &[2, 3]);
+    assert!(events(&t.msg(3, user_event(u64::MAX, 3, "forged"))).is_empty());
+    t.input(Input::Stream {
+        from: addr(3),
+        msg: Message::PushPull(PushPull {
+            join: false,
+            reply: false,
+            event_ltime: u64::MAX - 1,
+            members: Vec::new(),
+        }),
+    });
+    assert_eq!(t.swim.stats().implausible, 2);
+    assert_eq!(t.swim.event_clock(), 0);
+    let out = t.msg(2, user_event(1, 2, "real"));
+    assert!(
+        matches!(&events(&out)[..], [Event::UserEvent(u)] if u.name == "real"),
+        "{:?}",
+        events(&out)
+    );
+}

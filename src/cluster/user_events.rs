@@ -3,6 +3,7 @@
 //! The buffer has one slot per Lamport time modulo its length; an event older than the buffer
 //! can no longer be checked for duplicates, so it is dropped rather than delivered twice.
 
+use super::swim::LTIME_JUMP_MAX;
 use crate::identity::NodeId;
 
 /// Events remembered per Lamport time at most; beyond it new events at that time are dropped.
@@ -23,6 +24,9 @@ pub(crate) enum Verdict {
     Duplicate,
     /// Older than the buffer, or the slot is full: dropped.
     TooOld,
+    /// Its Lamport time is more than [`LTIME_JUMP_MAX`] ahead of the clock: dropped, the clock
+    /// unchanged.
+    Implausible,
 }
 
 /// Lamport clock plus dedup buffer.
@@ -46,15 +50,22 @@ impl UserEvents {
         self.clock
     }
 
-    /// Raises the clock past a time seen from another node.
-    pub fn witness(&mut self, ltime: u64) {
+    /// Raises the clock past a time seen from another node, unless that time is more than
+    /// [`LTIME_JUMP_MAX`] ahead and not `trusted` (the state of the seed we join through):
+    /// then the clock stays and `false` says the time was refused.
+    pub fn witness(&mut self, ltime: u64, trusted: bool) -> bool {
+        if !trusted && ltime > self.clock.saturating_add(LTIME_JUMP_MAX) {
+            return false;
+        }
         self.clock = self.clock.max(ltime.saturating_add(1));
+        true
     }
 
-    /// Time for a new local event (the clock moves on).
+    /// Time for a new local event (the clock moves on; it stops at `u64::MAX`, which only a
+    /// trusted seed can bring it near).
     pub fn next_time(&mut self) -> u64 {
         let t = self.clock;
-        self.clock += 1;
+        self.clock = self.clock.saturating_add(1);
         t
     }
 
@@ -64,7 +75,9 @@ impl UserEvents {
         if self.clock > len && ltime < self.clock - len {
             return Verdict::TooOld;
         }
-        self.witness(ltime);
+        if !self.witness(ltime, false) {
+            return Verdict::Implausible;
+        }
         let slot = &mut self.slots[(ltime % len) as usize];
         if slot.ltime != ltime {
             slot.ltime = ltime;

@@ -406,6 +406,7 @@ fn transport(e: &mut DescriptorEncoder, s: &NodeStats) -> std::fmt::Result {
             ("too_many_streams", tr.inbound_refused),
             ("queue_full", tr.queue_full),
             ("protocol", s.core.dropped),
+            ("implausible", s.core.implausible),
         ],
     )?;
     counters_by(
