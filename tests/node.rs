@@ -605,3 +605,69 @@ async fn a_suspect_at_u64_max_about_a_live_node_cannot_kill_it() {
         n.shutdown().await;
     }
 }
+
+/// Remote input obeys the local limits: a plain datagram announcing a member whose tags are
+/// over `tags_bytes_max` is dropped and counted on receipt, and one whose name is over 128
+/// bytes does not decode. Neither member appears anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_over_the_local_limits_are_dropped_on_receipt() {
+    use distributed_core::cluster::{Alive, Message};
+    use distributed_core::identity::{Incarnation, NodeId, NodeInfo};
+    use distributed_core::testing::encode_packet;
+    use distributed_core::transport::frame::{self, Security};
+    let _serial = serial().await;
+    let node = Node::start(config("target")).await.unwrap();
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let send = async |msg: Message| {
+        let body = encode_packet(&[msg]);
+        let datagram = frame::seal(&body, Security::Plain, &mut rand::thread_rng());
+        sock.send_to(&datagram, node.addr()).await.unwrap();
+    };
+    let mut fat = NodeInfo::new(
+        NodeId::new("fat").unwrap(),
+        "127.0.0.9:7946".parse().unwrap(),
+    );
+    fat.tags.insert("blob".into(), "x".repeat(600));
+    send(Message::Alive(Alive {
+        incarnation: Incarnation(0),
+        info: Arc::new(fat),
+    }))
+    .await;
+    // A 200-byte name, written as the wire would carry it (docs/protocol.md): the packet of an
+    // alive claim with a one-byte name, the name swapped for 200 bytes (postcard: varint
+    // length, then the bytes) and the item's length varint rewritten.
+    let short = NodeInfo::new(NodeId::new("s").unwrap(), "127.0.0.9:7946".parse().unwrap());
+    let packet = encode_packet(&[Message::Alive(Alive {
+        incarnation: Incarnation(0),
+        info: Arc::new(short),
+    })]);
+    assert!(packet[2] < 0x80, "a one-byte item length");
+    let mut item = packet[3..].to_vec();
+    let at = item
+        .windows(2)
+        .position(|w| w == [1, b's'])
+        .expect("the name");
+    item.splice(at..at + 2, [vec![200, 1], vec![b'n'; 200]].concat()); // varint 200, 200 bytes
+    let len = item.len();
+    assert!((0x80..0x4000).contains(&len));
+    let mut body = vec![
+        packet[0],
+        packet[1],
+        (len as u8 & 0x7f) | 0x80,
+        (len >> 7) as u8,
+    ];
+    body.extend_from_slice(&item);
+    let datagram = frame::seal(&body, Security::Plain, &mut rand::thread_rng());
+    sock.send_to(&datagram, node.addr()).await.unwrap();
+    eventually(
+        "both refused and counted",
+        Duration::from_secs(5),
+        async || {
+            let s = node.stats().await.unwrap();
+            s.core.over_limit == 1 && s.traffic.rejected_packet == 1
+        },
+    )
+    .await;
+    assert!(node.members().is_empty(), "{:?}", node.members());
+    still_serving(&Net::Udp, node).await;
+}

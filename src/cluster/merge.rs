@@ -8,7 +8,7 @@ use super::suspicion::{suspicion_min, Suspicion};
 use super::swim::{Swim, INCARNATION_JUMP_MAX};
 use super::{Event, Timer};
 use crate::identity::Incarnation;
-use crate::identity::NodeId;
+use crate::identity::{tags_len, NodeId};
 
 impl Swim {
     /// Whether a claim at `claimed` about a member known at `known` is a plausible step (see
@@ -22,6 +22,11 @@ impl Swim {
     }
 
     pub(crate) fn on_alive(&mut self, a: Alive) {
+        // Checked on receipt, so an oversized claim never sits in the broadcast queue.
+        if tags_len(&a.info.tags) > self.config.tags_bytes_max {
+            self.stats.over_limit += 1;
+            return;
+        }
         if a.info.id == self.id {
             self.on_alive_about_us(a);
             return;

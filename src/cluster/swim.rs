@@ -97,6 +97,10 @@ pub struct Stats {
     /// [`INCARNATION_JUMP_MAX`] above the incarnation known, or [`LTIME_JUMP_MAX`] above the
     /// clock); see `docs/protocol.md`.
     pub implausible: u64,
+    /// Claims and user events from the wire over a local limit (tags over `tags_bytes_max`,
+    /// events over `user_event_bytes_max`), dropped on receipt; names over 128 bytes do not
+    /// even decode.
+    pub over_limit: u64,
 }
 
 /// Largest step up from the incarnation this node knows for a member (itself included) that a
@@ -556,7 +560,7 @@ impl Swim {
 
     fn on_user_event(&mut self, ev: UserEvent) {
         if ev.name.len() + ev.payload.len() > self.config.user_event_bytes_max {
-            self.stats.dropped += 1;
+            self.stats.over_limit += 1;
             return;
         }
         match self

@@ -1169,3 +1169,33 @@ fn a_forged_lamport_time_cannot_stop_later_user_events() {
         events(&out)
     );
 }
+
+#[test]
+fn a_claim_over_the_tag_limit_is_dropped_on_receipt_and_never_queued() {
+    let mut t = T::new(1, &[2]);
+    let queued = t.swim.broadcast_queue_len();
+    let mut fat = NodeInfo::new(id(7), addr(7));
+    fat.tags
+        .insert("blob".into(), "x".repeat(Config::lan().tags_bytes_max));
+    let out = t.msg(
+        2,
+        Message::Alive(Alive {
+            incarnation: Incarnation(0),
+            info: Arc::new(fat),
+        }),
+    );
+    assert!(events(&out).is_empty());
+    assert_eq!(t.state(7), None);
+    assert_eq!(t.swim.broadcast_queue_len(), queued);
+    assert_eq!(t.swim.stats().over_limit, 1);
+    // An event over the size limit likewise.
+    let big = Message::UserEvent(Box::new(UserEvent {
+        ltime: 0,
+        origin: id(2),
+        wall_ms: 0,
+        name: "e".into(),
+        payload: vec![0; Config::lan().user_event_bytes_max],
+    }));
+    assert!(events(&t.msg(2, big)).is_empty());
+    assert_eq!(t.swim.stats().over_limit, 2);
+}

@@ -8,10 +8,28 @@ use std::sync::Arc;
 /// Longest node id in bytes. Ids travel in nearly every message, so they stay short.
 pub const NODE_ID_BYTES_MAX: usize = 128;
 
-/// A member's unique name. Cheap to clone (an `Arc<str>` inside).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// A member's unique name, 1 to [`NODE_ID_BYTES_MAX`] bytes, checked when built and when
+/// decoded (a name from the wire obeys the same limit as a local one). Cheap to clone (an
+/// `Arc<str>` inside).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct NodeId(Arc<str>);
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = NodeId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a node name of 1 to {NODE_ID_BYTES_MAX} bytes")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<NodeId, E> {
+                NodeId::new(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Name)
+    }
+}
 
 impl NodeId {
     /// Builds an id, checking its length.
@@ -50,6 +68,26 @@ pub struct Incarnation(pub u64);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_decoded_id_obeys_the_same_limit() {
+        let ok = postcard::to_allocvec("n1").unwrap();
+        assert_eq!(postcard::from_bytes::<NodeId>(&ok).unwrap().as_str(), "n1");
+        for bad in [
+            String::new(),
+            "x".repeat(NODE_ID_BYTES_MAX + 1),
+            "y".repeat(10_000),
+        ] {
+            let bytes = postcard::to_allocvec(&bad).unwrap();
+            assert!(
+                postcard::from_bytes::<NodeId>(&bytes).is_err(),
+                "{}",
+                bad.len()
+            );
+        }
+        let json: NodeId = serde_json::from_str("\"a\\u0062\"").unwrap();
+        assert_eq!(json.as_str(), "ab");
+    }
 
     #[test]
     fn id_length_is_bounded() {

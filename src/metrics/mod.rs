@@ -407,6 +407,7 @@ fn transport(e: &mut DescriptorEncoder, s: &NodeStats) -> std::fmt::Result {
             ("queue_full", tr.queue_full),
             ("protocol", s.core.dropped),
             ("implausible", s.core.implausible),
+            ("over_limit", s.core.over_limit),
         ],
     )?;
     counters_by(
