@@ -671,3 +671,52 @@ async fn claims_over_the_local_limits_are_dropped_on_receipt() {
     assert!(node.members().is_empty(), "{:?}", node.members());
     still_serving(&Net::Udp, node).await;
 }
+
+/// No reflection: ping-reqs that name a third address (not a member's) make the node send
+/// nothing there. Before, each made it ping the victim, with its own (here 100-byte) name in
+/// every ping: more bytes at the victim than the attacker sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_reqs_naming_a_third_address_are_not_reflected() {
+    use distributed_core::cluster::{Message, PingReq};
+    use distributed_core::identity::NodeId;
+    use distributed_core::testing::encode_packet;
+    use distributed_core::transport::frame::{self, Security};
+    let _serial = serial().await;
+    let node = Node::start(config(&"t".repeat(100))).await.unwrap();
+    let victim = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut sent = 0;
+    for seq in 0..100 {
+        let req = Message::PingReq(Box::new(PingReq {
+            seq,
+            target: NodeId::new("v").unwrap(),
+            target_addr: victim.local_addr().unwrap(),
+            source: NodeId::new("a").unwrap(),
+            nack: true,
+        }));
+        let datagram = frame::seal(
+            &encode_packet(&[req]),
+            Security::Plain,
+            &mut rand::thread_rng(),
+        );
+        sent += attacker.send_to(&datagram, node.addr()).await.unwrap();
+    }
+    eventually(
+        "100 ping-reqs refused",
+        Duration::from_secs(5),
+        async || node.stats().await.unwrap().core.misdirected == 100,
+    )
+    .await;
+    // Anything reflected would arrive within a probe timeout; wait a few.
+    let mut got = 0;
+    let mut buf = [0u8; 2048];
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_millis(1500), victim.recv(&mut buf)).await
+    {
+        got += n;
+    }
+    let ratio = got as f64 / sent as f64;
+    println!("amplification: {got} bytes at the victim for {sent} sent: {ratio:.3}");
+    assert_eq!(got, 0, "bytes reflected to a third address");
+    node.shutdown().await;
+}

@@ -272,9 +272,19 @@ impl Swim {
         }
     }
 
-    pub(crate) fn on_ping_req(&mut self, from: SocketAddr, req: PingReq) {
+    pub(crate) fn on_ping_req(&mut self, from: SocketAddr, req: PingReq, channel: Channel) {
         if self.probe.indirect.len() >= self.config.indirect_pending_max || self.leaving {
             self.stats.dropped += 1;
+            return;
+        }
+        // No reflection: this node pings only a member it knows, at the address it knows for
+        // it, and answers only a datagram's real source (a stream's sender address is a claim).
+        let known = self
+            .members
+            .get(&req.target)
+            .is_some_and(|m| m.info.addr == req.target_addr);
+        if !known || channel != Channel::Packet {
+            self.stats.misdirected += 1;
             return;
         }
         let seq = self.next_seq();

@@ -101,6 +101,10 @@ pub struct Stats {
     /// events over `user_event_bytes_max`), dropped on receipt; names over 128 bytes do not
     /// even decode.
     pub over_limit: u64,
+    /// Ping-reqs refused because they would make this node send to an address that is not a
+    /// known member's (a target unknown, or known at another address), or because they came in
+    /// over a stream, whose sender address is only claimed.
+    pub misdirected: u64,
 }
 
 /// Largest step up from the incarnation this node knows for a member (itself included) that a
@@ -317,7 +321,7 @@ impl Swim {
         self.stats.messages_in += 1;
         match msg {
             Message::Ping(m) => self.on_ping(from, m, channel),
-            Message::PingReq(m) => self.on_ping_req(from, *m),
+            Message::PingReq(m) => self.on_ping_req(from, *m, channel),
             Message::Ack(m) => self.on_ack(m.seq),
             Message::Nack(m) => self.on_nack(m.seq),
             Message::Alive(m) => self.on_alive(m),

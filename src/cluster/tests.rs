@@ -1199,3 +1199,32 @@ fn a_claim_over_the_tag_limit_is_dropped_on_receipt_and_never_queued() {
     assert!(events(&t.msg(2, big)).is_empty());
     assert_eq!(t.swim.stats().over_limit, 2);
 }
+
+fn ping_req(target: u8, target_addr: SocketAddr, source: u8) -> Message {
+    Message::PingReq(Box::new(PingReq {
+        seq: 7,
+        target: id(target),
+        target_addr,
+        source: id(source),
+        nack: true,
+    }))
+}
+
+#[test]
+fn a_ping_req_never_sends_to_an_address_that_is_not_a_members() {
+    let mut t = T::new(1, &[2, 3]);
+    let sent_to =
+        |out: &[Output]| -> Vec<SocketAddr> { packets(out).iter().map(|p| p.0).collect() };
+    // A stranger, and a member named at someone else's address: nothing is sent.
+    assert!(sent_to(&t.msg(3, ping_req(9, addr(9), 3))).is_empty());
+    assert!(sent_to(&t.msg(3, ping_req(2, addr(9), 3))).is_empty());
+    // Over a stream the sender address is only a claim: refused too.
+    let out = t.input(Input::Stream {
+        from: addr(9),
+        msg: ping_req(2, addr(2), 3),
+    });
+    assert!(sent_to(&out).is_empty());
+    assert_eq!(t.swim.stats().misdirected, 3);
+    // The honest case: the member, at its address.
+    assert_eq!(sent_to(&t.msg(3, ping_req(2, addr(2), 3))), vec![addr(2)]);
+}

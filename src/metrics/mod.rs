@@ -408,6 +408,7 @@ fn transport(e: &mut DescriptorEncoder, s: &NodeStats) -> std::fmt::Result {
             ("protocol", s.core.dropped),
             ("implausible", s.core.implausible),
             ("over_limit", s.core.over_limit),
+            ("misdirected", s.core.misdirected),
         ],
     )?;
     counters_by(
