@@ -183,12 +183,16 @@ pub fn members(
     );
     for row in members {
         let m = &row.member;
-        let tags: Vec<String> = m.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let tags: Vec<String> = m
+            .tags
+            .iter()
+            .map(|(k, v)| format!("{}={}", shown(k), shown(v)))
+            .collect();
         let phi = row.phi.map_or("-".to_string(), |p| format!("{p:.2}"));
         let rtt = row.rtt_ms.map_or("-".to_string(), |r| format!("{r:.2}ms"));
         println!(
             "{:<24} {:<22} {:<8} {:>11} {:>8} {:>9}  {}",
-            m.name,
+            shown(&m.name),
             m.addr,
             m.state,
             m.incarnation,
@@ -233,6 +237,20 @@ pub fn event(t: &Target, name: String, payload: Option<String>) -> anyhow::Resul
     Ok(0)
 }
 
+/// `text` as it may be printed on a terminal: names, tags and payloads come from the network,
+/// so control characters (escape sequences among them) are shown escaped, never sent.
+fn shown(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// `dcore monitor`: prints events as they come, until interrupted.
 pub fn monitor(t: &Target, json_out: bool) -> anyhow::Result<i32> {
     let resp = Client::new(t)?.send(reqwest::Method::GET, "/v1/events/stream", None)?;
@@ -255,8 +273,8 @@ pub fn monitor(t: &Target, json_out: bool) -> anyhow::Result<i32> {
             ),
             _ if v["member"].is_object() => println!(
                 "{ty}: {} {} (incarnation {})",
-                v["member"]["name"].as_str().unwrap_or("?"),
-                v["member"]["addr"].as_str().unwrap_or("?"),
+                shown(v["member"]["name"].as_str().unwrap_or("?")),
+                shown(v["member"]["addr"].as_str().unwrap_or("?")),
                 v["member"]["incarnation"]
             ),
             _ => println!("{data}"),
@@ -347,7 +365,7 @@ pub fn info(t: &Target, json_out: bool) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let n = &m["node"];
-    println!("name:        {}", me["name"].as_str().unwrap_or("?"));
+    println!("name:        {}", shown(me["name"].as_str().unwrap_or("?")));
     println!("address:     {}", me["addr"].as_str().unwrap_or("?"));
     println!(
         "state:       {} (incarnation {})",
@@ -372,4 +390,19 @@ pub fn keygen() -> anyhow::Result<i32> {
     let key = distributed_core::identity::Key::generate(&mut rand::rngs::OsRng);
     println!("{}", key.to_base64());
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_from_the_network_cannot_drive_the_terminal() {
+        assert_eq!(shown("n1-eu"), "n1-eu");
+        assert_eq!(shown("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(shown("x\u{9b}y\n"), "x\\u{9b}y\\u{a}");
+        assert!(!shown("\u{7}\u{1b}]0;pwned\u{7}")
+            .chars()
+            .any(char::is_control));
+    }
 }
