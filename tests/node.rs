@@ -9,7 +9,10 @@ use distributed_core::cluster::{Config, MemberState};
 use distributed_core::identity::{Key, KEY_BYTES};
 use distributed_core::node::{Node, NodeConfig};
 use distributed_core::transport::crypto::Keyring;
-use harness::{alive_count, array, eventually, no_task_left, serial, state_of, Net};
+use harness::{
+    alive_count, array, eventually, no_task_left, plain_datagram, plain_frame, serial, state_of,
+    Net,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -557,8 +560,6 @@ async fn each_member_carries_a_live_phi_and_rtt(net: Net) {
 async fn a_suspect_at_u64_max_about_a_live_node_cannot_kill_it() {
     use distributed_core::cluster::{Message, Suspect};
     use distributed_core::identity::{Incarnation, NodeId};
-    use distributed_core::testing::encode_packet;
-    use distributed_core::transport::frame::{self, Security};
     let _serial = serial().await;
     let nodes = Net::Udp.cluster(named(4), Duration::from_secs(10)).await;
     let forged = Message::Suspect(Suspect {
@@ -566,11 +567,7 @@ async fn a_suspect_at_u64_max_about_a_live_node_cannot_kill_it() {
         node: NodeId::new("n1").unwrap(),
         from: NodeId::new("attacker").unwrap(),
     });
-    let datagram = frame::seal(
-        &encode_packet(&[forged]),
-        Security::Plain,
-        &mut rand::thread_rng(),
-    );
+    let datagram = plain_datagram(&[forged]);
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     for n in &nodes {
         sock.send_to(&datagram, n.addr()).await.unwrap();
@@ -614,14 +611,13 @@ async fn claims_over_the_local_limits_are_dropped_on_receipt() {
     use distributed_core::cluster::{Alive, Message};
     use distributed_core::identity::{Incarnation, NodeId, NodeInfo};
     use distributed_core::testing::encode_packet;
-    use distributed_core::transport::frame::{self, Security};
     let _serial = serial().await;
     let node = Node::start(config("target")).await.unwrap();
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let send = async |msg: Message| {
-        let body = encode_packet(&[msg]);
-        let datagram = frame::seal(&body, Security::Plain, &mut rand::thread_rng());
-        sock.send_to(&datagram, node.addr()).await.unwrap();
+        sock.send_to(&plain_datagram(&[msg]), node.addr())
+            .await
+            .unwrap();
     };
     let mut fat = NodeInfo::new(
         NodeId::new("fat").unwrap(),
@@ -657,8 +653,9 @@ async fn claims_over_the_local_limits_are_dropped_on_receipt() {
         (len >> 7) as u8,
     ];
     body.extend_from_slice(&item);
-    let datagram = frame::seal(&body, Security::Plain, &mut rand::thread_rng());
-    sock.send_to(&datagram, node.addr()).await.unwrap();
+    sock.send_to(&plain_frame(&body), node.addr())
+        .await
+        .unwrap();
     eventually(
         "both refused and counted",
         Duration::from_secs(5),
@@ -679,8 +676,6 @@ async fn claims_over_the_local_limits_are_dropped_on_receipt() {
 async fn ping_reqs_naming_a_third_address_are_not_reflected() {
     use distributed_core::cluster::{Message, PingReq};
     use distributed_core::identity::NodeId;
-    use distributed_core::testing::encode_packet;
-    use distributed_core::transport::frame::{self, Security};
     let _serial = serial().await;
     let node = Node::start(config(&"t".repeat(100))).await.unwrap();
     let victim = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -694,12 +689,10 @@ async fn ping_reqs_naming_a_third_address_are_not_reflected() {
             source: NodeId::new("a").unwrap(),
             nack: true,
         }));
-        let datagram = frame::seal(
-            &encode_packet(&[req]),
-            Security::Plain,
-            &mut rand::thread_rng(),
-        );
-        sent += attacker.send_to(&datagram, node.addr()).await.unwrap();
+        sent += attacker
+            .send_to(&plain_datagram(&[req]), node.addr())
+            .await
+            .unwrap();
     }
     eventually(
         "100 ping-reqs refused",

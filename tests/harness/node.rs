@@ -3,11 +3,24 @@
 
 use super::wait::eventually;
 use distributed_core::agent::Agent;
-use distributed_core::cluster::MemberState;
+use distributed_core::cluster::{MemberState, Message};
 use distributed_core::node::{Node, NodeConfig};
+use distributed_core::testing::encode_packet;
+use distributed_core::transport::frame::{self, Security};
 use distributed_core::transport::mem::MemNetwork;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+/// A plain frame (no encryption) around a packet `body`, as anyone on the network can send
+/// one (docs/protocol.md).
+pub fn plain_frame(body: &[u8]) -> Vec<u8> {
+    frame::seal(body, Security::Plain, &mut rand::thread_rng())
+}
+
+/// A plain datagram carrying `msgs`, however extreme their values.
+pub fn plain_datagram(msgs: &[Message]) -> Vec<u8> {
+    plain_frame(&encode_packet(msgs))
+}
 
 /// Members `node` sees alive (itself not counted).
 pub fn alive_count(node: &Node) -> usize {
