@@ -222,6 +222,13 @@ impl Tracker {
         chan: Chan,
     ) -> Option<Heard> {
         self.expire(now);
+        // Only the address pinged, or a helper asked to ping it, may answer: an ack with a
+        // guessed seq from anywhere else neither counts nor spends the pending ping. (The
+        // pinged address is the member's advertised one, which its replies come from.)
+        let p = self.pending.get(&seq)?;
+        if from != p.to && !p.helpers.contains(&from) {
+            return None;
+        }
         let p = self.pending.remove(&seq)?;
         let sent = match chan {
             _ if p.helpers.contains(&from) => None,
@@ -532,6 +539,9 @@ mod tests {
         let mut t = tracker();
         assert_eq!(t.take_ack(ms(0), 1, addr(2), Chan::Udp), None);
         t.ping_sent(ms(0), 1, &id("b"), addr(2), Chan::Udp);
+        // A forged ack from a third address, with the right seq: nothing, and the real one
+        // still counts.
+        assert_eq!(t.take_ack(ms(1), 1, addr(9), Chan::Udp), None);
         assert!(t.take_ack(ms(1), 1, addr(2), Chan::Udp).is_some());
         assert_eq!(t.take_ack(ms(2), 1, addr(2), Chan::Udp), None);
         t.ping_sent(ms(0), 2, &id("b"), addr(2), Chan::Udp);
