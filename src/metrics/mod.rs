@@ -409,6 +409,10 @@ fn transport(e: &mut DescriptorEncoder, s: &NodeStats) -> std::fmt::Result {
             ("implausible", s.core.implausible),
             ("over_limit", s.core.over_limit),
             ("misdirected", s.core.misdirected),
+            ("not_allowed", s.core.not_allowed),
+            ("table_full", s.core.table_full),
+            ("admission", s.core.admission),
+            ("conflict", s.core.conflicts),
         ],
     )?;
     counters_by(
