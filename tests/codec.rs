@@ -306,7 +306,10 @@ fn golden_sealed_frame_layout() {
     assert_eq!(f.len(), 4 + 1 + 24 + 8 + 2 + 16);
     assert_eq!(f.len(), 4 + frame::ENCRYPTION_OVERHEAD_BYTES + 2);
     assert_eq!(frame::ENCRYPTION_OVERHEAD_BYTES, 49);
-    assert_eq!(f[..5], [b'D', b'C', 1, 1, Key::from_bytes([9; KEY_BYTES]).id()]);
+    assert_eq!(
+        f[..5],
+        [b'D', b'C', 1, 1, Key::from_bytes([9; KEY_BYTES]).id()]
+    );
     // The plaintext is the stamp then the packet: decrypt with the keyring alone (the
     // associated data is the header and the label).
     let plain = ring.open(&[&f[..4], b"prod"].concat(), &f[4..]).unwrap();

@@ -820,7 +820,9 @@ async fn captured_sealed_frames_replayed_are_refused_then_stale() {
         }
         let mut tcp = tokio::net::TcpStream::connect(b.addr()).await.unwrap();
         for r in &records {
-            tcp.write_all(&(r.len() as u32).to_be_bytes()).await.unwrap();
+            tcp.write_all(&(r.len() as u32).to_be_bytes())
+                .await
+                .unwrap();
             tcp.write_all(r).await.unwrap();
         }
         tcp.flush().await.unwrap();

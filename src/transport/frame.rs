@@ -206,11 +206,17 @@ pub fn open<'f>(frame: &'f [u8], security: Security<'_>) -> Result<Opened<'f>, O
 }
 
 /// A plain body: its label tag checked against `label` and stripped.
-fn open_plain<'f>(flags: Flags, body: &'f [u8], label: &[u8]) -> Result<Opened<'f>, OpenFrameError> {
+fn open_plain<'f>(
+    flags: Flags,
+    body: &'f [u8],
+    label: &[u8],
+) -> Result<Opened<'f>, OpenFrameError> {
     let body = match (flags.contains(Flags::LABELLED), label.is_empty()) {
         (false, true) => body,
         (true, false) => {
-            let tag = body.get(..LABEL_TAG_BYTES).ok_or(DecodeFrameError::Truncated)?;
+            let tag = body
+                .get(..LABEL_TAG_BYTES)
+                .ok_or(DecodeFrameError::Truncated)?;
             if tag != label_tag(label) {
                 return Err(OpenFrameError::Label);
             }
@@ -355,7 +361,8 @@ impl FrameSealer {
 
     /// [`FrameSealer::open`] with the clock at `now_ms`.
     pub fn open_at(&self, bytes: &[u8], now_ms: u64) -> Result<Vec<u8>, OpenFrameError> {
-        let (body, stamp) = self.with(|s| open(bytes, s).map(|o| (o.body.into_owned(), o.stamp)))?;
+        let (body, stamp) =
+            self.with(|s| open(bytes, s).map(|o| (o.body.into_owned(), o.stamp)))?;
         if let Some(stamp) = stamp {
             let mut window = self.replay.lock().expect("replay window lock");
             window.admit(now_ms, stamp.sent_ms, &stamp.nonce)?;
@@ -441,7 +448,10 @@ mod tests {
         assert_eq!(frame[4..12], label_tag(b"prod"));
         assert_eq!(&frame[12..], b"body");
         // SHA-256 of the empty string starts e3b0c442 98fc1c14.
-        assert_eq!(label_tag(b""), [0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14]);
+        assert_eq!(
+            label_tag(b""),
+            [0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14]
+        );
         assert_eq!(&*open(&frame, prod).unwrap().body, b"body");
         let staging = Security::Plain { label: b"staging" };
         assert_eq!(open(&frame, staging), Err(OpenFrameError::Label));

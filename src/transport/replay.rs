@@ -166,8 +166,14 @@ mod tests {
         // The edges of the tolerance, both ways.
         assert_eq!(w.admit(NOW, NOW - 60_000, &nonce(3)), Ok(()));
         assert_eq!(w.admit(NOW, NOW + 60_000, &nonce(4)), Ok(()));
-        assert_eq!(w.admit(NOW, NOW - 60_001, &nonce(5)), stale(NOW - 60_001, NOW));
-        assert_eq!(w.admit(NOW, NOW + 60_001, &nonce(6)), stale(NOW + 60_001, NOW));
+        assert_eq!(
+            w.admit(NOW, NOW - 60_001, &nonce(5)),
+            stale(NOW - 60_001, NOW)
+        );
+        assert_eq!(
+            w.admit(NOW, NOW + 60_001, &nonce(6)),
+            stale(NOW + 60_001, NOW)
+        );
         // Once the clock has moved on, the first frame is forgotten, and stale.
         let later = NOW + 60_001;
         assert_eq!(w.admit(later, NOW, &nonce(1)), stale(NOW, later));
