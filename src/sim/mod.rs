@@ -334,7 +334,7 @@ impl<'a> Sim<'a> {
         }
         let mut attackers = Vec::with_capacity(s.hostile.count);
         // Hostile nodes draw from their own RNG: the honest draws stay exactly as without them.
-        let mut hr = ChaCha8Rng::seed_from_u64(s.seed ^ 0x686f_7374_696c_65);
+        let mut hr = ChaCha8Rng::seed_from_u64(s.seed ^ 0x0068_6f73_7469_6c65);
         for i in s.nodes..s.nodes + s.hostile.count {
             let id = NodeId::new(&format!("n{i}")).expect("short id");
             let swim = Swim::new(

@@ -36,9 +36,12 @@ pub fn faulty_fs() -> (Arc<FaultPlan>, Arc<dyn Fs>) {
     (plan, fs)
 }
 
-/// Every directory (`dir` included) and file under `dir` with its permission bits
-/// (`mode & 0o777`), directories first in walk order.
-pub fn modes_under(dir: &Path) -> (Vec<(PathBuf, u32)>, Vec<(PathBuf, u32)>) {
+/// Paths with their permission bits (`mode & 0o777`).
+pub type Modes = Vec<(PathBuf, u32)>;
+
+/// Every directory (`dir` included) and every file under `dir` with its permission bits, in
+/// walk order.
+pub fn modes_under(dir: &Path) -> (Modes, Modes) {
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let (mut dirs, mut files) = (vec![(dir.to_path_buf(), mode(dir))], Vec::new());
