@@ -301,3 +301,42 @@ async fn watch_ready(shared: Arc<Shared>, mut events: tokio::sync::broadcast::Re
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(bind: &str, advertise: Option<&str>, key: bool) -> AgentConfig {
+        let mut c = AgentConfig::default();
+        c.node.bind = bind.parse().unwrap();
+        c.node.advertise = advertise.map(|a| a.parse().unwrap());
+        c.encrypt_key_file = key.then(|| "/etc/dcore/keys".into());
+        c
+    }
+
+    #[test]
+    fn plain_gossip_beyond_loopback_is_a_risk_named_with_its_fix() {
+        let warned = [
+            ("0.0.0.0:7946", None, "0.0.0.0:7946"),
+            ("[::]:7946", None, "[::]:7946"),
+            ("10.0.0.1:7946", None, "10.0.0.1:7946"),
+            ("127.0.0.1:7946", Some("10.0.0.1:7946"), "10.0.0.1:7946"),
+            ("0.0.0.0:7946", Some("127.0.0.1:7946"), "0.0.0.0:7946"),
+        ];
+        for (bind, advertise, named) in warned {
+            let risk = plain_gossip_risk(&config(bind, advertise, false))
+                .unwrap_or_else(|| panic!("{bind} {advertise:?}: a warning"));
+            assert!(risk.contains(named), "{risk}");
+            assert!(risk.contains("encryption is off"), "{risk}");
+            assert!(risk.contains("--encrypt-key-file"), "{risk}");
+            assert_eq!(plain_gossip_risk(&config(bind, advertise, true)), None);
+        }
+        for (bind, advertise) in [
+            ("127.0.0.1:7946", None),
+            ("127.0.0.5:0", Some("127.0.0.5:7946")),
+            ("[::1]:7946", None),
+        ] {
+            assert_eq!(plain_gossip_risk(&config(bind, advertise, false)), None);
+        }
+    }
+}
