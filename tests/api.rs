@@ -861,7 +861,7 @@ async fn a_state_change_needs_json_or_the_custom_header() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_request_head_is_cut_at_the_header_timeout() {
+async fn a_slow_request_head_or_body_is_cut_at_the_header_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let timeout = Duration::from_secs(1);
     let a = start_agent(AgentConfig {
@@ -887,9 +887,24 @@ async fn a_slow_request_head_is_cut_at_the_header_timeout() {
         let got = String::from_utf8_lossy(&got);
         assert!(!got.contains("200 OK"), "never answered: {got:?}");
     }
+    // The same with the body: a full head, then 10 of the 100 bytes it announced.
+    let slow_body = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n{{\"name\": \"",
+        a.http_addr()
+    );
+    let mut conn = tokio::net::TcpStream::connect(a.http_addr()).await.unwrap();
+    conn.write_all(slow_body.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(5 * timeout, conn.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "a slow body is cut");
+    let got = String::from_utf8_lossy(&got);
+    assert_eq!(parsed(&got).0, 408, "{got}");
+    assert_eq!(parsed(&got).1["code"], "body_timeout", "{got}");
     let api = Api::of(&a);
     assert_eq!(api.get("/v1/self").await.0, StatusCode::OK, "still serving");
     assert_eq!(rejected(&api, "admin_header_timeout").await, 2);
+    assert_eq!(rejected(&api, "admin_body_timeout").await, 1);
     a.shutdown().await;
 }
 

@@ -37,7 +37,8 @@ pub struct AgentConfig {
     /// proxy forwards. Other names are refused (a DNS-rebinding defence). Default none.
     pub http_allowed_hosts: Vec<String>,
     /// A connection that has not sent a complete request head within this is closed (an idle
-    /// keep-alive connection too). Default 10 s; 100 ms to 5 min.
+    /// keep-alive connection too); a state change's body must arrive within it too, once its
+    /// head has (408 otherwise). Default 10 s; 100 ms to 5 min.
     #[serde(with = "humantime_serde")]
     pub http_header_timeout: std::time::Duration,
     /// Admin connections open at once; more are closed as soon as they are accepted. Default

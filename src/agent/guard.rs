@@ -35,6 +35,8 @@ pub(crate) enum Refusal {
     Token,
     /// No complete request head within `http_header_timeout`.
     HeaderTimeout,
+    /// A state change's body not in full within `http_header_timeout` after its head.
+    BodyTimeout,
     /// `http_connections_max` connections were open already.
     Connections,
     /// `http_event_streams_max` event streams were open already.
@@ -42,12 +44,13 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
-    const ALL: [Refusal; 7] = [
+    const ALL: [Refusal; 8] = [
         Refusal::Host,
         Refusal::Origin,
         Refusal::ContentType,
         Refusal::Token,
         Refusal::HeaderTimeout,
+        Refusal::BodyTimeout,
         Refusal::Connections,
         Refusal::EventStreams,
     ];
@@ -60,6 +63,7 @@ impl Refusal {
             Refusal::ContentType => "admin_content_type",
             Refusal::Token => "admin_token",
             Refusal::HeaderTimeout => "admin_header_timeout",
+            Refusal::BodyTimeout => "admin_body_timeout",
             Refusal::Connections => "admin_connections",
             Refusal::EventStreams => "admin_event_streams",
         }
@@ -136,15 +140,18 @@ pub(crate) struct Guard {
     port: u16,
     /// `http_allowed_hosts`, parsed.
     names: Vec<HostPort>,
+    /// How long a state change's body may take to arrive, once its head has.
+    pub(crate) body_timeout: std::time::Duration,
     pub(crate) refusals: Refusals,
 }
 
 impl Guard {
     /// `allowed` must hold valid entries (the config checked them).
-    pub(crate) fn new(port: u16, allowed: &[String]) -> Guard {
+    pub(crate) fn new(port: u16, allowed: &[String], body_timeout: std::time::Duration) -> Guard {
         Guard {
             port,
             names: allowed.iter().filter_map(|h| HostPort::parse(h)).collect(),
+            body_timeout,
             refusals: Refusals::default(),
         }
     }
@@ -236,7 +243,8 @@ mod tests {
 
     #[test]
     fn ip_literals_and_localhost_at_our_port_and_configured_names_are_allowed() {
-        let g = Guard::new(7947, &["dcore.internal".into(), "proxy:8443".into()]);
+        let allowed = ["dcore.internal".into(), "proxy:8443".into()];
+        let g = Guard::new(7947, &allowed, std::time::Duration::from_secs(1));
         for ok in [
             "127.0.0.1:7947",
             "localhost:7947",

@@ -208,7 +208,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/v1/chaos",
             get(chaos_get).put(chaos_put).delete(chaos_clear),
         )
-        .route_layer(middleware::from_fn_with_state(shared.clone(), marked))
+        .route_layer(middleware::from_fn_with_state(shared.clone(), state_change))
         .route_layer(middleware::from_fn_with_state(shared.clone(), auth));
     Router::new()
         .route("/health", get(health))
@@ -259,8 +259,14 @@ async fn same_site(State(s): App, req: Request, next: Next) -> Response {
 }
 
 /// Refuses a state change (any method but GET and HEAD) that a cross-site page could have sent:
-/// without `Content-Type: application/json` or `X-Dcore-Request`, it gets 415.
-async fn marked(State(s): App, req: Request, next: Next) -> Response {
+/// without `Content-Type: application/json` or `X-Dcore-Request`, it gets 415. Then reads its
+/// body, which must arrive in full within the header timeout (408 otherwise: a slow body would
+/// hold the connection as a slow head would) and fit [`BODY_BYTES_MAX`] (413).
+async fn state_change(State(s): App, req: Request, next: Next) -> Response {
+    use axum::http::Method;
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        return next.run(req).await;
+    }
     if !guard::marked_as_program(req.method(), req.headers()) {
         s.guard.refusals.count(Refusal::ContentType);
         return ApiError::new(
@@ -274,7 +280,27 @@ async fn marked(State(s): App, req: Request, next: Next) -> Response {
         )
         .into_response();
     }
-    next.run(req).await
+    let (parts, body) = req.into_parts();
+    let read = axum::body::to_bytes(body, BODY_BYTES_MAX);
+    let body = match tokio::time::timeout(s.guard.body_timeout, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            let message = format!("the body is over {BODY_BYTES_MAX} bytes, or broken: {e}");
+            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
+                .into_response();
+        }
+        Err(_) => {
+            s.guard.refusals.count(Refusal::BodyTimeout);
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the body did not arrive within {:?}", s.guard.body_timeout),
+            )
+            .into_response();
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(body)))
+        .await
 }
 
 async fn auth(State(s): App, headers: HeaderMap, req: Request, next: Next) -> Response {

@@ -158,7 +158,11 @@ impl Agent {
             leave_timeout: config.leave_timeout,
             stop_requested: watch::channel(false).0,
             closing: watch::channel(false).0,
-            guard: guard::Guard::new(http_addr.port(), &config.http_allowed_hosts),
+            guard: guard::Guard::new(
+                http_addr.port(),
+                &config.http_allowed_hosts,
+                config.http_header_timeout,
+            ),
             event_streams: Arc::new(tokio::sync::Semaphore::new(config.http_event_streams_max)),
         });
         let limits = http::Limits {
