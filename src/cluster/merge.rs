@@ -109,12 +109,13 @@ impl Swim {
         self.trust_jumps || self.plausible(self.incarnation(), claimed)
     }
 
-    /// Whether a member may move to another address: once it left, or once it has been failed
-    /// for `dead_reclaim_time`; never while alive or suspect (memberlist's rule).
+    /// Whether a member may move to another address: once it has been failed or gone (left)
+    /// for `dead_reclaim_time`; never while alive or suspect. memberlist lets a member that left
+    /// move at once, but a leave can be forged as easily as a claim, and a forged leave followed
+    /// by a forged alive elsewhere would move a live member.
     fn may_move(&self, m: &Member) -> bool {
         match m.state {
-            MemberState::Left => true,
-            MemberState::Dead => {
+            MemberState::Left | MemberState::Dead => {
                 self.now.mono.saturating_since(m.state_since) >= self.config.dead_reclaim_time
             }
             MemberState::Alive | MemberState::Suspect => false,
@@ -297,7 +298,7 @@ impl Swim {
         // shortened it rests on one member's word: before believing it, probe the suspect once
         // more, with the suspicion attached. A live suspect refutes (or answers with the newer
         // incarnation we missed); a dead one stays silent and is declared one period later.
-        if self.config.lifeguard && susp.confirmations() < susp.k && !susp.last_chance {
+        if self.config.lifeguard && !susp.last_chance {
             susp.last_chance = true;
             self.generation += 1;
             susp.generation = self.generation;
@@ -345,9 +346,10 @@ impl Swim {
         };
         let ripe = m.state == MemberState::Suspect
             && m.incarnation == d.incarnation
-            && self.suspicions.get(&d.node).is_some_and(|s| {
-                self.now.mono.saturating_since(s.start) >= s.min
-            });
+            && self
+                .suspicions
+                .get(&d.node)
+                .is_some_and(|s| self.now.mono.saturating_since(s.start) >= s.min);
         if ripe {
             self.on_dead(d);
         } else {
