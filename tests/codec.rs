@@ -267,12 +267,84 @@ proptest! {
         let ring = ring();
         let _ = frame::open(&junk, sealed(&ring));
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let f = frame::seal(&body, sealed(&ring), &mut rng);
-        prop_assert_eq!(&*frame::open(&f, sealed(&ring)).unwrap(), &body[..]);
+        let f = frame::seal(&body, sealed(&ring), seed, &mut rng);
+        let opened = frame::open(&f, sealed(&ring)).unwrap();
+        prop_assert_eq!(&*opened.body, &body[..]);
+        prop_assert_eq!(opened.stamp.unwrap().sent_ms, seed);
         let mut flipped = f.clone();
         flipped[pos % f.len()] ^= xor;
         prop_assert!(frame::open(&flipped, sealed(&ring)).is_err());
         let cut = cut % f.len();
         prop_assert!(frame::open(&f[..cut], sealed(&ring)).is_err());
     }
+}
+
+#[test]
+fn golden_plain_frames_with_and_without_a_label() {
+    let mut rng = rand::thread_rng();
+    // No label: the frame is the header and the packet, as before labels were checked.
+    let f = frame::seal(&[1, 0], Security::PLAIN, 0, &mut rng);
+    assert_eq!(f, [b'D', b'C', 1, 0, 1, 0]);
+    // Label "prod": flag bit 1, then the first 8 bytes of SHA-256("prod").
+    let f = frame::seal(&[1, 0], Security::Plain { label: b"prod" }, 0, &mut rng);
+    let want: &[u8] = &[
+        b'D', b'C', 1, 2, // header, flags = labelled
+        0x67, 0x54, 0xaf, 0x96, 0x32, 0xa2, 0x74, 0x5e, // label tag
+        1, 0, // packet: version 1, no messages
+    ];
+    assert_eq!(f, want);
+    assert_eq!(frame::label_tag(b"prod"), want[4..12]);
+}
+
+#[test]
+fn golden_sealed_frame_layout() {
+    let ring = ring();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let sent_ms = 1_700_000_000_123;
+    let f = frame::seal(&[1, 0], sealed(&ring), sent_ms, &mut rng);
+    // header, key id, 24-byte nonce, ciphertext of [sent_ms: u64 BE][packet], 16-byte tag.
+    assert_eq!(f.len(), 4 + 1 + 24 + 8 + 2 + 16);
+    assert_eq!(f.len(), 4 + frame::ENCRYPTION_OVERHEAD_BYTES + 2);
+    assert_eq!(frame::ENCRYPTION_OVERHEAD_BYTES, 49);
+    assert_eq!(
+        f[..5],
+        [b'D', b'C', 1, 1, Key::from_bytes([9; KEY_BYTES]).id()]
+    );
+    // The plaintext is the stamp then the packet: decrypt with the keyring alone (the
+    // associated data is the header and the label).
+    let plain = ring.open(&[&f[..4], b"prod"].concat(), &f[4..]).unwrap();
+    assert_eq!(plain[..8], sent_ms.to_be_bytes());
+    assert_eq!(plain[8..], [1, 0]);
+    let opened = frame::open(&f, sealed(&ring)).unwrap();
+    assert_eq!(opened.stamp.unwrap().nonce[..], f[5..29]);
+}
+
+#[test]
+fn a_sealed_frame_opens_once_and_only_while_fresh() {
+    use distributed_core::transport::frame::{FrameSealer, OpenFrameError};
+    use distributed_core::transport::replay::{ReplayError, ReplayWindow};
+    let sealer = || {
+        FrameSealer::new(Some(ring()), "prod".into())
+            .with_replay_window(ReplayWindow::new(std::time::Duration::from_secs(60), 1024))
+    };
+    let (a, b) = (sealer(), sealer());
+    let now = 1_700_000_000_000;
+    let f = a.seal_at(&[1, 0], now);
+    assert_eq!(b.open_at(&f, now + 1).unwrap(), [1, 0]);
+    assert_eq!(
+        b.open_at(&f, now + 2),
+        Err(OpenFrameError::Replay(ReplayError::Replayed))
+    );
+    assert_eq!(
+        b.open_at(&f, now + 60_001),
+        Err(OpenFrameError::Replay(ReplayError::Stale {
+            sent_ms: now,
+            now_ms: now + 60_001
+        }))
+    );
+    let ahead = a.seal_at(&[1, 0], now + 60_001);
+    assert!(matches!(
+        b.open_at(&ahead, now),
+        Err(OpenFrameError::Replay(ReplayError::Stale { .. }))
+    ));
 }

@@ -713,3 +713,203 @@ async fn ping_reqs_naming_a_third_address_are_not_reflected() {
     assert_eq!(got, 0, "bytes reflected to a third address");
     node.shutdown().await;
 }
+
+/// A transport that keeps a copy of every datagram and stream record it sends (at most
+/// `TAP_MAX` of each), as an eavesdropper on the network would.
+struct Tap<T> {
+    inner: T,
+    seen: Arc<std::sync::Mutex<Tapped>>,
+}
+
+#[derive(Default)]
+struct Tapped {
+    datagrams: Vec<(std::net::SocketAddr, Vec<u8>)>,
+    records: Vec<(std::net::SocketAddr, Vec<u8>)>,
+}
+
+const TAP_MAX: usize = 10_000;
+
+impl<T: distributed_core::transport::Transport> distributed_core::transport::Transport for Tap<T> {
+    fn local_addr(&self) -> std::net::SocketAddr {
+        self.inner.local_addr()
+    }
+    fn recv(
+        &mut self,
+    ) -> impl std::future::Future<Output = Option<distributed_core::transport::Incoming>> + Send
+    {
+        self.inner.recv()
+    }
+    fn send_packet(
+        &mut self,
+        to: std::net::SocketAddr,
+        bytes: &[u8],
+    ) -> impl std::future::Future<Output = ()> + Send {
+        let mut seen = self.seen.lock().unwrap();
+        if seen.datagrams.len() < TAP_MAX {
+            seen.datagrams.push((to, bytes.to_vec()));
+        }
+        self.inner.send_packet(to, bytes)
+    }
+    fn send_stream(&mut self, to: std::net::SocketAddr, record: Vec<u8>) {
+        let mut seen = self.seen.lock().unwrap();
+        if seen.records.len() < TAP_MAX {
+            seen.records.push((to, record.clone()));
+        }
+        self.inner.send_stream(to, record)
+    }
+    fn counters(&self) -> Arc<distributed_core::transport::TransportCounters> {
+        self.inner.counters()
+    }
+    fn close(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        self.inner.close()
+    }
+}
+
+/// Replay: datagrams and a stream record captured between two encrypted nodes and sent again
+/// by a third party are refused, as `replayed` while the receiver remembers them and as
+/// `stale` once they are older than `clock_skew_max` (2 s here). Without the replay window
+/// every one of them was opened and handed to the protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_sealed_frames_replayed_are_refused_then_stale() {
+    use distributed_core::transport::net::NetTransport;
+    use tokio::io::AsyncWriteExt;
+    let _serial = serial().await;
+    let key = Key::from_bytes([5; KEY_BYTES]);
+    let encrypted = |name: &str| {
+        let mut c = config(name);
+        c.keyring = Some(Keyring::new(key.clone()));
+        c.label = "prod".into();
+        c.transport.clock_skew_max = Duration::from_secs(2);
+        c
+    };
+    let seen = Arc::new(std::sync::Mutex::new(Tapped::default()));
+    let ca = encrypted("a");
+    let tap = Tap {
+        inner: NetTransport::bind(ca.bind, ca.transport.clone())
+            .await
+            .unwrap(),
+        seen: seen.clone(),
+    };
+    let a = Node::start_on(ca, tap).await.unwrap();
+    let b = Node::start(encrypted("b")).await.unwrap();
+    a.join(vec![b.addr()]).await.unwrap();
+    let both = [a, b];
+    harness::converged(&both, Duration::from_secs(10)).await;
+    let [a, b] = both;
+
+    // Capture what a sends b for a while: datagrams, and the record of a fresh join.
+    *seen.lock().unwrap() = Tapped::default();
+    a.join(vec![b.addr()]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (datagrams, records): (Vec<Vec<u8>>, Vec<Vec<u8>>) = {
+        let s = seen.lock().unwrap();
+        let to_b = |v: &Vec<(std::net::SocketAddr, Vec<u8>)>| {
+            v.iter()
+                .filter(|(to, _)| *to == b.addr())
+                .map(|(_, f)| f.clone())
+                .collect()
+        };
+        (to_b(&s.datagrams), to_b(&s.records))
+    };
+    assert!(!datagrams.is_empty() && !records.is_empty(), "captured");
+    let n = (datagrams.len() + records.len()) as u64;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let replay = async || {
+        for d in &datagrams {
+            sock.send_to(d, b.addr()).await.unwrap();
+        }
+        let mut tcp = tokio::net::TcpStream::connect(b.addr()).await.unwrap();
+        for r in &records {
+            tcp.write_all(&(r.len() as u32).to_be_bytes())
+                .await
+                .unwrap();
+            tcp.write_all(r).await.unwrap();
+        }
+        tcp.flush().await.unwrap();
+    };
+
+    replay().await;
+    eventually(
+        "every replay refused as replayed",
+        Duration::from_secs(5),
+        async || b.stats().await.unwrap().traffic.rejected_replayed == n,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    replay().await;
+    eventually(
+        "every late replay refused as stale",
+        Duration::from_secs(5),
+        async || b.stats().await.unwrap().traffic.rejected_stale == n,
+    )
+    .await;
+    let t = b.stats().await.unwrap().traffic;
+    println!(
+        "replayed {n} captured frames twice: {} refused as replayed, {} as stale",
+        t.rejected_replayed, t.rejected_stale
+    );
+    assert_eq!((t.rejected_replayed, t.rejected_key), (n, 0), "{t:?}");
+    assert_eq!(state_of(&b, "a"), Some(MemberState::Alive));
+    use distributed_core::metrics::{render, Format, Snapshot};
+    let snap = Snapshot {
+        node: b.stats().await.unwrap(),
+        member_health: Default::default(),
+        chaos_faults: Default::default(),
+        wal: None,
+    };
+    let metrics = render(&snap, Format::Text);
+    assert!(
+        metrics.contains(&format!("dcore_rejected_total{{reason=\"replayed\"}} {n}")),
+        "{metrics}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// The cluster label on plain frames: a plain node labelled `green`, and one with no label,
+/// joining a plain `blue` cluster are refused and counted (`label`); a second `blue` node
+/// joins as usual. Without the check the three clusters merged into one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_clusters_with_different_labels_never_merge() {
+    let _serial = serial().await;
+    let labelled = |name: &str, label: &str| {
+        let mut c = config(name);
+        c.label = label.into();
+        c
+    };
+    let blue = Node::start(labelled("blue", "blue")).await.unwrap();
+    let blue2 = Node::start(labelled("blue2", "blue")).await.unwrap();
+    let green = Node::start(labelled("green", "green")).await.unwrap();
+    let none = Node::start(labelled("none", "")).await.unwrap();
+    for n in [&blue2, &green, &none] {
+        n.join(vec![blue.addr()]).await.unwrap();
+    }
+    eventually("blue2 joined blue", Duration::from_secs(10), async || {
+        state_of(&blue, "blue2") == Some(MemberState::Alive)
+            && state_of(&blue2, "blue") == Some(MemberState::Alive)
+    })
+    .await;
+    eventually(
+        "both foreign joins refused",
+        Duration::from_secs(10),
+        async || blue.stats().await.unwrap().traffic.rejected_label >= 2,
+    )
+    .await;
+    // Join retries keep coming and keep being refused; nothing crosses in the meantime.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let names = |n: &Node| -> Vec<String> {
+        n.members()
+            .iter()
+            .map(|m| m.info.id.as_str().to_string())
+            .collect()
+    };
+    let refused = blue.stats().await.unwrap().traffic.rejected_label;
+    println!("blue refused {refused} frames of other labels");
+    assert_eq!(names(&blue), ["blue2"]);
+    assert_eq!(names(&blue2), ["blue"]);
+    assert!(names(&green).is_empty(), "{:?}", names(&green));
+    assert!(names(&none).is_empty(), "{:?}", names(&none));
+    for n in [blue, blue2, green, none] {
+        n.shutdown().await;
+    }
+}

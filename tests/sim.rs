@@ -4,7 +4,7 @@
 mod harness;
 
 use distributed_core::cluster::Config;
-use distributed_core::sim::{self, NodeFault, PartitionSpec, Scenario};
+use distributed_core::sim::{self, HostileKind, HostileSpec, NodeFault, PartitionSpec, Scenario};
 use harness::{ensure, for_seeds};
 use std::time::Duration;
 
@@ -258,4 +258,100 @@ fn wall_clock_jumps_change_nothing_in_membership() {
             "seed {seed}: only the 20 jump events differ"
         );
     }
+}
+
+/// Seeds of the hostile-node property tests.
+const HOSTILE_SEEDS: [u64; 5] = [1, 2, 3, 4, 5];
+
+/// A small cluster with hostile nodes: fast enough for CI (about a second a seed).
+fn hostile(kinds: &str) -> Scenario {
+    Scenario {
+        nodes: 16,
+        duration: secs(40),
+        hostile: HostileSpec {
+            count: 2,
+            rate: 20,
+            kinds: HostileKind::parse_list(kinds).unwrap(),
+            rows_max: 256,
+        },
+        ..Scenario::default()
+    }
+}
+
+/// Every invariant of the report, with what broke.
+fn invariants_hold(r: &sim::Report) -> Result<(), String> {
+    let i = &r.invariants;
+    ensure(i.aborted.is_none(), format!("aborted: {:?}", i.aborted))?;
+    ensure(
+        i.false_positives == 0,
+        format!(
+            "{} honest nodes declared dead by honest ones",
+            i.false_positives
+        ),
+    )?;
+    ensure(i.converged, "honest nodes did not converge")?;
+    ensure(
+        i.table_rows_max <= i.table_rows_bound,
+        format!(
+            "member table of {} rows (bound {})",
+            i.table_rows_max, i.table_rows_bound
+        ),
+    )?;
+    ensure(
+        i.broadcast_queue_max <= i.broadcast_queue_bound,
+        "broadcast queue over its bound",
+    )?;
+    ensure(i.ok, "invariants.ok is false")
+}
+
+#[test]
+fn hostile_nodes_are_deterministic_and_leave_honest_runs_untouched() {
+    let s = hostile("all");
+    let (a, b) = (sim::run(&s).unwrap(), sim::run(&s).unwrap());
+    assert_eq!(a.trace_hash, b.trace_hash);
+    let (ha, hb) = (a.hostile.unwrap(), b.hostile.unwrap());
+    assert_eq!(ha.sent, hb.sent);
+    assert!(
+        ha.sent.len() == 10 && ha.datagrams > 0 && ha.streams > 0,
+        "{ha:?}"
+    );
+    // The attack is bounded by its rate: 2 nodes x 20/s x (40 s - their first second).
+    let sent: u64 = ha.sent.values().sum();
+    assert!((1000..=2 * 20 * 40 * 2).contains(&sent), "{sent} messages");
+    // With no hostile node the run is the one it always was.
+    let plain = Scenario {
+        hostile: HostileSpec::default(),
+        ..s.clone()
+    };
+    let untouched = Scenario {
+        hostile: HostileSpec {
+            count: 0,
+            rate: 500,
+            ..hostile("ping").hostile
+        },
+        ..s
+    };
+    assert_eq!(
+        sim::run(&plain).unwrap().trace_hash,
+        sim::run(&untouched).unwrap().trace_hash
+    );
+}
+
+#[test]
+fn probes_events_and_replays_from_hostile_nodes_break_no_invariant() {
+    for_seeds(
+        &hostile("ping,ping_req,ack,nack,user_event,replay"),
+        &HOSTILE_SEEDS,
+        invariants_hold,
+    );
+}
+
+/// The whole attack. Fails on the core as of this test: forged `dead`, `suspect` and `alive`
+/// claims about honest members get honest nodes declared dead, and `push_pull` rows (and
+/// `alive` claims) about invented members grow every table without bound (see the report of
+/// the hostile-simulator branch). Run with `--ignored`; un-ignore with the core's hardening.
+#[test]
+#[ignore = "fails on today's core: forged dead/suspect/alive claims and invented push-pull rows"]
+fn hostile_nodes_break_no_invariant() {
+    for_seeds(&hostile("all"), &HOSTILE_SEEDS, invariants_hold);
 }

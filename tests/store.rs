@@ -8,7 +8,7 @@ use distributed_core::persistence::store::{
     Batch, Limits, MemStore, Store, StoreConfig, StoreError, WalStore,
 };
 use distributed_core::persistence::wal::{Durability, WalConfig};
-use harness::{faulty_fs, wal_segments};
+use harness::{faulty_fs, modes_under, wal_segments};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -288,4 +288,65 @@ fn limits_are_enforced_alike_by_both_stores() {
         wal.write(huge),
         Err(StoreError::TooLarge { what: "batch", .. })
     ));
+}
+
+#[test]
+fn store_files_are_private_and_new_directories_are_flushed_into_their_parents() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("a").join("b").join("data");
+    let (plan, fs) = faulty_fs();
+    let store = WalStore::open_with_fs(&dir, config(4, Durability::Always), fs).unwrap();
+    for i in 0..10u8 {
+        store.put(&[b'k', i], &[i; 100]).unwrap();
+    }
+    store.snapshot().unwrap();
+    store.put(b"last", b"1").unwrap();
+    let (dirs, files) = modes_under(&dir);
+    assert!(files.len() >= 3, "segments, LOCK, a snapshot: {files:?}");
+    for (p, mode) in &dirs {
+        assert_eq!(*mode, 0o700, "{} is {mode:o}", p.display());
+    }
+    for (p, mode) in &files {
+        assert_eq!(*mode, 0o600, "{} is {mode:o}", p.display());
+    }
+    // Each directory the store made (a, a/b, a/b/data, data/wal) is flushed into its parent.
+    let synced = plan.synced_dirs();
+    let a = base.path().join("a");
+    for parent in [
+        base.path().to_path_buf(),
+        a.clone(),
+        a.join("b"),
+        dir.clone(),
+    ] {
+        assert!(
+            synced.contains(&parent),
+            "{} not flushed: {synced:?}",
+            parent.display()
+        );
+    }
+}
+
+#[test]
+fn an_existing_data_dir_open_to_others_is_reported_and_left_as_it_is() {
+    use distributed_core::persistence::wal::fs::{make_private_dir, OsFs};
+    use std::os::unix::fs::PermissionsExt;
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("shared");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let report = make_private_dir(&OsFs, &dir).unwrap();
+    assert_eq!((report.created.len(), report.loose_mode), (0, Some(0o750)));
+    let store = open(&dir, 0);
+    store.put(b"k", b"v").unwrap();
+    let (dirs, files) = modes_under(&dir);
+    assert_eq!(dirs[0].1, 0o750, "the operator's mode is kept");
+    assert!(dirs[1..].iter().all(|(_, m)| *m == 0o700), "{dirs:?}");
+    assert!(files.iter().all(|(_, m)| *m == 0o600), "{files:?}");
+    let private = base.path().join("private");
+    let report = make_private_dir(&OsFs, &private).unwrap();
+    assert_eq!(
+        (report.created, report.loose_mode),
+        (vec![private.clone()], None)
+    );
+    assert_eq!(make_private_dir(&OsFs, &private).unwrap().loose_mode, None);
 }

@@ -7,7 +7,7 @@ mod harness;
 use distributed_core::persistence::wal::{
     self, BadRecord, Corruption, Durability, RecordType, Wal, WalConfig, WalError,
 };
-use harness::{dcore, faulty_fs, wal_records};
+use harness::{dcore, faulty_fs, modes_under, wal_records};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -581,8 +581,23 @@ fn dcore_wal_verify_names_the_bad_record_and_repair_cuts_there_keeping_a_copy() 
     ]);
     assert_eq!(rep.code(), Some(0), "{rep:?}");
     assert!(backup.join(name).exists(), "no copy kept");
+    let (dirs, files) = modes_under(&backup);
+    assert_eq!(dirs, [(backup.clone(), 0o700)], "the copy is private");
+    assert!(files.iter().all(|(_, m)| *m == 0o600), "{files:?}");
     assert_eq!(dcore(&["wal", "verify", dir]).code(), Some(0));
     check_prefix(&open(d.path()).unwrap(), 19);
+}
+
+#[test]
+fn a_new_log_directory_and_its_files_are_private() {
+    let d = tmp();
+    let dir = d.path().join("x").join("log");
+    append_n(&open(&dir).unwrap(), 1, 60);
+    let (dirs, files) = modes_under(&d.path().join("x"));
+    assert_eq!(dirs.len(), 2);
+    assert!(dirs.iter().all(|(_, m)| *m == 0o700), "{dirs:?}");
+    assert!(files.len() > 2, "segments and LOCK: {files:?}");
+    assert!(files.iter().all(|(_, m)| *m == 0o600), "{files:?}");
 }
 
 #[test]

@@ -102,5 +102,10 @@ pub fn event_json(e: &Event) -> serde_json::Value {
         }),
         Event::JoinCompleted { members } => json!({"type": "join_completed", "members": members}),
         Event::Refuted { incarnation } => json!({"type": "refuted", "incarnation": incarnation.0}),
+        Event::MemberConflict { member, claimed } => json!({
+            "type": "member_conflict",
+            "member": MemberJson::from(member),
+            "claimed_addr": claimed.addr.to_string(),
+        }),
     }
 }

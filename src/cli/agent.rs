@@ -41,7 +41,7 @@ pub struct AgentArgs {
     /// Key file: base64 keys, one per line, the first primary; must be mode 0600.
     #[arg(long, env = "DCORE_ENCRYPT_KEY_FILE")]
     pub encrypt_key_file: Option<PathBuf>,
-    /// Cluster label bound into encrypted frames.
+    /// Cluster label: bound into encrypted frames, tagged on plain ones.
     #[arg(long, env = "DCORE_LABEL")]
     pub label: Option<String>,
     /// File holding the admin API's bearer token.

@@ -277,6 +277,10 @@ fn describe(e: &Event) -> Option<String> {
         Event::Refuted { incarnation } => {
             format!("refuted a suspicion (now incarnation {})", incarnation.0)
         }
+        Event::MemberConflict { member, claimed } => {
+            let v = m("in conflict", member);
+            format!("{v}: a claim to move it to {} was refused", claimed.addr)
+        }
         Event::JoinCompleted { .. } => return None,
     })
 }

@@ -4,7 +4,7 @@ use super::faults;
 use anyhow::{bail, Context};
 use clap::Args;
 use distributed_core::cluster::Config;
-use distributed_core::sim::{self, Report, Scenario};
+use distributed_core::sim::{self, HostileKind, HostileSpec, Report, Scenario};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,6 +15,13 @@ Nodes start min(5 ms, 5 s / N) apart and join through node 0. Faults (--kill, --
 hit nodes chosen by the seed once the cluster has converged (plus 1 s), or at a third of the run
 if it has not converged by then.
 The same seed gives the same run: compare the printed trace_hash.
+
+--hostile K adds K nodes that join like the others, then each sends --hostile-rate messages a
+second to random honest nodes, by datagram and by stream: alive/suspect/dead claims about real
+and invented members at extreme incarnations, push-pulls with many rows, user events at extreme
+Lamport times, pings, ping-reqs naming third addresses, acks, nacks, and replays. Every run checks
+its invariants (no honest node declared dead by an honest one, honest convergence, member tables
+and broadcast queues bounded) and reports them under \"invariants\" (\"ok\": all hold).
 
 --config takes a TOML file of protocol settings, the fields of the [protocol] table of the agent
 config, at the top level (e.g. probe_interval = \"1s\"); unknown keys are errors. --preset picks
@@ -67,6 +74,20 @@ pub struct SimArgs {
     /// Switch Lifeguard off (plain SWIM: fixed suspicion timeout, no local health, no nacks).
     #[arg(long)]
     pub no_lifeguard: bool,
+    /// K hostile nodes on top of --nodes: they join normally, then send random well-formed
+    /// messages with extreme values (see below).
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub hostile: usize,
+    /// Hostile messages per second per hostile node.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub hostile_rate: u32,
+    /// Kinds of hostile message, comma-separated: all, alive, suspect, dead, push_pull,
+    /// user_event, ping, ping_req, ack, nack, replay; `-kind` takes one out (all,-dead).
+    #[arg(long, default_value = "all", value_name = "LIST")]
+    pub hostile_kinds: String,
+    /// Rows in one hostile push-pull at most (most carry a few).
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub hostile_rows_max: usize,
     /// Print one JSON object on stdout instead of the readable summary.
     #[arg(long)]
     pub json: bool,
@@ -108,6 +129,12 @@ impl SimArgs {
             clock_jumps: self.clock_jumps,
             encrypt: self.encrypt,
             config,
+            hostile: HostileSpec {
+                count: self.hostile,
+                rate: self.hostile_rate,
+                kinds: HostileKind::parse_list(&self.hostile_kinds).map_err(anyhow::Error::msg)?,
+                rows_max: self.hostile_rows_max,
+            },
         };
         s.validate()?;
         Ok(s)
@@ -184,6 +211,38 @@ fn readable(r: &Report, s: &Scenario) -> String {
         ("bytes / node / s", r.bytes_per_node_s.to_string()),
         ("trace hash", r.trace_hash.clone()),
     ];
+    let inv = &r.invariants;
+    let mut lines = lines.to_vec();
+    if let Some(h) = &r.hostile {
+        let sent: u64 = h.sent.values().sum();
+        lines.push(("hostile nodes", format!("{} x {}/s", h.nodes, h.rate_per_s)));
+        lines.push((
+            "hostile messages",
+            format!("{sent} ({} dgram, {} stream)", h.datagrams, h.streams),
+        ));
+        lines.push((
+            "refused (impl/limit/misdir)",
+            format!(
+                "{} / {} / {}",
+                h.honest_implausible, h.honest_over_limit, h.honest_misdirected
+            ),
+        ));
+    }
+    lines.push((
+        "table rows max / bound",
+        format!("{} / {}", inv.table_rows_max, inv.table_rows_bound),
+    ));
+    lines.push((
+        "bcast queue max / bound",
+        format!(
+            "{} / {}",
+            inv.broadcast_queue_max, inv.broadcast_queue_bound
+        ),
+    ));
+    if let Some(a) = &inv.aborted {
+        lines.push(("aborted", a.clone()));
+    }
+    lines.push(("invariants hold", inv.ok.to_string()));
     lines
         .iter()
         .map(|(k, v)| format!("{k:>24}: {v}\n"))

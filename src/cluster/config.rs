@@ -99,6 +99,31 @@ pub struct Config {
     /// Longest wait between join retries. Default 30 s.
     #[serde(with = "humantime_serde")]
     pub join_retry_max: Duration,
+    /// Rows in the member table at most, this node and failed or left members included; a new
+    /// member past it is refused and counted until reaping makes room. Default 65,536. Measured
+    /// (resident memory of a core fed 65,535 new members, table and gossip queue included):
+    /// about 850 bytes a member with 40-byte names and 40 bytes of tags, 1.4 KB with 128-byte
+    /// names and full 512-byte tags, so a full default table costs 53 to 90 MiB.
+    pub members_max: usize,
+    /// New members taken from one push-pull, other than the answer to this node's own join
+    /// (which may bring the whole cluster). A full state this node did not ask for introduces
+    /// only its sender; see `docs/protocol.md`. Default 1,024.
+    pub members_admit_per_push_pull: usize,
+    /// New members admitted per second, from gossip and push-pulls alike (the answer to this
+    /// node's own join excepted): a token bucket holding one second's worth. Default 2,048,
+    /// enough for a thousand nodes starting within half a second.
+    pub members_admit_per_sec: u32,
+    /// A failed member's name may be taken by a node at another address once it has been
+    /// failed this long; before, such a claim is a conflict (refused, counted, reported as
+    /// `Event::MemberConflict`). A member that left may come back at another address at once.
+    /// Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub dead_reclaim_time: Duration,
+    /// Networks that may take part, as CIDRs (`10.0.0.0/8`, `fd00::/8`); empty (the default)
+    /// allows every address. Checked on the source of every packet and stream message and on
+    /// every address inside a claim: a member at an address outside is never added, pinged or
+    /// gossiped to.
+    pub allowed_cidrs: Vec<ipnet::IpNet>,
 }
 
 impl Default for Config {
@@ -136,6 +161,11 @@ impl Config {
             indirect_pending_max: 1024,
             join_retry_base: Duration::from_secs(1),
             join_retry_max: Duration::from_secs(30),
+            members_max: 65_536,
+            members_admit_per_push_pull: 1024,
+            members_admit_per_sec: 2048,
+            dead_reclaim_time: Duration::from_secs(30),
+            allowed_cidrs: Vec::new(),
         }
     }
 
@@ -268,13 +298,26 @@ impl Config {
             ("broadcast_queue_max", self.broadcast_queue_max),
             ("push_pull_members_max", self.push_pull_members_max),
             ("indirect_pending_max", self.indirect_pending_max),
+            (
+                "members_admit_per_push_pull",
+                self.members_admit_per_push_pull,
+            ),
+            ("members_admit_per_sec", self.members_admit_per_sec as usize),
         ];
         for (field, value) in nonzero {
             if value == 0 {
                 return bad(field, "must be at least 1");
             }
         }
+        if !(2..=1 << 24).contains(&self.members_max) {
+            return bad("members_max", "must be 2..=16777216");
+        }
         Ok(())
+    }
+
+    /// Whether `ip` may take part (see `allowed_cidrs`).
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        self.allowed_cidrs.is_empty() || self.allowed_cidrs.iter().any(|n| n.contains(&ip))
     }
 
     /// The probe interval and timeout stretched by the local health multiplier `awareness`.

@@ -5,7 +5,7 @@
 use super::members::Member;
 use super::message::{Alive, Dead, MemberState, Message, Ping, PushMember, Suspect};
 use super::suspicion::{suspicion_min, Suspicion};
-use super::swim::{Swim, INCARNATION_JUMP_MAX};
+use super::swim::{Admit, Swim, INCARNATION_JUMP_MAX};
 use super::{Event, Timer};
 use crate::identity::Incarnation;
 use crate::identity::{tags_len, NodeId};
@@ -31,6 +31,10 @@ impl Swim {
             self.on_alive_about_us(a);
             return;
         }
+        if !self.config.allows(a.info.addr.ip()) {
+            self.stats.not_allowed += 1;
+            return;
+        }
         let id = a.info.id.clone();
         let Some(old) = self.members.get(&id) else {
             self.add_member(a);
@@ -44,6 +48,17 @@ impl Swim {
             return;
         }
         let old = self.members.get(&id).expect("looked up above");
+        if old.info.addr != a.info.addr && !self.may_move(old) {
+            self.stats.conflicts += 1;
+            let member = Swim::view(old);
+            tracing::debug!(node = %self.id, member = %id, from = %member.info.addr,
+                to = %a.info.addr, "address conflict: claim refused");
+            self.emit(Event::MemberConflict {
+                member,
+                claimed: a.info,
+            });
+            return;
+        }
         let (old_state, changed) = (old.state, old.info != a.info);
         let now = self.now.mono;
         let info = if changed {
@@ -87,7 +102,61 @@ impl Swim {
         self.trust_jumps || self.plausible(self.incarnation(), claimed)
     }
 
+    /// Whether a member may move to another address: once it left, or once it has been failed
+    /// for `dead_reclaim_time`; never while alive or suspect (memberlist's rule).
+    fn may_move(&self, m: &Member) -> bool {
+        match m.state {
+            MemberState::Left => true,
+            MemberState::Dead => {
+                self.now.mono.saturating_since(m.state_since) >= self.config.dead_reclaim_time
+            }
+            MemberState::Alive | MemberState::Suspect => false,
+        }
+    }
+
+    /// Whether a new member may be added now: room in the table, and the admission caps of
+    /// where the claim comes from (see [`Admit`]). A refusal is counted.
+    fn admit_new(&mut self, a: &Alive) -> bool {
+        if self.members.len() >= self.config.members_max {
+            self.stats.table_full += 1;
+            return false;
+        }
+        let ok = match self.admit {
+            Admit::JoinReply => return true,
+            Admit::Unsolicited(from) => a.info.addr == from,
+            Admit::Reply(left) => {
+                self.admit = Admit::Reply(left.saturating_sub(1));
+                left > 0
+            }
+            Admit::Gossip => true,
+        };
+        if !ok || !self.take_admit_token() {
+            self.stats.admission += 1;
+            return false;
+        }
+        true
+    }
+
+    /// One token of the per-second admission bucket, if there is one.
+    fn take_admit_token(&mut self) -> bool {
+        let rate = f64::from(self.config.members_admit_per_sec);
+        let now = self.now.mono;
+        let b = &mut self.admit_bucket;
+        let elapsed = now.saturating_since(b.at).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * rate).min(rate);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
     fn add_member(&mut self, a: Alive) {
+        if !self.admit_new(&a) {
+            return;
+        }
         let id = a.info.id.clone();
         let m = Member {
             info: a.info.clone(),
@@ -135,6 +204,16 @@ impl Swim {
     /// Another member independently suspects the same incarnation: the timeout shrinks and the
     /// confirmation is passed on so that others shrink theirs too.
     fn confirm_suspicion(&mut self, s: Suspect) {
+        // Only a member this node knows alive can confirm: invented names must not shrink the
+        // timeout of a live member.
+        let confirmer_alive = s.from != s.node
+            && self
+                .members
+                .get(&s.from)
+                .is_some_and(|m| m.state == MemberState::Alive);
+        if !confirmer_alive {
+            return;
+        }
         let Some(susp) = self.suspicions.get_mut(&s.node) else {
             return;
         };

@@ -199,6 +199,15 @@ pub enum Event {
         /// The new incarnation.
         incarnation: Incarnation,
     },
+    /// A claim tried to move a member that is alive, suspect or recently failed to another
+    /// address (two nodes with one name, or a hijack): refused; the member keeps its address.
+    /// memberlist's conflict delegate sees the same.
+    MemberConflict {
+        /// The member as this node knows it.
+        member: MemberView,
+        /// What the refused claim said.
+        claimed: Arc<NodeInfo>,
+    },
 }
 
 impl Event {

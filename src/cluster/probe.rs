@@ -24,12 +24,17 @@ pub(crate) struct ActiveProbe {
     pub overdue: bool,
     /// When the ping went out.
     pub started: Time,
+    /// Members asked to probe the target for us: with the target, the only sources whose ack
+    /// (and nack) counts.
+    pub helpers: Vec<SocketAddr>,
 }
 
 /// An indirect probe run on behalf of another node.
 #[derive(Debug, Clone)]
 pub(crate) struct IndirectProbe {
     pub requester: SocketAddr,
+    /// The member pinged for the requester: only its ack is passed on.
+    pub target_addr: SocketAddr,
     pub requester_seq: u32,
     pub nack: bool,
 }
@@ -114,6 +119,7 @@ impl Swim {
             nacks: 0,
             overdue: false,
             started: self.now.mono,
+            helpers: Vec::new(),
         });
         let ping = Message::Ping(Ping {
             seq,
@@ -185,9 +191,11 @@ impl Swim {
             self.stats.indirect_probes += 1;
             self.send_packet(to, Message::PingReq(Box::new(req)));
         }
+        let asked = helpers.iter().map(|&i| self.members.at(i).info.addr);
         if let Some(p) = self.probe.current.as_mut() {
             p.expected_nacks = if nack { helpers.len() as u32 } else { 0 };
             p.overdue = true;
+            p.helpers = asked.collect();
         }
         if self.config.tcp_fallback_probe {
             let ping = Message::Ping(Ping {
@@ -227,8 +235,13 @@ impl Swim {
         }
     }
 
-    pub(crate) fn on_ack(&mut self, seq: u32) {
-        if let Some(p) = self.probe.current.as_mut().filter(|p| p.seq == seq) {
+    /// An ack counts only from the address pinged or a helper asked (a guessed sequence number
+    /// from elsewhere neither saves a dead target nor is passed on).
+    pub(crate) fn on_ack(&mut self, from: SocketAddr, seq: u32) {
+        let ours = |p: &&mut ActiveProbe| {
+            p.seq == seq && (p.target_addr == from || p.helpers.contains(&from))
+        };
+        if let Some(p) = self.probe.current.as_mut().filter(ours) {
             if !p.acked {
                 p.acked = true;
                 let rtt = self.now.mono.saturating_since(p.started);
@@ -242,7 +255,12 @@ impl Swim {
             }
             return;
         }
-        if let Some(ind) = self.probe.indirect.remove(&seq) {
+        let theirs = self
+            .probe
+            .indirect
+            .get(&seq)
+            .is_some_and(|i| i.target_addr == from);
+        if let Some(ind) = theirs.then(|| self.probe.indirect.remove(&seq)).flatten() {
             self.send_packet(
                 ind.requester,
                 Message::Ack(Ack {
@@ -252,8 +270,9 @@ impl Swim {
         }
     }
 
-    pub(crate) fn on_nack(&mut self, seq: u32) {
-        if let Some(p) = self.probe.current.as_mut().filter(|p| p.seq == seq) {
+    pub(crate) fn on_nack(&mut self, from: SocketAddr, seq: u32) {
+        let ours = |p: &&mut ActiveProbe| p.seq == seq && p.helpers.contains(&from);
+        if let Some(p) = self.probe.current.as_mut().filter(ours) {
             p.nacks += 1;
             self.stats.nacks += 1;
         }
@@ -292,6 +311,7 @@ impl Swim {
             seq,
             IndirectProbe {
                 requester: from,
+                target_addr: req.target_addr,
                 requester_seq: req.seq,
                 nack: req.nack,
             },

@@ -105,6 +105,18 @@ pub struct Stats {
     /// known member's (a target unknown, or known at another address), or because they came in
     /// over a stream, whose sender address is only claimed.
     pub misdirected: u64,
+    /// Packets, stream messages, claims and rows refused because an address in them is outside
+    /// `allowed_cidrs`.
+    pub not_allowed: u64,
+    /// New members refused because the table holds `members_max` rows.
+    pub table_full: u64,
+    /// New members refused by the admission caps: rows of a full state this node did not ask
+    /// for that are not its sender, rows past `members_admit_per_push_pull`, and members past
+    /// `members_admit_per_sec`.
+    pub admission: u64,
+    /// Claims refused because they would move a live (or recently failed) member to another
+    /// address; each is also reported as `Event::MemberConflict`.
+    pub conflicts: u64,
 }
 
 /// Largest step up from the incarnation this node knows for a member (itself included) that a
@@ -123,6 +135,26 @@ pub const LTIME_JUMP_MAX: u64 = 1 << 20;
 pub(crate) enum Channel {
     Packet,
     Stream,
+}
+
+/// Where the rows being merged come from, which decides how many new members they may add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// Gossip: one claim at a time, under the per-second cap.
+    Gossip,
+    /// The answer to our own join from a seed we asked: the whole cluster, up to `members_max`.
+    JoinReply,
+    /// The answer to a push-pull we started: up to this many more new members.
+    Reply(usize),
+    /// A full state we did not ask for: it introduces only its sender, at this address.
+    Unsolicited(SocketAddr),
+}
+
+/// New members admitted per second: a token bucket holding one second's worth.
+#[derive(Debug)]
+pub(crate) struct AdmitBucket {
+    pub tokens: f64,
+    pub at: Time,
 }
 
 #[derive(Debug, Default)]
@@ -154,7 +186,12 @@ pub struct Swim {
     pub(crate) out: Vec<Output>,
     pub(crate) stats: Stats,
     /// Push-pulls sent and not yet answered, by peer (bounded), to time them.
-    push_pull_sent: FxHashMap<SocketAddr, Time>,
+    pub(crate) push_pull_sent: FxHashMap<SocketAddr, Time>,
+    /// What the rows being merged may add (see [`Admit`]).
+    pub(crate) admit: Admit,
+    pub(crate) admit_bucket: AdmitBucket,
+    /// When a refutation last raised the local health multiplier.
+    last_refute_penalty: Option<Time>,
 }
 
 impl Swim {
@@ -191,6 +228,12 @@ impl Swim {
             out: Vec::new(),
             stats: Stats::default(),
             push_pull_sent: FxHashMap::default(),
+            admit: Admit::Gossip,
+            admit_bucket: AdmitBucket {
+                tokens: f64::from(config.members_admit_per_sec),
+                at: Time::ZERO,
+            },
+            last_refute_penalty: None,
             config,
         })
     }
@@ -221,6 +264,11 @@ impl Swim {
         debug_assert!(now.mono >= self.now.mono, "monotonic time went backwards");
         self.now = now;
         match input {
+            Input::Packet { from, .. } | Input::Stream { from, .. }
+                if !self.config.allows(from.ip()) =>
+            {
+                self.stats.not_allowed += 1;
+            }
             Input::Packet { from, msgs } => {
                 for msg in msgs {
                     self.on_message(from, msg, Channel::Packet);
@@ -322,9 +370,12 @@ impl Swim {
         match msg {
             Message::Ping(m) => self.on_ping(from, m, channel),
             Message::PingReq(m) => self.on_ping_req(from, *m, channel),
-            Message::Ack(m) => self.on_ack(m.seq),
-            Message::Nack(m) => self.on_nack(m.seq),
+            Message::Ack(m) => self.on_ack(from, m.seq),
+            Message::Nack(m) => self.on_nack(from, m.seq),
             Message::Alive(m) => self.on_alive(m),
+            // Our own suspicion coming back (or a forgery in our name) is no news, and must not
+            // count as a confirmation of itself.
+            Message::Suspect(m) if m.from == self.id && m.node != self.id => {}
             Message::Suspect(m) => {
                 self.answer_stale_claim(from, &m.node, m.incarnation);
                 self.on_suspect(m)
@@ -454,8 +505,15 @@ impl Swim {
         self.members.update(&me, |m| m.incarnation = inc);
         self.broadcast_self();
         self.stats.refutations += 1;
-        if self.config.lifeguard {
+        // At most one health penalty per probe interval: a stream of forged claims about this
+        // node must not drive its multiplier to the maximum (which would slow its probing).
+        let now = self.now.mono;
+        let due = self
+            .last_refute_penalty
+            .is_none_or(|t| now.saturating_since(t) >= self.config.probe_interval);
+        if self.config.lifeguard && due {
             self.awareness.apply(1);
+            self.last_refute_penalty = Some(now);
         }
         tracing::debug!(node = %self.id, incarnation = inc.0, "refuted a claim about us");
         self.emit(Event::Refuted { incarnation: inc });
@@ -696,10 +754,21 @@ impl Swim {
             self.stats.dropped += 1;
             return;
         }
-        let trusted = pp.reply && self.join.pending;
+        // Only the answer from a seed we asked, while joining, is trusted with our own
+        // incarnation, our clock and the whole table; any other answer must be to a push-pull we
+        // sent to that address, and a full state we did not ask for vouches only for its sender.
+        let asked = pp.reply && self.push_pull_sent.contains_key(&from);
+        let trusted = asked && self.join.pending && self.join.seeds.contains(&from);
         if !self.user_events.witness(pp.event_ltime, trusted) {
             self.stats.implausible += 1;
         }
+        self.admit = if trusted {
+            Admit::JoinReply
+        } else if asked {
+            Admit::Reply(self.config.members_admit_per_push_pull)
+        } else {
+            Admit::Unsolicited(from)
+        };
         if !pp.reply {
             self.stats.push_pulls_answered += 1;
             let reply = self.push_pull_message(PushPullKind::Reply);
@@ -713,7 +782,8 @@ impl Swim {
             self.merge_remote(m);
         }
         self.trust_jumps = false;
-        if pp.reply && self.join.pending {
+        self.admit = Admit::Gossip;
+        if trusted {
             self.join.pending = false;
             let members = self.members.len();
             self.emit(Event::JoinCompleted { members });

@@ -1228,3 +1228,308 @@ fn a_ping_req_never_sends_to_an_address_that_is_not_a_members() {
     // The honest case: the member, at its address.
     assert_eq!(sent_to(&t.msg(3, ping_req(2, addr(2), 3))), vec![addr(2)]);
 }
+
+/// An invented member `f{i}` at a 10.x address.
+fn fake(i: u32) -> PushMember {
+    let addr = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 7946));
+    PushMember {
+        info: Arc::new(NodeInfo::new(NodeId::new(&format!("f{i}")).unwrap(), addr)),
+        incarnation: Incarnation(0),
+        state: MemberState::Alive,
+    }
+}
+
+fn push_pull(reply: bool, members: Vec<PushMember>) -> Message {
+    Message::PushPull(PushPull {
+        join: false,
+        reply,
+        event_ltime: 0,
+        members,
+    })
+}
+
+#[test]
+fn a_full_state_nobody_asked_for_introduces_only_its_sender() {
+    let mut t = T::new(1, &[2]);
+    let mut rows: Vec<PushMember> = (0..65_535).map(fake).collect();
+    rows.push(row(3, MemberState::Alive, 0));
+    let out = t.input(Input::Stream {
+        from: addr(3),
+        msg: push_pull(false, rows.clone()),
+    });
+    // It is answered (to its sender), and its sender is in; none of the invented rows are.
+    assert_eq!(streams(&out).len(), 1);
+    assert_eq!(t.state(3), Some((MemberState::Alive, 0)));
+    assert_eq!(t.swim.members().count(), 3);
+    assert_eq!(t.swim.stats().admission, 65_535);
+    // A forged "reply" nobody asked for is no better.
+    t.input(Input::Stream {
+        from: addr(4),
+        msg: push_pull(true, rows),
+    });
+    assert_eq!(t.swim.members().count(), 3);
+}
+
+#[test]
+fn an_answer_we_asked_for_adds_at_most_the_per_push_pull_cap() {
+    let cfg = Config {
+        members_admit_per_push_pull: 100,
+        ..Config::lan()
+    };
+    let mut t = T::with(cfg, 1, &[2]);
+    t.fire_until(60_000); // a periodic push-pull to n2 goes out
+    assert!(t.swim.push_pull_sent.contains_key(&addr(2)));
+    t.ms += 1_000; // a full bucket
+    t.input(Input::Stream {
+        from: addr(2),
+        msg: push_pull(true, (0..1_000).map(fake).collect()),
+    });
+    assert_eq!(t.swim.members().count(), 2 + 100);
+    assert_eq!(t.swim.stats().admission, 900);
+}
+
+#[test]
+fn the_seed_we_join_through_may_bring_the_whole_cluster_up_to_members_max() {
+    let cfg = Config {
+        members_max: 3_000,
+        ..Config::lan()
+    };
+    let mut t = T::with(cfg, 2, &[]);
+    t.input(Input::Command(Command::Join(vec![addr(1)])));
+    // Not from the seed asked: not a join answer, so it adds nothing.
+    t.input(Input::Stream {
+        from: addr(9),
+        msg: push_pull(true, (0..5_000).map(fake).collect()),
+    });
+    assert_eq!(t.swim.members().count(), 1);
+    let out = t.input(Input::Stream {
+        from: addr(1),
+        msg: push_pull(true, (0..5_000).map(fake).collect()),
+    });
+    assert!(events(&out)
+        .iter()
+        .any(|e| matches!(e, Event::JoinCompleted { .. })));
+    assert_eq!(t.swim.members().count(), 3_000);
+    assert_eq!(t.swim.stats().table_full, 2_001);
+}
+
+#[test]
+fn new_members_from_gossip_are_capped_per_second() {
+    let cfg = Config {
+        members_admit_per_sec: 50,
+        ..Config::lan()
+    };
+    let mut t = T::with(cfg, 1, &[]);
+    t.ms = 10_000;
+    let alive = |i: u32| {
+        let r = fake(i);
+        Message::Alive(Alive {
+            incarnation: r.incarnation,
+            info: r.info,
+        })
+    };
+    for i in 0..200 {
+        t.msg(2, alive(i));
+    }
+    assert_eq!(t.swim.members().count(), 1 + 50);
+    assert_eq!(t.swim.stats().admission, 150);
+    t.ms += 1_000;
+    for i in 200..400 {
+        t.msg(2, alive(i));
+    }
+    assert_eq!(t.swim.members().count(), 1 + 100);
+}
+
+#[test]
+fn addresses_outside_allowed_cidrs_are_refused_at_the_source_and_in_claims() {
+    let cfg = Config {
+        allowed_cidrs: vec!["127.0.0.0/29".parse().unwrap()],
+        ..Config::lan()
+    };
+    let mut t = T::with(cfg, 1, &[2]);
+    // A packet from outside: dropped whole, even a claim about an allowed member.
+    t.input(Input::Packet {
+        from: SocketAddr::from(([127, 0, 0, 9], 7946)),
+        msgs: vec![Message::Alive(Alive {
+            incarnation: Incarnation(0),
+            info: info(3),
+        })],
+    });
+    assert!(t.state(3).is_none());
+    // A claim, from an allowed source, about a member at an address outside.
+    t.msg(
+        2,
+        Message::Alive(Alive {
+            incarnation: Incarnation(0),
+            info: fake(1).info,
+        }),
+    );
+    assert_eq!(t.swim.members().count(), 2);
+    assert_eq!(t.swim.stats().not_allowed, 2);
+    t.msg(
+        2,
+        Message::Alive(Alive {
+            incarnation: Incarnation(0),
+            info: info(3),
+        }),
+    );
+    assert_eq!(t.state(3), Some((MemberState::Alive, 0)));
+}
+
+#[test]
+fn the_table_never_holds_more_than_members_max() {
+    let cfg = Config {
+        members_max: 10,
+        ..Config::lan()
+    };
+    let mut t = T::with(cfg, 1, &[2]);
+    t.ms = 10_000;
+    for i in 0..100 {
+        let r = fake(i);
+        t.msg(
+            2,
+            Message::Alive(Alive {
+                incarnation: r.incarnation,
+                info: r.info,
+            }),
+        );
+    }
+    assert_eq!(t.swim.members().count(), 10);
+    assert_eq!(t.swim.stats().table_full, 92);
+}
+
+fn alive_at(i: u8, incarnation: u64, at: SocketAddr) -> Message {
+    Message::Alive(Alive {
+        incarnation: Incarnation(incarnation),
+        info: Arc::new(NodeInfo::new(id(i), at)),
+    })
+}
+
+#[test]
+fn a_live_member_cannot_be_moved_to_another_address() {
+    let mut t = T::new(1, &[2, 3]);
+    let elsewhere = SocketAddr::from(([127, 0, 0, 66], 7946));
+    let out = t.msg(3, alive_at(2, 5, elsewhere));
+    assert_eq!(t.swim.member(&id(2)).unwrap().info.addr, addr(2));
+    assert_eq!(t.state(2), Some((MemberState::Alive, 0)));
+    assert_eq!(t.swim.stats().conflicts, 1);
+    assert!(events(&out).iter().any(|e| matches!(e,
+        Event::MemberConflict { member, claimed }
+            if member.info.addr == addr(2) && claimed.addr == elsewhere)));
+    // Nothing about it is passed on.
+    assert_eq!(t.swim.broadcast_queue_len(), 3);
+    // A suspect is not movable either; a member that left is, at once.
+    t.msg(3, suspect(2, 0, 3));
+    t.msg(3, alive_at(2, 6, elsewhere));
+    assert_eq!(t.swim.stats().conflicts, 2);
+    t.msg(
+        3,
+        Message::Dead(Dead {
+            incarnation: Incarnation(0),
+            node: id(3),
+            from: id(3),
+        }),
+    );
+    t.msg(2, alive_at(3, 1, elsewhere));
+    assert_eq!(t.swim.member(&id(3)).unwrap().info.addr, elsewhere);
+}
+
+#[test]
+fn a_failed_members_name_is_reclaimed_only_after_dead_reclaim_time() {
+    let mut t = T::new(1, &[2, 3]);
+    let elsewhere = SocketAddr::from(([127, 0, 0, 66], 7946));
+    t.msg(
+        3,
+        Message::Dead(Dead {
+            incarnation: Incarnation(0),
+            node: id(2),
+            from: id(3),
+        }),
+    );
+    t.ms += 29_000;
+    t.msg(3, alive_at(2, 1, elsewhere));
+    assert_eq!(t.state(2), Some((MemberState::Dead, 0)));
+    assert_eq!(t.swim.stats().conflicts, 1);
+    t.ms += 1_000;
+    t.msg(3, alive_at(2, 1, elsewhere));
+    assert_eq!(t.state(2), Some((MemberState::Alive, 1)));
+    assert_eq!(t.swim.member(&id(2)).unwrap().info.addr, elsewhere);
+}
+
+#[test]
+fn only_members_known_alive_confirm_a_suspicion() {
+    let mut t = T::new(1, &[2, 3, 4, 5, 6, 7, 8]);
+    t.msg(3, suspect(2, 0, 3));
+    let deadline = |t: &T| t.swim.suspicions[&id(2)].deadline();
+    let before = deadline(&t);
+    // Invented names, the suspect itself, and ourselves do not shorten it.
+    for name in ["x1", "x2", "x3", "x4", "n2", "n1"] {
+        t.msg(
+            4,
+            Message::Suspect(Suspect {
+                incarnation: Incarnation(0),
+                node: id(2),
+                from: NodeId::new(name).unwrap(),
+            }),
+        );
+    }
+    assert_eq!(deadline(&t), before);
+    t.msg(4, suspect(2, 0, 4));
+    assert!(deadline(&t) < before, "a live member's confirmation counts");
+}
+
+#[test]
+fn forged_claims_about_us_raise_our_health_multiplier_at_most_once_per_probe_interval() {
+    let mut t = T::new(1, &[2]);
+    for i in 1..=100u64 {
+        t.msg(2, suspect(1, t.swim.incarnation().0, 2));
+        if i % 10 == 0 {
+            t.ms += 100;
+        }
+    }
+    assert!(t.swim.stats().refutations >= 100);
+    // 100 refutations within one second: two penalties (probe interval 500 ms), not eight.
+    assert!(t.swim.awareness() <= 2, "awareness {}", t.swim.awareness());
+}
+
+#[test]
+fn acks_and_nacks_count_only_from_the_target_or_a_helper() {
+    let mut t = T::new(1, &[2, 3, 4]);
+    let out = t.timer(Timer::ProbeTick);
+    let (target, seq) = probe_ping(&out);
+    let ti = target
+        .ip()
+        .to_string()
+        .rsplit('.')
+        .next()
+        .unwrap()
+        .parse::<u8>()
+        .unwrap();
+    let other = [2u8, 3, 4].into_iter().find(|&i| i != ti).unwrap();
+    // A guessed seq from a member that was not asked: ignored.
+    t.msg(other, Message::Ack(Ack { seq }));
+    t.msg(other, Message::Nack(Nack { seq }));
+    assert_eq!(t.swim.stats().nacks, 0);
+    let out = t.timer(Timer::ProbeTimeout { seq });
+    assert!(
+        !packets(&out).is_empty(),
+        "the probe is still unacked: ping-reqs go out"
+    );
+    // An indirect probe run for someone else is passed on only for the target's own ack.
+    let mut u = T::new(1, &[2, 3]);
+    let out = u.msg(
+        2,
+        Message::PingReq(Box::new(PingReq {
+            seq: 9,
+            target: id(3),
+            target_addr: addr(3),
+            source: id(2),
+            nack: true,
+        })),
+    );
+    let (_, ours) = probe_ping(&out);
+    let out = u.msg(2, Message::Ack(Ack { seq: ours }));
+    assert!(packets(&out).is_empty(), "a forged ack is not relayed");
+    let out = u.msg(3, Message::Ack(Ack { seq: ours }));
+    assert_eq!(packets(&out)[0].1[0], Message::Ack(Ack { seq: 9 }));
+}

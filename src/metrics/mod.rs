@@ -399,6 +399,9 @@ fn transport(e: &mut DescriptorEncoder, s: &NodeStats) -> std::fmt::Result {
             ("frame", t.rejected_frame),
             ("key", t.rejected_key),
             ("plain", t.rejected_plain),
+            ("label", t.rejected_label),
+            ("stale", t.rejected_stale),
+            ("replayed", t.rejected_replayed),
             ("packet", t.rejected_packet),
             ("stream", t.rejected_stream),
             ("spoofed", t.rejected_spoofed),
@@ -412,6 +415,10 @@ fn transport(e: &mut DescriptorEncoder, s: &NodeStats) -> std::fmt::Result {
             ("implausible", s.core.implausible),
             ("over_limit", s.core.over_limit),
             ("misdirected", s.core.misdirected),
+            ("not_allowed", s.core.not_allowed),
+            ("table_full", s.core.table_full),
+            ("admission", s.core.admission),
+            ("conflict", s.core.conflicts),
         ],
     )?;
     counters_by(

@@ -51,7 +51,9 @@ pub struct NodeConfig {
     /// Default `None`: plain frames.
     #[serde(skip)]
     pub keyring: Option<Keyring>,
-    /// Cluster label bound into every encrypted frame. Default empty.
+    /// Cluster label: bound into every encrypted frame as associated data, and carried as an
+    /// 8-byte tag in every plain frame when not empty; a frame of another label is refused
+    /// (`dcore_rejected_total{reason="key"}` or `{reason="label"}`). Default empty.
     pub label: String,
     /// Incarnation to start at (a data dir raises it above any used before). Default 0.
     #[serde(skip)]

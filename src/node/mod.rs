@@ -46,6 +46,7 @@ use crate::persistence::wal::WalFigures;
 use crate::transport::crypto::{KeyInfo, Keyring};
 use crate::transport::frame::FrameSealer;
 use crate::transport::net::NetTransport;
+use crate::transport::replay::ReplayWindow;
 use crate::transport::{Transport, TransportCounters};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -182,7 +183,12 @@ impl Node {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (stop_tx, stop_rx) = oneshot::channel();
         let members = Arc::new(Mutex::new(Vec::new()));
-        let security = FrameSealer::new(config.keyring, config.label.clone());
+        let window = ReplayWindow::new(
+            config.transport.clock_skew_max,
+            config.transport.replay_cache_max,
+        );
+        let security =
+            FrameSealer::new(config.keyring, config.label.clone()).with_replay_window(window);
         let traffic: Arc<traffic::Traffic> = Arc::default();
         let tracker = health::Tracker::new(config.protocol.probe_interval);
         let health = Arc::new(health::Board::new(tracker));

@@ -2,6 +2,7 @@
 
 use crate::cluster::Message;
 use crate::transport::frame::OpenFrameError;
+use crate::transport::replay::ReplayError;
 use crate::transport::TransportStats;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -34,6 +35,14 @@ crate::common::counters! {
         rejected_key,
         /// Plain datagrams and records refused because encryption is on.
         rejected_plain,
+        /// Plain datagrams and records of another cluster: their label tag (or its lack)
+        /// does not match this node's label.
+        rejected_label,
+        /// Sealed datagrams and records that authenticated but were sealed longer ago (or
+        /// further ahead) than the clock-skew tolerance, or below the replay window's floor.
+        rejected_stale,
+        /// Sealed datagrams and records opened once before: replays.
+        rejected_replayed,
         /// Datagrams whose packet did not decode.
         rejected_packet,
         /// Stream records whose sender address or packet did not decode (the transport counts
@@ -90,6 +99,9 @@ impl Traffic {
             OpenFrameError::Header(_) => &self.counts.rejected_frame,
             OpenFrameError::Crypto(_) | OpenFrameError::NoKeyring => &self.counts.rejected_key,
             OpenFrameError::PlaintextRefused => &self.counts.rejected_plain,
+            OpenFrameError::Label => &self.counts.rejected_label,
+            OpenFrameError::Replay(ReplayError::Stale { .. }) => &self.counts.rejected_stale,
+            OpenFrameError::Replay(ReplayError::Replayed) => &self.counts.rejected_replayed,
         };
         counter.add(1);
     }

@@ -26,7 +26,7 @@
 //! Directory layout: `DIR/wal/` holds the log (and its `LOCK`: one process per store),
 //! `DIR/snapshot-{index:020}.snap` the newest snapshot.
 
-use super::wal::fs::{Fs, OsFs};
+use super::wal::fs::{make_private_dir, Fs, OsFs};
 use super::wal::{RecordType, Wal, WalConfig, WalError};
 use crate::common::ConfigError;
 use std::collections::BTreeMap;
@@ -92,6 +92,31 @@ impl Batch {
     /// Whether the batch has no operation.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+    /// Its size as one WAL record, to compare with [`Store::batch_bytes_max`].
+    pub fn encoded_len(&self) -> usize {
+        BATCH_HEADER_LEN + self.ops.iter().map(op_len).sum::<usize>()
+    }
+    /// The same operations, in order, as consecutive batches of at most `bytes_max` encoded
+    /// bytes each (an operation too large to fit alone gets a batch of its own, which a write
+    /// then refuses). Each batch is atomic on its own; together they are not.
+    pub fn split(self, bytes_max: usize) -> Vec<Batch> {
+        let mut out = Vec::new();
+        let mut cur = Batch::new();
+        let mut len = BATCH_HEADER_LEN;
+        for op in self.ops {
+            let n = op_len(&op);
+            if !cur.is_empty() && len + n > bytes_max {
+                out.push(std::mem::take(&mut cur));
+                len = BATCH_HEADER_LEN;
+            }
+            len += n;
+            cur.ops.push(op);
+        }
+        if !cur.is_empty() {
+            out.push(cur);
+        }
+        out
     }
 
     fn apply(self, map: &mut BTreeMap<Vec<u8>, Vec<u8>>) {
@@ -200,6 +225,9 @@ pub trait Store: Send + Sync {
     /// Writes a snapshot now, letting the log drop what it covers (a no-op where there is no
     /// log).
     fn snapshot(&self) -> Result<(), StoreError>;
+    /// The largest batch [`Store::write`] accepts, in [`Batch::encoded_len`] bytes (a batch is
+    /// one WAL record); split larger changes with [`Batch::split`].
+    fn batch_bytes_max(&self) -> usize;
 
     /// Sets `key` to `value`.
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
@@ -342,6 +370,7 @@ impl Store for MemStore {
     }
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
         self.limits.check(&batch)?;
+        too_large("batch", batch.encoded_len(), self.batch_bytes_max())?;
         batch.apply(&mut lock(&self.map));
         Ok(())
     }
@@ -350,6 +379,10 @@ impl Store for MemStore {
     }
     fn snapshot(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+    /// The default WAL record limit, as a [`WalStore`] with the default config.
+    fn batch_bytes_max(&self) -> usize {
+        WalConfig::default().record_bytes_max as usize
     }
 }
 
@@ -391,6 +424,9 @@ impl WalStore {
     ) -> Result<WalStore, StoreError> {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
+        // The data directory itself: private, flushed into its parent when new (the WAL does the
+        // same for `wal/` inside it).
+        make_private_dir(&*fs, &dir).map_err(io_err("create dir", &dir))?;
         let wal = Wal::open_with_fs(dir.join(WAL_DIR), config.wal.clone(), fs.clone())?;
         for tmp in snapshot_files(&*fs, &dir, true)? {
             fs.remove_file(&tmp.1).map_err(io_err("remove", &tmp.1))?;
@@ -521,6 +557,10 @@ impl Store for WalStore {
     fn snapshot(&self) -> Result<(), StoreError> {
         self.write_snapshot()
     }
+
+    fn batch_bytes_max(&self) -> usize {
+        self.config.wal.record_bytes_max as usize
+    }
 }
 
 fn replay(wal: &Wal, st: &mut State) -> Result<(), StoreError> {
@@ -550,8 +590,20 @@ fn replay(wal: &Wal, st: &mut State) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The op count in front of a batch's operations.
+const BATCH_HEADER_LEN: usize = 4;
+
+/// Bytes one operation takes in [`encode_batch`]: its tag, then each byte string with a u32
+/// length.
+fn op_len(op: &Op) -> usize {
+    match op {
+        Op::Put { key, value } => 1 + 4 + key.len() + 4 + value.len(),
+        Op::Delete { key } => 1 + 4 + key.len(),
+    }
+}
+
 fn encode_batch(batch: &Batch) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(batch.encoded_len());
     out.extend_from_slice(&(batch.ops.len() as u32).to_le_bytes());
     for op in &batch.ops {
         match op {
@@ -737,6 +789,7 @@ mod tests {
     fn batch_and_snapshot_codecs_round_trip_and_refuse_damage() {
         let b = Batch::new().put(b"k", b"v").delete(b"gone").put(b"", b"");
         let enc = encode_batch(&b);
+        assert_eq!(enc.len(), b.encoded_len());
         assert_eq!(decode_batch(&enc).unwrap(), b);
         for cut in 0..enc.len() {
             assert!(decode_batch(&enc[..cut]).is_err(), "cut {cut}");
@@ -752,6 +805,29 @@ mod tests {
             s[bit / 8] ^= 1 << (bit % 8);
             assert!(decode_snapshot(&s, 9).is_err(), "bit {bit}");
         }
+    }
+
+    #[test]
+    fn split_keeps_the_order_and_every_part_under_the_limit() {
+        let mut b = Batch::new();
+        for i in 0..100u32 {
+            let k = format!("k{i}");
+            b = if i % 3 == 0 {
+                b.delete(k.as_bytes())
+            } else {
+                b.put(k.as_bytes(), &vec![7; i as usize])
+            };
+        }
+        for max in [20, 64, 300, 1 << 20] {
+            let parts = b.clone().split(max);
+            for p in &parts {
+                assert!(p.encoded_len() <= max || p.ops().len() == 1, "max {max}");
+            }
+            let joined: Vec<Op> = parts.iter().flat_map(|p| p.ops().to_vec()).collect();
+            assert_eq!(joined, b.ops(), "max {max}");
+        }
+        assert_eq!(b.clone().split(1 << 20).len(), 1);
+        assert!(Batch::new().split(10).is_empty());
     }
 
     #[test]

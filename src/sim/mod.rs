@@ -4,6 +4,7 @@
 //! - `scenario.rs`: what a run is asked to do ([`Scenario`]) and the CLI's fault syntax.
 //! - `net.rs`: addresses, latency, loss, duplication, TCP-like streams, byte counts.
 //! - `metrics.rs`: convergence, detection latency, false alarms, kept incrementally.
+//! - `hostile.rs`: hostile nodes' message generator ([`HostileSpec`]).
 //! - this file: the event loop.
 //!
 //! ## The event loop
@@ -27,11 +28,29 @@
 //! distinct victims among nodes 1..N: crashed (gone for good), paused (inputs held, then
 //! delivered in order, like SIGSTOP/SIGCONT) and slow (every incoming message handled late).
 //! A partition cuts the last fraction of the nodes off from the rest between two times.
+//!
+//! ## Hostile nodes
+//! With `hostile.count = K`, nodes `N..N+K` (named and addressed like the others) start after
+//! the honest ones, join through node 0, run the normal core, and from a second after their
+//! start send one hostile message every `1 / rate` seconds (see `hostile.rs`) to a random honest
+//! node. Their generators and cores draw from an RNG of their own derived from the seed, so a
+//! run without hostile nodes makes exactly the draws it made before they existed. Honest figures
+//! (convergence, false alarms, detection) count honest observers and honest targets only; a
+//! member is mapped to a node by its name (`n<i>`), never by an address a claim may forge.
+//!
+//! ## Invariants
+//! Checked every run and reported in [`Invariants`]: no honest node declared dead by an honest
+//! one, honest convergence, and memory bounded: the largest member table and broadcast queue of
+//! any honest node, sampled every virtual second, against their bounds. A run whose honest tables
+//! together pass [`ROWS_ABORT`] rows stops there (reported in `aborted`) rather than exhaust the
+//! machine.
 
+mod hostile;
 mod metrics;
 mod net;
 mod scenario;
 
+pub use hostile::{HostileKind, HostileSpec};
 pub use metrics::Detect;
 pub(crate) use net::{addr, index};
 pub use scenario::{NodeFault, PartitionSpec, Scenario, ScenarioError};
@@ -46,11 +65,64 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::time::{Duration, Instant};
 
 /// Wall-clock epoch of the simulated world (2026-01-01), so wall stamps look like real ones.
 const WALL_EPOCH_MS: u64 = 1_767_225_600_000;
+
+/// Honest member-table rows summed over honest nodes at which a run stops (see the module doc).
+pub const ROWS_ABORT: usize = 4_000_000;
+
+/// The invariants every run checks (see the module doc).
+#[derive(Debug, Clone, Serialize)]
+pub struct Invariants {
+    /// (honest observer, honest live node) pairs declared dead without an excuse; must be 0.
+    pub false_positives: usize,
+    /// Every live honest node saw every other alive at some point and at the end.
+    pub converged: bool,
+    /// Most rows in any honest node's member table (itself included), sampled each second.
+    pub table_rows_max: usize,
+    /// The bound on it: twice the nodes of the run (honest and hostile), plus 64.
+    pub table_rows_bound: usize,
+    /// Longest broadcast queue of any honest node, sampled each second.
+    pub broadcast_queue_max: usize,
+    /// The bound on it: the config's `broadcast_queue_max`.
+    pub broadcast_queue_bound: usize,
+    /// Why the run stopped early, if it did.
+    pub aborted: Option<String>,
+    /// All of the above hold.
+    pub ok: bool,
+}
+
+/// What the hostile nodes did and what the honest cores refused.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostileReport {
+    /// Hostile nodes.
+    pub nodes: usize,
+    /// Hostile messages per second per hostile node.
+    pub rate_per_s: u32,
+    /// Kinds drawn from.
+    pub kinds: Vec<&'static str>,
+    /// Hostile messages sent, by kind.
+    pub sent: BTreeMap<&'static str, u64>,
+    /// Of those, by datagram.
+    pub datagrams: u64,
+    /// Of those, by stream.
+    pub streams: u64,
+    /// Their bytes on the wire (as `bytes_per_node_s` counts; not in the honest figures).
+    pub bytes: u64,
+    /// Honest cores' refusals, summed: claims with implausible jumps.
+    pub honest_implausible: u64,
+    /// Honest cores' refusals, summed: claims over a size limit.
+    pub honest_over_limit: u64,
+    /// Honest cores' refusals, summed: ping-reqs for a target not at that address.
+    pub honest_misdirected: u64,
+    /// Honest cores' drops for any reason, summed.
+    pub honest_dropped: u64,
+    /// (honest observer, hostile node) pairs declared dead (informative).
+    pub hostile_declared_dead: usize,
+}
 
 /// The figures of one run. Field order is the JSON key order.
 #[derive(Debug, Clone, Serialize)]
@@ -105,6 +177,11 @@ pub struct Report {
     pub events: u64,
     /// Hash of the membership event trace (same seed, same hash).
     pub trace_hash: String,
+    /// The invariants checked.
+    pub invariants: Invariants,
+    /// Present with hostile nodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostile: Option<HostileReport>,
 }
 
 /// Runs a scenario to its end.
@@ -139,6 +216,8 @@ enum Ev {
         node: usize,
         delta_ms: i64,
     },
+    /// Hostile node `n` sends its next message.
+    HostileTick(usize),
 }
 
 impl Ev {
@@ -220,6 +299,14 @@ struct Sim<'a> {
     heal_converged: Option<Duration>,
     /// Declarations this long after a heal are still the partition's doing.
     partition_grace: Duration,
+    /// Generators of the hostile nodes `s.nodes..`, in order.
+    attackers: Vec<hostile::Attacker>,
+    sent: hostile::Sent,
+    hostile_dead: rustc_hash::FxHashSet<(u32, u32)>,
+    next_sample: Duration,
+    rows_max: usize,
+    queue_max: usize,
+    aborted: Option<String>,
 }
 
 impl<'a> Sim<'a> {
@@ -244,6 +331,28 @@ impl<'a> Sim<'a> {
                 held: Vec::new(),
                 paused_ever: false,
             });
+        }
+        let mut attackers = Vec::with_capacity(s.hostile.count);
+        // Hostile nodes draw from their own RNG: the honest draws stay exactly as without them.
+        let mut hr = ChaCha8Rng::seed_from_u64(s.seed ^ 0x0068_6f73_7469_6c65);
+        for i in s.nodes..s.nodes + s.hostile.count {
+            let id = NodeId::new(&format!("n{i}")).expect("short id");
+            let swim = Swim::new(
+                s.config.clone(),
+                NodeInfo::new(id, addr(i)),
+                Incarnation(0),
+                hr.gen(),
+            )?;
+            nodes.push(Node {
+                swim,
+                origin: Duration::from_micros(hr.gen_range(0..3_600_000_000)),
+                wall_offset_ms: 0,
+                status: Status::Up,
+                slow: Duration::ZERO,
+                held: Vec::new(),
+                paused_ever: false,
+            });
+            attackers.push(hostile::Attacker::new(hr.gen()));
         }
         let far_side = s.partition.map_or(s.nodes, |p| {
             s.nodes - ((p.fraction * s.nodes as f64).round() as usize).clamp(1, s.nodes - 1)
@@ -274,6 +383,13 @@ impl<'a> Sim<'a> {
             far_side,
             heal_converged: None,
             partition_grace,
+            attackers,
+            sent: hostile::Sent::default(),
+            hostile_dead: Default::default(),
+            next_sample: Duration::ZERO,
+            rows_max: 0,
+            queue_max: 0,
+            aborted: None,
         };
         sim.schedule_start();
         Ok(sim)
@@ -283,6 +399,13 @@ impl<'a> Sim<'a> {
         let stagger = Duration::from_millis(5).min(Duration::from_secs(5) / self.s.nodes as u32);
         for i in 0..self.s.nodes {
             self.push(stagger * i as u32, Ev::Start(i));
+        }
+        for i in self.s.nodes..self.s.nodes + self.s.hostile.count {
+            self.push(stagger * i as u32, Ev::Start(i));
+            self.push(
+                stagger * i as u32 + Duration::from_secs(1),
+                Ev::HostileTick(i),
+            );
         }
         self.push(self.s.duration / 3, Ev::ApplyFaults);
         // Clock jumps draw from their own RNG so that a run with jumps makes every other
@@ -314,8 +437,37 @@ impl<'a> Sim<'a> {
             self.count.events += 1;
             self.dispatch(e.ev);
             self.check_convergence();
+            if self.now >= self.next_sample {
+                self.sample();
+                if self.aborted.is_some() {
+                    return;
+                }
+            }
         }
         self.now = self.s.duration;
+        self.sample();
+    }
+
+    /// Records the largest honest member table and broadcast queue; stops a run whose tables
+    /// have grown past [`ROWS_ABORT`]. Reads only: no event, no draw.
+    fn sample(&mut self) {
+        self.next_sample = self.now + Duration::from_secs(1);
+        let mut total = 0;
+        for n in self.nodes[..self.s.nodes]
+            .iter()
+            .filter(|n| n.status != Status::Crashed)
+        {
+            let rows = n.swim.members().count();
+            total += rows;
+            self.rows_max = self.rows_max.max(rows);
+            self.queue_max = self.queue_max.max(n.swim.broadcast_queue_len());
+        }
+        if total > ROWS_ABORT {
+            self.aborted = Some(format!(
+                "honest member tables hold {total} rows in all at {} ms (limit {ROWS_ABORT})",
+                self.now.as_millis()
+            ));
+        }
     }
 
     fn dispatch(&mut self, ev: Ev) {
@@ -331,6 +483,27 @@ impl<'a> Sim<'a> {
         }
         match ev {
             Ev::Start(n) => self.start(n),
+            Ev::Packet { to, from, msgs } if to >= self.s.nodes => {
+                self.attackers[to - self.s.nodes].see(&msgs);
+                self.feed(
+                    to,
+                    Input::Packet {
+                        from: addr(from),
+                        msgs,
+                    },
+                )
+            }
+            Ev::Stream { to, from, msg } if to >= self.s.nodes => {
+                self.attackers[to - self.s.nodes].see(std::slice::from_ref(&msg));
+                self.feed(
+                    to,
+                    Input::Stream {
+                        from: addr(from),
+                        msg,
+                    },
+                )
+            }
+            Ev::HostileTick(n) => self.hostile_tick(n),
             Ev::Packet { to, from, msgs } => self.feed(
                 to,
                 Input::Packet {
@@ -447,6 +620,45 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// Hostile node `n` sends one message and arms its next tick.
+    fn hostile_tick(&mut self, n: usize) {
+        let s = self.s;
+        let spec = &s.hostile;
+        let ctx = hostile::Ctx {
+            swim: &self.nodes[n].swim,
+            config: &s.config,
+            honest: self.s.nodes,
+            total: self.nodes.len(),
+            me: n,
+        };
+        let a = &mut self.attackers[n - self.s.nodes];
+        let (kind, to, channel, msg) = a.next(&ctx, spec);
+        let next = a.interval(spec.rate);
+        self.push(self.now + next, Ev::HostileTick(n));
+        *self.sent.by_kind.entry(kind.name()).or_default() += 1;
+        if self.cut(n, to) {
+            return;
+        }
+        let slow = self.nodes[to].slow;
+        match channel {
+            hostile::Channel::Datagram => {
+                let msgs = vec![msg];
+                self.sent.datagrams += 1;
+                self.sent.bytes += self.model.datagram_bytes(&msgs) as u64;
+                if let (Some(d), _) = self.model.datagram(&mut self.rng) {
+                    self.push(self.now + d + slow, Ev::Packet { to, from: n, msgs });
+                }
+            }
+            hostile::Channel::Stream => {
+                self.sent.streams += 1;
+                self.sent.bytes += self.model.stream_bytes(&msg) as u64;
+                if let Some(d) = self.model.stream(&mut self.rng) {
+                    self.push(self.now + d + slow, Ev::Stream { to, from: n, msg });
+                }
+            }
+        }
+    }
+
     fn excuse(&self, observer: usize, target: usize) -> Excuse {
         if self.nodes[target].paused_ever {
             return Excuse::Paused;
@@ -462,10 +674,20 @@ impl<'a> Sim<'a> {
 
     fn on_event(&mut self, n: usize, e: &Event) {
         let Some(view) = e.member() else { return };
-        let Some(target) = index(view.info.addr) else {
+        // By name, not by address: a hostile claim may put any name at any address.
+        let Some(target) = node_of(view.info.id.as_str()).filter(|&t| t < self.nodes.len()) else {
             return;
         };
         self.trace_event(n, target, e, view.incarnation);
+        if n >= self.s.nodes {
+            return;
+        }
+        if target >= self.s.nodes {
+            if matches!(e, Event::MemberFailed(_)) {
+                self.hostile_dead.insert((n as u32, target as u32));
+            }
+            return;
+        }
         let excuse = self.excuse(n, target);
         self.metrics.on_event(self.now, n, target, e, excuse);
     }
@@ -595,8 +817,61 @@ impl<'a> Sim<'a> {
             heal_converged_ms: self.heal_converged.map(ms),
             events: self.count.events,
             trace_hash: format!("{:016x}", self.trace),
+            invariants: self.invariants(),
+            hostile: self.hostile_report(),
         }
     }
+
+    fn invariants(&self) -> Invariants {
+        let false_positives = self.metrics.false_dead.len();
+        let converged = self.metrics.converged_at.is_some() && self.metrics.converged();
+        let table_rows_bound = 2 * self.nodes.len() + 64;
+        let broadcast_queue_bound = self.s.config.broadcast_queue_max;
+        let ok = false_positives == 0
+            && converged
+            && self.rows_max <= table_rows_bound
+            && self.queue_max <= broadcast_queue_bound
+            && self.aborted.is_none();
+        Invariants {
+            false_positives,
+            converged,
+            table_rows_max: self.rows_max,
+            table_rows_bound,
+            broadcast_queue_max: self.queue_max,
+            broadcast_queue_bound,
+            aborted: self.aborted.clone(),
+            ok,
+        }
+    }
+
+    fn hostile_report(&self) -> Option<HostileReport> {
+        let spec = &self.s.hostile;
+        if spec.count == 0 {
+            return None;
+        }
+        let honest = || self.nodes[..self.s.nodes].iter().map(|n| n.swim.stats());
+        Some(HostileReport {
+            nodes: spec.count,
+            rate_per_s: spec.rate,
+            kinds: spec.kinds.iter().map(|k| k.name()).collect(),
+            sent: self.sent.by_kind.clone(),
+            datagrams: self.sent.datagrams,
+            streams: self.sent.streams,
+            bytes: self.sent.bytes,
+            honest_implausible: honest().map(|s| s.implausible).sum(),
+            honest_over_limit: honest().map(|s| s.over_limit).sum(),
+            honest_misdirected: honest().map(|s| s.misdirected).sum(),
+            honest_dropped: honest().map(|s| s.dropped).sum(),
+            hostile_declared_dead: self.hostile_dead.len(),
+        })
+    }
+}
+
+/// The node a member name belongs to: `n<i>` with no leading zero.
+fn node_of(name: &str) -> Option<usize> {
+    let digits = name.strip_prefix('n')?;
+    let i: usize = digits.parse().ok()?;
+    (i.to_string() == digits).then_some(i)
 }
 
 fn round2(v: f64) -> f64 {

@@ -1,5 +1,6 @@
 //! What a simulation run is asked to do.
 
+use super::hostile::HostileSpec;
 use crate::cluster::Config;
 use crate::common::ConfigError;
 use std::time::Duration;
@@ -68,6 +69,8 @@ pub struct Scenario {
     pub encrypt: bool,
     /// The protocol settings every node runs.
     pub config: Config,
+    /// Hostile nodes on top of `nodes` (none by default).
+    pub hostile: HostileSpec,
 }
 
 impl Default for Scenario {
@@ -86,6 +89,7 @@ impl Default for Scenario {
             clock_jumps: 0,
             encrypt: false,
             config: Config::lan(),
+            hostile: HostileSpec::default(),
         }
     }
 }
@@ -114,6 +118,10 @@ impl Scenario {
             if !(p.fraction > 0.0 && p.fraction < 1.0) || p.from >= p.to {
                 return invalid("--partition: FRACTION in (0, 1) and FROM < TO");
             }
+        }
+        self.hostile.validate().map_err(ScenarioError::Invalid)?;
+        if self.nodes + self.hostile.count > 1 << 20 {
+            return invalid("--nodes plus --hostile must be at most 1048576");
         }
         if self.duration.is_zero() {
             return invalid("--duration must be above zero");

@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod frame;
 pub mod mem;
 pub mod net;
+pub mod replay;
 
 use crate::common::ConfigError;
 use serde::{Deserialize, Serialize};
@@ -115,6 +116,15 @@ pub struct TransportConfig {
     /// See `reconnect_base`. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub reconnect_max: Duration,
+    /// With encryption on, a sealed frame stamped more than this before or after this node's
+    /// wall clock is refused as stale (see [`replay`]): the members' clocks must agree within
+    /// it, in-flight time included. 1 s to 1 h. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub clock_skew_max: Duration,
+    /// With encryption on, sealed frames remembered to refuse replays (about 40 bytes each);
+    /// at the bound the oldest is forgotten and frames as old are refused as stale. 1,024 to
+    /// 16,777,216. Default 65,536 (2.5 MiB).
+    pub replay_cache_max: usize,
 }
 
 impl Default for TransportConfig {
@@ -132,6 +142,8 @@ impl Default for TransportConfig {
             write_timeout: Duration::from_secs(5),
             reconnect_base: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
+            clock_skew_max: replay::CLOCK_SKEW_MAX_DEFAULT,
+            replay_cache_max: replay::REPLAY_CACHE_MAX_DEFAULT,
         }
     }
 }
@@ -179,6 +191,12 @@ impl TransportConfig {
                 "reconnect_base",
                 "must be above zero and at most reconnect_max",
             );
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.clock_skew_max) {
+            return err("clock_skew_max", "must be 1 s to 1 h");
+        }
+        if !(1024..=1 << 24).contains(&self.replay_cache_max) {
+            return err("replay_cache_max", "must be 1,024 to 16,777,216");
         }
         Ok(())
     }
@@ -257,6 +275,16 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("stream_record_bytes_max"));
+        let bad = TransportConfig {
+            clock_skew_max: Duration::from_millis(10),
+            ..TransportConfig::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "clock_skew_max");
+        let bad = TransportConfig {
+            replay_cache_max: 0,
+            ..TransportConfig::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "replay_cache_max");
         let parsed: TransportConfig = toml::from_str("outbound_idle = \"5s\"").unwrap();
         assert_eq!(parsed.outbound_idle, Duration::from_secs(5));
         assert!(toml::from_str::<TransportConfig>("no_such_key = 1").is_err());

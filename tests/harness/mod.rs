@@ -25,6 +25,6 @@ pub use process::{dcore, dcore_command, KillOnDrop, Lines, Run, DCORE};
 #[allow(unused_imports)]
 pub use sim::{ensure, for_seeds};
 #[allow(unused_imports)]
-pub use store::{faulty_fs, wal_records, wal_segments};
+pub use store::{faulty_fs, modes_under, wal_records, wal_segments};
 #[allow(unused_imports)]
 pub use wait::{eventually, eventually_blocking, serial};

@@ -14,7 +14,7 @@ use std::time::Duration;
 /// A plain frame (no encryption) around a packet `body`, as anyone on the network can send
 /// one (docs/protocol.md).
 pub fn plain_frame(body: &[u8]) -> Vec<u8> {
-    frame::seal(body, Security::Plain, &mut rand::thread_rng())
+    frame::seal(body, Security::PLAIN, 0, &mut rand::thread_rng())
 }
 
 /// A plain datagram carrying `msgs`, however extreme their values.

@@ -5,7 +5,11 @@ use super::fs::{Fs, FsFile, OsFs};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 use std::time::Duration;
 
 /// The faults a [`FaultyFs`] injects; shared, adjustable while the log runs. Nothing is injected
@@ -21,6 +25,8 @@ pub struct FaultPlan {
     sync_delay_us: AtomicU64,
     syncs: AtomicU64,
     sync_failures: AtomicU64,
+    /// Every directory flushed successfully, in order.
+    synced_dirs: Mutex<Vec<PathBuf>>,
 }
 
 impl Default for FaultPlan {
@@ -31,6 +37,7 @@ impl Default for FaultPlan {
             sync_delay_us: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             sync_failures: AtomicU64::new(0),
+            synced_dirs: Mutex::new(Vec::new()),
         }
     }
 }
@@ -52,6 +59,10 @@ impl FaultPlan {
     /// Flushes attempted so far (successful or not).
     pub fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::SeqCst)
+    }
+    /// The directories flushed so far (successfully), in order.
+    pub fn synced_dirs(&self) -> Vec<PathBuf> {
+        lock(&self.synced_dirs).clone()
     }
     /// Flushes failed on purpose so far.
     pub fn sync_failures(&self) -> u64 {
@@ -146,8 +157,11 @@ impl FaultyFs {
 }
 
 impl Fs for FaultyFs {
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
         OsFs.create_dir_all(dir)
+    }
+    fn mode(&self, path: &Path) -> io::Result<u32> {
+        OsFs.mode(path)
     }
     fn list_files(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
         OsFs.list_files(dir)
@@ -169,6 +183,7 @@ impl Fs for FaultyFs {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.plan.sync()?;
+        lock(&self.plan.synced_dirs).push(dir.to_path_buf());
         OsFs.sync_dir(dir)
     }
 }

@@ -1,7 +1,7 @@
 //! `dcore wal repair`: truncate a log at its first problem, on request only, keeping a copy of
 //! every file it changes or removes. The log itself never does this to corruption in the middle.
 
-use super::fs::Fs;
+use super::fs::{make_private_dir, Fs};
 use super::recovery::{scan, Problem};
 use super::segment::{list_segments, zero_range};
 use super::writer::lock_dir;
@@ -103,8 +103,7 @@ pub fn repair(
 }
 
 fn backup(fs: &dyn Fs, segs: &[(u64, PathBuf)], to: &Path) -> Result<(), WalError> {
-    fs.create_dir_all(to)
-        .map_err(|e| WalError::io("create dir", to, e))?;
+    make_private_dir(fs, to).map_err(|e| WalError::io("create dir", to, e))?;
     for (_, p) in segs {
         let name = p.file_name().expect("a segment has a file name");
         let dest = to.join(name);

@@ -5,7 +5,7 @@
 //! writes, flushes or truncates. Lock order: `io` before `shared`, never the other way.
 
 use super::format::{encode_record, record_len, RecordType, SEGMENT_HEADER_LEN};
-use super::fs::{Fs, FsFile, OsFs};
+use super::fs::{make_private_dir, Fs, FsFile, OsFs, FILE_MODE};
 use super::reader::WalReader;
 use super::recovery::{recover, RecoveryReport};
 use super::segment::{create_segment, read_segment, segment_name, zero_range, SegmentRef};
@@ -14,6 +14,7 @@ use crate::common::Histogram;
 use crate::persistence::wal::format::{read_slot, Slot};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::ops::Range;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -156,6 +157,7 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File, WalError> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(FILE_MODE)
         .open(&path)
         .map_err(|e| WalError::io("open", &path, e))?;
     // The lock (flock) belongs to the open file, which a child process forked by another
@@ -200,13 +202,9 @@ impl Wal {
     ) -> Result<Wal, WalError> {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        fs.create_dir_all(&dir)
-            .map_err(|e| WalError::io("create dir", &dir, e))?;
-        // The directory's own entry must survive a power loss too (it may have just been made).
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs.sync_dir(parent)
-                .map_err(|e| WalError::io("fsync dir", parent, e))?;
-        }
+        // Private (0700), and a new directory's entry flushed into its parent so it survives a
+        // power loss too.
+        make_private_dir(&*fs, &dir).map_err(|e| WalError::io("create dir", &dir, e))?;
         let lock_file = lock_dir(&dir)?;
         let recovery = recover(&*fs, &dir)?;
         let io = open_io(&*fs, &dir, &config, &recovery)?;
