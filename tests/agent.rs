@@ -369,6 +369,136 @@ fn keygen_prints_a_base64_key() {
     assert_ne!(again.trim(), key, "each key is fresh");
 }
 
+/// Writes `text` to `dir/name` with permission bits `mode`.
+fn file_with_mode(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+/// `dcore keys ARGS` against `agent`, with `stdin` written to its standard input.
+fn keys_cmd(agent: &AgentProc, args: &[&str], stdin: &str) -> harness::Run {
+    let mut child = dcore_command()
+        .arg("keys")
+        .args(args)
+        .args(["--http-addr", &agent.http])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dcore keys runs");
+    let mut input = child.stdin.take().expect("stdin is piped");
+    input.write_all(stdin.as_bytes()).unwrap();
+    drop(input);
+    let out = child.wait_with_output().expect("dcore keys exits");
+    harness::Run {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The ids `dcore keys list --json` shows, the primary marked with `*`.
+fn key_ids(agent: &AgentProc) -> Vec<String> {
+    let run = keys_cmd(agent, &["list", "--json"], "");
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    let v: Value = serde_json::from_str(run.stdout.trim()).expect("JSON");
+    let keys = v["keys"].as_array().expect("a key list").iter();
+    keys.map(|k| {
+        let star = if k["primary"] == true { "*" } else { "" };
+        format!("{}{star}", k["id"].as_str().unwrap())
+    })
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_read_from_a_file_or_stdin_never_from_argv() {
+    serial_blocking(|| {
+        use distributed_core::identity::Key;
+        let dir = tempfile::tempdir().unwrap();
+        let old = Key::generate(&mut rand::rngs::OsRng);
+        let new = loop {
+            let k = Key::generate(&mut rand::rngs::OsRng);
+            if k.id() != old.id() {
+                break k;
+            }
+        };
+        let id = |k: &Key| format!("{:#04x}", k.id());
+        let (old_b64, new_b64) = (old.to_base64(), new.to_base64());
+        let keys = file_with_mode(dir.path(), "keys", &format!("{old_b64}\n"), 0o600);
+        let encrypted = ["--encrypt-key-file", path_str(&keys)];
+        let a = AgentProc::start_with(dir.path(), "k0", None, &encrypted);
+        assert_eq!(key_ids(&a), [format!("{}*", id(&old))]);
+
+        // On the command line: refused, with how to do it now; nothing installed.
+        for cmd in ["install", "use", "remove"] {
+            let run = keys_cmd(&a, &[cmd, &new_b64], "");
+            assert_ne!(run.code(), Some(0), "keys {cmd} KEY: {run:?}");
+            assert!(run.stderr.contains("--key-file"), "{}", run.stderr);
+            let run = keys_cmd(&a, &[cmd], "");
+            assert_ne!(run.code(), Some(0), "keys {cmd} without a key: {run:?}");
+            assert!(run.stderr.contains("--key-file"), "{}", run.stderr);
+        }
+        assert_eq!(key_ids(&a), [format!("{}*", id(&old))]);
+        // A file others can read is refused like the agent's key file; one key per file.
+        let loose = file_with_mode(dir.path(), "loose", &new_b64, 0o644);
+        let run = keys_cmd(&a, &["install", "--key-file", path_str(&loose)], "");
+        assert_ne!(run.code(), Some(0), "{run:?}");
+        assert!(run.stderr.contains("chmod 600"), "{}", run.stderr);
+        let two = format!("{new_b64}\n{old_b64}\n");
+        let run = keys_cmd(&a, &["install", "--key-file", "-"], &two);
+        assert!(run.stderr.contains("holds 2 keys"), "{run:?}");
+        assert_eq!(key_ids(&a), [format!("{}*", id(&old))]);
+
+        // Rotation through a file, stdin, and the old key file.
+        let new_file = file_with_mode(dir.path(), "new", &format!("{new_b64}\n"), 0o600);
+        let run = keys_cmd(&a, &["install", "--key-file", path_str(&new_file)], "");
+        assert_eq!(run.code(), Some(0), "{}", run.stderr);
+        assert_eq!(key_ids(&a), [format!("{}*", id(&old)), id(&new)]);
+        let run = keys_cmd(&a, &["use", "--key-file", "-"], &format!("{new_b64}\n"));
+        assert_eq!(run.code(), Some(0), "{}", run.stderr);
+        assert_eq!(key_ids(&a), [id(&old), format!("{}*", id(&new))]);
+        let run = keys_cmd(&a, &["remove", "--key-file", path_str(&keys)], "");
+        assert_eq!(run.code(), Some(0), "{}", run.stderr);
+        assert_eq!(key_ids(&a), [format!("{}*", id(&new))]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_gossip_beyond_loopback_is_warned_about_at_start() {
+    serial_blocking(|| {
+        let warning = "encryption is off";
+        let dir = tempfile::tempdir().unwrap();
+        let quiet = AgentProc::start(dir.path(), "w0", None);
+        assert!(!quiet.log.text().contains(warning), "{}", quiet.log_text());
+        // Advertised off loopback (a documentation address nothing is sent to: no peers).
+        let off = ["--advertise", "192.0.2.1:7946"];
+        let exposed = AgentProc::start_with(dir.path(), "w1", None, &off);
+        let log = exposed.log.text();
+        let line = log
+            .lines()
+            .find(|l| l.contains(warning))
+            .unwrap_or_else(|| panic!("a warning in\n{log}"));
+        let v: Value = serde_json::from_str(line).expect("a JSON log line");
+        assert_eq!(v["level"], "WARN", "{line}");
+        assert!(line.contains("192.0.2.1:7946"), "{line}");
+        assert!(line.contains("--encrypt-key-file"), "{line}");
+        let key = dcore(&["keygen"]).stdout;
+        let keys = file_with_mode(dir.path(), "keys", &key, 0o600);
+        let keyed = [&off[..], &["--encrypt-key-file", path_str(&keys)]].concat();
+        let encrypted = AgentProc::start_with(dir.path(), "w2", None, &keyed);
+        assert!(
+            !encrypted.log.text().contains(warning),
+            "{}",
+            encrypted.log_text()
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_valid_prometheus_text_openmetrics_and_json() {
     serial_blocking(metrics_of_a_two_agent_cluster).await;

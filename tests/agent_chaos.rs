@@ -26,7 +26,9 @@ async fn chaos(
     let url = format!("http://{}/v1/chaos", a.http_addr());
     let req = match body {
         Some(b) => client.put(url).json(&b),
-        None => client.delete(url),
+        None => client
+            .delete(url)
+            .header(distributed_core::agent::REQUEST_HEADER, "1"),
     };
     let resp = req.send().await.unwrap();
     assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());

@@ -5,7 +5,7 @@
 
 mod harness;
 
-use distributed_core::agent::{Agent, AgentConfig};
+use distributed_core::agent::{Agent, AgentConfig, REQUEST_HEADER};
 use distributed_core::cluster::Event;
 use distributed_core::identity::Key;
 use harness::{agent_config, agents, array, eventually, serial, start_agent};
@@ -475,7 +475,9 @@ async fn a_token_guards_every_route_but_health() {
     ];
     for (method, path, body, ok) in &routes {
         let req = |auth: Option<&str>| {
-            let mut r = http.request(method.clone(), format!("{base}{path}"));
+            let mut r = http
+                .request(method.clone(), format!("{base}{path}"))
+                .header(REQUEST_HEADER, "1");
             if let Some(b) = body {
                 r = r.json(b);
             }
@@ -613,7 +615,8 @@ async fn leave_makes_ready_503_and_the_peer_sees_left() {
     let _serial = serial().await;
     let (a, b) = pair(agent_config("a"), agent_config("b")).await;
     let api_b = Api::of(&b);
-    let (status, v) = api_b.send(api_b.request(Method::POST, "/v1/leave")).await;
+    let leave = api_b.request(Method::POST, "/v1/leave");
+    let (status, v) = api_b.send(leave.header(REQUEST_HEADER, "1")).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v, json!({"left": true, "announced": true}));
     let ready = api_b.get("/ready").await;
@@ -685,5 +688,353 @@ async fn members_carry_phi_and_rtt_and_metrics_export_them() {
     assert!(m["member_health"]["b"]["phi"].is_number(), "{m}");
     assert!(m["node"]["ping_rtt"]["count"].as_u64() >= Some(1), "{m}");
     b.shutdown().await;
+    a.shutdown().await;
+}
+
+// ---- Hardening of the API itself (issue 10, point 8): raw requests a hostile page or client
+// ---- could send.
+
+/// Sends `request` as is on a new connection to `agent`'s API and reads until the agent closes
+/// the connection (at most 10 s); returns what came back ("" when it closed without a word, or
+/// reset the connection).
+async fn raw(agent: &Agent, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(agent.http_addr())
+        .await
+        .unwrap();
+    // A connection refused at once may be reset before the write: that reads as "" too.
+    let _ = conn.write_all(request.as_bytes()).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the agent closes after answering {request:?}");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A one-shot HTTP/1.1 request with these extra header lines (each ending in `\r\n`).
+fn request(method: &str, path: &str, headers: &str) -> String {
+    format!("{method} {path} HTTP/1.1\r\n{headers}Connection: close\r\nContent-Length: 0\r\n\r\n")
+}
+
+/// The status code and JSON body of a raw response.
+fn parsed(response: &str) -> (u16, Value) {
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a status line: {response:?}"));
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// `dcore_rejected_total{reason}` for `reason` as `/v1/metrics` shows it.
+async fn rejected(api: &Api, reason: &str) -> u64 {
+    let (status, m) = api.get("/v1/metrics").await;
+    assert_eq!(status, StatusCode::OK, "{m}");
+    m["admin_rejected"][reason]
+        .as_u64()
+        .unwrap_or_else(|| panic!("admin_rejected.{reason} in {m}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_host_or_origin_is_refused() {
+    let a = start_agent(AgentConfig {
+        http_allowed_hosts: vec!["dcore.test".into()],
+        ..agent_config("a")
+    })
+    .await;
+    let port = a.http_addr().port();
+    // DNS rebinding: the page's own name in Host, on every route, /health and unknown ones too.
+    for path in ["/v1/members", "/health", "/v1/nope"] {
+        let got = parsed(&raw(&a, &request("GET", path, "Host: evil.example\r\n")).await);
+        assert_eq!(got.0, 421, "{path}: {got:?}");
+        assert_eq!(got.1["code"], "host_not_allowed", "{path}: {got:?}");
+    }
+    let refused_hosts = [
+        format!("evil.example:{port}"),
+        format!("127.0.0.1:{}", port.wrapping_add(1)),
+        "localhost".to_string(),
+        "127.0.0.1:7947:1".to_string(),
+    ];
+    for host in &refused_hosts {
+        let got = parsed(
+            &raw(
+                &a,
+                &request("GET", "/v1/self", &format!("Host: {host}\r\n")),
+            )
+            .await,
+        );
+        assert_eq!(got.0, 421, "Host: {host}: {got:?}");
+    }
+    let no_host = raw(&a, "GET /v1/self HTTP/1.0\r\n\r\n").await;
+    assert_eq!(parsed(&no_host).0, 421, "no Host at all: {no_host:?}");
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("LOCALHOST:{port}"),
+        format!("[::1]:{port}"),
+        "dcore.test".to_string(),
+        "dcore.test:8443".to_string(),
+    ] {
+        let got = parsed(
+            &raw(
+                &a,
+                &request("GET", "/v1/self", &format!("Host: {host}\r\n")),
+            )
+            .await,
+        );
+        assert_eq!(got.0, 200, "Host: {host}: {got:?}");
+    }
+    // Cross-site: a page's Origin, on a read and on a state change that is otherwise fine.
+    let host = format!("Host: 127.0.0.1:{port}\r\n");
+    for (method, path, extra) in [
+        ("GET", "/v1/members", ""),
+        ("POST", "/v1/leave", "Content-Type: application/json\r\n"),
+    ] {
+        for origin in ["http://evil.example", "null", "http://localhost"] {
+            let headers = format!("{host}Origin: {origin}\r\n{extra}");
+            let got = parsed(&raw(&a, &request(method, path, &headers)).await);
+            assert_eq!(got.0, 403, "{method} {path} from {origin}: {got:?}");
+            assert_eq!(got.1["code"], "origin_not_allowed", "{got:?}");
+        }
+    }
+    let own = format!("{host}Origin: http://127.0.0.1:{port}\r\n");
+    assert_eq!(
+        parsed(&raw(&a, &request("GET", "/v1/self", &own)).await).0,
+        200
+    );
+    let api = Api::of(&a);
+    assert_eq!(api.get("/ready").await.0, StatusCode::OK, "never left");
+    assert_eq!(rejected(&api, "admin_host").await, 3 + 4 + 1);
+    assert_eq!(rejected(&api, "admin_origin").await, 6);
+    let (_, text) = api.get("/metrics").await;
+    let text = text.as_str().unwrap();
+    assert!(
+        text.contains("dcore_rejected_total{reason=\"admin_host\"} 8"),
+        "{text}"
+    );
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_change_needs_json_or_the_custom_header() {
+    let a = start_agent(agent_config("a")).await;
+    let api = Api::of(&a);
+    let host = format!("Host: {}\r\n", a.http_addr());
+    // What a cross-site form or no-cors fetch can send: no content type, or a simple one.
+    let simple = [
+        "",
+        "Content-Type: text/plain\r\n",
+        "Content-Type: application/x-www-form-urlencoded\r\n",
+        "Content-Type: multipart/form-data; boundary=x\r\n",
+    ];
+    let routes = [
+        ("POST", "/v1/leave"),
+        ("POST", "/v1/events"),
+        ("POST", "/v1/join"),
+        ("PUT", "/v1/chaos"),
+        ("DELETE", "/v1/chaos"),
+        ("DELETE", "/v1/keys"),
+    ];
+    for (method, path) in routes {
+        for ctype in simple {
+            let got = parsed(&raw(&a, &request(method, path, &format!("{host}{ctype}"))).await);
+            let what = format!("{method} {path} with {ctype:?}");
+            assert_eq!(got.0, 415, "{what}: {got:?}");
+            assert_eq!(got.1["code"], "unsupported_media_type", "{what}: {got:?}");
+        }
+    }
+    assert_eq!(api.get("/ready").await.0, StatusCode::OK, "a has not left");
+    assert_eq!(
+        rejected(&api, "admin_content_type").await,
+        (routes.len() * simple.len()) as u64
+    );
+    // GET needs nothing; the custom header or a JSON type let a state change through.
+    assert_eq!(api.get("/v1/self").await.0, StatusCode::OK);
+    let marked = format!("{host}{REQUEST_HEADER}: 1\r\n");
+    let got = parsed(&raw(&a, &request("DELETE", "/v1/chaos", &marked)).await);
+    assert_eq!(got.0, 200, "{got:?}");
+    let json_type = format!("{host}Content-Type: application/json\r\n");
+    let got = parsed(&raw(&a, &request("POST", "/v1/leave", &json_type)).await);
+    assert_eq!(got.0, 200, "{got:?}");
+    assert_eq!(got.1["left"], true, "{got:?}");
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_head_or_body_is_cut_at_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let timeout = Duration::from_secs(1);
+    let a = start_agent(AgentConfig {
+        http_header_timeout: timeout,
+        ..agent_config("a")
+    })
+    .await;
+    // Slowloris: half a request head, then nothing; and a connection that sends nothing.
+    let half = format!("GET /v1/self HTTP/1.1\r\nHost: {}\r\nX-a: ", a.http_addr());
+    for sent in [half.as_str(), ""] {
+        let mut conn = tokio::net::TcpStream::connect(a.http_addr()).await.unwrap();
+        conn.write_all(sent.as_bytes()).await.unwrap();
+        let start = std::time::Instant::now();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(5 * timeout, conn.read_to_end(&mut got)).await;
+        let took = start.elapsed();
+        assert!(
+            read.is_ok(),
+            "after {sent:?} the agent closes the connection (waited {took:?})"
+        );
+        eprintln!("a connection that sent {sent:?} was closed after {took:?}");
+        assert!(took >= timeout / 2, "not before the timeout: {took:?}");
+        let got = String::from_utf8_lossy(&got);
+        assert!(!got.contains("200 OK"), "never answered: {got:?}");
+    }
+    // The same with the body: a full head, then 10 of the 100 bytes it announced.
+    let slow_body = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n{{\"name\": \"",
+        a.http_addr()
+    );
+    let mut conn = tokio::net::TcpStream::connect(a.http_addr()).await.unwrap();
+    conn.write_all(slow_body.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(5 * timeout, conn.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "a slow body is cut");
+    let got = String::from_utf8_lossy(&got);
+    assert_eq!(parsed(&got).0, 408, "{got}");
+    assert_eq!(parsed(&got).1["code"], "body_timeout", "{got}");
+    let api = Api::of(&a);
+    assert_eq!(api.get("/v1/self").await.0, StatusCode::OK, "still serving");
+    assert_eq!(rejected(&api, "admin_header_timeout").await, 2);
+    assert_eq!(rejected(&api, "admin_body_timeout").await, 1);
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_are_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = start_agent(AgentConfig {
+        http_connections_max: 4,
+        http_event_streams_max: 1,
+        http_header_timeout: Duration::from_secs(60),
+        ..agent_config("a")
+    })
+    .await;
+    let get = format!("GET /health HTTP/1.1\r\nHost: {}\r\n\r\n", a.http_addr());
+    // Four keep-alive connections, each answered once, so each surely holds its place.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut conn = tokio::net::TcpStream::connect(a.http_addr()).await.unwrap();
+        conn.write_all(get.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"{\"status\":\"ok\"}") {
+            let mut buf = [0u8; 512];
+            let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+                .await
+                .expect("an answer in time")
+                .unwrap();
+            assert!(n > 0, "answered: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        held.push(conn);
+    }
+    let over = raw(
+        &a,
+        &request("GET", "/health", &format!("Host: {}\r\n", a.http_addr())),
+    )
+    .await;
+    assert_eq!(over, "", "a fifth connection is closed unanswered");
+    drop(held.pop());
+    // One-shot requests (`Connection: close`): a pooled client would hold a place itself.
+    let metrics = request(
+        "GET",
+        "/v1/metrics",
+        &format!("Host: {}\r\n", a.http_addr()),
+    );
+    let m = eventually("a place frees up", CONVERGE_TIMEOUT, async || {
+        let got = raw(&a, &metrics).await;
+        match got.is_empty() {
+            true => Err("closed unanswered".to_string()),
+            false => Ok(parsed(&got).1),
+        }
+    })
+    .await;
+    assert!(
+        m["admin_rejected"]["admin_connections"].as_u64() >= Some(1),
+        "{m}"
+    );
+    drop(held);
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_are_capped() {
+    let a = start_agent(AgentConfig {
+        http_event_streams_max: 2,
+        ..agent_config("a")
+    })
+    .await;
+    let api = Api::of(&a);
+    let open = || api.request(Method::GET, "/v1/events/stream").send();
+    let first = open().await.unwrap();
+    let second = open().await.unwrap();
+    assert_eq!(
+        (first.status(), second.status()),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    let third = api
+        .send(api.request(Method::GET, "/v1/events/stream"))
+        .await;
+    assert_error(
+        &third,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_streams",
+        "a third stream",
+    );
+    assert_eq!(rejected(&api, "admin_event_streams").await, 1);
+    // A client that goes away frees its place once a write finds it gone: events make writes.
+    drop(first);
+    eventually(
+        "the first stream's place frees up",
+        CONVERGE_TIMEOUT,
+        async || {
+            let sent = api.post("/v1/events", json!({"name": "tick"})).await;
+            assert_eq!(sent.0, StatusCode::OK, "{}", sent.1);
+            match open().await {
+                Ok(r) if r.status() == StatusCode::OK => Ok(()),
+                Ok(r) => Err(format!("{}", r.status())),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+    drop(second);
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_others_can_read_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = secret_file(dir.path(), "token", "s3cret\n");
+    for mode in [0o644, 0o640, 0o604, 0o660] {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let started = Agent::start(AgentConfig {
+            token_file: Some(file.clone()),
+            ..agent_config("a")
+        })
+        .await;
+        let err = match started {
+            Ok(a) => {
+                a.shutdown().await;
+                panic!("an agent starts with a token file of mode {mode:o}");
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("chmod 600"), "mode {mode:o}: {err}");
+    }
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let a = start_agent(AgentConfig {
+        token_file: Some(file),
+        ..agent_config("a")
+    })
+    .await;
     a.shutdown().await;
 }

@@ -856,6 +856,7 @@ async fn captured_sealed_frames_replayed_are_refused_then_stale() {
         member_health: Default::default(),
         chaos_faults: Default::default(),
         wal: None,
+        admin_rejected: Default::default(),
     };
     let metrics = render(&snap, Format::Text);
     assert!(

@@ -29,8 +29,24 @@ pub struct AgentConfig {
     pub join: Vec<String>,
     /// Key file (base64 keys, one per line, the first primary; mode 0600). Default none: plain.
     pub encrypt_key_file: Option<PathBuf>,
-    /// File holding the admin API's bearer token. Default none: no auth (loopback only).
+    /// File holding the admin API's bearer token (mode 0600, like the key file). Default none:
+    /// no auth (loopback only).
     pub token_file: Option<PathBuf>,
+    /// Extra names the admin API answers to in `Host` (and `Origin`), besides IP literals and
+    /// `localhost` at its own port: `name` (any port) or `name:port`, e.g. the name a reverse
+    /// proxy forwards. Other names are refused (a DNS-rebinding defence). Default none.
+    pub http_allowed_hosts: Vec<String>,
+    /// A connection that has not sent a complete request head within this is closed (an idle
+    /// keep-alive connection too); a state change's body must arrive within it too, once its
+    /// head has (408 otherwise). Default 10 s; 100 ms to 5 min.
+    #[serde(with = "humantime_serde")]
+    pub http_header_timeout: std::time::Duration,
+    /// Admin connections open at once; more are closed as soon as they are accepted. Default
+    /// 256; 2 to 65,536.
+    pub http_connections_max: usize,
+    /// `GET /v1/events/stream` subscribers at once; the next gets 503. Default 64; at least 1
+    /// and below `http_connections_max` (each holds a connection).
+    pub http_event_streams_max: usize,
     /// Log format, `text` or `json`. Default `text`.
     pub log_format: String,
     /// How long a graceful leave may take before the agent exits anyway. Default 5 s.
@@ -49,6 +65,10 @@ impl Default for AgentConfig {
             join: Vec::new(),
             encrypt_key_file: None,
             token_file: None,
+            http_allowed_hosts: Vec::new(),
+            http_header_timeout: std::time::Duration::from_secs(10),
+            http_connections_max: 256,
+            http_event_streams_max: 64,
             log_format: "text".into(),
             leave_timeout: std::time::Duration::from_secs(5),
             chaos: ChaosConfig::default(),
@@ -77,6 +97,11 @@ struct AgentOwn {
     join: Vec<String>,
     encrypt_key_file: Option<PathBuf>,
     token_file: Option<PathBuf>,
+    http_allowed_hosts: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    http_header_timeout: std::time::Duration,
+    http_connections_max: usize,
+    http_event_streams_max: usize,
     log_format: String,
     #[serde(with = "humantime_serde")]
     leave_timeout: std::time::Duration,
@@ -91,6 +116,10 @@ impl Default for AgentOwn {
             join: d.join,
             encrypt_key_file: d.encrypt_key_file,
             token_file: d.token_file,
+            http_allowed_hosts: d.http_allowed_hosts,
+            http_header_timeout: d.http_header_timeout,
+            http_connections_max: d.http_connections_max,
+            http_event_streams_max: d.http_event_streams_max,
             log_format: d.log_format,
             leave_timeout: d.leave_timeout,
             chaos: d.chaos,
@@ -112,6 +141,10 @@ impl TryFrom<AgentConfigFile> for AgentConfig {
             join: own.join,
             encrypt_key_file: own.encrypt_key_file,
             token_file: own.token_file,
+            http_allowed_hosts: own.http_allowed_hosts,
+            http_header_timeout: own.http_header_timeout,
+            http_connections_max: own.http_connections_max,
+            http_event_streams_max: own.http_event_streams_max,
             log_format: own.log_format,
             leave_timeout: own.leave_timeout,
             chaos: own.chaos,
@@ -175,11 +208,46 @@ impl AgentConfig {
         {
             return field("leave_timeout", "must be above zero and at most 5m".into());
         }
+        self.validate_http()?;
         match self.chaos.validate() {
             Err(ChaosError::Invalid(e)) => Err(e.into()),
             Err(e) => Err(ConfigError::new("chaos", e.field(), e.to_string()).into()),
             Ok(()) => Ok(()),
         }
+    }
+
+    /// The admin API's own limits and names.
+    fn validate_http(&self) -> Result<(), AgentConfigError> {
+        use std::time::Duration;
+        let field = |field, rule: String| Err(ConfigError::new("agent", field, rule).into());
+        for h in &self.http_allowed_hosts {
+            if super::guard::HostPort::parse(h).is_none() {
+                return field(
+                    "http_allowed_hosts",
+                    format!("{h:?}: use a host name, name:port or [v6]:port (no scheme or path)"),
+                );
+            }
+        }
+        let t = self.http_header_timeout;
+        if t < Duration::from_millis(100) || t > Duration::from_secs(300) {
+            return field("http_header_timeout", "must be 100ms to 5m".into());
+        }
+        if !(2..=65_536).contains(&self.http_connections_max) {
+            return field("http_connections_max", "must be 2 to 65536".into());
+        }
+        if self.http_event_streams_max == 0
+            || self.http_event_streams_max >= self.http_connections_max
+        {
+            return field(
+                "http_event_streams_max",
+                format!(
+                    "must be at least 1 and below http_connections_max ({}): each stream holds \
+                     a connection, and other requests need some",
+                    self.http_connections_max
+                ),
+            );
+        }
+        Ok(())
     }
 
     /// The config as TOML with secrets redacted (file paths are shown, never their content).
@@ -214,6 +282,26 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("agent.log_format"));
+        for (toml, field) in [
+            (
+                "http_allowed_hosts = [\"http://x\"]",
+                "agent.http_allowed_hosts",
+            ),
+            ("http_header_timeout = \"0s\"", "agent.http_header_timeout"),
+            ("http_connections_max = 1", "agent.http_connections_max"),
+            (
+                "http_event_streams_max = 256",
+                "agent.http_event_streams_max",
+            ),
+            ("http_event_streams_max = 0", "agent.http_event_streams_max"),
+        ] {
+            let c: AgentConfig = toml::from_str(toml).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.starts_with(field), "{toml}: {e}");
+        }
+        let c: AgentConfig =
+            toml::from_str("http_allowed_hosts = [\"dcore.internal\", \"[::1]:8080\"]").unwrap();
+        c.validate().unwrap();
         let printed = AgentConfig::default().redacted_toml();
         let back: AgentConfig = toml::from_str(&printed).unwrap();
         assert_eq!(back.redacted_toml(), printed);

@@ -1,5 +1,6 @@
 //! The admin HTTP API (axum).
 
+use super::guard::{self, Refusal};
 use super::views::{event_json, MemberJson, MemberRowJson};
 use super::Shared;
 use crate::diagnostics::chaos::ChaosConfig;
@@ -94,17 +95,97 @@ impl From<crate::node::NodeError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+/// The connection limits of the admin API.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// A connection without a complete request head this long is closed.
+    pub header_timeout: Duration,
+    /// Connections open at once.
+    pub connections_max: usize,
+}
+
+/// Serves the API on `listener` until the agent closes: each connection on its own task, at
+/// most `limits.connections_max` at once (one more is closed as soon as it is accepted), each
+/// closed if it has not sent a full request head within `limits.header_timeout`. On close,
+/// open connections finish the request in flight (event streams end) and the server returns.
+pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, limits: Limits) {
     let mut closing = shared.closing.subscribe();
-    let app = router(shared);
-    let stop = async move {
-        let _ = closing.wait_for(|v| *v).await;
+    let app = router(shared.clone());
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.connections_max));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = closing.wait_for(|v| *v) => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait for some to close.
+                tracing::warn!(error = %e, "admin API: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            shared.guard.refusals.count(Refusal::Connections);
+            drop(stream);
+            continue;
+        };
+        conns.spawn(serve_connection(
+            stream,
+            app.clone(),
+            shared.clone(),
+            limits,
+            slot,
+        ));
+    }
+    while conns.join_next().await.is_some() {}
+}
+
+/// One connection, HTTP/1.1, until the client closes it, it times out, or the agent closes.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    shared: Arc<Shared>,
+    limits: Limits,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    use hyper::service::Service;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = served.clone();
+    let app = hyper_util::service::TowerToHyperService::new(app);
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        count.fetch_add(1, Ordering::Relaxed);
+        app.call(req)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let mut closing = shared.closing.subscribe();
+    let finished = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        _ = closing.wait_for(|v| *v) => None,
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(error = %e, "http server failed");
+    let result = match finished {
+        Some(r) => r,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        // An idle keep-alive connection times out the same way: only a connection that never
+        // completed a request head counts as refused.
+        if e.is_timeout() && served.load(Ordering::Relaxed) == 0 {
+            shared.guard.refusals.count(Refusal::HeaderTimeout);
+        }
+        tracing::debug!(error = %e, "admin connection ended");
     }
 }
 
@@ -127,6 +208,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/v1/chaos",
             get(chaos_get).put(chaos_put).delete(chaos_clear),
         )
+        .route_layer(middleware::from_fn_with_state(shared.clone(), state_change))
         .route_layer(middleware::from_fn_with_state(shared.clone(), auth));
     Router::new()
         .route("/health", get(health))
@@ -140,7 +222,85 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(middleware::from_fn_with_state(shared.clone(), same_site))
         .with_state(shared)
+}
+
+/// Refuses a request whose `Host` (421) or `Origin` (403) names no allowed host: see
+/// [`super::guard`]. Runs before every route, `/health` and unknown routes included.
+async fn same_site(State(s): App, req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    if !host.is_some_and(|h| s.guard.allows_host(h, 80)) {
+        s.guard.refusals.count(Refusal::Host);
+        return ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "host_not_allowed",
+            "the Host header names no address or name of this API (add the name to \
+             http_allowed_hosts if it is yours)",
+        )
+        .into_response();
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        if !origin.to_str().is_ok_and(|o| s.guard.allows_origin(o)) {
+            s.guard.refusals.count(Refusal::Origin);
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                "cross-origin requests are refused (the Origin header names no allowed host)",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Refuses a state change (any method but GET and HEAD) that a cross-site page could have sent:
+/// without `Content-Type: application/json` or `X-Dcore-Request`, it gets 415. Then reads its
+/// body, which must arrive in full within the header timeout (408 otherwise: a slow body would
+/// hold the connection as a slow head would) and fit [`BODY_BYTES_MAX`] (413).
+async fn state_change(State(s): App, req: Request, next: Next) -> Response {
+    use axum::http::Method;
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        return next.run(req).await;
+    }
+    if !guard::marked_as_program(req.method(), req.headers()) {
+        s.guard.refusals.count(Refusal::ContentType);
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "a {} needs Content-Type: application/json or the header {}: 1",
+                req.method(),
+                guard::REQUEST_HEADER
+            ),
+        )
+        .into_response();
+    }
+    let (parts, body) = req.into_parts();
+    let read = axum::body::to_bytes(body, BODY_BYTES_MAX);
+    let body = match tokio::time::timeout(s.guard.body_timeout, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            let message = format!("the body is over {BODY_BYTES_MAX} bytes, or broken: {e}");
+            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
+                .into_response();
+        }
+        Err(_) => {
+            s.guard.refusals.count(Refusal::BodyTimeout);
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the body did not arrive within {:?}", s.guard.body_timeout),
+            )
+            .into_response();
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(body)))
+        .await
 }
 
 async fn auth(State(s): App, headers: HeaderMap, req: Request, next: Next) -> Response {
@@ -151,6 +311,7 @@ async fn auth(State(s): App, headers: HeaderMap, req: Request, next: Next) -> Re
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            s.guard.refusals.count(Refusal::Token);
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -195,6 +356,7 @@ async fn snapshot(s: &Shared) -> ApiResult<Snapshot> {
         member_health: s.node.member_health(),
         chaos_faults,
         wal: s.node.wal_figures(),
+        admin_rejected: s.guard.refusals.snapshot(),
     })
 }
 
@@ -325,11 +487,24 @@ async fn user_event(
     Ok(Json(json!({"sent": true})))
 }
 
-async fn event_stream(State(s): App) -> impl IntoResponse {
+/// Server-sent events, at most `http_event_streams_max` streams at once (503 beyond). A stream
+/// holds its place until it ends: the agent closes, or a write finds the client gone (at the
+/// latest at the next keep-alive comment, every 15 s).
+async fn event_stream(State(s): App) -> Response {
+    let Ok(place) = s.event_streams.clone().try_acquire_owned() else {
+        s.guard.refusals.count(Refusal::EventStreams);
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            "too many event streams are open (http_event_streams_max)",
+        )
+        .into_response();
+    };
     let events = s.node.subscribe();
     let closing = s.closing.subscribe();
-    let stream =
-        futures_util::stream::unfold((events, closing), |(mut events, mut closing)| async move {
+    let stream = futures_util::stream::unfold(
+        (events, closing, place),
+        |(mut events, mut closing, place)| async move {
             let got = tokio::select! {
                 _ = closing.wait_for(|v| *v) => None,
                 e = events.recv() => Some(e),
@@ -341,9 +516,15 @@ async fn event_stream(State(s): App) -> impl IntoResponse {
                 }
                 Err(_) => return None,
             };
-            Some((Ok::<_, std::convert::Infallible>(ev), (events, closing)))
-        });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+            Some((
+                Ok::<_, std::convert::Infallible>(ev),
+                (events, closing, place),
+            ))
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 async fn keys_list(State(s): App) -> ApiResult<Json<serde_json::Value>> {

@@ -6,14 +6,20 @@
 //! - `/v1/...` routes read and change the node (members, join, leave, user events, an event
 //!   stream, chaos, keys); `/metrics` and `/v1/metrics` expose its figures.
 //! - With a token configured every route but `/health` needs `Authorization: Bearer <token>`.
+//! - A browser page cannot drive it (`guard`): `Host` and `Origin` must name this API, and
+//!   every request but GET and HEAD needs `Content-Type: application/json` or
+//!   `X-Dcore-Request: 1`. Connections are capped and must send their request head in time;
+//!   event streams are capped.
 //!
 //! Errors are JSON `{"error": "...", "code": "..."}` with the fitting status.
 
 mod config;
+mod guard;
 mod http;
 pub mod views;
 
 pub use config::{AgentConfig, AgentConfigError};
+pub use guard::REQUEST_HEADER;
 
 use crate::cluster::Event;
 use crate::diagnostics::chaos::{Chaos, ChaosError};
@@ -78,6 +84,10 @@ pub(crate) struct Shared {
     pub stop_requested: watch::Sender<bool>,
     /// Set when the agent shuts down: ends event streams and the server.
     pub closing: watch::Sender<bool>,
+    /// The hosts the API answers to, and the count of what it refused.
+    pub guard: guard::Guard,
+    /// One permit per event stream that may open (`http_event_streams_max`).
+    pub event_streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// A running agent. Dropping it without [`Agent::shutdown`] aborts its tasks.
@@ -119,21 +129,7 @@ impl Agent {
             .as_deref()
             .map(Keyring::load)
             .transpose()?;
-        let token = match &config.token_file {
-            None => None,
-            Some(path) => {
-                let err = |reason: String| AgentError::Token {
-                    path: path.clone(),
-                    reason,
-                };
-                let t = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-                let t = t.trim().to_string();
-                if t.is_empty() {
-                    return Err(err("empty".into()));
-                }
-                Some(t)
-            }
-        };
+        let token = config.token_file.as_deref().map(read_token).transpose()?;
         let chaos = Arc::new(Chaos::new(config.chaos.clone())?);
         let mut nc = config.node.clone();
         // Seeds are joined below, once readiness is watched: `join` resolved, then any the
@@ -162,13 +158,26 @@ impl Agent {
             leave_timeout: config.leave_timeout,
             stop_requested: watch::channel(false).0,
             closing: watch::channel(false).0,
+            guard: guard::Guard::new(
+                http_addr.port(),
+                &config.http_allowed_hosts,
+                config.http_header_timeout,
+            ),
+            event_streams: Arc::new(tokio::sync::Semaphore::new(config.http_event_streams_max)),
         });
+        let limits = http::Limits {
+            header_timeout: config.http_header_timeout,
+            connections_max: config.http_connections_max,
+        };
         let mut tasks = JoinSet::new();
         // Subscribed before the join is sent, so its JoinCompleted cannot be missed.
         tasks.spawn(watch_ready(shared.clone(), node.subscribe()));
-        tasks.spawn(http::serve(listener, shared.clone()));
+        tasks.spawn(http::serve(listener, shared.clone(), limits));
         if !seeds.is_empty() {
             node.join(seeds).await?;
+        }
+        if let Some(risk) = plain_gossip_risk(&config) {
+            tracing::warn!("{risk}");
         }
         tracing::info!(name = %config.node.name, gossip = %node.addr(), http = %http_addr, "agent started");
         Ok(Agent {
@@ -228,6 +237,45 @@ impl Agent {
     }
 }
 
+/// Reads the admin token: the file must be private (mode 0600, like the key file) and hold a
+/// token.
+fn read_token(path: &std::path::Path) -> Result<String, AgentError> {
+    let err = |reason: String| AgentError::Token {
+        path: path.to_path_buf(),
+        reason,
+    };
+    crate::identity::check_private_file(path).map_err(|e| match e {
+        crate::identity::IdentityError::KeyFilePermissions { mode, .. } => {
+            err(format!("mode {mode:o}: others can read it; chmod 600 it"))
+        }
+        other => err(other.to_string()),
+    })?;
+    let t = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let t = t.trim().to_string();
+    if t.is_empty() {
+        return Err(err("empty".into()));
+    }
+    Ok(t)
+}
+
+/// The warning an agent logs at start when its gossip travels in the clear beyond this host:
+/// `None` when encryption is on or both the bound and the advertised address are loopback.
+fn plain_gossip_risk(config: &AgentConfig) -> Option<String> {
+    if config.encrypt_key_file.is_some() {
+        return None;
+    }
+    let exposed = [Some(config.node.bind), config.node.advertise]
+        .into_iter()
+        .flatten()
+        .find(|a| !a.ip().is_loopback())?;
+    Some(format!(
+        "gossip on {exposed} is not loopback and encryption is off: anyone who can reach it \
+         can read the membership and send forged messages (mark members failed, inject user \
+         events, join fake members); set --encrypt-key-file (a key from `dcore keygen`) on \
+         every node, and --label"
+    ))
+}
+
 /// A graceful leave: not ready from now on; the Left claim goes out.
 pub(crate) async fn leave(shared: &Shared) -> bool {
     shared.leaving.store(true, Ordering::SeqCst);
@@ -254,6 +302,45 @@ async fn watch_ready(shared: Arc<Shared>, mut events: tokio::sync::broadcast::Re
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => return,
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(bind: &str, advertise: Option<&str>, key: bool) -> AgentConfig {
+        let mut c = AgentConfig::default();
+        c.node.bind = bind.parse().unwrap();
+        c.node.advertise = advertise.map(|a| a.parse().unwrap());
+        c.encrypt_key_file = key.then(|| "/etc/dcore/keys".into());
+        c
+    }
+
+    #[test]
+    fn plain_gossip_beyond_loopback_is_a_risk_named_with_its_fix() {
+        let warned = [
+            ("0.0.0.0:7946", None, "0.0.0.0:7946"),
+            ("[::]:7946", None, "[::]:7946"),
+            ("10.0.0.1:7946", None, "10.0.0.1:7946"),
+            ("127.0.0.1:7946", Some("10.0.0.1:7946"), "10.0.0.1:7946"),
+            ("0.0.0.0:7946", Some("127.0.0.1:7946"), "0.0.0.0:7946"),
+        ];
+        for (bind, advertise, named) in warned {
+            let risk = plain_gossip_risk(&config(bind, advertise, false))
+                .unwrap_or_else(|| panic!("{bind} {advertise:?}: a warning"));
+            assert!(risk.contains(named), "{risk}");
+            assert!(risk.contains("encryption is off"), "{risk}");
+            assert!(risk.contains("--encrypt-key-file"), "{risk}");
+            assert_eq!(plain_gossip_risk(&config(bind, advertise, true)), None);
+        }
+        for (bind, advertise) in [
+            ("127.0.0.1:7946", None),
+            ("127.0.0.5:0", Some("127.0.0.5:7946")),
+            ("[::1]:7946", None),
+        ] {
+            assert_eq!(plain_gossip_risk(&config(bind, advertise, false)), None);
         }
     }
 }

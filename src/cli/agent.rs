@@ -44,9 +44,17 @@ pub struct AgentArgs {
     /// Cluster label: bound into encrypted frames, tagged on plain ones.
     #[arg(long, env = "DCORE_LABEL")]
     pub label: Option<String>,
-    /// File holding the admin API's bearer token.
+    /// File holding the admin API's bearer token; must be mode 0600.
     #[arg(long, env = "DCORE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// A name the admin API answers to in Host/Origin besides IP literals and localhost (NAME
+    /// or NAME:PORT); repeatable (env: comma-separated).
+    #[arg(
+        long = "http-allowed-host",
+        env = "DCORE_HTTP_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub http_allowed_hosts: Vec<String>,
     /// Log format: text or json (filter with RUST_LOG, default info).
     #[arg(long, env = "DCORE_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -93,6 +101,9 @@ pub fn effective_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
     }
     if let Some(v) = &args.token_file {
         c.token_file = Some(v.clone());
+    }
+    if !args.http_allowed_hosts.is_empty() {
+        c.http_allowed_hosts = args.http_allowed_hosts.clone();
     }
     if let Some(v) = &args.log_format {
         c.log_format = v.clone();

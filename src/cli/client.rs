@@ -69,21 +69,68 @@ pub enum KeysCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Install a key (base64) so it decrypts.
-    Install {
-        /// The key, as `dcore keygen` prints it.
-        key: String,
-    },
+    /// Install a key so it decrypts.
+    Install(KeyArg),
     /// Make an installed key the one that encrypts.
-    Use {
-        /// The key.
-        key: String,
-    },
+    Use(KeyArg),
     /// Remove a key that no longer encrypts.
-    Remove {
-        /// The key.
-        key: String,
-    },
+    Remove(KeyArg),
+}
+
+/// Where a key comes from: a file or stdin, never the command line (other users see a
+/// process's arguments, and shells keep them in history).
+#[derive(Debug, Args)]
+pub struct KeyArg {
+    /// File holding the key as `dcore keygen` prints it (one base64 key; mode 0600), or `-` to
+    /// read it from stdin.
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
+    /// Refused: a key on the command line is visible to other users; use --key-file.
+    #[arg(hide = true)]
+    key: Option<String>,
+}
+
+impl KeyArg {
+    /// The key's base64 text, from the file or stdin.
+    fn read(&self) -> anyhow::Result<String> {
+        if self.key.is_some() {
+            bail!(
+                "a key is not taken from the command line (other users can see it in the \
+                 process list, and the shell keeps it in history): put it in a file with mode \
+                 0600 and pass --key-file PATH, or pipe it in with --key-file -"
+            );
+        }
+        let Some(path) = &self.key_file else {
+            bail!(
+                "give the key with --key-file PATH (a file of mode 0600) or --key-file - (stdin)"
+            );
+        };
+        let (text, from) = if path.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("reading the key from stdin")?;
+            (text, "stdin".to_string())
+        } else {
+            distributed_core::identity::check_private_file(path)?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("key file {}", path.display()))?;
+            (text, path.display().to_string())
+        };
+        let keys: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        match keys.as_slice() {
+            [one] => {
+                distributed_core::identity::Key::from_base64(one)
+                    .with_context(|| format!("the key in {from}"))?;
+                Ok(one.to_string())
+            }
+            [] => bail!("{from} holds no key"),
+            _ => bail!("{from} holds {} keys: give one", keys.len()),
+        }
+    }
 }
 
 struct Client {
@@ -116,7 +163,12 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<reqwest::blocking::Response> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        // The agent refuses a state change that a web page could have sent (see
+        // `agent::REQUEST_HEADER`); this header says a program sent it.
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header(distributed_core::agent::REQUEST_HEADER, "1");
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
@@ -290,13 +342,15 @@ pub fn keys(t: &Target, cmd: KeysCmd) -> anyhow::Result<i32> {
     let json_out = matches!(cmd, KeysCmd::List { json: true });
     let v = match cmd {
         KeysCmd::List { .. } => c.json(Method::GET, "/v1/keys", None)?,
-        KeysCmd::Install { key } => c.json(Method::POST, "/v1/keys", Some(json!({"key": key})))?,
-        KeysCmd::Use { key } => c.json(
+        KeysCmd::Install(k) => c.json(Method::POST, "/v1/keys", Some(json!({"key": k.read()?})))?,
+        KeysCmd::Use(k) => c.json(
             Method::POST,
             "/v1/keys",
-            Some(json!({"key": key, "primary": true})),
+            Some(json!({"key": k.read()?, "primary": true})),
         )?,
-        KeysCmd::Remove { key } => c.json(Method::DELETE, "/v1/keys", Some(json!({"key": key})))?,
+        KeysCmd::Remove(k) => {
+            c.json(Method::DELETE, "/v1/keys", Some(json!({"key": k.read()?})))?
+        }
     };
     if json_out {
         println!("{v}");

@@ -5,7 +5,7 @@
 use super::members::Member;
 use super::message::{Alive, Dead, MemberState, Message, Ping, PushMember, Suspect};
 use super::suspicion::{suspicion_min, Suspicion};
-use super::swim::{Admit, Swim, INCARNATION_JUMP_MAX};
+use super::swim::{Admit, Swim, DOWN_CLAIM_JUMP_MAX, INCARNATION_JUMP_MAX};
 use super::{Event, Timer};
 use crate::identity::Incarnation;
 use crate::identity::{tags_len, NodeId};
@@ -14,7 +14,12 @@ impl Swim {
     /// Whether a claim at `claimed` about a member known at `known` is a plausible step (see
     /// [`INCARNATION_JUMP_MAX`]); an implausible one is counted, and the caller drops it.
     fn plausible(&mut self, known: Incarnation, claimed: Incarnation) -> bool {
-        let ok = claimed.0 <= known.0.saturating_add(INCARNATION_JUMP_MAX);
+        self.within(known, claimed, INCARNATION_JUMP_MAX)
+    }
+
+    /// Whether `claimed` is at most `step` above `known`; counted when it is not.
+    fn within(&mut self, known: Incarnation, claimed: Incarnation, step: u64) -> bool {
+        let ok = claimed.0 <= known.0.saturating_add(step);
         if !ok {
             self.stats.implausible += 1;
         }
@@ -43,8 +48,10 @@ impl Swim {
         if a.incarnation <= old.incarnation {
             return;
         }
-        let known = old.incarnation;
-        if !self.plausible(known, a.incarnation) {
+        // The member's own word, from its own address, may move it any amount: that is how a
+        // node whose view fell far behind (a partition, a flood of forged claims) catches up.
+        let (known, direct) = (old.incarnation, self.direct_from == Some(old.info.addr));
+        if !(direct && a.info.addr == old.info.addr) && !self.plausible(known, a.incarnation) {
             return;
         }
         let old = self.members.get(&id).expect("looked up above");
@@ -182,7 +189,7 @@ impl Swim {
             return None;
         }
         let known = self.members.get(node)?.incarnation;
-        if !self.plausible(known, incarnation) {
+        if !self.trust_jumps && !self.within(known, incarnation, DOWN_CLAIM_JUMP_MAX) {
             return None;
         }
         self.members
@@ -323,6 +330,36 @@ impl Swim {
         self.on_dead(d);
     }
 
+    /// A death declared by another node. Believed only about a member this node has itself
+    /// suspected at that incarnation for at least the shortest suspicion timeout, time enough
+    /// for a live member to have refuted; otherwise it counts as a suspicion (or a confirmation
+    /// of the running one). So one forged `Dead` about a live member makes it refute, never
+    /// fail, while an honest declaration reaches the others after their own suspicion.
+    pub(crate) fn on_dead_claim(&mut self, d: Dead) {
+        if d.from == d.node || d.node == self.id {
+            self.on_dead(d);
+            return;
+        }
+        let Some(m) = self.down_claim_target(&d.node, d.incarnation) else {
+            return;
+        };
+        let ripe = m.state == MemberState::Suspect
+            && m.incarnation == d.incarnation
+            && self
+                .suspicions
+                .get(&d.node)
+                .is_some_and(|s| self.now.mono.saturating_since(s.start) >= s.min);
+        if ripe {
+            self.on_dead(d);
+        } else {
+            self.on_suspect(Suspect {
+                incarnation: d.incarnation,
+                node: d.node,
+                from: d.from,
+            });
+        }
+    }
+
     pub(crate) fn on_dead(&mut self, d: Dead) {
         if self.down_claim_target(&d.node, d.incarnation).is_none() {
             return;
@@ -381,7 +418,10 @@ impl Swim {
             from: self.id.clone(),
         };
         if let Some(known) = self.members.get(&s.node).map(|m| m.incarnation) {
-            if s.node != self.id && !self.plausible(known, s.incarnation) {
+            if s.node != self.id
+                && !self.trust_jumps
+                && !self.within(known, s.incarnation, DOWN_CLAIM_JUMP_MAX)
+            {
                 return;
             }
         }

@@ -126,6 +126,13 @@ pub struct Stats {
 /// with. The one exception is the full state of the seed a node joins through, which may set
 /// the joiner's own incarnation (a restart without a data dir) and its clock anywhere.
 pub const INCARNATION_JUMP_MAX: u64 = 1 << 16;
+/// Largest step up from the incarnation this node knows for another member that a suspect or
+/// dead claim (or a push-pull row saying so) may take. Only the member raises its incarnation, by
+/// one per refutation, and a claim about it names the incarnation its author saw: one step
+/// covers a refutation not yet heard of. A larger step is dropped and counted
+/// (`Stats::implausible`), so forged claims can raise a live member's incarnation by at most two
+/// each (the step and its refutation).
+pub const DOWN_CLAIM_JUMP_MAX: u64 = 0;
 /// Largest step up of the user-event Lamport clock that one event or push-pull may cause; a
 /// larger one is dropped and counted. Honest clocks differ by the events sent while apart.
 pub const LTIME_JUMP_MAX: u64 = 1 << 20;
@@ -192,6 +199,9 @@ pub struct Swim {
     pub(crate) admit_bucket: AdmitBucket,
     /// When a refutation last raised the local health multiplier.
     last_refute_penalty: Option<Time>,
+    /// The real source of the message being handled (a datagram's source, or a stream's sender
+    /// checked against its connection), to tell a member's own word from a relayed claim.
+    pub(crate) direct_from: Option<SocketAddr>,
 }
 
 impl Swim {
@@ -234,6 +244,7 @@ impl Swim {
                 at: Time::ZERO,
             },
             last_refute_penalty: None,
+            direct_from: None,
             config,
         })
     }
@@ -367,6 +378,12 @@ impl Swim {
 
     fn on_message(&mut self, from: SocketAddr, msg: Message, channel: Channel) {
         self.stats.messages_in += 1;
+        self.direct_from = Some(from);
+        self.on_message_from(from, msg, channel);
+        self.direct_from = None;
+    }
+
+    fn on_message_from(&mut self, from: SocketAddr, msg: Message, channel: Channel) {
         match msg {
             Message::Ping(m) => self.on_ping(from, m, channel),
             Message::PingReq(m) => self.on_ping_req(from, *m, channel),
@@ -380,9 +397,10 @@ impl Swim {
                 self.answer_stale_claim(from, &m.node, m.incarnation);
                 self.on_suspect(m)
             }
+            Message::Dead(m) if m.from == self.id && m.node != self.id => {}
             Message::Dead(m) => {
                 self.answer_stale_claim(from, &m.node, m.incarnation);
-                self.on_dead(m)
+                self.on_dead_claim(m)
             }
             Message::PushPull(m) => self.on_push_pull(from, m),
             Message::UserEvent(m) => self.on_user_event(*m),

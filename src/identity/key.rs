@@ -146,7 +146,7 @@ impl fmt::Debug for Key {
 /// Reads a key file: one base64 key per line, the first one primary, `#` comments allowed.
 /// Refused if group or others may read it (on Unix), or if it holds no key.
 pub fn read_key_file(path: &Path) -> Result<Vec<Key>, IdentityError> {
-    check_permissions(path)?;
+    check_private_file(path)?;
     let text = std::fs::read_to_string(path).map_err(|e| key_file(path, e.to_string()))?;
     let keys = text
         .lines()
@@ -167,8 +167,10 @@ fn key_file(path: &Path, reason: String) -> IdentityError {
     }
 }
 
+/// Refuses a file that users other than its owner may read or write (on Unix: any group or
+/// other permission bit), as key files and the admin token file must not be.
 #[cfg(unix)]
-fn check_permissions(path: &Path) -> Result<(), IdentityError> {
+pub fn check_private_file(path: &Path) -> Result<(), IdentityError> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).map_err(|e| key_file(path, e.to_string()))?;
     let mode = meta.permissions().mode() & 0o777;
@@ -181,8 +183,9 @@ fn check_permissions(path: &Path) -> Result<(), IdentityError> {
     Ok(())
 }
 
+/// Refuses a file others may read: not checked off Unix.
 #[cfg(not(unix))]
-fn check_permissions(_path: &Path) -> Result<(), IdentityError> {
+pub fn check_private_file(_path: &Path) -> Result<(), IdentityError> {
     Ok(())
 }
 

@@ -19,7 +19,7 @@ pub use id::{Incarnation, NodeId, NODE_ID_BYTES_MAX};
 pub use info::{
     check_tag_sizes, check_tags, tags_len, NodeInfo, Tags, TAG_KEY_BYTES_MAX, TAG_VALUE_BYTES_MAX,
 };
-pub use key::{read_key_file, Key, KEY_BYTES, NONCE_BYTES, TAG_BYTES};
+pub use key::{check_private_file, read_key_file, Key, KEY_BYTES, NONCE_BYTES, TAG_BYTES};
 pub use persisted::PersistedIdentity;
 
 use std::path::PathBuf;

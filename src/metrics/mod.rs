@@ -30,6 +30,9 @@ pub struct Snapshot {
     pub chaos_faults: BTreeMap<String, u64>,
     /// The WAL's figures, if the node persists.
     pub wal: Option<WalFigures>,
+    /// Requests and connections the admin API refused, by reason (`admin_host`, ...): shown
+    /// in `dcore_rejected_total` next to the node's own reasons.
+    pub admin_rejected: BTreeMap<String, u64>,
 }
 
 /// The exposition format of `/metrics`.
@@ -162,7 +165,7 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
         member_health(&mut e, &snap.member_health)?;
         core(&mut e, &snap.node)?;
         messages(&mut e, &snap.node.messages)?;
-        transport(&mut e, &snap.node)?;
+        transport(&mut e, &snap.node, &snap.admin_rejected)?;
         chaos(&mut e, &snap.chaos_faults)?;
         if let Some(w) = &snap.wal {
             wal(&mut e, w)?;
@@ -368,8 +371,13 @@ fn messages(e: &mut DescriptorEncoder, kinds: &[KindCount]) -> std::fmt::Result 
     Ok(())
 }
 
-/// Frame bytes, rejected input, outgoing connections and dropped records.
-fn transport(e: &mut DescriptorEncoder, s: &NodeStats) -> std::fmt::Result {
+/// Frame bytes, rejected input (the admin API's refusals too), outgoing connections and dropped
+/// records.
+fn transport(
+    e: &mut DescriptorEncoder,
+    s: &NodeStats,
+    admin_rejected: &BTreeMap<String, u64>,
+) -> std::fmt::Result {
     let t = &s.traffic;
     let tr = &t.transport;
     let bytes = [
@@ -390,36 +398,38 @@ fn transport(e: &mut DescriptorEncoder, s: &NodeStats) -> std::fmt::Result {
             )
         }),
     )?;
+    let mut rejected = vec![
+        ("frame", t.rejected_frame),
+        ("key", t.rejected_key),
+        ("plain", t.rejected_plain),
+        ("label", t.rejected_label),
+        ("stale", t.rejected_stale),
+        ("replayed", t.rejected_replayed),
+        ("packet", t.rejected_packet),
+        ("stream", t.rejected_stream),
+        ("spoofed", t.rejected_spoofed),
+        ("oversized", tr.stream_oversized),
+        ("stalled", tr.stream_timeouts),
+        ("invalid_record", tr.stream_invalid),
+        ("too_many_streams", tr.inbound_refused),
+        ("too_many_streams_per_ip", tr.inbound_refused_ip),
+        ("queue_full", tr.queue_full),
+        ("protocol", s.core.dropped),
+        ("implausible", s.core.implausible),
+        ("over_limit", s.core.over_limit),
+        ("misdirected", s.core.misdirected),
+        ("not_allowed", s.core.not_allowed),
+        ("table_full", s.core.table_full),
+        ("admission", s.core.admission),
+        ("conflict", s.core.conflicts),
+    ];
+    rejected.extend(admin_rejected.iter().map(|(k, v)| (k.as_str(), *v)));
     counters_by(
         e,
         "dcore_rejected",
         "Input refused and dropped, by reason",
         "reason",
-        &[
-            ("frame", t.rejected_frame),
-            ("key", t.rejected_key),
-            ("plain", t.rejected_plain),
-            ("label", t.rejected_label),
-            ("stale", t.rejected_stale),
-            ("replayed", t.rejected_replayed),
-            ("packet", t.rejected_packet),
-            ("stream", t.rejected_stream),
-            ("spoofed", t.rejected_spoofed),
-            ("oversized", tr.stream_oversized),
-            ("stalled", tr.stream_timeouts),
-            ("invalid_record", tr.stream_invalid),
-            ("too_many_streams", tr.inbound_refused),
-            ("too_many_streams_per_ip", tr.inbound_refused_ip),
-            ("queue_full", tr.queue_full),
-            ("protocol", s.core.dropped),
-            ("implausible", s.core.implausible),
-            ("over_limit", s.core.over_limit),
-            ("misdirected", s.core.misdirected),
-            ("not_allowed", s.core.not_allowed),
-            ("table_full", s.core.table_full),
-            ("admission", s.core.admission),
-            ("conflict", s.core.conflicts),
-        ],
+        &rejected,
     )?;
     counters_by(
         e,
