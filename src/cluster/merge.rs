@@ -345,10 +345,9 @@ impl Swim {
         };
         let ripe = m.state == MemberState::Suspect
             && m.incarnation == d.incarnation
-            && self
-                .suspicions
-                .get(&d.node)
-                .is_some_and(|s| self.now.mono.saturating_since(s.start) >= s.min);
+            && self.suspicions.get(&d.node).is_some_and(|s| {
+                self.now.mono.saturating_since(s.start) >= s.min
+            });
         if ripe {
             self.on_dead(d);
         } else {

@@ -39,9 +39,7 @@ pub use message::{
     Ack, Alive, Dead, DecodeMessageError, DecodedPacket, MemberState, Message, Nack, Ping, PingReq,
     PushMember, PushPull, Suspect, UserEvent, PACKET_MESSAGES_MAX, PROTOCOL_VERSION,
 };
-pub use swim::{
-    CommandError, Stats, Swim, DOWN_CLAIM_JUMP_MAX, INCARNATION_JUMP_MAX, LTIME_JUMP_MAX,
-};
+pub use swim::{CommandError, Stats, Swim, DOWN_CLAIM_JUMP_MAX, INCARNATION_JUMP_MAX, LTIME_JUMP_MAX};
 
 use crate::common::Time;
 use crate::identity::{Incarnation, NodeId, NodeInfo, Tags};
