@@ -7,8 +7,7 @@ mod harness;
 use distributed_core::cluster::{Alive, Config, Event, MemberState, Message, PushMember, PushPull};
 use distributed_core::identity::{Incarnation, NodeId, NodeInfo};
 use distributed_core::node::NodeConfig;
-use distributed_core::testing::encode_packet;
-use harness::{agent_config, agents, eventually, plain_datagram, plain_frame, serial, Net};
+use harness::{agent_config, agents, eventually, plain_datagram, plain_record, serial, Net};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,17 +17,6 @@ fn config(name: &str) -> NodeConfig {
     let mut c = NodeConfig::new(name, "127.0.0.1:0".parse().unwrap());
     c.protocol = Config::local();
     c
-}
-
-/// A stream record as the transport carries it: `[len: u32 BE]` and one plain frame whose body
-/// is the sender's claimed address (postcard) and a one-message packet.
-fn plain_record(from: SocketAddr, msg: &Message) -> Vec<u8> {
-    let mut body = postcard::to_allocvec(&from).unwrap();
-    body.extend_from_slice(&encode_packet(std::slice::from_ref(msg)));
-    let frame = plain_frame(&body);
-    let mut record = (frame.len() as u32).to_be_bytes().to_vec();
-    record.extend_from_slice(&frame);
-    record
 }
 
 /// Resident memory of this test process, in bytes.

@@ -228,8 +228,9 @@ async fn run_cluster(args: &LocalArgs, protocol: Config) -> anyhow::Result<Local
         msgs += t.msgs_out;
         bytes += t.bytes_out;
         rejected += t.rejected_frame + t.rejected_key + t.rejected_plain;
-        rejected += t.rejected_packet + t.rejected_stream;
+        rejected += t.rejected_packet + t.rejected_stream + t.rejected_spoofed;
         rejected += t.transport.stream_oversized + t.transport.stream_timeouts;
+        rejected += t.transport.stream_invalid;
         streams += t.transport.streams_out;
         conns += t.transport.connections_opened;
         dropped += t.transport.streams_out_dropped;

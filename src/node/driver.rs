@@ -77,6 +77,15 @@ impl<T: Transport> Driver<T> {
         self.swim.start(now, &mut self.out);
         self.apply().await;
         loop {
+            // Due timers first, every turn: input that is always ready (a junk flood keeps the
+            // socket readable) is handled one datagram or record a turn, so it can delay the
+            // timers by one input at most, never starve them.
+            if !self.paused {
+                self.fire_timers();
+                if !self.out.is_empty() {
+                    self.apply().await;
+                }
+            }
             let next = self
                 .timers
                 .keys()
@@ -91,7 +100,7 @@ impl<T: Transport> Driver<T> {
                 Some(req) = requests.recv() => self.on_request(req),
                 got = self.transport.recv(), if !self.paused => match got {
                     Some(Incoming::Packet { from, bytes }) => self.on_datagram(from, &bytes),
-                    Some(Incoming::Stream { bytes }) => self.on_record(&bytes),
+                    Some(Incoming::Stream { from, bytes }) => self.on_record(from, &bytes),
                     None => break,
                 },
                 _ = sleep, if next.is_some() && !self.paused => self.fire_timers(),
@@ -153,13 +162,22 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    fn on_record(&mut self, bytes: &[u8]) {
+    /// A stream record from the connection peer `peer`. Its messages are answered at the
+    /// sender's claimed address, so a claim from another IP than the connection's is dropped
+    /// and counted (`spoofed`): a forged claim cannot steer a push-pull reply, with the whole
+    /// member table, to a third address. Only the port may differ (the connection's is the
+    /// sender's outgoing port).
+    fn on_record(&mut self, peer: SocketAddr, bytes: &[u8]) {
         self.links
             .traffic
             .counts
             .stream_bytes_in
             .add(bytes.len() as u64);
         match record::open_record(bytes, &self.links.sec) {
+            Ok(msgs) if msgs.iter().any(|(from, _)| !same_ip(*from, peer)) => {
+                self.links.traffic.counts.rejected_spoofed.add(1);
+                tracing::debug!(%peer, "stream record claims another IP: dropped");
+            }
             Ok(msgs) => {
                 for (from, msg) in msgs {
                     self.links.traffic.message(Dir::In, Chan::Tcp, &msg);
@@ -323,4 +341,9 @@ impl<T: Transport> Driver<T> {
             }
         }
     }
+}
+
+/// Whether `a` and `b` have the same IP (an IPv4-mapped IPv6 address is its IPv4 one).
+fn same_ip(a: SocketAddr, b: SocketAddr) -> bool {
+    a.ip().to_canonical() == b.ip().to_canonical()
 }

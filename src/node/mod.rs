@@ -1,8 +1,9 @@
 //! The tokio runtime around the protocol core: sockets, timers, tasks, and the `Node` API.
 //!
-//! One driver task owns the [`Swim`] core and a [`Transport`]. It waits on, in this order: an
-//! application command, a datagram or stream record from the transport, the earliest armed
-//! timer. Every input goes through `Swim::handle`; the outputs are carried out at once: packets
+//! One driver task owns the [`Swim`] core and a [`Transport`]. Each turn it fires the timers
+//! that are due, then waits on, in this order: an application command, a datagram or stream
+//! record from the transport, the earliest armed timer (so a flood of input is handled one
+//! datagram a turn and cannot starve the timers). Every input goes through `Swim::handle`; the outputs are carried out at once: packets
 //! sealed and sent as datagrams, stream messages sealed and queued on the transport's cached
 //! connection to the peer, timers kept in an ordered map, events published to subscribers and
 //! folded into the membership snapshot that `Node::members` reads. The driver also shows every
@@ -14,7 +15,9 @@
 //! transport, such as the in-memory [`crate::transport::mem::MemNetwork`] of the tests.
 //!
 //! A stream record is one frame whose body is the sender's advertised address (postcard)
-//! followed by a one-message packet, so the address is covered by encryption.
+//! followed by a one-message packet, so the address is covered by encryption. Its messages are
+//! answered at that address, so the driver drops (`spoofed`) a record whose claimed IP is not
+//! its connection's.
 //!
 //! Layout: `mod.rs` (API, start, shutdown), `driver.rs` (the loop), `record.rs` (stream
 //! records), `persist.rs` (the data dir), `traffic.rs` and `stats.rs` (figures), `health.rs`

@@ -48,6 +48,9 @@ crate::common::counters! {
         /// Stream records whose sender address or packet did not decode (the transport counts
         /// oversized and stalled records, in `transport`).
         rejected_stream,
+        /// Stream records whose claimed sender address has another IP than the connection's
+        /// peer: their answer could be steered to a third address.
+        rejected_spoofed,
     }
     extra {
         /// Bytes of datagrams and stream records received: `datagram_bytes_in +

@@ -160,7 +160,13 @@ impl Transport for MemTransport {
         self.counters.streams_out.add(1);
         if self
             .net
-            .deliver(to, Incoming::Stream { bytes: record })
+            .deliver(
+                to,
+                Incoming::Stream {
+                    from: self.addr,
+                    bytes: record,
+                },
+            )
             .is_err()
         {
             self.counters.connections_failed.add(1);
@@ -203,6 +209,7 @@ mod tests {
         assert_eq!(
             b.recv().await,
             Some(Incoming::Stream {
+                from: a.local_addr(),
                 bytes: b"rec".to_vec()
             })
         );

@@ -34,9 +34,13 @@ pub enum Incoming {
         /// The datagram's bytes (one frame).
         bytes: Vec<u8>,
     },
-    /// One stream record (one frame). The sender's identity is inside the frame: a stream's
-    /// source port says nothing about the peer's listening address.
+    /// One stream record (one frame). The sender's claimed identity is inside the frame: a
+    /// stream's source port says nothing about the peer's listening address, but its IP is the
+    /// peer's real one, which the runtime holds the claim to.
     Stream {
+        /// The connection's peer address (the socket's, not a claimed one; its port is the
+        /// peer's outgoing port, not its listening one).
+        from: SocketAddr,
         /// The record's bytes.
         bytes: Vec<u8>,
     },
@@ -72,16 +76,26 @@ pub struct TransportConfig {
     pub stream_record_bytes_max: usize,
     /// Inbound stream connections served at once; more are closed on accept. Default 512.
     pub inbound_streams_max: usize,
-    /// An inbound connection idle this long is closed. Must exceed `outbound_idle`, so the
-    /// sender, not the receiver, closes an idle connection. Default 60 s.
+    /// Inbound stream connections served at once from one IP address; more from it are closed
+    /// on accept, so one host cannot take every slot of `inbound_streams_max`. A peer node
+    /// keeps one cached connection to us, so this is about the number of nodes that may share
+    /// one address (several agents on a host, or behind one NAT address). 1 to
+    /// `inbound_streams_max`. Default 64.
+    pub inbound_streams_per_ip_max: usize,
+    /// An inbound connection idle this long after a complete record is closed. Must exceed
+    /// `outbound_idle`, so the sender, not the receiver, closes an idle connection. A new
+    /// connection gets `read_timeout`, not this, for its first record. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub inbound_idle: Duration,
     /// Bytes of inbound records being read or waiting for the runtime, over all connections.
-    /// Room is taken 64 KiB at a time as bytes arrive and given back once the runtime takes
-    /// the record, so hostile peers cannot make the node hold more than this (plus 64 KiB per
-    /// connection being read). At least `stream_record_bytes_max`. Default 32 MiB.
+    /// Room is taken 64 KiB at a time, just before those bytes are read, and given back once
+    /// the runtime takes the record, so hostile peers cannot make the node hold more than this
+    /// in records; a peer that trickles holds at most what it sent plus one 64 KiB piece per
+    /// connection. At least `stream_record_bytes_max`. Default 32 MiB.
     pub inbound_bytes_max: usize,
-    /// Once a record has started, the rest of it must arrive within this. Default 10 s.
+    /// A new connection's first record must be complete within this of the accept, and any
+    /// later record within this of its first byte; otherwise the connection is closed
+    /// (counted `stalled`). Default 10 s.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
     /// Outgoing connections kept open for reuse; past this the least recently used one is
@@ -118,6 +132,7 @@ impl Default for TransportConfig {
         TransportConfig {
             stream_record_bytes_max: 4 << 20,
             inbound_streams_max: 512,
+            inbound_streams_per_ip_max: 64,
             inbound_idle: Duration::from_secs(60),
             inbound_bytes_max: 32 << 20,
             read_timeout: Duration::from_secs(10),
@@ -149,6 +164,12 @@ impl TransportConfig {
         }
         if self.inbound_streams_max == 0 {
             return err("inbound_streams_max", "must be at least 1");
+        }
+        if !(1..=self.inbound_streams_max).contains(&self.inbound_streams_per_ip_max) {
+            return err(
+                "inbound_streams_per_ip_max",
+                "must be 1 to inbound_streams_max",
+            );
         }
         if self.outbound_cached_max == 0 || self.outbound_queue == 0 {
             return err(
@@ -205,9 +226,15 @@ crate::common::counters! {
         streams_in,
         /// Inbound connections refused over `inbound_streams_max`.
         inbound_refused,
+        /// Inbound connections refused over `inbound_streams_per_ip_max`.
+        inbound_refused_ip,
+        /// Inbound connections closed for a record that cannot be ours: zero bytes long, or
+        /// not starting with our frame header (magic, version, known flags).
+        stream_invalid,
         /// Inbound records over `stream_record_bytes_max` (connection closed unread).
         stream_oversized,
-        /// Inbound connections closed for a stalled record.
+        /// Inbound connections closed for a stalled record (or no complete first record within
+        /// `read_timeout` of the accept).
         stream_timeouts,
         /// Datagrams too large to deliver (in-memory network).
         packets_oversized,
@@ -229,6 +256,16 @@ mod tests {
             ..TransportConfig::default()
         };
         assert_eq!(bad.validate().unwrap_err().field, "inbound_idle");
+        for per_ip in [0, 513] {
+            let bad = TransportConfig {
+                inbound_streams_per_ip_max: per_ip,
+                ..TransportConfig::default()
+            };
+            assert_eq!(
+                bad.validate().unwrap_err().field,
+                "inbound_streams_per_ip_max"
+            );
+        }
         let bad = TransportConfig {
             stream_record_bytes_max: 10,
             ..TransportConfig::default()

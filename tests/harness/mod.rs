@@ -18,7 +18,7 @@ pub use fixtures::fixture;
 #[allow(unused_imports)]
 pub use node::{
     alive_count, array, cluster, converged, join, no_task_left, plain_datagram, plain_frame,
-    start_cluster, state_of, Member, Net,
+    plain_record, start_cluster, state_of, Member, Net,
 };
 #[allow(unused_imports)]
 pub use process::{dcore, dcore_command, KillOnDrop, Lines, Run, DCORE};

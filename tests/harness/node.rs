@@ -22,6 +22,16 @@ pub fn plain_datagram(msgs: &[Message]) -> Vec<u8> {
     plain_frame(&encode_packet(msgs))
 }
 
+/// A plain stream record carrying `msg` and claiming to come from `claimed`, with its length
+/// prefix, as anyone who can open a TCP connection can write it (docs/protocol.md: the frame's
+/// body is the sender's address, postcard, then a one-message packet).
+pub fn plain_record(claimed: SocketAddr, msg: &Message) -> Vec<u8> {
+    let mut body = postcard::to_allocvec(&claimed).expect("an address encodes");
+    body.extend_from_slice(&encode_packet(std::slice::from_ref(msg)));
+    let frame = plain_frame(&body);
+    [&(frame.len() as u32).to_be_bytes()[..], &frame].concat()
+}
+
 /// Members `node` sees alive (itself not counted).
 pub fn alive_count(node: &Node) -> usize {
     node.members()

@@ -102,6 +102,7 @@ async fn off_by_default_passes_everything_in_order() {
     assert_eq!(
         got[100].1,
         Incoming::Stream {
+            from: addr(A),
             bytes: b"rec".to_vec()
         }
     );
@@ -266,14 +267,17 @@ async fn streams_untouched_unless_streams_is_on() {
     n.a.send_stream(addr(B), b"to b".to_vec());
     n.a.send_stream(addr(C), b"to c".to_vec());
     n.a.send_packet(addr(C), b"lost").await;
-    let rec = |b: &[u8]| Incoming::Stream { bytes: b.to_vec() };
+    let rec = |from: &str, b: &[u8]| Incoming::Stream {
+        from: addr(from),
+        bytes: b.to_vec(),
+    };
     assert_eq!(
         timeout(ms(500), n.b.recv()).await.unwrap(),
-        Some(rec(b"to b"))
+        Some(rec(A, b"to b"))
     );
     assert_eq!(
         timeout(ms(500), n.c.recv()).await.unwrap(),
-        Some(rec(b"to c"))
+        Some(rec(A, b"to c"))
     );
     let s = n.chaos.stats();
     assert_eq!((s.dropped, s.streams_dropped, s.streams_blocked), (1, 0, 0));
@@ -290,7 +294,7 @@ async fn streams_untouched_unless_streams_is_on() {
     n.b.send_stream(addr(A), b"from b".to_vec());
     assert_eq!(
         timeout(ms(500), n.a.recv()).await.unwrap(),
-        Some(rec(b"from b"))
+        Some(rec(B, b"from b"))
     );
 }
 
