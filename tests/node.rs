@@ -282,8 +282,11 @@ async fn a_crashed_node_restarted_with_its_name_rejoins_with_a_higher_incarnatio
             .all(|n| state_of(n, "n2") == Some(MemberState::Dead))
     })
     .await;
-    // Same name, new port, no memory of its old incarnation: it must out-bid its old self.
-    let again = net.start(config("n2")).await;
+    // Same name and address, no memory of its old incarnation: it must out-bid its old self.
+    // (At another address it would be taken only once failed for `dead_reclaim_time`.)
+    let mut c = config("n2");
+    c.bind = nodes[2].addr();
+    let again = net.start(c).await;
     again.join(vec![nodes[0].addr()]).await.unwrap();
     eventually(
         "n2 alive again everywhere",
@@ -322,6 +325,7 @@ async fn a_node_with_a_data_dir_rejoins_the_members_it_knew_at_a_higher_incarnat
         .map(|m| m.incarnation.0)
         .unwrap();
     // c crashes (its state is saved on the way down), and so does the seed a.
+    let c_addr = c.addr();
     c.shutdown().await;
     a.shutdown().await;
     eventually(
@@ -337,7 +341,9 @@ async fn a_node_with_a_data_dir_rejoins_the_members_it_knew_at_a_higher_incarnat
     let refused = net.start_err(with_dir("intruder")).await;
     assert!(refused.contains("belongs to node \"c\""), "{refused}");
     // c comes back with no seed at all: it joins b, which it knew, above its old incarnation.
-    let c = net.start(with_dir("c")).await;
+    let mut again = with_dir("c");
+    again.bind = c_addr;
+    let c = net.start(again).await;
     eventually("c alive again on b", Duration::from_secs(15), async || {
         b.members().iter().any(|m| {
             m.info.id.as_str() == "c" && m.state == MemberState::Alive && m.incarnation.0 > before

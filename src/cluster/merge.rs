@@ -51,7 +51,8 @@ impl Swim {
         // The member's own word, from its own address, may move it any amount: that is how a
         // node whose view fell far behind (a partition, a flood of forged claims) catches up.
         let (known, direct) = (old.incarnation, self.direct_from == Some(old.info.addr));
-        if !(direct && a.info.addr == old.info.addr) && !self.plausible(known, a.incarnation) {
+        let own_word = direct && a.info.addr == old.info.addr;
+        if !(own_word || self.plausible(known, a.incarnation)) {
             return;
         }
         let old = self.members.get(&id).expect("looked up above");
