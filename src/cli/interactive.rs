@@ -75,6 +75,11 @@ impl Cluster {
                     .unwrap_or_default();
             }
         }
+        // A restart comes back at its old address, as an operator's would: at another one the
+        // others would take it only once it has been failed for `dead_reclaim_time`.
+        if let Some(addr) = self.slots[i].gossip {
+            config.node.bind = addr;
+        }
         let agent = Agent::start(config)
             .await
             .with_context(|| format!("starting n{i}"))?;
