@@ -123,9 +123,11 @@ pub struct Stats {
 /// claim may take; a larger one is dropped and counted (`Stats::implausible`). A member's own
 /// incarnation rises by one per refutation, so honest steps are tiny; the cap keeps a forged
 /// claim near `u64::MAX` from pinning a live member above any incarnation it could refute
-/// with. The one exception is the full state of the seed a node joins through, which may set
-/// the joiner's own incarnation (a restart without a data dir) and its clock anywhere.
-pub const INCARNATION_JUMP_MAX: u64 = 1 << 16;
+/// with, and small, so that forged claims cannot inflate a member's incarnation faster than a
+/// node that missed a few refutations can follow. The exceptions: the full state of the seed a
+/// node joins through, which may set the joiner's own incarnation (a restart without a data
+/// dir) and its clock anywhere, and a member's own claim from its own address.
+pub const INCARNATION_JUMP_MAX: u64 = 64;
 /// Largest step up from the incarnation this node knows for another member that a suspect or
 /// dead claim (or a push-pull row saying so) may take. Only the member raises its incarnation, by
 /// one per refutation, and a claim about it names the incarnation its author saw: one step

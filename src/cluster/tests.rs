@@ -1101,8 +1101,8 @@ fn a_forged_claim_about_us_near_u64_max_neither_panics_nor_moves_us() {
     assert_eq!(t.swim.stats().implausible, 2);
     assert_eq!(t.swim.stats().refutations, 0);
     // A plausible one is refuted, one above the claim.
-    t.msg(2, suspect(1, 1000, 2));
-    assert_eq!(t.swim.incarnation(), Incarnation(1001));
+    t.msg(2, suspect(1, INCARNATION_JUMP_MAX, 2));
+    assert_eq!(t.swim.incarnation(), Incarnation(INCARNATION_JUMP_MAX + 1));
 }
 
 #[test]
