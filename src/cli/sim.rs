@@ -229,6 +229,10 @@ fn readable(r: &Report, s: &Scenario) -> String {
         ));
     }
     lines.push((
+        "active rows max / bound",
+        format!("{} / {}", inv.active_rows_max, inv.active_rows_bound),
+    ));
+    lines.push((
         "table rows max / bound",
         format!("{} / {}", inv.table_rows_max, inv.table_rows_bound),
     ));

@@ -123,6 +123,27 @@ impl Members {
         }
     }
 
+    /// Drops the failed or departed member that went down longest ago (never `keep`), if any.
+    pub fn evict_oldest_down(&mut self, keep: &NodeId) -> Option<Member> {
+        let i = self
+            .rows
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !m.is_active() && m.id() != keep)
+            .min_by_key(|(_, m)| m.state_since)
+            .map(|(i, _)| i)?;
+        let last = self.rows.len() - 1;
+        let h = hash(self.rows[i].id());
+        self.index
+            .find_entry(h, |&r| r as usize == i)
+            .expect("every row is indexed")
+            .remove();
+        if i != last {
+            self.remap(last, last as u32, i as u32);
+        }
+        Some(self.rows.swap_remove(i))
+    }
+
     /// Changes a member's row in place; keeps the active count right.
     pub fn update(&mut self, id: &NodeId, f: impl FnOnce(&mut Member)) -> Option<&Member> {
         let i = self.position(id)?;
@@ -223,6 +244,25 @@ mod tests {
             t.get(&NodeId::new("a").unwrap()).unwrap().state,
             MemberState::Alive
         );
+    }
+
+    #[test]
+    fn eviction_drops_the_longest_down_and_keeps_the_index_right() {
+        let mut t = Members::default();
+        let me = NodeId::new("me").unwrap();
+        t.insert(member("me", MemberState::Left, 0));
+        t.insert(member("a", MemberState::Alive, 0));
+        t.insert(member("d5", MemberState::Dead, 5));
+        t.insert(member("d2", MemberState::Left, 2));
+        t.insert(member("d9", MemberState::Dead, 9));
+        t.insert(member("z", MemberState::Suspect, 1));
+        let order = std::iter::from_fn(|| t.evict_oldest_down(&me).map(|m| m.id().to_string()));
+        assert_eq!(order.collect::<Vec<_>>(), ["d2", "d5", "d9"]);
+        assert_eq!((t.len(), t.active()), (3, 2));
+        for name in ["me", "a", "z"] {
+            let id = NodeId::new(name).unwrap();
+            assert_eq!(t.get(&id).unwrap().id(), &id);
+        }
     }
 
     #[test]

@@ -6,9 +6,36 @@ use super::members::Member;
 use super::message::{Alive, Dead, MemberState, Message, Ping, PushMember, Suspect};
 use super::suspicion::{suspicion_min, Suspicion};
 use super::swim::{Admit, Swim, DOWN_CLAIM_JUMP_MAX, INCARNATION_JUMP_MAX};
-use super::{Event, Timer};
-use crate::identity::Incarnation;
-use crate::identity::{tags_len, NodeId};
+use super::{Event, MemberView, Timer};
+use crate::identity::{tags_len, Incarnation, NodeId, NodeInfo};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Moves of members to new addresses waiting for their old address to stay silent (see
+/// `Swim::check_move`); more claims to move are refused as conflicts meanwhile.
+pub(crate) const MOVES_PENDING_MAX: usize = 64;
+
+/// Failed and departed rows kept whatever the number of active members (see
+/// `Swim::evict_down_members`).
+pub(crate) const DOWN_RETAINED_MIN: usize = 64;
+
+/// Relayed leaves waiting to be refuted (see `Swim::on_leave_claim`); past this many, a leave
+/// is believed at once.
+pub(crate) const LEAVES_PENDING_MAX: usize = 1024;
+
+/// A relayed leave, believed if the member does not refute it within a probe period.
+pub(crate) struct PendingLeave {
+    incarnation: Incarnation,
+    generation: u64,
+}
+
+/// A claim that moves a failed or departed member, waiting on a probe of its old address.
+pub(crate) struct PendingMove {
+    claim: Alive,
+    old_addr: SocketAddr,
+    seq: u32,
+    generation: u64,
+}
 
 impl Swim {
     /// Whether a claim at `claimed` about a member known at `known` is a plausible step (see
@@ -56,17 +83,32 @@ impl Swim {
             return;
         }
         let old = self.members.get(&id).expect("looked up above");
-        if old.info.addr != a.info.addr && !self.may_move(old) {
-            self.stats.conflicts += 1;
-            let member = Swim::view(old);
-            tracing::debug!(node = %self.id, member = %id, from = %member.info.addr,
-                to = %a.info.addr, "address conflict: claim refused");
-            self.emit(Event::MemberConflict {
-                member,
-                claimed: a.info,
-            });
+        if old.info.addr != a.info.addr {
+            if self.may_move(old) {
+                self.check_move(a);
+            } else {
+                let member = Swim::view(old);
+                self.conflict(member, a.info);
+            }
             return;
         }
+        self.accept_alive(a);
+    }
+
+    /// Counts and reports a claim that would have moved `member` to another address.
+    fn conflict(&mut self, member: MemberView, claimed: Arc<NodeInfo>) {
+        self.stats.conflicts += 1;
+        tracing::debug!(node = %self.id, member = %member.info.id, from = %member.info.addr,
+            to = %claimed.addr, "address conflict: claim refused");
+        self.emit(Event::MemberConflict { member, claimed });
+    }
+
+    /// Takes a plausible, newer alive claim about a known member.
+    fn accept_alive(&mut self, a: Alive) {
+        let id = a.info.id.clone();
+        let Some(old) = self.members.get(&id) else {
+            return;
+        };
         let (old_state, changed) = (old.state, old.info != a.info);
         let now = self.now.mono;
         let info = if changed {
@@ -91,6 +133,97 @@ impl Swim {
             MemberState::Left => self.emit(Event::MemberJoined(view)),
         }
         self.queue_member_claim(id, Message::Alive(a));
+    }
+
+    /// A claim moves a member that failed or left long enough ago to another address. A leave
+    /// can be forged, and so can the claim, so before the move the old address is probed once,
+    /// with a suspicion attached: a member still living there acks (and refutes), and the move
+    /// is refused as a conflict; silence for a probe period lets it through. Pending moves are
+    /// bounded by [`MOVES_PENDING_MAX`]; a newer claim replaces the pending one.
+    fn check_move(&mut self, a: Alive) {
+        let id = a.info.id.clone();
+        if let Some(p) = self.moves.get_mut(&id) {
+            if a.incarnation > p.claim.incarnation {
+                p.claim = a;
+            }
+            return;
+        }
+        if self.moves.len() >= MOVES_PENDING_MAX {
+            self.stats.conflicts += 1;
+            return;
+        }
+        let m = self.members.get(&id).expect("caller looked it up");
+        let (old_addr, incarnation) = (m.info.addr, m.incarnation);
+        let seq = self.next_seq();
+        self.generation += 1;
+        let generation = self.generation;
+        self.moves.insert(
+            id.clone(),
+            PendingMove {
+                claim: a,
+                old_addr,
+                seq,
+                generation,
+            },
+        );
+        let ping = Message::Ping(Ping {
+            seq,
+            target: id.clone(),
+            source: self.id.clone(),
+        });
+        self.send_probe_packet(old_addr, ping, Some((id.clone(), incarnation)));
+        let wait = self
+            .config
+            .scaled(self.config.probe_interval, self.awareness.score());
+        self.arm(
+            wait,
+            Timer::MoveCheck {
+                node: id,
+                generation,
+            },
+        );
+    }
+
+    /// An ack from the old address of a member with a pending move: it lives there.
+    pub(crate) fn on_move_ack(&mut self, from: SocketAddr, seq: u32) -> bool {
+        let Some(id) = self
+            .moves
+            .iter()
+            .find(|(_, p)| p.seq == seq && p.old_addr == from)
+            .map(|(id, _)| id.clone())
+        else {
+            return false;
+        };
+        let p = self.moves.remove(&id).expect("found above");
+        if let Some(m) = self.members.get(&id) {
+            let member = Swim::view(m);
+            self.conflict(member, p.claim.info);
+        }
+        true
+    }
+
+    /// The old address stayed silent for a probe period: the move goes through, unless the
+    /// member came back to life at its old address meanwhile (then it is a conflict).
+    pub(crate) fn on_move_check(&mut self, node: NodeId, generation: u64) {
+        if !self
+            .moves
+            .get(&node)
+            .is_some_and(|p| p.generation == generation)
+        {
+            return;
+        }
+        let p = self.moves.remove(&node).expect("checked above");
+        let Some(m) = self.members.get(&node) else {
+            return;
+        };
+        if m.info.addr != p.old_addr || !self.may_move(m) {
+            let member = Swim::view(m);
+            self.conflict(member, p.claim.info);
+            return;
+        }
+        if p.claim.incarnation > m.incarnation {
+            self.accept_alive(p.claim);
+        }
     }
 
     /// Someone claims we are alive: fine if it is our own claim; a higher incarnation (a claim
@@ -338,8 +471,12 @@ impl Swim {
     /// of the running one). So one forged `Dead` about a live member makes it refute, never
     /// fail, while an honest declaration reaches the others after their own suspicion.
     pub(crate) fn on_dead_claim(&mut self, d: Dead) {
-        if d.from == d.node || d.node == self.id {
+        if d.node == self.id {
             self.on_dead(d);
+            return;
+        }
+        if d.from == d.node {
+            self.on_leave_claim(d);
             return;
         }
         let Some(m) = self.down_claim_target(&d.node, d.incarnation) else {
@@ -360,6 +497,81 @@ impl Swim {
                 from: d.from,
             });
         }
+    }
+
+    /// A member's leave (`Dead` with `from == node`). From the member's own address it is
+    /// believed at once. Relayed by anyone else it may be forged (nothing signs it on a plain
+    /// cluster), so the member is first probed with the leave attached: a live member refutes,
+    /// and its refutation rides back on the ack; a leaving one does not, and is marked gone
+    /// when the check ends, one probe period later, and only then passed on. Checks are bounded
+    /// by [`LEAVES_PENDING_MAX`]; past it a leave is believed at once.
+    fn on_leave_claim(&mut self, d: Dead) {
+        if d.node == self.id {
+            self.on_dead(d);
+            return;
+        }
+        let Some(addr) = self
+            .down_claim_target(&d.node, d.incarnation)
+            .map(|m| m.info.addr)
+        else {
+            return;
+        };
+        let own_word = self.direct_from == Some(addr);
+        if own_word || self.leaves.len() >= LEAVES_PENDING_MAX {
+            self.on_dead(d);
+            return;
+        }
+        if self
+            .leaves
+            .get(&d.node)
+            .is_some_and(|p| p.incarnation >= d.incarnation)
+        {
+            return;
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        self.leaves.insert(
+            d.node.clone(),
+            PendingLeave {
+                incarnation: d.incarnation,
+                generation,
+            },
+        );
+        let seq = self.next_seq();
+        let ping = Message::Ping(Ping {
+            seq,
+            target: d.node.clone(),
+            source: self.id.clone(),
+        });
+        let msgs = self.fill_packet(vec![Message::Dead(d.clone()), ping]);
+        self.out.push(super::Output::Packet { to: addr, msgs });
+        let wait = self
+            .config
+            .scaled(self.config.probe_interval, self.awareness.score());
+        self.arm(
+            wait,
+            Timer::LeaveCheck {
+                node: d.node,
+                generation,
+            },
+        );
+    }
+
+    /// A relayed leave was not refuted within a probe period: the member is gone.
+    pub(crate) fn on_leave_check(&mut self, node: NodeId, generation: u64) {
+        if !self
+            .leaves
+            .get(&node)
+            .is_some_and(|p| p.generation == generation)
+        {
+            return;
+        }
+        let p = self.leaves.remove(&node).expect("checked above");
+        self.on_dead(Dead {
+            incarnation: p.incarnation,
+            node: node.clone(),
+            from: node,
+        });
     }
 
     pub(crate) fn on_dead(&mut self, d: Dead) {
@@ -387,6 +599,20 @@ impl Swim {
             Event::MemberFailed(view)
         });
         self.queue_member_claim(d.node.clone(), Message::Dead(d));
+        self.evict_down_members();
+    }
+
+    /// Keeps at most as many failed and departed rows as active ones (and at least
+    /// [`DOWN_RETAINED_MIN`]), dropping those down longest first: invented members that fail
+    /// cannot pile up for `dead_retention`, and the table stays about twice the live cluster.
+    fn evict_down_members(&mut self) {
+        let cap = self.members.active().max(DOWN_RETAINED_MIN);
+        while self.members.len() - self.members.active() > cap {
+            if self.members.evict_oldest_down(&self.id).is_none() {
+                break;
+            }
+            self.stats.evicted += 1;
+        }
     }
 
     /// One row of a peer's full state. A peer's "suspect" or "dead" about a member we see alive
@@ -403,7 +629,7 @@ impl Swim {
             }),
             MemberState::Left => {
                 let id = r.info.id.clone();
-                self.on_dead(Dead {
+                self.on_leave_claim(Dead {
                     incarnation: r.incarnation,
                     node: id.clone(),
                     from: id,

@@ -133,6 +133,20 @@ pub enum Timer {
         /// Which arming of the suspicion timer this is.
         generation: u64,
     },
+    /// A relayed leave was not refuted in time: the member is gone.
+    LeaveCheck {
+        /// The member.
+        node: NodeId,
+        /// Which pending leave this is.
+        generation: u64,
+    },
+    /// The old address of a member about to move stayed silent: the move may go through.
+    MoveCheck {
+        /// The member.
+        node: NodeId,
+        /// Which pending move this is.
+        generation: u64,
+    },
 }
 
 /// What the core asks the driver to do, or tells the application.

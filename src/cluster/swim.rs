@@ -117,6 +117,9 @@ pub struct Stats {
     /// Claims refused because they would move a live (or recently failed) member to another
     /// address; each is also reported as `Event::MemberConflict`.
     pub conflicts: u64,
+    /// Failed or departed members dropped from the table before `dead_retention` because more
+    /// of them were kept than active members (at least 64 are kept).
+    pub evicted: u64,
 }
 
 /// Largest step up from the incarnation this node knows for a member (itself included) that a
@@ -204,6 +207,10 @@ pub struct Swim {
     /// The real source of the message being handled (a datagram's source, or a stream's sender
     /// checked against its connection), to tell a member's own word from a relayed claim.
     pub(crate) direct_from: Option<SocketAddr>,
+    /// Address moves waiting on a probe of the old address (bounded by `MOVES_PENDING_MAX`).
+    pub(crate) moves: FxHashMap<NodeId, super::merge::PendingMove>,
+    /// Relayed leaves waiting to be refuted (bounded by `LEAVES_PENDING_MAX`).
+    pub(crate) leaves: FxHashMap<NodeId, super::merge::PendingLeave>,
 }
 
 impl Swim {
@@ -247,6 +254,8 @@ impl Swim {
             },
             last_refute_penalty: None,
             direct_from: None,
+            moves: FxHashMap::default(),
+            leaves: FxHashMap::default(),
             config,
         })
     }
@@ -434,6 +443,8 @@ impl Swim {
             Timer::ReconnectTick => self.on_reconnect_tick(),
             Timer::JoinRetry { attempt } => self.on_join_retry(attempt),
             Timer::Suspicion { node, generation } => self.on_suspicion_timeout(node, generation),
+            Timer::MoveCheck { node, generation } => self.on_move_check(node, generation),
+            Timer::LeaveCheck { node, generation } => self.on_leave_check(node, generation),
         }
     }
 
@@ -677,7 +688,7 @@ impl Swim {
             .sample(&mut self.rng, self.config.gossip_fanout, |m| {
                 m.id() != &me
                     && (m.is_active()
-                        || (m.state == MemberState::Dead
+                        || (matches!(m.state, MemberState::Dead | MemberState::Left)
                             && now.saturating_since(m.state_since) < dead_window))
             });
         for i in targets {

@@ -424,7 +424,10 @@ fn merge_rules_table() {
                 from: id(2),
             }),
         };
-        t.msg(3, msg);
+        // A leave comes from the member itself (a relayed one is checked first; see
+        // `a_relayed_leave_is_believed_only_if_not_refuted`).
+        let from = if matches!(claim, C::L) { 2 } else { 3 };
+        t.msg(from, msg);
         assert_eq!(
             t.state(2),
             Some((want, want_inc)),
@@ -1446,7 +1449,107 @@ fn a_live_member_cannot_be_moved_to_another_address() {
     assert_eq!(t.swim.member(&id(3)).unwrap().info.addr, addr(3));
     t.ms += 30_000;
     t.msg(2, alive_at(3, 1, elsewhere));
+    let until = t.ms + 1_000;
+    t.fire_until(until);
     assert_eq!(t.swim.member(&id(3)).unwrap().info.addr, elsewhere);
+}
+
+/// Member `i`'s leave at `incarnation`.
+fn leave(i: u8, incarnation: u64) -> Message {
+    Message::Dead(Dead {
+        incarnation: Incarnation(incarnation),
+        node: id(i),
+        from: id(i),
+    })
+}
+
+#[test]
+fn a_relayed_leave_is_believed_only_if_not_refuted() {
+    let mut t = T::new(1, &[2, 3, 4]);
+    // Relayed by 3: member 2 is probed with the leave attached, and nothing is passed on yet.
+    let queued = t.swim.broadcast_queue_len();
+    let out = t.msg(3, leave(2, 0));
+    assert_eq!(t.state(2), Some((MemberState::Alive, 0)));
+    assert!(events(&out).is_empty());
+    assert_eq!(t.swim.broadcast_queue_len(), queued);
+    assert!(packets(&out).iter().any(|(to, msgs)| *to == addr(2)
+        && matches!(msgs[..], [Message::Dead(ref d), Message::Ping(_), ..] if d.node == id(2))));
+    // It refutes (its refutation rides on the ack): it stays alive, and no event is seen.
+    let out = t.msg(2, alive_at(2, 1, addr(2)));
+    assert!(!events(&out)
+        .iter()
+        .any(|e| matches!(e, Event::MemberLeft(_))));
+    let until = t.ms + 1_500;
+    t.fire_until(until);
+    assert_eq!(t.state(2).map(|s| s.1), Some(1));
+    assert_ne!(t.state(2).map(|s| s.0), Some(MemberState::Left));
+    // Member 4 really leaves: its leave relayed by 3 is believed after a probe period.
+    let mut t = T::new(1, &[2, 3, 4]);
+    t.msg(3, leave(4, 0));
+    assert!(t.swim.member(&id(4)).unwrap().is_active());
+    let until = t.ms + 1_500;
+    t.fire_until(until);
+    assert_eq!(t.state(4), Some((MemberState::Left, 0)));
+    // From the member's own address a leave is believed at once.
+    t.msg(3, leave(3, 0));
+    assert_eq!(t.state(3), Some((MemberState::Left, 0)));
+}
+
+/// Probes sent to `to` in `out`: their sequence numbers.
+fn pings_to(out: &[Output], to: SocketAddr) -> Vec<u32> {
+    packets(out)
+        .into_iter()
+        .filter(|(a, _)| *a == to)
+        .flat_map(|(_, msgs)| msgs)
+        .filter_map(|m| match m {
+            Message::Ping(p) => Some(p.seq),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_member_that_answers_at_its_old_address_is_not_moved() {
+    // A forged leave, then after dead_reclaim_time a forged alive elsewhere: the old address
+    // is probed first, with the suspicion attached, and the ack from there refuses the move.
+    let mut t = T::new(1, &[2, 3]);
+    let elsewhere = SocketAddr::from(([127, 0, 0, 66], 7946));
+    t.msg(3, leave(2, 0));
+    let until = t.ms + 1_000;
+    t.fire_until(until);
+    assert_eq!(t.state(2), Some((MemberState::Left, 0)));
+    t.ms += 30_000;
+    let out = t.msg(3, alive_at(2, 1, elsewhere));
+    assert_eq!(t.swim.member(&id(2)).unwrap().info.addr, addr(2));
+    let seqs = pings_to(&out, addr(2));
+    assert_eq!(seqs.len(), 1, "one probe of the old address");
+    assert!(packets(&out).iter().any(|(to, msgs)| *to == addr(2)
+        && msgs
+            .iter()
+            .any(|m| matches!(m, Message::Suspect(s) if s.node == id(2)))));
+    // A newer claim while it is pending sends no second probe.
+    let out = t.msg(3, alive_at(2, 2, elsewhere));
+    assert!(pings_to(&out, addr(2)).is_empty());
+    // The member acks from its old address: the move is a conflict, never made.
+    let out = t.msg(2, Message::Ack(Ack { seq: seqs[0] }));
+    assert_eq!(t.swim.stats().conflicts, 1);
+    assert!(events(&out)
+        .iter()
+        .any(|e| matches!(e, Event::MemberConflict { claimed, .. } if claimed.addr == elsewhere)));
+    let until = t.ms + 5_000;
+    t.fire_until(until);
+    assert_eq!(t.swim.member(&id(2)).unwrap().info.addr, addr(2));
+    // An ack from anywhere else, or a refutation from the old address, does the same job.
+    t.ms += 30_000;
+    let out = t.msg(3, alive_at(2, 3, elsewhere));
+    let seq = pings_to(&out, addr(2))[0];
+    t.msg(3, Message::Ack(Ack { seq }));
+    t.msg(2, alive_at(2, 3, addr(2)));
+    assert_eq!(t.state(2), Some((MemberState::Alive, 3)));
+    let until = t.ms + 5_000;
+    t.fire_until(until);
+    assert_eq!(t.swim.member(&id(2)).unwrap().info.addr, addr(2));
+    assert_eq!(t.swim.stats().conflicts, 2);
 }
 
 #[test]
@@ -1460,6 +1563,10 @@ fn a_failed_members_name_is_reclaimed_only_after_dead_reclaim_time() {
     assert_eq!(t.swim.stats().conflicts, 1);
     t.ms += 1_000;
     t.msg(3, alive_at(2, 1, elsewhere));
+    // Moved once its old address has stayed silent for a probe period.
+    assert_eq!(t.state(2), Some((MemberState::Dead, 0)));
+    let until = t.ms + 1_000;
+    t.fire_until(until);
     assert_eq!(t.state(2), Some((MemberState::Alive, 1)));
     assert_eq!(t.swim.member(&id(2)).unwrap().info.addr, elsewhere);
 }

@@ -444,6 +444,12 @@ fn transport(
     )?;
     one(
         e,
+        "dcore_members_evicted",
+        "Failed or departed members dropped early to keep at most as many as active ones",
+        Value::Counter(s.core.evicted),
+    )?;
+    one(
+        e,
         "dcore_transport_stream_records_dropped",
         "Outgoing stream records dropped (peer in backoff, queue full, write failed)",
         Value::Counter(tr.streams_out_dropped),

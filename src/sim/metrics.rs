@@ -89,6 +89,25 @@ pub(crate) struct Metrics {
     pub paused_dead: FxHashSet<(u32, u32)>,
     pub partition_dead: FxHashSet<(u32, u32)>,
     pub converged_at: Option<Duration>,
+    /// Live pairs suspected now, since when.
+    suspect_since: rustc_hash::FxHashMap<(u32, u32), Duration>,
+    /// The longest any live pair stayed suspected without an excuse, ms.
+    suspect_longest: Duration,
+}
+
+/// How live observers see live nodes at the end of a run, counted by pair.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PairStates {
+    /// Seen alive.
+    pub alive: usize,
+    /// Seen suspect (a member still, refuting or being detected).
+    pub suspect: usize,
+    /// Seen failed.
+    pub dead: usize,
+    /// Seen gone.
+    pub left: usize,
+    /// Not known.
+    pub unknown: usize,
 }
 
 impl Metrics {
@@ -109,7 +128,35 @@ impl Metrics {
             paused_dead: FxHashSet::default(),
             partition_dead: FxHashSet::default(),
             converged_at: None,
+            suspect_since: Default::default(),
+            suspect_longest: Duration::ZERO,
         }
+    }
+
+    /// How live observers see live nodes now.
+    pub fn pair_states(&self) -> PairStates {
+        let mut p = PairStates::default();
+        for o in (0..self.n).filter(|&o| self.live[o]) {
+            for t in (0..self.n).filter(|&t| t != o && self.live[t]) {
+                match self.view[o * self.n + t] {
+                    ALIVE => p.alive += 1,
+                    SUSPECT => p.suspect += 1,
+                    DEAD => p.dead += 1,
+                    LEFT => p.left += 1,
+                    _ => p.unknown += 1,
+                }
+            }
+        }
+        p
+    }
+
+    /// The longest a live pair stayed suspected without an excuse, those still running at
+    /// `now` included.
+    pub fn suspect_longest(&self, now: Duration) -> Duration {
+        self.suspect_since
+            .values()
+            .map(|&since| now.saturating_sub(since))
+            .fold(self.suspect_longest, Duration::max)
     }
 
     /// Every live node sees every other live node alive.
@@ -135,6 +182,17 @@ impl Metrics {
                 self.alive_pairs + usize::from(new == ALIVE) - usize::from(old == ALIVE);
         }
         let pair = (observer as u32, target as u32);
+        if new == SUSPECT
+            && old != SUSPECT
+            && excuse == Excuse::None
+            && self.crash_at[target].is_none()
+        {
+            self.suspect_since.insert(pair, now);
+        } else if new != SUSPECT {
+            if let Some(since) = self.suspect_since.remove(&pair) {
+                self.suspect_longest = self.suspect_longest.max(now.saturating_sub(since));
+            }
+        }
         match (new, self.crash_at[target]) {
             (DEAD | LEFT, Some(at)) if !self.paused[observer] && self.detected.insert(pair) => {
                 self.detect.push(now.saturating_sub(at).as_millis() as u64);
@@ -160,6 +218,9 @@ impl Metrics {
         if !self.live[node] {
             return;
         }
+        let gone = node as u32;
+        self.suspect_since
+            .retain(|&(o, t), _| o != gone && t != gone);
         for other in 0..self.n {
             if other != node && self.live[other] {
                 self.alive_pairs -= usize::from(self.view[other * self.n + node] == ALIVE);

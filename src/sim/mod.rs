@@ -51,7 +51,7 @@ mod net;
 mod scenario;
 
 pub use hostile::{HostileKind, HostileSpec};
-pub use metrics::Detect;
+pub use metrics::{Detect, PairStates};
 pub(crate) use net::{addr, index};
 pub use scenario::{NodeFault, PartitionSpec, Scenario, ScenarioError};
 
@@ -81,9 +81,17 @@ pub struct Invariants {
     pub false_positives: usize,
     /// Every live honest node saw every other alive at some point and at the end.
     pub converged: bool,
-    /// Most rows in any honest node's member table (itself included), sampled each second.
+    /// Most alive or suspect rows in any honest node's member table (itself and invented
+    /// members included), sampled each second.
+    pub active_rows_max: usize,
+    /// The bound on it: twice the nodes of the run (honest and hostile), plus 64. Invented
+    /// members come in only as fast as the admission caps allow and fail within a probe round.
+    pub active_rows_bound: usize,
+    /// Most rows in any honest node's member table, failed and departed ones included.
     pub table_rows_max: usize,
-    /// The bound on it: twice the nodes of the run (honest and hostile), plus 64.
+    /// The bound on it: twice `active_rows_bound` (a core keeps at most as many failed and
+    /// departed rows as active ones, and at least 64), so no table grows with the length of a
+    /// run or of an attack.
     pub table_rows_bound: usize,
     /// Longest broadcast queue of any honest node, sampled each second.
     pub broadcast_queue_max: usize,
@@ -122,6 +130,11 @@ pub struct HostileReport {
     pub honest_dropped: u64,
     /// (honest observer, hostile node) pairs declared dead (informative).
     pub hostile_declared_dead: usize,
+    /// How honest nodes see each other at the end.
+    pub honest_pairs_at_end: PairStates,
+    /// The longest an honest node stayed suspected by another honest one, ms (refuted, or
+    /// still running at the end).
+    pub honest_suspect_longest_ms: u64,
 }
 
 /// The figures of one run. Field order is the JSON key order.
@@ -305,6 +318,7 @@ struct Sim<'a> {
     hostile_dead: rustc_hash::FxHashSet<(u32, u32)>,
     next_sample: Duration,
     rows_max: usize,
+    active_max: usize,
     queue_max: usize,
     aborted: Option<String>,
 }
@@ -388,6 +402,7 @@ impl<'a> Sim<'a> {
             hostile_dead: Default::default(),
             next_sample: Duration::ZERO,
             rows_max: 0,
+            active_max: 0,
             queue_max: 0,
             aborted: None,
         };
@@ -460,6 +475,7 @@ impl<'a> Sim<'a> {
             let rows = n.swim.members().count();
             total += rows;
             self.rows_max = self.rows_max.max(rows);
+            self.active_max = self.active_max.max(n.swim.cluster_size());
             self.queue_max = self.queue_max.max(n.swim.broadcast_queue_len());
         }
         if total > ROWS_ABORT {
@@ -825,16 +841,20 @@ impl<'a> Sim<'a> {
     fn invariants(&self) -> Invariants {
         let false_positives = self.metrics.false_dead.len();
         let converged = self.metrics.converged_at.is_some() && self.metrics.converged();
-        let table_rows_bound = 2 * self.nodes.len() + 64;
+        let active_rows_bound = 2 * self.nodes.len() + 64;
+        let table_rows_bound = 2 * active_rows_bound;
         let broadcast_queue_bound = self.s.config.broadcast_queue_max;
         let ok = false_positives == 0
             && converged
+            && self.active_max <= active_rows_bound
             && self.rows_max <= table_rows_bound
             && self.queue_max <= broadcast_queue_bound
             && self.aborted.is_none();
         Invariants {
             false_positives,
             converged,
+            active_rows_max: self.active_max,
+            active_rows_bound,
             table_rows_max: self.rows_max,
             table_rows_bound,
             broadcast_queue_max: self.queue_max,
@@ -863,6 +883,8 @@ impl<'a> Sim<'a> {
             honest_misdirected: honest().map(|s| s.misdirected).sum(),
             honest_dropped: honest().map(|s| s.dropped).sum(),
             hostile_declared_dead: self.hostile_dead.len(),
+            honest_pairs_at_end: self.metrics.pair_states(),
+            honest_suspect_longest_ms: self.metrics.suspect_longest(self.now).as_millis() as u64,
         })
     }
 }
