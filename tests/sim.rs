@@ -98,6 +98,34 @@ fn duplicated_and_reordered_packets_are_harmless() {
     });
 }
 
+/// The small side of a partition sees most of the cluster fail: it must keep those rows (a
+/// core keeps failed rows up to the most members it has seen active, not today's count), or
+/// the other side never hears it was declared dead and never refutes.
+#[test]
+fn the_small_side_of_a_partition_keeps_what_it_needs_to_heal() {
+    let s = Scenario {
+        nodes: 300,
+        duration: secs(120),
+        partition: Some(PartitionSpec {
+            fraction: 0.3,
+            from: secs(30),
+            to: secs(60),
+        }),
+        ..Scenario::default()
+    };
+    for_seeds(&s, &[1], |r| {
+        ensure(
+            r.partition_declared_dead >= 30_000,
+            format!("only {} cross pairs failed", r.partition_declared_dead),
+        )?;
+        ensure(
+            r.heal_converged_ms.is_some(),
+            "never converged after the heal",
+        )?;
+        ensure(r.converged_at_end, "not converged at the end")
+    });
+}
+
 #[test]
 fn a_partition_splits_the_cluster_and_heals_without_help() {
     let partition = PartitionSpec {

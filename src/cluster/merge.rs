@@ -15,7 +15,7 @@ use std::sync::Arc;
 /// `Swim::check_move`); more claims to move are refused as conflicts meanwhile.
 pub(crate) const MOVES_PENDING_MAX: usize = 64;
 
-/// Failed and departed rows kept whatever the number of active members (see
+/// Failed and departed rows kept however few members have been active (see
 /// `Swim::evict_down_members`).
 pub(crate) const DOWN_RETAINED_MIN: usize = 64;
 
@@ -125,6 +125,7 @@ impl Swim {
             }
         });
         self.suspicions.remove(&id);
+        self.note_active_peak();
         let view = Swim::view(self.members.get(&id).expect("just updated"));
         match old_state {
             MemberState::Alive if changed => self.emit(Event::MemberUpdated(view)),
@@ -205,10 +206,10 @@ impl Swim {
     /// The old address stayed silent for a probe period: the move goes through, unless the
     /// member came back to life at its old address meanwhile (then it is a conflict).
     pub(crate) fn on_move_check(&mut self, node: NodeId, generation: u64) {
-        if !self
+        if self
             .moves
             .get(&node)
-            .is_some_and(|p| p.generation == generation)
+            .is_none_or(|p| p.generation != generation)
         {
             return;
         }
@@ -308,6 +309,7 @@ impl Swim {
         };
         self.emit(Event::MemberJoined(Swim::view(&m)));
         self.members.insert_at_random(m, &mut self.rng);
+        self.note_active_peak();
         self.queue_member_claim(id, Message::Alive(a));
     }
 
@@ -559,10 +561,10 @@ impl Swim {
 
     /// A relayed leave was not refuted within a probe period: the member is gone.
     pub(crate) fn on_leave_check(&mut self, node: NodeId, generation: u64) {
-        if !self
+        if self
             .leaves
             .get(&node)
-            .is_some_and(|p| p.generation == generation)
+            .is_none_or(|p| p.generation != generation)
         {
             return;
         }
@@ -602,17 +604,26 @@ impl Swim {
         self.evict_down_members();
     }
 
-    /// Keeps at most as many failed and departed rows as active ones (and at least
-    /// [`DOWN_RETAINED_MIN`]), dropping those down longest first: invented members that fail
-    /// cannot pile up for `dead_retention`, and the table stays about twice the live cluster.
+    /// Keeps at most as many failed and departed rows as the most active members this node has
+    /// seen at once (and at least [`DOWN_RETAINED_MIN`]), dropping those down longest first:
+    /// invented members that fail cannot pile up for `dead_retention`, and the table stays
+    /// within about twice the largest the cluster has been. The peak, not today's count, so
+    /// that the side of a partition that sees most of the cluster fail keeps every row it
+    /// needs to heal (reconnects, and the death claims that make the other side refute).
     fn evict_down_members(&mut self) {
-        let cap = self.members.active().max(DOWN_RETAINED_MIN);
+        self.note_active_peak();
+        let cap = self.active_peak.max(DOWN_RETAINED_MIN);
         while self.members.len() - self.members.active() > cap {
             if self.members.evict_oldest_down(&self.id).is_none() {
                 break;
             }
             self.stats.evicted += 1;
         }
+    }
+
+    /// Records the active-member count if it is the highest yet.
+    fn note_active_peak(&mut self) {
+        self.active_peak = self.active_peak.max(self.members.active());
     }
 
     /// One row of a peer's full state. A peer's "suspect" or "dead" about a member we see alive

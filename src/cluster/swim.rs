@@ -118,7 +118,7 @@ pub struct Stats {
     /// address; each is also reported as `Event::MemberConflict`.
     pub conflicts: u64,
     /// Failed or departed members dropped from the table before `dead_retention` because more
-    /// of them were kept than active members (at least 64 are kept).
+    /// of them were kept than the most members ever active at once (at least 64 are kept).
     pub evicted: u64,
 }
 
@@ -211,6 +211,9 @@ pub struct Swim {
     pub(crate) moves: FxHashMap<NodeId, super::merge::PendingMove>,
     /// Relayed leaves waiting to be refuted (bounded by `LEAVES_PENDING_MAX`).
     pub(crate) leaves: FxHashMap<NodeId, super::merge::PendingLeave>,
+    /// The most members seen active at once: the number of failed rows kept (see
+    /// `evict_down_members`).
+    pub(crate) active_peak: usize,
 }
 
 impl Swim {
@@ -256,6 +259,7 @@ impl Swim {
             direct_from: None,
             moves: FxHashMap::default(),
             leaves: FxHashMap::default(),
+            active_peak: 1,
             config,
         })
     }

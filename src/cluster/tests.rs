@@ -1648,3 +1648,44 @@ fn acks_and_nacks_count_only_from_the_target_or_a_helper() {
     let out = u.msg(3, Message::Ack(Ack { seq: ours }));
     assert_eq!(packets(&out)[0].1[0], Message::Ack(Ack { seq: 9 }));
 }
+
+#[test]
+fn failed_rows_are_kept_at_most_as_many_as_members_were_ever_active() {
+    let mut t = T::new(1, &[2, 3]);
+    let wave = |t: &mut T, from: u32, ms: u64| {
+        t.ms = ms;
+        for i in from..from + 200 {
+            let r = fake(i);
+            t.msg(
+                2,
+                Message::Alive(Alive {
+                    incarnation: r.incarnation,
+                    info: r.info,
+                }),
+            );
+        }
+        t.ms += 10;
+        for i in from..from + 200 {
+            t.swim.on_dead(Dead {
+                incarnation: Incarnation(0),
+                node: fake(i).info.id.clone(),
+                from: id(1),
+            });
+        }
+    };
+    // 200 invented members come and fail: the 203 active at the peak leave room for them all.
+    wave(&mut t, 0, 0);
+    assert_eq!(t.swim.members().count(), 203);
+    assert_eq!(t.swim.stats().evicted, 0);
+    // 200 more: 400 failed rows for a peak of 203 active; the first to fail go first.
+    wave(&mut t, 1000, 2_000);
+    assert_eq!(t.swim.stats().evicted, 197);
+    assert_eq!(t.swim.members().count(), 3 + 203);
+    let kept = |t: &T, from: u32| {
+        (from..from + 200)
+            .filter(|&i| t.swim.member(&fake(i).info.id).is_some())
+            .count()
+    };
+    assert_eq!((kept(&t, 0), kept(&t, 1000)), (3, 200));
+    assert_eq!(t.state(2), Some((MemberState::Alive, 0)));
+}

@@ -592,6 +592,15 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// `config()` with a 200 ms `read_timeout` and an `inbound_idle` long enough not to interfere.
+    fn short_read_timeout() -> TransportConfig {
+        TransportConfig {
+            read_timeout: Duration::from_millis(200),
+            inbound_idle: Duration::from_secs(30),
+            ..config()
+        }
+    }
+
     fn config() -> TransportConfig {
         TransportConfig {
             outbound_idle: Duration::from_millis(300),
@@ -714,8 +723,8 @@ mod tests {
     async fn oversized_and_stalled_records_close_the_connection() {
         let any = "127.0.0.1:0".parse().unwrap();
         let cfg = TransportConfig {
-            read_timeout: Duration::from_millis(200),
-            ..config()
+            inbound_idle: Duration::from_secs(2),
+            ..short_read_timeout()
         };
         let mut b = NetTransport::bind(any, cfg).await.unwrap();
         let mut s = TcpStream::connect(b.local_addr()).await.unwrap();
@@ -745,11 +754,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_without_a_first_record_is_closed_after_read_timeout() {
         let any = "127.0.0.1:0".parse().unwrap();
-        let cfg = TransportConfig {
-            read_timeout: Duration::from_millis(200),
-            inbound_idle: Duration::from_secs(30),
-            ..config()
-        };
+        let cfg = short_read_timeout();
         let mut b = NetTransport::bind(any, cfg).await.unwrap();
         let mut silent = TcpStream::connect(b.local_addr()).await.unwrap();
         let mut partial = TcpStream::connect(b.local_addr()).await.unwrap();
@@ -789,11 +794,7 @@ mod tests {
     #[tokio::test]
     async fn after_a_record_a_connection_may_idle_but_a_started_record_may_not() {
         let any = "127.0.0.1:0".parse().unwrap();
-        let cfg = TransportConfig {
-            read_timeout: Duration::from_millis(200),
-            inbound_idle: Duration::from_secs(30),
-            ..config()
-        };
+        let cfg = short_read_timeout();
         let mut b = NetTransport::bind(any, cfg).await.unwrap();
         let mut s = TcpStream::connect(b.local_addr()).await.unwrap();
         s.write_all(&framed(b"one")).await.unwrap();
