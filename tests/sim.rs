@@ -29,6 +29,16 @@ fn cluster_forms_and_stays_converged() {
             "formation took over 60 s",
         )?;
         ensure(r.converged_at_end, "not converged at the end")?;
+        // What formation cost is measured: every node had to receive the whole table once.
+        let f = r.formation.as_ref().ok_or("no formation figures")?;
+        ensure(
+            f.table_bytes > 64 * 10 && f.ratio_mean >= 1.0 && f.bytes_in_max >= f.bytes_in_mean,
+            format!("formation figures do not add up: {f:?}"),
+        )?;
+        ensure(
+            r.steady_bytes_per_node_s > 0.0 && r.steady_bytes_per_node_s < r.bytes_per_node_s,
+            "the steady state costs more than the whole run",
+        )?;
         ensure(
             r.false_suspicions == 0 && r.false_positives == 0,
             "false alarms on a clean network",

@@ -209,6 +209,19 @@ fn readable(r: &Report, s: &Scenario) -> String {
         ("healed, converged after", opt_ms(r.heal_converged_ms)),
         ("messages / node / s", r.msgs_per_node_s.to_string()),
         ("bytes / node / s", r.bytes_per_node_s.to_string()),
+        (
+            "steady bytes / node / s",
+            r.steady_bytes_per_node_s.to_string(),
+        ),
+        (
+            "formation bytes in (x table)",
+            r.formation.as_ref().map_or("-".into(), |f| {
+                format!(
+                    "mean {} ({}x), max {} ({}x), table {}",
+                    f.bytes_in_mean, f.ratio_mean, f.bytes_in_max, f.ratio_max, f.table_bytes
+                )
+            }),
+        ),
         ("trace hash", r.trace_hash.clone()),
     ];
     let inv = &r.invariants;

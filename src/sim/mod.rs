@@ -137,6 +137,23 @@ pub struct HostileReport {
     pub honest_suspect_longest_ms: u64,
 }
 
+/// What forming the cluster cost: the bytes sent to each honest node (and not lost, headers
+/// included) from the start until the cluster first converged, against the floor, the encoded
+/// size of one full state of the final table (every node has to receive that much once).
+#[derive(Debug, Clone, Serialize)]
+pub struct Formation {
+    /// Mean over honest nodes, bytes.
+    pub bytes_in_mean: u64,
+    /// Most any honest node received, bytes.
+    pub bytes_in_max: u64,
+    /// One full state of node 0's table at the end of the run, as a stream message, bytes.
+    pub table_bytes: u64,
+    /// `bytes_in_mean / table_bytes`.
+    pub ratio_mean: f64,
+    /// `bytes_in_max / table_bytes`.
+    pub ratio_max: f64,
+}
+
 /// The figures of one run. Field order is the JSON key order.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -170,6 +187,11 @@ pub struct Report {
     pub datagrams_per_node_s: f64,
     /// Stream messages sent per node per virtual second.
     pub streams_per_node_s: f64,
+    /// Bytes sent per node per virtual second over the second half of the run: the steady
+    /// state once formation is over (when it is).
+    pub steady_bytes_per_node_s: f64,
+    /// What forming the cluster cost each node (present once the cluster converged).
+    pub formation: Option<Formation>,
     /// When the node faults were applied, ms from the start.
     pub faults_at_ms: Option<u64>,
     /// Crashed nodes.
@@ -321,6 +343,12 @@ struct Sim<'a> {
     active_max: usize,
     queue_max: usize,
     aborted: Option<String>,
+    /// Bytes sent to each node (and not lost), headers included.
+    bytes_in: Vec<u64>,
+    /// `bytes_in` when the cluster first converged.
+    formation_in: Option<Vec<u64>>,
+    /// Bytes sent by all nodes when the second half of the run began.
+    half_bytes: Option<u64>,
 }
 
 impl<'a> Sim<'a> {
@@ -403,6 +431,9 @@ impl<'a> Sim<'a> {
             next_sample: Duration::ZERO,
             rows_max: 0,
             active_max: 0,
+            bytes_in: vec![0; s.nodes + s.hostile.count],
+            formation_in: None,
+            half_bytes: None,
             queue_max: 0,
             aborted: None,
         };
@@ -467,6 +498,9 @@ impl<'a> Sim<'a> {
     /// have grown past [`ROWS_ABORT`]. Reads only: no event, no draw.
     fn sample(&mut self) {
         self.next_sample = self.now + Duration::from_secs(1);
+        if self.half_bytes.is_none() && self.now >= self.s.duration / 2 {
+            self.half_bytes = Some(self.count.bytes);
+        }
         let mut total = 0;
         for n in self.nodes[..self.s.nodes]
             .iter()
@@ -601,14 +635,19 @@ impl<'a> Sim<'a> {
     fn send_packet(&mut self, from: usize, to: std::net::SocketAddr, msgs: Vec<Message>) {
         self.count.msgs += msgs.len() as u64;
         self.count.datagrams += 1;
-        self.count.bytes += self.model.datagram_bytes(&msgs) as u64;
+        let bytes = self.model.datagram_bytes(&msgs) as u64;
+        self.count.bytes += bytes;
         let Some(to) = self.route(from, to) else {
             return;
         };
         let slow = self.nodes[to].slow;
         match self.model.datagram(&mut self.rng) {
-            (Some(d), None) => self.push(self.now + d + slow, Ev::Packet { to, from, msgs }),
+            (Some(d), None) => {
+                self.bytes_in[to] += bytes;
+                self.push(self.now + d + slow, Ev::Packet { to, from, msgs })
+            }
             (Some(d), Some(d2)) => {
+                self.bytes_in[to] += 2 * bytes;
                 self.push(
                     self.now + d2 + slow,
                     Ev::Packet {
@@ -626,11 +665,13 @@ impl<'a> Sim<'a> {
     fn send_stream(&mut self, from: usize, to: std::net::SocketAddr, msg: Message) {
         self.count.msgs += 1;
         self.count.streams += 1;
-        self.count.bytes += self.model.stream_bytes(&msg) as u64;
+        let bytes = self.model.stream_bytes(&msg) as u64;
+        self.count.bytes += bytes;
         let Some(to) = self.route(from, to) else {
             return;
         };
         if let Some(d) = self.model.stream(&mut self.rng) {
+            self.bytes_in[to] += bytes;
             let slow = self.nodes[to].slow;
             self.push(self.now + d + slow, Ev::Stream { to, from, msg });
         }
@@ -738,6 +779,7 @@ impl<'a> Sim<'a> {
         }
         if self.metrics.converged_at.is_none() {
             self.metrics.converged_at = Some(self.now);
+            self.formation_in = Some(self.bytes_in[..self.s.nodes].to_vec());
             self.push(self.now + Duration::from_secs(1), Ev::ApplyFaults);
         }
         if let Some(p) = self.s.partition {
@@ -821,6 +863,14 @@ impl<'a> Sim<'a> {
             wall_ms: ms(wall),
             datagrams_per_node_s: round2(per_node_s(self.count.datagrams)),
             streams_per_node_s: round2(per_node_s(self.count.streams)),
+            steady_bytes_per_node_s: round2(
+                self.count
+                    .bytes
+                    .saturating_sub(self.half_bytes.unwrap_or(0)) as f64
+                    / self.s.nodes as f64
+                    / (secs - secs / 2.0).max(f64::MIN_POSITIVE),
+            ),
+            formation: self.formation(),
             faults_at_ms: self.faults_at.map(ms),
             killed,
             paused: paused.clone(),
@@ -836,6 +886,33 @@ impl<'a> Sim<'a> {
             invariants: self.invariants(),
             hostile: self.hostile_report(),
         }
+    }
+
+    fn formation(&self) -> Option<Formation> {
+        let got = self.formation_in.as_ref()?;
+        let full = Message::PushPull(crate::cluster::message::PushPull {
+            join: false,
+            reply: false,
+            event_ltime: self.nodes[0].swim.event_clock(),
+            members: (self.nodes[0].swim.members())
+                .map(|m| crate::cluster::message::PushMember {
+                    info: m.info.clone(),
+                    incarnation: m.incarnation,
+                    state: m.state,
+                })
+                .collect(),
+        });
+        let table_bytes = self.model.stream_bytes(&full) as u64;
+        let mean = got.iter().sum::<u64>() / got.len().max(1) as u64;
+        let max = got.iter().copied().max().unwrap_or(0);
+        let ratio = |b: u64| round2(b as f64 / table_bytes.max(1) as f64);
+        Some(Formation {
+            bytes_in_mean: mean,
+            bytes_in_max: max,
+            table_bytes,
+            ratio_mean: ratio(mean),
+            ratio_max: ratio(max),
+        })
     }
 
     fn invariants(&self) -> Invariants {
