@@ -119,6 +119,8 @@ pub enum Timer {
     GossipTick,
     /// Exchange full state with a random member.
     PushPullTick,
+    /// Exchange full state again while the table grows after the join (`join_sync_interval`).
+    JoinSync,
     /// Try to reach a failed member; also reaps old dead members.
     ReconnectTick,
     /// Retry the join if no seed has answered yet.

@@ -120,6 +120,8 @@ pub struct Stats {
     /// Failed or departed members dropped from the table before `dead_retention` because more
     /// of them were kept than the most members ever active at once (at least 64 are kept).
     pub evicted: u64,
+    /// Full-state exchanges made by the join sync (see `Config::join_sync_interval`).
+    pub join_syncs: u64,
 }
 
 /// Largest step up from the incarnation this node knows for a member (itself included) that a
@@ -214,6 +216,15 @@ pub struct Swim {
     /// The most members seen active at once: the number of failed rows kept (see
     /// `evict_down_members`).
     pub(crate) active_peak: usize,
+    /// The join sync in progress, if any (see `Config::join_sync_interval`).
+    join_sync: Option<JoinSync>,
+}
+
+/// Where the join sync stands: the table size at the last round, and whether that round found
+/// no growth.
+struct JoinSync {
+    rows: usize,
+    idle: bool,
 }
 
 impl Swim {
@@ -260,6 +271,7 @@ impl Swim {
             moves: FxHashMap::default(),
             leaves: FxHashMap::default(),
             active_peak: 1,
+            join_sync: None,
             config,
         })
     }
@@ -444,6 +456,7 @@ impl Swim {
             Timer::IndirectExpire { seq } => self.on_indirect_expire(seq),
             Timer::GossipTick => self.on_gossip_tick(),
             Timer::PushPullTick => self.on_push_pull_tick(),
+            Timer::JoinSync => self.on_join_sync(),
             Timer::ReconnectTick => self.on_reconnect_tick(),
             Timer::JoinRetry { attempt } => self.on_join_retry(attempt),
             Timer::Suspicion { node, generation } => self.on_suspicion_timeout(node, generation),
@@ -730,6 +743,11 @@ impl Swim {
         if self.leaving {
             return;
         }
+        self.push_pull_random();
+    }
+
+    /// A full-state exchange with one random alive member.
+    fn push_pull_random(&mut self) {
         let me = self.id.clone();
         let picked = self.members.sample(&mut self.rng, 1, |m| {
             m.id() != &me && m.state == MemberState::Alive
@@ -738,6 +756,42 @@ impl Swim {
             let to = self.members.at(i).info.addr;
             self.start_push_pull(to, PushPullKind::Periodic);
         }
+    }
+
+    /// Starts the join sync (see `Config::join_sync_interval`) once the join answer is merged.
+    fn start_join_sync(&mut self) {
+        let every = self.config.join_sync_interval;
+        if every.is_zero() || self.join_sync.is_some() {
+            return;
+        }
+        self.join_sync = Some(JoinSync {
+            rows: self.members.len(),
+            idle: false,
+        });
+        self.arm(every, Timer::JoinSync);
+    }
+
+    /// One round of the join sync: an exchange while the table grew since the last round, and
+    /// one more after the first round without growth; then it ends.
+    fn on_join_sync(&mut self) {
+        let Some(sync) = self.join_sync.as_mut() else {
+            return;
+        };
+        let rows = self.members.len();
+        let grew = rows > sync.rows;
+        if !grew && sync.idle {
+            self.join_sync = None;
+            return;
+        }
+        sync.rows = rows;
+        sync.idle = !grew;
+        if self.leaving {
+            self.join_sync = None;
+            return;
+        }
+        self.stats.join_syncs += 1;
+        self.push_pull_random();
+        self.arm(self.config.join_sync_interval, Timer::JoinSync);
     }
 
     /// Sends a push-pull to `to` and notes when, to time the answer.
@@ -822,6 +876,7 @@ impl Swim {
             self.join.pending = false;
             let members = self.members.len();
             self.emit(Event::JoinCompleted { members });
+            self.start_join_sync();
         }
     }
 }

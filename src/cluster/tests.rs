@@ -775,6 +775,76 @@ fn join_exchanges_state_and_retries_until_answered() {
 }
 
 #[test]
+fn after_the_join_full_state_is_exchanged_while_the_table_grows() {
+    let mut seed = T::new(1, &[3]);
+    let mut joiner = T::new(2, &[]);
+    let out = joiner.input(Input::Command(Command::Join(vec![addr(1)])));
+    let out = seed.input(Input::Stream {
+        from: addr(2),
+        msg: streams(&out)[0].1.clone(),
+    });
+    let out = joiner.input(Input::Stream {
+        from: addr(1),
+        msg: streams(&out).pop().unwrap().1,
+    });
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Timer {
+            timer: Timer::JoinSync,
+            ..
+        }
+    )));
+    let sync = |t: &mut T| {
+        let out = t.timer(Timer::JoinSync);
+        let pushes = streams(&out)
+            .iter()
+            .filter(|(_, m)| matches!(m, Message::PushPull(p) if !p.join && !p.reply))
+            .count();
+        let again = out.iter().any(|o| {
+            matches!(
+                o,
+                Output::Timer {
+                    timer: Timer::JoinSync,
+                    ..
+                }
+            )
+        });
+        (pushes, again)
+    };
+    // First round: no growth since the join answer, so one exchange, and one more round.
+    assert_eq!(sync(&mut joiner), (1, true));
+    // A member learned since: exchange again.
+    joiner.msg(3, alive_at(4, 0, addr(4)));
+    assert_eq!(sync(&mut joiner), (1, true));
+    // No growth: one last exchange, then the sync ends.
+    assert_eq!(sync(&mut joiner), (1, true));
+    assert_eq!(sync(&mut joiner), (0, false));
+    assert_eq!(joiner.swim.stats().join_syncs, 3);
+    // Off with 0.
+    let config = Config {
+        join_sync_interval: Duration::ZERO,
+        ..Config::lan()
+    };
+    let mut quiet = T::with(config, 5, &[]);
+    let out = quiet.input(Input::Command(Command::Join(vec![addr(1)])));
+    let out = seed.input(Input::Stream {
+        from: addr(5),
+        msg: streams(&out)[0].1.clone(),
+    });
+    let out = quiet.input(Input::Stream {
+        from: addr(1),
+        msg: streams(&out).pop().unwrap().1,
+    });
+    assert!(!out.iter().any(|o| matches!(
+        o,
+        Output::Timer {
+            timer: Timer::JoinSync,
+            ..
+        }
+    )));
+}
+
+#[test]
 fn push_pull_down_rows_are_told_to_the_member_and_dead_about_us_is_refuted() {
     let mut t = T::new(1, &[2, 3]);
     t.msg(
