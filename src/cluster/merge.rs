@@ -155,11 +155,16 @@ impl Swim {
         }
         let m = self.members.get(&id).expect("caller looked it up");
         let (old_addr, incarnation) = (m.info.addr, m.incarnation);
-        let seq = self.next_seq();
         self.generation += 1;
         let generation = self.generation;
+        let suspect = self.suspect_claim(&id, incarnation);
+        let timer = Timer::MoveCheck {
+            node: id.clone(),
+            generation,
+        };
+        let seq = self.ping_with_claim(old_addr, id.clone(), suspect, timer);
         self.moves.insert(
-            id.clone(),
+            id,
             PendingMove {
                 claim: a,
                 old_addr,
@@ -167,22 +172,44 @@ impl Swim {
                 generation,
             },
         );
+    }
+
+    /// Our suspicion of `node` at `incarnation`, to ride ahead of a ping to it (Lifeguard's
+    /// buddy system), or none with Lifeguard off.
+    fn suspect_claim(&self, node: &NodeId, incarnation: Incarnation) -> Option<Message> {
+        self.config.lifeguard.then(|| {
+            Message::Suspect(Suspect {
+                incarnation,
+                node: node.clone(),
+                from: self.id.clone(),
+            })
+        })
+    }
+
+    /// The check behind the last-chance probe, an address move and a relayed leave: pings
+    /// `node` at `to` with `claim` ahead of the ping (a live member answers it on the ack) and
+    /// arms `timer` one probe period (stretched by local health) later, when the check decides.
+    /// Returns the ping's sequence number.
+    fn ping_with_claim(
+        &mut self,
+        to: SocketAddr,
+        node: NodeId,
+        claim: Option<Message>,
+        timer: Timer,
+    ) -> u32 {
+        let seq = self.next_seq();
         let ping = Message::Ping(Ping {
             seq,
-            target: id.clone(),
+            target: node,
             source: self.id.clone(),
         });
-        self.send_probe_packet(old_addr, ping, Some((id.clone(), incarnation)));
+        let msgs = self.fill_packet(claim.into_iter().chain([ping]).collect());
+        self.out.push(super::Output::Packet { to, msgs });
         let wait = self
             .config
             .scaled(self.config.probe_interval, self.awareness.score());
-        self.arm(
-            wait,
-            Timer::MoveCheck {
-                node: id,
-                generation,
-            },
-        );
+        self.arm(wait, timer);
+        seq
     }
 
     /// An ack from the old address of a member with a pending move: it lives there.
@@ -439,23 +466,12 @@ impl Swim {
             self.generation += 1;
             susp.generation = self.generation;
             let (addr, incarnation) = (m.info.addr, m.incarnation);
-            let seq = self.next_seq();
-            let ping = Message::Ping(Ping {
-                seq,
-                target: node.clone(),
-                source: self.id.clone(),
-            });
-            self.send_probe_packet(addr, ping, Some((node.clone(), incarnation)));
-            let wait = self
-                .config
-                .scaled(self.config.probe_interval, self.awareness.score());
-            self.arm(
-                wait,
-                Timer::Suspicion {
-                    node,
-                    generation: self.generation,
-                },
-            );
+            let suspect = self.suspect_claim(&node, incarnation);
+            let timer = Timer::Suspicion {
+                node: node.clone(),
+                generation: self.generation,
+            };
+            self.ping_with_claim(addr, node, suspect, timer);
             return;
         }
         self.stats.failures_declared += 1;
@@ -539,24 +555,11 @@ impl Swim {
                 generation,
             },
         );
-        let seq = self.next_seq();
-        let ping = Message::Ping(Ping {
-            seq,
-            target: d.node.clone(),
-            source: self.id.clone(),
-        });
-        let msgs = self.fill_packet(vec![Message::Dead(d.clone()), ping]);
-        self.out.push(super::Output::Packet { to: addr, msgs });
-        let wait = self
-            .config
-            .scaled(self.config.probe_interval, self.awareness.score());
-        self.arm(
-            wait,
-            Timer::LeaveCheck {
-                node: d.node,
-                generation,
-            },
-        );
+        let timer = Timer::LeaveCheck {
+            node: d.node.clone(),
+            generation,
+        };
+        self.ping_with_claim(addr, d.node.clone(), Some(Message::Dead(d)), timer);
     }
 
     /// A relayed leave was not refuted within a probe period: the member is gone.
