@@ -42,7 +42,8 @@
 //! Checked every run and reported in [`Invariants`]: no honest node declared dead by an honest
 //! one, honest convergence, and memory bounded: the largest member table and broadcast queue of
 //! any honest node, sampled every virtual second, against their bounds. A run whose honest tables
-//! together pass [`ROWS_ABORT`] rows stops there (reported in `aborted`) rather than exhaust the
+//! together pass [`rows_abort`] rows (twice what every honest node knowing every node once holds,
+//! and at least [`ROWS_ABORT`]) stops there (reported in `aborted`) rather than exhaust the
 //! machine.
 
 mod hostile;
@@ -71,8 +72,17 @@ use std::time::{Duration, Instant};
 /// Wall-clock epoch of the simulated world (2026-01-01), so wall stamps look like real ones.
 const WALL_EPOCH_MS: u64 = 1_767_225_600_000;
 
-/// Honest member-table rows summed over honest nodes at which a run stops (see the module doc).
+/// Honest member-table rows summed over honest nodes at which a run stops, at least (see the
+/// module doc and [`rows_abort`]).
 pub const ROWS_ABORT: usize = 4_000_000;
+
+/// Honest member-table rows summed over honest nodes at which a run of `honest` honest nodes
+/// among `all` stops: twice the `honest * all` rows of every honest node knowing every node once
+/// (10,000 nodes legitimately hold 10^8 rows), and never less than [`ROWS_ABORT`], so small runs
+/// whose tables grow without bound stop early.
+pub fn rows_abort(honest: usize, all: usize) -> usize {
+    ROWS_ABORT.max(honest.saturating_mul(all).saturating_mul(2))
+}
 
 /// The invariants every run checks (see the module doc).
 #[derive(Debug, Clone, Serialize)]
@@ -495,7 +505,7 @@ impl<'a> Sim<'a> {
     }
 
     /// Records the largest honest member table and broadcast queue; stops a run whose tables
-    /// have grown past [`ROWS_ABORT`]. Reads only: no event, no draw.
+    /// have grown past [`rows_abort`]. Reads only: no event, no draw.
     fn sample(&mut self) {
         self.next_sample = self.now + Duration::from_secs(1);
         if self.half_bytes.is_none() && self.now >= self.s.duration / 2 {
@@ -512,9 +522,10 @@ impl<'a> Sim<'a> {
             self.active_max = self.active_max.max(n.swim.cluster_size());
             self.queue_max = self.queue_max.max(n.swim.broadcast_queue_len());
         }
-        if total > ROWS_ABORT {
+        let limit = rows_abort(self.s.nodes, self.nodes.len());
+        if total > limit {
             self.aborted = Some(format!(
-                "honest member tables hold {total} rows in all at {} ms (limit {ROWS_ABORT})",
+                "honest member tables hold {total} rows in all at {} ms (limit {limit})",
                 self.now.as_millis()
             ));
         }
@@ -999,6 +1010,13 @@ mod tests {
             .map(|Reverse(x)| (x.at.as_millis(), x.seq))
             .collect();
         assert_eq!(order, [(3, 2), (3, 3), (5, 0), (5, 1)]);
+    }
+
+    #[test]
+    fn the_row_limit_grows_with_the_cluster() {
+        assert_eq!(rows_abort(200, 205), ROWS_ABORT);
+        assert_eq!(rows_abort(10_000, 10_000), 200_000_000);
+        assert_eq!(rows_abort(usize::MAX, 2), usize::MAX);
     }
 
     #[test]
