@@ -4,13 +4,14 @@
 //! the least-sent items first and, among equals, the newest, until the packet budget is spent. A
 //! newer claim about a member replaces the queued one, so stale claims are never sent.
 
-use super::message::{item_len, Message};
-use crate::identity::NodeId;
+use super::message::{item_len, Alive, Message};
+use crate::identity::{Incarnation, NodeId, NodeInfo};
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 /// What a broadcast is about; a new broadcast replaces a queued one with the same key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -21,19 +22,92 @@ pub(crate) enum BroadcastKey {
     Event(NodeId, u64),
 }
 
-fn hash(key: &BroadcastKey) -> u64 {
+impl BroadcastKey {
+    fn borrowed(&self) -> KeyRef<'_> {
+        match self {
+            BroadcastKey::Member(id) => KeyRef::Member(id),
+            BroadcastKey::Event(id, ltime) => KeyRef::Event(id, *ltime),
+        }
+    }
+}
+
+/// A key borrowed from a [`BroadcastKey`] or from the message it keys: the two hash and compare
+/// alike, so an item whose key is its message's subject need not store it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum KeyRef<'a> {
+    Member(&'a NodeId),
+    Event(&'a NodeId, u64),
+}
+
+fn hash(key: KeyRef<'_>) -> u64 {
     FxBuildHasher.hash_one(key)
+}
+
+/// A queued message, stored small: alive claims (nearly every item while a cluster forms) inline
+/// in 16 bytes, anything else boxed. A [`Message`] takes 48 bytes; ten thousand queues of 4,096
+/// items each make the difference worth a gigabyte.
+#[derive(Debug)]
+enum Stored {
+    Alive(Incarnation, Arc<NodeInfo>),
+    Other(Box<Message>),
+}
+
+impl Stored {
+    fn new(msg: Message) -> Self {
+        match msg {
+            Message::Alive(a) => Stored::Alive(a.incarnation, a.info),
+            other => Stored::Other(Box::new(other)),
+        }
+    }
+
+    fn to_message(&self) -> Message {
+        match self {
+            Stored::Alive(incarnation, info) => Message::Alive(Alive {
+                incarnation: *incarnation,
+                info: info.clone(),
+            }),
+            Stored::Other(msg) => Message::clone(msg),
+        }
+    }
+
+    /// The key a claim or an event naturally has: the member it is about, the event's origin
+    /// and Lamport time.
+    fn subject(&self) -> Option<KeyRef<'_>> {
+        match self {
+            Stored::Alive(_, info) => Some(KeyRef::Member(&info.id)),
+            Stored::Other(msg) => match &**msg {
+                Message::Alive(a) => Some(KeyRef::Member(&a.info.id)),
+                Message::Suspect(s) => Some(KeyRef::Member(&s.node)),
+                Message::Dead(d) => Some(KeyRef::Member(&d.node)),
+                Message::UserEvent(e) => Some(KeyRef::Event(&e.origin, e.ltime)),
+                _ => None,
+            },
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Item {
-    key: BroadcastKey,
-    msg: Message,
+    /// The key, when it is not the message's subject (it nearly always is: then `None`).
+    key: Option<Box<BroadcastKey>>,
+    msg: Stored,
     /// Push order: higher is newer.
     id: u64,
     /// Bytes in a packet, length prefix included.
     len: u32,
     transmits: u32,
+}
+
+impl Item {
+    fn key(&self) -> KeyRef<'_> {
+        match &self.key {
+            Some(key) => key.borrowed(),
+            None => self
+                .msg
+                .subject()
+                .expect("a key is left out only when it is the subject"),
+        }
+    }
 }
 
 /// Order of the items: `(transmits, newest first, slot)`.
@@ -47,8 +121,8 @@ const SCAN_MAX: usize = 512;
 const MISSES_MAX: usize = 16;
 
 /// Bounded queue of broadcasts. Items live in a slab (`slots`, reused through `free`); the order
-/// and the key index hold only slot numbers, which keeps an item near 130 bytes in all: the
-/// simulator holds thousands of these queues.
+/// and the key index hold only slot numbers, and a message is stored small ([`Stored`]), which
+/// keeps an item near 100 bytes in all: the simulator holds thousands of these queues.
 #[derive(Debug)]
 pub(crate) struct BroadcastQueue {
     order: BTreeSet<Slot>,
@@ -82,22 +156,24 @@ impl BroadcastQueue {
             .expect("indexed slots are filled")
     }
 
-    fn find(&self, key: &BroadcastKey) -> Option<u32> {
+    fn find(&self, key: KeyRef<'_>) -> Option<u32> {
         self.by_key
-            .find(hash(key), |&s| &self.item(s).key == key)
+            .find(hash(key), |&s| self.item(s).key() == key)
             .copied()
     }
 
     /// Queues `msg`, replacing a queued item with the same key. Over the bound, the most sent
     /// (then oldest) item is dropped.
     pub fn push(&mut self, key: BroadcastKey, msg: Message) {
-        if let Some(old) = self.find(&key) {
+        if let Some(old) = self.find(key.borrowed()) {
             self.remove(old);
         }
         let id = self.next_id;
         self.next_id += 1;
         let len = item_len(msg.encoded_len()) as u32;
-        let h = hash(&key);
+        let h = hash(key.borrowed());
+        let msg = Stored::new(msg);
+        let key = (msg.subject() != Some(key.borrowed())).then(|| Box::new(key));
         let item = Item {
             key,
             msg,
@@ -118,7 +194,7 @@ impl BroadcastQueue {
         self.order.insert((0, Reverse(id), slot));
         let slots = &self.slots;
         self.by_key.insert_unique(h, slot, |&s| {
-            hash(&slots[s as usize].as_ref().expect("filled").key)
+            hash(slots[s as usize].as_ref().expect("filled").key())
         });
         while self.order.len() > self.max {
             let &(_, _, worst) = self.order.last().expect("non-empty");
@@ -132,7 +208,7 @@ impl BroadcastQueue {
             return;
         };
         self.order.remove(&(item.transmits, Reverse(item.id), slot));
-        if let Ok(e) = self.by_key.find_entry(hash(&item.key), |&s| s == slot) {
+        if let Ok(e) = self.by_key.find_entry(hash(item.key()), |&s| s == slot) {
             e.remove();
         }
         self.free.push(slot);
@@ -140,7 +216,7 @@ impl BroadcastQueue {
 
     /// How many times the item with `key` was sent, if it is still queued.
     pub fn transmits(&self, key: &BroadcastKey) -> Option<u32> {
-        self.find(key).map(|s| self.item(s).transmits)
+        self.find(key.borrowed()).map(|s| self.item(s).transmits)
     }
 
     /// Appends up to `count_max` items fitting in `budget` bytes to `out`, least sent first;
@@ -162,7 +238,7 @@ impl BroadcastQueue {
             let item = self.item(slot);
             if item.len as usize <= budget - used {
                 used += item.len as usize;
-                out.push(item.msg.clone());
+                out.push(item.msg.to_message());
                 taken.push(slot);
                 misses = 0;
             } else {
@@ -192,7 +268,6 @@ impl BroadcastQueue {
 mod tests {
     use super::*;
     use crate::cluster::message::{Ack, Dead};
-    use crate::identity::Incarnation;
 
     fn dead(name: &str, inc: u64) -> (BroadcastKey, Message) {
         let id = NodeId::new(name).unwrap();
@@ -256,6 +331,53 @@ mod tests {
         let used = q.pick(20, 10, 5, &mut out);
         assert_eq!(out, vec![Message::Ack(Ack { seq: 1 })]);
         assert!(used <= 20);
+    }
+
+    #[test]
+    fn items_stay_small() {
+        // Alive claims, nearly every item while a cluster forms, are stored inline.
+        assert!(std::mem::size_of::<Stored>() <= 24);
+        assert!(std::mem::size_of::<Option<Item>>() <= 48);
+    }
+
+    #[test]
+    fn stored_messages_come_back_unchanged() {
+        let info = Arc::new(NodeInfo::new(
+            NodeId::new("a").unwrap(),
+            "127.0.0.1:1".parse().unwrap(),
+        ));
+        let alive = Message::Alive(Alive {
+            incarnation: Incarnation(7),
+            info,
+        });
+        let mut q = BroadcastQueue::new(10);
+        q.push(
+            BroadcastKey::Member(NodeId::new("a").unwrap()),
+            alive.clone(),
+        );
+        let (kd, dead) = dead("b", 3);
+        q.push(kd, dead.clone());
+        let mut out = Vec::new();
+        q.pick(1000, 10, 5, &mut out);
+        assert_eq!(out, vec![dead, alive]);
+    }
+
+    #[test]
+    fn a_key_other_than_the_subject_is_kept() {
+        let mut q = BroadcastQueue::new(10);
+        let (_, m) = dead("a", 1);
+        let other = BroadcastKey::Member(NodeId::new("z").unwrap());
+        q.push(other.clone(), m);
+        let (ka, ma) = dead("a", 2);
+        q.push(ka.clone(), ma);
+        assert_eq!(q.len(), 2, "different keys, both queued");
+        assert!(q.transmits(&other).is_some() && q.transmits(&ka).is_some());
+        let (_, m3) = dead("b", 3);
+        q.push(other.clone(), m3.clone());
+        assert_eq!(q.len(), 2, "same key replaces");
+        let mut out = Vec::new();
+        q.pick(1000, 1, 5, &mut out);
+        assert_eq!(out, vec![m3]);
     }
 
     #[test]
