@@ -143,6 +143,8 @@ pub const DOWN_CLAIM_JUMP_MAX: u64 = 0;
 /// Largest step up of the user-event Lamport clock that one event or push-pull may cause; a
 /// larger one is dropped and counted. Honest clocks differ by the events sent while apart.
 pub const LTIME_JUMP_MAX: u64 = 1 << 20;
+/// Outputs a core keeps room for between inputs (see `Swim::hand_over`).
+const OUT_KEEP: usize = 64;
 
 /// Which channel a message came in on; replies go back the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,7 +296,7 @@ impl Swim {
             self.arm(phase, timer);
         }
         self.broadcast_self();
-        out.append(&mut self.out);
+        self.hand_over(out);
     }
 
     /// Feeds one input; the results are appended to `out`.
@@ -320,7 +322,7 @@ impl Swim {
                 }
             }
         }
-        out.append(&mut self.out);
+        self.hand_over(out);
     }
 
     /// Carries out an application command; results are appended to `out`.
@@ -332,8 +334,19 @@ impl Swim {
     ) -> Result<(), CommandError> {
         self.now = now;
         let r = self.apply_command(cmd);
-        out.append(&mut self.out);
+        self.hand_over(out);
         r
+    }
+
+    /// Moves this input's outputs to the caller's `out`. `append` leaves the core's buffer empty
+    /// but keeps its capacity, that of its largest burst (a join answer merges N rows and emits N
+    /// events at once): ten thousand simulated cores each keeping room for ten thousand outputs
+    /// held gigabytes. Past [`OUT_KEEP`] outputs the buffer is given back.
+    fn hand_over(&mut self, out: &mut Vec<Output>) {
+        out.append(&mut self.out);
+        if self.out.capacity() > OUT_KEEP {
+            self.out = Vec::new();
+        }
     }
 
     /// This node's id.

@@ -84,9 +84,6 @@ pub fn rows_abort(honest: usize, all: usize) -> usize {
     ROWS_ABORT.max(honest.saturating_mul(all).saturating_mul(2))
 }
 
-/// Output capacity a core may keep between inputs (see `Sim::trim_core_output`).
-const CORE_OUT_KEEP: usize = 64;
-
 /// The invariants every run checks (see the module doc).
 #[derive(Debug, Clone, Serialize)]
 pub struct Invariants {
@@ -608,7 +605,6 @@ impl<'a> Sim<'a> {
                 .swim
                 .handle(now, Input::Command(Command::Join(vec![addr(0)])), &mut out);
         }
-        self.trim_core_output(n);
         self.apply_outputs(n, &mut out);
         self.out = out;
     }
@@ -617,22 +613,8 @@ impl<'a> Sim<'a> {
         let now = self.node_now(n);
         let mut out = std::mem::take(&mut self.out);
         self.nodes[n].swim.handle(now, input, &mut out);
-        self.trim_core_output(n);
         self.apply_outputs(n, &mut out);
         self.out = out;
-    }
-
-    /// A core hands its outputs over by `append`, which leaves its own buffer empty but keeps its
-    /// capacity: that of its largest burst (the answer to a join merges N rows and emits N events
-    /// at once). Ten thousand cores each keeping room for ten thousand outputs of 64 bytes held
-    /// 10 GB; past [`CORE_OUT_KEEP`] the buffer is given back. Empty either way: no behaviour
-    /// changes.
-    fn trim_core_output(&mut self, n: usize) {
-        let out = &mut self.nodes[n].swim.out;
-        debug_assert!(out.is_empty());
-        if out.capacity() > CORE_OUT_KEEP {
-            *out = Vec::new();
-        }
     }
 
     fn apply_outputs(&mut self, n: usize, out: &mut Vec<Output>) {
@@ -1048,7 +1030,7 @@ mod tests {
         sim.run();
         assert!(sim.metrics.converged_at.is_some());
         let most = sim.nodes.iter().map(|n| n.swim.out.capacity()).max();
-        assert!(most <= Some(CORE_OUT_KEEP), "{most:?}");
+        assert!(most <= Some(64), "{most:?}");
     }
 
     #[test]
