@@ -106,16 +106,40 @@ struct Item {
     id: u64,
     /// Bytes in a packet, length prefix included.
     len: u32,
-    transmits: u32,
+    /// Transmissions so far, and [`BULK`] for a bulk item.
+    rank: u32,
 }
+
+/// Bulk items kept at most; past this the oldest is dropped. Gossip forwards only the newest joins
+/// of a burst (64 claims of 16 sends each drain in about 8 s at 8 claims a packet, 15 packets a
+/// second); syncs carry the rest.
+pub(crate) const BULK_MAX: usize = 64;
+
+/// Set in an item's rank when it is bulk (see [`BroadcastQueue::push_bulk`]): bulk items sort
+/// after every other item.
+const BULK: u32 = 1 << 31;
 
 impl Item {
     fn key(&self) -> KeyRef<'_> {
         self.msg.key()
     }
+
+    fn transmits(&self) -> u32 {
+        self.rank & !BULK
+    }
+
+    fn is_bulk(&self) -> bool {
+        self.rank & BULK != 0
+    }
+
+    /// Bulk items sort newest first whatever their transmissions; others least sent first.
+    fn slot_key(&self, slot: u32) -> Slot {
+        let rank = if self.is_bulk() { BULK } else { self.rank };
+        (rank, Reverse(self.id), slot)
+    }
 }
 
-/// Order of the items: `(transmits, newest first, slot)`.
+/// Order of the items: `(bulk, then transmits; newest first; slot)`.
 type Slot = (u32, Reverse<u64>, u32);
 
 /// Smallest item worth looking for once the budget runs low (an ack is about 4 bytes).
@@ -136,6 +160,8 @@ pub(crate) struct BroadcastQueue {
     by_key: HashTable<u32>,
     next_id: u64,
     max: usize,
+    /// Bulk items queued.
+    bulk: usize,
 }
 
 impl BroadcastQueue {
@@ -148,6 +174,7 @@ impl BroadcastQueue {
             by_key: HashTable::new(),
             next_id: 0,
             max,
+            bulk: 0,
         }
     }
 
@@ -168,8 +195,19 @@ impl BroadcastQueue {
     }
 
     /// Queues `msg`, replacing a queued item with the same key. Over the bound, the most sent
-    /// (then oldest) item is dropped.
+    /// (then oldest) item is dropped, bulk items first.
     pub fn push(&mut self, key: BroadcastKey, msg: Message) {
+        self.push_ranked(key, msg, 0);
+    }
+
+    /// Queues `msg` as bulk: sent after every other item, and within each packet only up to the
+    /// bulk budget `pick` is given (a member new to this node, heard from someone else: a burst of
+    /// joins brings thousands, which syncs carry as well).
+    pub fn push_bulk(&mut self, key: BroadcastKey, msg: Message) {
+        self.push_ranked(key, msg, BULK);
+    }
+
+    fn push_ranked(&mut self, key: BroadcastKey, msg: Message, rank: u32) {
         if let Some(old) = self.find(key.borrowed()) {
             self.remove(old);
         }
@@ -181,7 +219,7 @@ impl BroadcastQueue {
             msg: Stored::new(key, msg),
             id,
             len,
-            transmits: 0,
+            rank,
         };
         let slot = match self.free.pop() {
             Some(s) => {
@@ -193,12 +231,15 @@ impl BroadcastQueue {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.order.insert((0, Reverse(id), slot));
+        self.order.insert((rank, Reverse(id), slot));
         let slots = &self.slots;
         self.by_key.insert_unique(h, slot, |&s| {
             hash(slots[s as usize].as_ref().expect("filled").key())
         });
-        while self.order.len() > self.max {
+        if rank & BULK != 0 {
+            self.bulk += 1;
+        }
+        while self.order.len() > self.max || self.bulk > BULK_MAX {
             let &(_, _, worst) = self.order.last().expect("non-empty");
             self.remove(worst);
         }
@@ -209,7 +250,10 @@ impl BroadcastQueue {
         let Some(item) = self.slots[slot as usize].take() else {
             return;
         };
-        self.order.remove(&(item.transmits, Reverse(item.id), slot));
+        self.order.remove(&item.slot_key(slot));
+        if item.is_bulk() {
+            self.bulk -= 1;
+        }
         if let Ok(e) = self.by_key.find_entry(hash(item.key()), |&s| s == slot) {
             e.remove();
         }
@@ -218,19 +262,22 @@ impl BroadcastQueue {
 
     /// How many times the item with `key` was sent, if it is still queued.
     pub fn transmits(&self, key: &BroadcastKey) -> Option<u32> {
-        self.find(key.borrowed()).map(|s| self.item(s).transmits)
+        self.find(key.borrowed()).map(|s| self.item(s).transmits())
     }
 
-    /// Appends up to `count_max` items fitting in `budget` bytes to `out`, least sent first;
-    /// items reaching `limit` transmissions leave the queue. Returns the bytes used.
+    /// Appends up to `count_max` items fitting in `budget` bytes to `out`, least sent first,
+    /// bulk items last and in `bulk_budget` bytes at most; items reaching `limit` transmissions
+    /// leave the queue. Returns the bytes used.
     pub fn pick(
         &mut self,
         budget: usize,
+        bulk_budget: usize,
         count_max: usize,
         limit: u32,
         out: &mut Vec<Message>,
     ) -> usize {
         let mut used = 0;
+        let mut bulk_used = 0;
         let mut taken: Vec<u32> = Vec::new();
         let mut misses = 0;
         for &(_, _, slot) in self.order.iter().take(SCAN_MAX) {
@@ -238,7 +285,13 @@ impl BroadcastQueue {
                 break;
             }
             let item = self.item(slot);
+            if item.is_bulk() && bulk_used + item.len as usize > bulk_budget {
+                break;
+            }
             if item.len as usize <= budget - used {
+                if item.is_bulk() {
+                    bulk_used += item.len as usize;
+                }
                 used += item.len as usize;
                 out.push(item.msg.to_message());
                 taken.push(slot);
@@ -257,10 +310,10 @@ impl BroadcastQueue {
         let item = self.slots[slot as usize]
             .as_mut()
             .expect("picked item exists");
-        self.order.remove(&(item.transmits, Reverse(item.id), slot));
-        item.transmits += 1;
-        self.order.insert((item.transmits, Reverse(item.id), slot));
-        if item.transmits >= limit {
+        self.order.remove(&item.slot_key(slot));
+        item.rank += 1;
+        self.order.insert(item.slot_key(slot));
+        if item.transmits() >= limit {
             self.remove(slot);
         }
     }
@@ -281,6 +334,51 @@ mod tests {
         (BroadcastKey::Member(id), msg)
     }
 
+    fn alive(i: usize) -> (BroadcastKey, Message) {
+        let id = NodeId::new(&format!("joiner-{i:03}")).unwrap();
+        let info = Arc::new(NodeInfo::new(id.clone(), ([10, 0, 0, 1], 7946).into()));
+        let msg = Message::Alive(Alive {
+            incarnation: Incarnation(0),
+            info,
+        });
+        (BroadcastKey::Member(id), msg)
+    }
+
+    fn name(m: &Message) -> String {
+        match m {
+            Message::Alive(a) => a.info.id.to_string(),
+            Message::Dead(d) => d.node.to_string(),
+            _ => String::new(),
+        }
+    }
+
+    #[test]
+    fn bulk_goes_last_newest_first_within_its_budget_and_only_the_newest_are_kept() {
+        let mut q = BroadcastQueue::new(1000);
+        for i in 0..100 {
+            let (k, m) = alive(i);
+            q.push_bulk(k, m);
+        }
+        let (k, m) = dead("x", 1);
+        q.push(k, m);
+        assert_eq!(q.len(), 1 + BULK_MAX, "the oldest bulk items are dropped");
+        let one = item_len(alive(0).1.encoded_len());
+        for _ in 0..2 {
+            let mut out = Vec::new();
+            q.pick(10_000, 3 * one, 255, 16, &mut out);
+            let names: Vec<String> = out.iter().map(name).collect();
+            // The non-bulk claim first (until its limit), then the three newest joins, whatever
+            // they were sent before.
+            let joins = ["joiner-099", "joiner-098", "joiner-097"];
+            assert_eq!(names[names.len() - 3..], joins, "{names:?}");
+            assert!(names.len() <= 4);
+        }
+        // A bulk item replaced by a claim that is not bulk leaves the bulk count.
+        let (k, m) = dead("joiner-099", 1);
+        q.push(k, m);
+        assert_eq!((q.len(), q.bulk), (1 + BULK_MAX, BULK_MAX - 1));
+    }
+
     #[test]
     fn newer_claim_replaces_queued_one() {
         let mut q = BroadcastQueue::new(10);
@@ -290,7 +388,7 @@ mod tests {
         q.push(k2, m2.clone());
         assert_eq!(q.len(), 1);
         let mut out = Vec::new();
-        q.pick(1000, 10, 5, &mut out);
+        q.pick(1000, 0, 10, 5, &mut out);
         assert_eq!(out, vec![m2]);
         assert_eq!(q.transmits(&k), Some(1));
     }
@@ -303,9 +401,9 @@ mod tests {
             q.push(k, m);
         }
         let mut out = Vec::new();
-        q.pick(1000, 1, 2, &mut out); // takes c (newest)
+        q.pick(1000, 0, 1, 2, &mut out); // takes c (newest)
         out.clear();
-        q.pick(1000, 2, 2, &mut out); // b and a (never sent) before c
+        q.pick(1000, 0, 2, 2, &mut out); // b and a (never sent) before c
         let names: Vec<_> = out
             .iter()
             .map(|m| match m {
@@ -315,7 +413,7 @@ mod tests {
             .collect();
         assert_eq!(names, ["b", "a"]);
         out.clear();
-        q.pick(1000, 10, 2, &mut out); // every item's second send: all retire
+        q.pick(1000, 0, 10, 2, &mut out); // every item's second send: all retire
         assert_eq!(out.len(), 3);
         assert_eq!(q.len(), 0);
     }
@@ -330,7 +428,7 @@ mod tests {
             Message::Ack(Ack { seq: 1 }),
         );
         let mut out = Vec::new();
-        let used = q.pick(20, 10, 5, &mut out);
+        let used = q.pick(20, 0, 10, 5, &mut out);
         assert_eq!(out, vec![Message::Ack(Ack { seq: 1 })]);
         assert!(used <= 20);
     }
@@ -360,7 +458,7 @@ mod tests {
         let (kd, dead) = dead("b", 3);
         q.push(kd, dead.clone());
         let mut out = Vec::new();
-        q.pick(1000, 10, 5, &mut out);
+        q.pick(1000, 0, 10, 5, &mut out);
         assert_eq!(out, vec![dead, alive]);
     }
 
@@ -378,7 +476,7 @@ mod tests {
         q.push(other.clone(), m3.clone());
         assert_eq!(q.len(), 2, "same key replaces");
         let mut out = Vec::new();
-        q.pick(1000, 1, 5, &mut out);
+        q.pick(1000, 0, 1, 5, &mut out);
         assert_eq!(out, vec![m3]);
         // An alive claim under a key other than its member's is kept apart the same way.
         let alive = Message::Alive(Alive {
@@ -392,7 +490,7 @@ mod tests {
         q.push(y.clone(), alive.clone());
         assert_eq!((q.len(), q.transmits(&y)), (3, Some(0)));
         out.clear();
-        q.pick(1000, 1, 5, &mut out);
+        q.pick(1000, 0, 1, 5, &mut out);
         assert_eq!(out, vec![alive]);
     }
 
@@ -402,7 +500,7 @@ mod tests {
         let (ka, a) = dead("a", 0);
         q.push(ka.clone(), a);
         let mut out = Vec::new();
-        q.pick(1000, 10, 9, &mut out); // a sent once
+        q.pick(1000, 0, 10, 9, &mut out); // a sent once
         let (kb, b) = dead("b", 0);
         q.push(kb.clone(), b);
         let (kc, c) = dead("c", 0);

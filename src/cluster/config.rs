@@ -63,15 +63,16 @@ pub struct Config {
     pub gossip_to_the_dead: Duration,
     /// Each broadcast is sent `retransmit_mult * ceil(log10(n + 1))` times. Default 4.
     pub retransmit_mult: u32,
-    /// Base time between two full-state exchanges with a random member; grows with cluster size
-    /// (`x (ceil(log2 n - log2 32) + 1)` above 32 members). Default 30 s.
+    /// Base time between two syncs (delta anti-entropy) with a random member; grows with cluster
+    /// size (`x (ceil(log2 n - log2 8192) + 1)` above 8,192 members). Default 30 s.
     #[serde(with = "humantime_serde")]
     pub push_pull_interval: Duration,
-    /// After its join, while its member table keeps growing (the cluster is forming), a node
-    /// exchanges full state with a random alive member this often, and once more after an
-    /// interval without growth; then only `push_pull_interval` applies. Gossip alone leaves a
-    /// few nodes missing bursts of joins when thousands join at once; this closes them within
-    /// a second. 0 turns it off. Default 500 ms (`wan`: 2 s, `local`: 250 ms).
+    /// After its join, while its member table keeps growing or syncs keep moving rows (the
+    /// cluster is forming), a node syncs (delta anti-entropy) with a random alive member this
+    /// often; once quiet, at doubling intervals up to 16 times this, then only
+    /// `push_pull_interval` applies. Thousands of nodes joining at once spread mostly this way:
+    /// gossip carries only the newest joins (see `docs/protocol.md`). 0 turns it off.
+    /// Default 250 ms (`wan`: 2 s, `local`: 250 ms).
     #[serde(with = "humantime_serde")]
     pub join_sync_interval: Duration,
     /// Time between attempts to reach a failed member (healing of partitions). Each attempt is
@@ -157,7 +158,7 @@ impl Config {
             gossip_to_the_dead: Duration::from_secs(30),
             retransmit_mult: 4,
             push_pull_interval: Duration::from_secs(30),
-            join_sync_interval: Duration::from_millis(500),
+            join_sync_interval: Duration::from_millis(250),
             reconnect_interval: Duration::from_secs(10),
             dead_retention: Duration::from_secs(24 * 3600),
             packet_bytes_max: 1350,
@@ -345,10 +346,13 @@ impl Config {
         self.retransmit_mult * n.log10().ceil().max(1.0) as u32
     }
 
-    /// The push-pull interval for a cluster of `n` members: above 32 members it grows by one
-    /// base interval per doubling, so that large clusters do not storm.
+    /// The sync (anti-entropy) interval for a cluster of `n` members: above 8,192 members it
+    /// grows by one base interval per doubling, so that large clusters do not storm. (memberlist
+    /// scales from 32 members, as its push-pulls send full states; a sync sends two digests of
+    /// under a byte a row, about a twentieth of that, and syncing often is what closes the last
+    /// gaps after a partition heals.)
     pub fn push_pull_interval_for(&self, n: usize) -> Duration {
-        const BASE: f64 = 32.0;
+        const BASE: f64 = 8192.0;
         if n as f64 <= BASE {
             return self.push_pull_interval;
         }
@@ -404,12 +408,12 @@ mod tests {
         let base = c.push_pull_interval;
         for (n, mult) in [
             (1, 1),
-            (32, 1),
-            (33, 2),
-            (64, 2),
-            (65, 3),
-            (1000, 6),
-            (10_000, 10),
+            (1000, 1),
+            (8192, 1),
+            (8193, 2),
+            (10_000, 2),
+            (16_385, 3),
+            (65_536, 4),
         ] {
             assert_eq!(c.push_pull_interval_for(n), base * mult, "n={n}");
         }

@@ -337,7 +337,12 @@ impl Swim {
         self.emit(Event::MemberJoined(Swim::view(&m)));
         self.members.insert_at_random(m, &mut self.rng);
         self.note_active_peak();
-        self.queue_member_claim(id, Message::Alive(a));
+        // A member first heard of in a sync is old news to the peer, and spreads by gossip from
+        // whoever heard its claim: passing it on too would fill the gossip with joins that syncs
+        // already carry (a burst of joins sends every claim to every node a dozen times).
+        if !self.in_sync {
+            self.queue_join_claim(id, Message::Alive(a));
+        }
     }
 
     /// The common start of a suspect or dead claim: refuted if it is about us; otherwise the

@@ -137,6 +137,33 @@ pub struct PushPull {
     pub members: Vec<PushMember>,
 }
 
+/// Which message of a sync (delta anti-entropy, see [`Sync`]) this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncStep {
+    /// The asker's digest.
+    Start,
+    /// The rows the asker lacks, and the answerer's digest.
+    Answer,
+    /// The rows the answerer lacks.
+    Finish,
+}
+
+/// Delta anti-entropy, always over the stream channel: three messages instead of two full
+/// states. The asker sends a digest of its table (`Start`), the answerer the rows the digest does
+/// not hold and a digest of its own table (`Answer`), and the asker the rows that digest does not
+/// hold (`Finish`). See [`super::Digest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sync {
+    /// Which message of the three.
+    pub step: SyncStep,
+    /// The sender's user-event Lamport clock.
+    pub event_ltime: u64,
+    /// The sender's digest (`Start` and `Answer`).
+    pub digest: Option<super::Digest>,
+    /// Rows the receiver's digest did not hold (`Answer` and `Finish`).
+    pub rows: Vec<PushMember>,
+}
+
 /// An application event spread to every member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserEvent {
@@ -173,6 +200,8 @@ pub enum Message {
     PushPull(PushPull),
     /// Application event (boxed, as `PingReq`).
     UserEvent(Box<UserEvent>),
+    /// Delta anti-entropy (boxed, as `PingReq`).
+    Sync(Box<Sync>),
 }
 
 // The broadcast queue holds thousands of messages per node; keep the enum small.
@@ -198,6 +227,8 @@ pub mod msg_type {
     pub const PUSH_PULL: u8 = 8;
     /// [`super::UserEvent`]
     pub const USER_EVENT: u8 = 9;
+    /// [`super::Sync`]
+    pub const SYNC: u8 = 10;
 }
 
 /// Why bytes did not decode. Nothing is changed by a failed decode.
@@ -233,6 +264,7 @@ impl Message {
             Message::Dead(_) => msg_type::DEAD,
             Message::PushPull(_) => msg_type::PUSH_PULL,
             Message::UserEvent(_) => msg_type::USER_EVENT,
+            Message::Sync(_) => msg_type::SYNC,
         }
     }
 
@@ -248,6 +280,7 @@ impl Message {
             Message::Dead(_) => "dead",
             Message::PushPull(_) => "push_pull",
             Message::UserEvent(_) => "user_event",
+            Message::Sync(_) => "sync",
         }
     }
 
@@ -264,6 +297,7 @@ impl Message {
             Message::Dead(m) => postcard::to_extend(m, std::mem::take(out)),
             Message::PushPull(m) => postcard::to_extend(m, std::mem::take(out)),
             Message::UserEvent(m) => postcard::to_extend(m, std::mem::take(out)),
+            Message::Sync(m) => postcard::to_extend(m, std::mem::take(out)),
         };
         // Serializing into a Vec fails only on allocation failure, which aborts anyway.
         *out = body.expect("postcard into Vec cannot fail");
@@ -285,6 +319,7 @@ impl Message {
             Message::Dead(m) => size(m),
             Message::PushPull(m) => size(m),
             Message::UserEvent(m) => size(m),
+            Message::Sync(m) => size(m),
         }
     }
 
@@ -304,6 +339,7 @@ impl Message {
             msg_type::DEAD => Message::Dead(de(ty, body)?),
             msg_type::PUSH_PULL => Message::PushPull(de(ty, body)?),
             msg_type::USER_EVENT => Message::UserEvent(de(ty, body)?),
+            msg_type::SYNC => Message::Sync(de(ty, body)?),
             _ => return Ok(None),
         };
         Ok(Some(msg))

@@ -23,6 +23,7 @@
 
 mod broadcast;
 mod config;
+mod digest;
 mod members;
 mod merge;
 pub(crate) mod message;
@@ -34,10 +35,12 @@ mod swim;
 mod user_events;
 
 pub use config::{Config, INDIRECT_CHECKS_MAX, PACKET_BYTES_MIN};
+pub use digest::{Digest, DIGEST_BITS_PER_ROW, DIGEST_HASHES, DIGEST_HASHES_MAX};
 pub use members::Member;
 pub use message::{
     Ack, Alive, Dead, DecodeMessageError, DecodedPacket, MemberState, Message, Nack, Ping, PingReq,
-    PushMember, PushPull, Suspect, UserEvent, PACKET_MESSAGES_MAX, PROTOCOL_VERSION,
+    PushMember, PushPull, Suspect, Sync, SyncStep, UserEvent, PACKET_MESSAGES_MAX,
+    PROTOCOL_VERSION,
 };
 pub use swim::{
     CommandError, Stats, Swim, DOWN_CLAIM_JUMP_MAX, INCARNATION_JUMP_MAX, LTIME_JUMP_MAX,
@@ -119,7 +122,7 @@ pub enum Timer {
     GossipTick,
     /// Exchange full state with a random member.
     PushPullTick,
-    /// Exchange full state again while the table grows after the join (`join_sync_interval`).
+    /// Sync again while the cluster forms after the join (`join_sync_interval`).
     JoinSync,
     /// Try to reach a failed member; also reaps old dead members.
     ReconnectTick,

@@ -2,10 +2,11 @@
 //! Probing lives in `probe.rs`, the merge rules for claims in `merge.rs`.
 
 use super::broadcast::{BroadcastKey, BroadcastQueue};
+use super::digest::{row_key, Digest, DIGEST_BITS_PER_ROW};
 use super::members::{Member, Members};
 use super::message::{
-    item_len, packet_header_len, Alive, Dead, MemberState, Message, PushMember, PushPull,
-    UserEvent, PACKET_MESSAGES_MAX,
+    item_len, packet_header_len, Alive, Dead, MemberState, Message, PushMember, PushPull, Sync,
+    SyncStep, UserEvent, PACKET_MESSAGES_MAX,
 };
 use super::probe::ProbeState;
 use super::suspicion::{Awareness, Suspicion};
@@ -24,14 +25,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Which full-state exchange a push-pull message is (the wire keeps two flags, `join` and
-/// `reply`; never both).
+/// `reply`; never both). This build sends push-pulls only to join (anti-entropy goes by
+/// [`Sync`]) but answers any, as older builds sent them periodically.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PushPullKind {
     /// A joiner asks a seed for the whole table.
     Join,
-    /// Periodic anti-entropy, or a reconnect to a failed member.
-    Periodic,
-    /// The answer to either.
+    /// The answer to a push-pull.
     Reply,
 }
 
@@ -120,8 +120,14 @@ pub struct Stats {
     /// Failed or departed members dropped from the table before `dead_retention` because more
     /// of them were kept than the most members ever active at once (at least 64 are kept).
     pub evicted: u64,
-    /// Full-state exchanges made by the join sync (see `Config::join_sync_interval`).
+    /// Exchanges made by the join sync (see `Config::join_sync_interval`).
     pub join_syncs: u64,
+    /// Syncs (delta anti-entropy, [`Sync`]) this node started; also counted in `push_pulls`.
+    pub syncs: u64,
+    /// Rows sent in syncs (what the peers' digests did not hold).
+    pub sync_rows_sent: u64,
+    /// Rows received in syncs.
+    pub sync_rows_received: u64,
 }
 
 /// Largest step up from the incarnation this node knows for a member (itself included) that a
@@ -143,6 +149,11 @@ pub const DOWN_CLAIM_JUMP_MAX: u64 = 0;
 /// Largest step up of the user-event Lamport clock that one event or push-pull may cause; a
 /// larger one is dropped and counted. Honest clocks differ by the events sent while apart.
 pub const LTIME_JUMP_MAX: u64 = 1 << 20;
+/// The alive claims of members new to this node (joins, heard from others) take at most this
+/// fraction (1/n) of a packet: refutations, suspicions and failures go first, and a burst of
+/// thousands of joins, which syncs carry anyway, cannot fill the gossip (at 1,000 nodes joining
+/// together it made 80 % of the bytes each node received while the cluster formed).
+pub const JOINS_SHARE_OF_PACKET: usize = 8;
 /// Outputs a core keeps room for between inputs (see `Swim::hand_over`).
 const OUT_KEEP: usize = 64;
 
@@ -197,12 +208,16 @@ pub struct Swim {
     /// Set while the members of the answer to our join are merged: the seed's word may move
     /// this node's own incarnation and clock by any amount (see [`INCARNATION_JUMP_MAX`]).
     pub(crate) trust_jumps: bool,
+    /// Set while the rows of a sync are merged: new members are not gossiped on.
+    pub(crate) in_sync: bool,
     pub(crate) leaving: bool,
     pub(crate) now: Now,
     pub(crate) out: Vec<Output>,
     pub(crate) stats: Stats,
-    /// Push-pulls sent and not yet answered, by peer (bounded), to time them.
+    /// Push-pulls and syncs sent and not yet answered, by peer (bounded), to time them.
     pub(crate) push_pull_sent: FxHashMap<SocketAddr, Time>,
+    /// Syncs this node answered whose `Finish` has not come yet, by peer (bounded).
+    sync_answered: FxHashMap<SocketAddr, Time>,
     /// What the rows being merged may add (see [`Admit`]).
     pub(crate) admit: Admit,
     pub(crate) admit_bucket: AdmitBucket,
@@ -222,12 +237,31 @@ pub struct Swim {
     join_sync: Option<JoinSync>,
 }
 
-/// Where the join sync stands: the table size at the last round, and whether that round found
-/// no growth.
+/// Notes `to` as awaiting an answer since `at`; at most 64 at once, the oldest forgotten first.
+fn note_pending(pending: &mut FxHashMap<SocketAddr, Time>, to: SocketAddr, at: Time) {
+    const PENDING_MAX: usize = 64;
+    if pending.len() >= PENDING_MAX && !pending.contains_key(&to) {
+        let oldest = pending.iter().min_by_key(|(a, t)| (**t, **a));
+        if let Some((&a, _)) = oldest {
+            pending.remove(&a);
+        }
+    }
+    pending.insert(to, at);
+}
+
+/// Where the join sync stands (see `Swim::on_join_sync`).
 struct JoinSync {
     rows: usize,
-    idle: bool,
+    /// Rows sent and received in syncs, at the last round.
+    moved: u64,
+    /// Rounds in a row that found neither growth nor rows moved.
+    quiet: u32,
 }
+
+/// The join sync's interval doubles in each quiet round and the join sync ends past this
+/// multiple of `join_sync_interval` (with 250 ms: rounds 0.5, 1, 2 and 4 s apart after the last
+/// rows moved).
+const JOIN_SYNC_BACKOFF_MAX: u32 = 16;
 
 impl Swim {
     /// Builds a core for the local node `info` starting at `incarnation` (a restarted node passes
@@ -258,11 +292,13 @@ impl Swim {
             user_events: UserEvents::new(config.user_event_buffer),
             join: JoinState::default(),
             trust_jumps: false,
+            in_sync: false,
             leaving: false,
             now: Now::default(),
             out: Vec::new(),
             stats: Stats::default(),
             push_pull_sent: FxHashMap::default(),
+            sync_answered: FxHashMap::default(),
             admit: Admit::Gossip,
             admit_bucket: AdmitBucket {
                 tokens: f64::from(config.members_admit_per_sec),
@@ -444,6 +480,9 @@ impl Swim {
             }
             Message::PushPull(m) => self.on_push_pull(from, m),
             Message::UserEvent(m) => self.on_user_event(*m),
+            // A sync answers with a stream: a datagram's source could be anyone's address.
+            Message::Sync(_) if channel != Channel::Stream => self.stats.misdirected += 1,
+            Message::Sync(m) => self.on_sync(from, *m),
         }
     }
 
@@ -531,7 +570,8 @@ impl Swim {
         let budget = self.config.packet_bytes_max.saturating_sub(used);
         let limit = self.config.retransmit_limit(self.cluster_size());
         let room = PACKET_MESSAGES_MAX - msgs.len();
-        self.broadcasts.pick(budget, room, limit, &mut msgs);
+        let bulk = self.config.packet_bytes_max / JOINS_SHARE_OF_PACKET;
+        self.broadcasts.pick(budget, bulk, room, limit, &mut msgs);
         msgs
     }
 
@@ -547,6 +587,12 @@ impl Swim {
 
     pub(crate) fn queue_member_claim(&mut self, node: NodeId, msg: Message) {
         self.broadcasts.push(BroadcastKey::Member(node), msg);
+    }
+
+    /// Queues the alive claim of a member new to this node, heard from someone else: gossiped
+    /// after every other claim and in at most a [`JOINS_SHARE_OF_PACKET`]th of each packet.
+    pub(crate) fn queue_join_claim(&mut self, node: NodeId, msg: Message) {
+        self.broadcasts.push_bulk(BroadcastKey::Member(node), msg);
     }
 
     /// Queues this node's own alive claim.
@@ -759,7 +805,7 @@ impl Swim {
         self.push_pull_random();
     }
 
-    /// A full-state exchange with one random alive member.
+    /// A sync (delta anti-entropy) with one random alive member.
     fn push_pull_random(&mut self) {
         let me = self.id.clone();
         let picked = self.members.sample(&mut self.rng, 1, |m| {
@@ -767,7 +813,7 @@ impl Swim {
         });
         if let Some(&i) = picked.first() {
             let to = self.members.at(i).info.addr;
-            self.start_push_pull(to, PushPullKind::Periodic);
+            self.start_sync(to);
         }
     }
 
@@ -779,48 +825,146 @@ impl Swim {
         }
         self.join_sync = Some(JoinSync {
             rows: self.members.len(),
-            idle: false,
+            moved: self.stats.sync_rows_sent + self.stats.sync_rows_received,
+            quiet: 0,
         });
         self.arm(every, Timer::JoinSync);
     }
 
-    /// One round of the join sync: an exchange while the table grew since the last round, and
-    /// one more after the first round without growth; then it ends.
+    /// One round of the join sync: a sync every `join_sync_interval` while the table grew or
+    /// syncs moved rows since the last round; once they stop, the interval doubles each round
+    /// (any growth or rows moved bring it back) and the join sync ends when it would pass
+    /// [`JOIN_SYNC_BACKOFF_MAX`] times the base: a node that missed a member in the last burst
+    /// finds it within seconds, not at the next `push_pull_interval`.
     fn on_join_sync(&mut self) {
+        let moved = self.stats.sync_rows_sent + self.stats.sync_rows_received;
         let Some(sync) = self.join_sync.as_mut() else {
             return;
         };
         let rows = self.members.len();
-        let grew = rows > sync.rows;
-        if !grew && sync.idle {
-            self.join_sync = None;
-            return;
-        }
+        let busy = rows > sync.rows || moved > sync.moved;
+        sync.quiet = if busy { 0 } else { sync.quiet + 1 };
         sync.rows = rows;
-        sync.idle = !grew;
-        if self.leaving {
+        sync.moved = moved;
+        let backoff = 1u32 << sync.quiet.min(31);
+        if backoff > JOIN_SYNC_BACKOFF_MAX || self.leaving {
             self.join_sync = None;
             return;
         }
         self.stats.join_syncs += 1;
         self.push_pull_random();
-        self.arm(self.config.join_sync_interval, Timer::JoinSync);
+        self.arm(self.config.join_sync_interval * backoff, Timer::JoinSync);
     }
 
     /// Sends a push-pull to `to` and notes when, to time the answer.
-    fn start_push_pull(&mut self, to: SocketAddr, kind: PushPullKind) {
-        /// Push-pulls timed at once; an older unanswered one is forgotten first.
-        const PENDING_MAX: usize = 64;
-        if self.push_pull_sent.len() >= PENDING_MAX {
-            let oldest = self.push_pull_sent.iter().min_by_key(|(a, t)| (**t, **a));
-            if let Some((&a, _)) = oldest {
-                self.push_pull_sent.remove(&a);
-            }
-        }
-        self.push_pull_sent.insert(to, self.now.mono);
+    pub(crate) fn start_push_pull(&mut self, to: SocketAddr, kind: PushPullKind) {
+        note_pending(&mut self.push_pull_sent, to, self.now.mono);
         self.stats.push_pulls += 1;
         let msg = self.push_pull_message(kind);
         self.send_stream(to, msg);
+    }
+
+    /// Starts a sync with `to`: sends a digest of the table and notes when, to take the answer
+    /// and time it.
+    fn start_sync(&mut self, to: SocketAddr) {
+        note_pending(&mut self.push_pull_sent, to, self.now.mono);
+        self.stats.push_pulls += 1;
+        self.stats.syncs += 1;
+        let digest = self.table_digest();
+        self.send_sync(to, SyncStep::Start, Some(digest), Vec::new());
+    }
+
+    /// A digest of the rows a push-pull would carry, with a fresh salt.
+    fn table_digest(&mut self) -> Digest {
+        let salt = self.rng.gen::<u64>();
+        let rows = self.members.len().min(self.config.push_pull_members_max);
+        let keys = (self.members.iter().take(rows))
+            .map(|m| row_key(m.id().as_str(), m.incarnation.0, m.state));
+        Digest::build(salt, rows, keys)
+    }
+
+    /// The rows a push-pull would carry that `digest` does not hold.
+    fn rows_missing_from(&self, digest: &Digest) -> Vec<PushMember> {
+        (self.members.iter().take(self.config.push_pull_members_max))
+            .filter(|m| !digest.contains(row_key(m.id().as_str(), m.incarnation.0, m.state)))
+            .map(|m| PushMember {
+                info: m.info.clone(),
+                incarnation: m.incarnation,
+                state: m.state,
+            })
+            .collect()
+    }
+
+    fn send_sync(
+        &mut self,
+        to: SocketAddr,
+        step: SyncStep,
+        digest: Option<Digest>,
+        rows: Vec<PushMember>,
+    ) {
+        self.stats.sync_rows_sent += rows.len() as u64;
+        let msg = Message::Sync(Box::new(Sync {
+            step,
+            event_ltime: self.user_events.clock(),
+            digest,
+            rows,
+        }));
+        self.send_stream(to, msg);
+    }
+
+    /// One message of a sync (see [`Sync`]). An `Answer` is taken only from a peer this node
+    /// started a sync with, and a `Finish` only from a peer it answered; either may add at most
+    /// `members_admit_per_push_pull` new members. A `Start` has no rows (one with rows is
+    /// dropped), so an unasked sync adds nothing.
+    fn on_sync(&mut self, from: SocketAddr, s: Sync) {
+        let digest_max = (self.config.push_pull_members_max * 2 * DIGEST_BITS_PER_ROW).div_ceil(8);
+        let digest_ok = s.digest.as_ref().is_some_and(|d| d.is_valid(digest_max));
+        if s.rows.len() > self.config.push_pull_members_max
+            || (s.step != SyncStep::Finish && !digest_ok)
+            || (s.step == SyncStep::Start && !s.rows.is_empty())
+        {
+            self.stats.dropped += 1;
+            return;
+        }
+        let asked = match s.step {
+            SyncStep::Start => None,
+            SyncStep::Answer => self.push_pull_sent.remove(&from),
+            SyncStep::Finish => self.sync_answered.remove(&from),
+        };
+        if let (SyncStep::Answer, Some(sent)) = (s.step, asked) {
+            let took = self.now.mono.saturating_since(sent);
+            self.stats.push_pull_duration.observe(took);
+        }
+        if s.step != SyncStep::Start && asked.is_none() {
+            self.stats.dropped += 1;
+            return;
+        }
+        if !self.user_events.witness(s.event_ltime, false) {
+            self.stats.implausible += 1;
+        }
+        self.stats.sync_rows_received += s.rows.len() as u64;
+        self.admit = Admit::Reply(self.config.members_admit_per_push_pull);
+        self.in_sync = true;
+        for m in s.rows {
+            self.merge_remote(m);
+        }
+        self.in_sync = false;
+        self.admit = Admit::Gossip;
+        // Rows are merged before the answer is computed: what the peer just sent is in its digest.
+        match (s.step, s.digest) {
+            (SyncStep::Start, Some(d)) => {
+                self.stats.push_pulls_answered += 1;
+                let rows = self.rows_missing_from(&d);
+                let mine = self.table_digest();
+                note_pending(&mut self.sync_answered, from, self.now.mono);
+                self.send_sync(from, SyncStep::Answer, Some(mine), rows);
+            }
+            (SyncStep::Answer, Some(d)) => {
+                let rows = self.rows_missing_from(&d);
+                self.send_sync(from, SyncStep::Finish, None, rows);
+            }
+            _ => {}
+        }
     }
 
     /// Reconnect: with probability `failed / alive` push-pull one random failed member, so a
@@ -847,7 +991,7 @@ impl Swim {
             .sample(&mut self.rng, 1, |m| m.state == MemberState::Dead);
         if let Some(&i) = picked.first() {
             let to = self.members.at(i).info.addr;
-            self.start_push_pull(to, PushPullKind::Periodic);
+            self.start_sync(to);
         }
     }
 

@@ -794,32 +794,34 @@ fn after_the_join_full_state_is_exchanged_while_the_table_grows() {
             ..
         }
     )));
+    // What one round sends (syncs started) and when the next round comes (ms from now).
     let sync = |t: &mut T| {
         let out = t.timer(Timer::JoinSync);
-        let pushes = streams(&out)
+        let starts = streams(&out)
             .iter()
-            .filter(|(_, m)| matches!(m, Message::PushPull(p) if !p.join && !p.reply))
+            .filter(|(_, m)| matches!(m, Message::Sync(s) if s.step == SyncStep::Start))
             .count();
-        let again = out.iter().any(|o| {
-            matches!(
-                o,
-                Output::Timer {
-                    timer: Timer::JoinSync,
-                    ..
-                }
-            )
+        let next = out.iter().find_map(|o| match o {
+            Output::Timer {
+                at,
+                timer: Timer::JoinSync,
+            } => Some(at.as_micros() / 1000 - t.ms),
+            _ => None,
         });
-        (pushes, again)
+        (starts, next)
     };
-    // First round: no growth since the join answer, so one exchange, and one more round.
-    assert_eq!(sync(&mut joiner), (1, true));
-    // A member learned since: exchange again.
+    let base = Config::lan().join_sync_interval.as_millis() as u64;
+    // First round: nothing new since the join answer: a sync, and the next round twice as late.
+    assert_eq!(sync(&mut joiner), (1, Some(2 * base)));
+    // A member learned since: back to the base interval.
     joiner.msg(3, alive_at(4, 0, addr(4)));
-    assert_eq!(sync(&mut joiner), (1, true));
-    // No growth: one last exchange, then the sync ends.
-    assert_eq!(sync(&mut joiner), (1, true));
-    assert_eq!(sync(&mut joiner), (0, false));
-    assert_eq!(joiner.swim.stats().join_syncs, 3);
+    assert_eq!(sync(&mut joiner), (1, Some(base)));
+    // Quiet rounds: the interval doubles up to 16 times the base, then the join sync ends.
+    for mult in [2, 4, 8, 16] {
+        assert_eq!(sync(&mut joiner), (1, Some(mult * base)));
+    }
+    assert_eq!(sync(&mut joiner), (0, None));
+    assert_eq!(joiner.swim.stats().join_syncs, 6);
     // Off with 0.
     let config = Config {
         join_sync_interval: Duration::ZERO,
@@ -1018,7 +1020,7 @@ fn failed_members_are_retried_and_reaped_after_retention() {
         let out = t.timer(Timer::ReconnectTick);
         tried |= streams(&out)
             .iter()
-            .any(|(to, m)| *to == addr(2) && matches!(m, Message::PushPull(_)));
+            .any(|(to, m)| *to == addr(2) && matches!(m, Message::Sync(_)));
     }
     assert!(tried);
     t.fire_until(59_000);
@@ -1758,4 +1760,117 @@ fn failed_rows_are_kept_at_most_as_many_as_members_were_ever_active() {
     };
     assert_eq!((kept(&t, 0), kept(&t, 1000)), (3, 200));
     assert_eq!(t.state(2), Some((MemberState::Alive, 0)));
+}
+
+/// Names of the rows of a sync message.
+fn sync_rows(m: &Message) -> Vec<String> {
+    match m {
+        Message::Sync(s) => s.rows.iter().map(|r| r.info.id.to_string()).collect(),
+        _ => panic!("not a sync: {m:?}"),
+    }
+}
+
+#[test]
+fn a_sync_sends_each_side_only_the_rows_the_other_lacks() {
+    let mut a = T::new(1, &[2, 3]);
+    let mut b = T::new(2, &[1, 4]);
+    // A sync goes to a random alive member; take one that went to b.
+    let start = (0..50)
+        .find_map(|_| {
+            let out = a.timer(Timer::PushPullTick);
+            streams(&out).into_iter().find(|(to, _)| *to == addr(2))
+        })
+        .expect("a syncs with b within 50 rounds")
+        .1;
+    assert!(matches!(&start, Message::Sync(s) if s.step == SyncStep::Start && s.rows.is_empty()));
+    let out = b.input(Input::Stream {
+        from: addr(1),
+        msg: start,
+    });
+    let answer = streams(&out).pop().unwrap();
+    assert_eq!(
+        (answer.0, sync_rows(&answer.1)),
+        (addr(1), vec!["n4".into()])
+    );
+    let out = a.input(Input::Stream {
+        from: addr(2),
+        msg: answer.1,
+    });
+    assert_eq!(a.state(4), Some((MemberState::Alive, 0)));
+    let finish = streams(&out).pop().unwrap();
+    assert!(matches!(&finish.1, Message::Sync(s) if s.step == SyncStep::Finish));
+    assert_eq!(sync_rows(&finish.1), vec!["n3".to_string()]);
+    b.input(Input::Stream {
+        from: addr(1),
+        msg: finish.1,
+    });
+    assert_eq!(b.state(3), Some((MemberState::Alive, 0)));
+    // Members learned in a sync are not gossiped on: syncs carry them.
+    let key = super::broadcast::BroadcastKey::Member(id(4));
+    assert_eq!(a.swim.broadcasts.transmits(&key), None);
+    assert_eq!(b.swim.stats().sync_rows_received, 1);
+    assert_eq!(a.swim.stats().sync_rows_sent, 1);
+}
+
+#[test]
+fn sync_rows_are_taken_only_in_answer_to_a_sync_and_only_over_streams() {
+    let mut b = T::new(2, &[1]);
+    let sync = |step, digest: Option<Digest>| {
+        Message::Sync(Box::new(Sync {
+            step,
+            event_ltime: 0,
+            digest,
+            rows: vec![PushMember {
+                info: info(9),
+                incarnation: Incarnation(0),
+                state: MemberState::Alive,
+            }],
+        }))
+    };
+    let empty = || Some(Digest::build(1, 0, std::iter::empty()));
+    // An answer or a finish nobody asked for: dropped, rows and all.
+    for step in [SyncStep::Answer, SyncStep::Finish] {
+        let out = b.input(Input::Stream {
+            from: addr(1),
+            msg: sync(step, empty()),
+        });
+        assert!(streams(&out).is_empty());
+    }
+    assert_eq!((b.state(9), b.swim.stats().dropped), (None, 2));
+    // A start by datagram (its source could be anyone's) is not answered.
+    let out = b.msg(1, sync(SyncStep::Start, empty()));
+    assert!(streams(&out).is_empty());
+    assert_eq!(b.swim.stats().misdirected, 1);
+    // A start without a usable digest is dropped.
+    let mut bad = empty().unwrap();
+    bad.hashes = 0;
+    for digest in [None, Some(bad)] {
+        let out = b.input(Input::Stream {
+            from: addr(1),
+            msg: sync(SyncStep::Start, digest),
+        });
+        assert!(streams(&out).is_empty());
+    }
+    // So is one with rows: a start carries none, and nobody asked for them.
+    let out = b.input(Input::Stream {
+        from: addr(1),
+        msg: sync(SyncStep::Start, empty()),
+    });
+    assert!(streams(&out).is_empty());
+    assert_eq!(b.swim.stats().dropped, 5);
+    // A start over a stream is answered with every row its empty digest does not hold.
+    let out = b.input(Input::Stream {
+        from: addr(1),
+        msg: Message::Sync(Box::new(Sync {
+            step: SyncStep::Start,
+            event_ltime: 0,
+            digest: empty(),
+            rows: Vec::new(),
+        })),
+    });
+    let answer = streams(&out).pop().unwrap();
+    let mut rows = sync_rows(&answer.1);
+    rows.sort();
+    assert_eq!(rows, ["n1", "n2"]);
+    assert_eq!(b.state(9), None);
 }

@@ -176,6 +176,7 @@ fn kind_name(ty: u8) -> Option<&'static str> {
         t::DEAD => "dead",
         t::PUSH_PULL => "push_pull",
         t::USER_EVENT => "user_event",
+        t::SYNC => "sync",
         _ => return None,
     })
 }

@@ -162,6 +162,12 @@ pub struct Formation {
     pub ratio_mean: f64,
     /// `bytes_in_max / table_bytes`.
     pub ratio_max: f64,
+    /// Of `bytes_in_mean`: bytes that came in datagrams (probes and gossip).
+    pub datagram_mean: u64,
+    /// Of `bytes_in_mean`: full states (join answers and push-pulls).
+    pub push_pull_mean: u64,
+    /// Of `bytes_in_mean`: syncs (digests and the rows they asked for).
+    pub sync_mean: u64,
 }
 
 /// The figures of one run. Field order is the JSON key order.
@@ -355,8 +361,12 @@ struct Sim<'a> {
     aborted: Option<String>,
     /// Bytes sent to each node (and not lost), headers included.
     bytes_in: Vec<u64>,
+    /// Summed over honest nodes: bytes received in datagrams, push-pulls and syncs.
+    bytes_in_by: [u64; 3],
     /// `bytes_in` when the cluster first converged.
     formation_in: Option<Vec<u64>>,
+    /// `bytes_in_by` when the cluster first converged.
+    formation_in_by: [u64; 3],
     /// Bytes sent by all nodes when the second half of the run began.
     half_bytes: Option<u64>,
 }
@@ -442,7 +452,9 @@ impl<'a> Sim<'a> {
             rows_max: 0,
             active_max: 0,
             bytes_in: vec![0; s.nodes + s.hostile.count],
+            bytes_in_by: [0; 3],
             formation_in: None,
+            formation_in_by: [0; 3],
             half_bytes: None,
             queue_max: 0,
             aborted: None,
@@ -654,11 +666,11 @@ impl<'a> Sim<'a> {
         let slow = self.nodes[to].slow;
         match self.model.datagram(&mut self.rng) {
             (Some(d), None) => {
-                self.bytes_in[to] += bytes;
+                self.note_bytes_in(to, 0, bytes);
                 self.push(self.now + d + slow, Ev::Packet { to, from, msgs })
             }
             (Some(d), Some(d2)) => {
-                self.bytes_in[to] += 2 * bytes;
+                self.note_bytes_in(to, 0, 2 * bytes);
                 self.push(
                     self.now + d2 + slow,
                     Ev::Packet {
@@ -673,6 +685,14 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// Counts `bytes` delivered to node `to` by channel: 0 datagrams, 1 push-pulls, 2 syncs.
+    fn note_bytes_in(&mut self, to: usize, kind: usize, bytes: u64) {
+        self.bytes_in[to] += bytes;
+        if to < self.s.nodes {
+            self.bytes_in_by[kind] += bytes;
+        }
+    }
+
     fn send_stream(&mut self, from: usize, to: std::net::SocketAddr, msg: Message) {
         self.count.msgs += 1;
         self.count.streams += 1;
@@ -682,7 +702,12 @@ impl<'a> Sim<'a> {
             return;
         };
         if let Some(d) = self.model.stream(&mut self.rng) {
-            self.bytes_in[to] += bytes;
+            let kind = if matches!(msg, Message::Sync(_)) {
+                2
+            } else {
+                1
+            };
+            self.note_bytes_in(to, kind, bytes);
             let slow = self.nodes[to].slow;
             self.push(self.now + d + slow, Ev::Stream { to, from, msg });
         }
@@ -791,6 +816,7 @@ impl<'a> Sim<'a> {
         if self.metrics.converged_at.is_none() {
             self.metrics.converged_at = Some(self.now);
             self.formation_in = Some(self.bytes_in[..self.s.nodes].to_vec());
+            self.formation_in_by = self.bytes_in_by;
             self.push(self.now + Duration::from_secs(1), Ev::ApplyFaults);
         }
         if let Some(p) = self.s.partition {
@@ -917,12 +943,16 @@ impl<'a> Sim<'a> {
         let mean = got.iter().sum::<u64>() / got.len().max(1) as u64;
         let max = got.iter().copied().max().unwrap_or(0);
         let ratio = |b: u64| round2(b as f64 / table_bytes.max(1) as f64);
+        let by = self.formation_in_by.map(|b| b / got.len().max(1) as u64);
         Some(Formation {
             bytes_in_mean: mean,
             bytes_in_max: max,
             table_bytes,
             ratio_mean: ratio(mean),
             ratio_max: ratio(max),
+            datagram_mean: by[0],
+            push_pull_mean: by[1],
+            sync_mean: by[2],
         })
     }
 
