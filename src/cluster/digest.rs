@@ -10,9 +10,10 @@
 //!
 //! The layout is part of the wire format (`docs/protocol.md`): the key is
 //! `mix(crc32c(name) | state << 32 ^ incarnation * 0x9E3779B97F4A7C15)`, where `mix` is the
-//! SplitMix64 finaliser; the bit positions of a key are `(h1 + i * h2) mod m` for
-//! `i < hashes`, with `h = mix(key ^ salt)`, `h1` its low and `h2` its high 32 bits (made odd),
-//! and `m = 8 * bits.len()`; bit `p` is bit `p % 8` of byte `p / 8`.
+//! SplitMix64 finaliser; the bit positions of a key are `(g_i * m) >> 32` with
+//! `g_i = (h1 + i * h2) mod 2^32` for `i < hashes`, where `h = mix(key ^ salt)`, `h1` is its low
+//! and `h2` its high 32 bits (made odd), and `m = 8 * bits.len()` (a multiply and a shift map a
+//! 32-bit hash onto `0..m` without a division); bit `p` is bit `p % 8` of byte `p / 8`.
 
 use super::message::MemberState;
 use serde::{Deserialize, Serialize};
@@ -47,14 +48,23 @@ fn mix(mut z: u64) -> u64 {
 
 /// The key of a member row in a digest.
 pub fn row_key(name: &str, incarnation: u64, state: MemberState) -> u64 {
+    key_of(name_hash(name), incarnation, state)
+}
+
+/// The part of a row key that depends on the name alone: tables keep it per row.
+pub(crate) fn name_hash(name: &str) -> u32 {
+    crc32c::crc32c(name.as_bytes())
+}
+
+/// [`row_key`] from the name's [`name_hash`].
+pub(crate) fn key_of(name_hash: u32, incarnation: u64, state: MemberState) -> u64 {
     let state = match state {
         MemberState::Alive => 0u64,
         MemberState::Suspect => 1,
         MemberState::Dead => 2,
         MemberState::Left => 3,
     };
-    let name = u64::from(crc32c::crc32c(name.as_bytes()));
-    mix((name | state << 32) ^ incarnation.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    mix((u64::from(name_hash) | state << 32) ^ incarnation.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 impl Digest {
@@ -76,9 +86,12 @@ impl Digest {
     fn positions(&self, key: u64) -> impl Iterator<Item = usize> {
         let m = self.bits.len() as u64 * 8;
         let h = mix(key ^ self.salt);
-        let h1 = h & 0xFFFF_FFFF;
-        let h2 = (h >> 32) | 1;
-        (0..u64::from(self.hashes)).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % m) as usize)
+        let h1 = h as u32;
+        let h2 = (h >> 32) as u32 | 1;
+        (0..u32::from(self.hashes)).map(move |i| {
+            let g = h1.wrapping_add(i.wrapping_mul(h2));
+            ((u64::from(g) * m) >> 32) as usize
+        })
     }
 
     fn insert(&mut self, key: u64) {

@@ -40,9 +40,36 @@ pub struct Member {
     pub state: MemberState,
     /// When the state last changed (monotonic).
     pub state_since: Time,
+    /// crc32c of the name, for digest keys (it sits in the row's padding: no memory).
+    name_crc: u32,
 }
 
+// Ten thousand simulated tables of ten thousand rows: a row stays 32 bytes.
+const _: () = assert!(std::mem::size_of::<Member>() <= 32);
+
 impl Member {
+    /// A row for `info` (its name's digest hash is computed once, here).
+    pub(crate) fn new(
+        info: Arc<NodeInfo>,
+        incarnation: Incarnation,
+        state: MemberState,
+        state_since: Time,
+    ) -> Member {
+        let name_crc = super::digest::name_hash(info.id.as_str());
+        Member {
+            info,
+            incarnation,
+            state,
+            state_since,
+            name_crc,
+        }
+    }
+
+    /// The row's key in a digest (see `cluster::digest`).
+    pub(crate) fn digest_key(&self) -> u64 {
+        super::digest::key_of(self.name_crc, self.incarnation.0, self.state)
+    }
+
     /// The member's id.
     pub fn id(&self) -> &NodeId {
         &self.info.id
@@ -229,12 +256,12 @@ mod tests {
 
     fn member(name: &str, state: MemberState, since_ms: u64) -> Member {
         let id = NodeId::new(name).unwrap();
-        Member {
-            info: Arc::new(NodeInfo::new(id, "127.0.0.1:1".parse().unwrap())),
-            incarnation: Incarnation(0),
+        Member::new(
+            Arc::new(NodeInfo::new(id, "127.0.0.1:1".parse().unwrap())),
+            Incarnation(0),
             state,
-            state_since: Time::from_millis(since_ms),
-        }
+            Time::from_millis(since_ms),
+        )
     }
 
     #[test]

@@ -328,12 +328,12 @@ impl Swim {
             return;
         }
         let id = a.info.id.clone();
-        let m = Member {
-            info: a.info.clone(),
-            incarnation: a.incarnation,
-            state: MemberState::Alive,
-            state_since: self.now.mono,
-        };
+        let m = Member::new(
+            a.info.clone(),
+            a.incarnation,
+            MemberState::Alive,
+            self.now.mono,
+        );
         self.emit(Event::MemberJoined(Swim::view(&m)));
         self.members.insert_at_random(m, &mut self.rng);
         self.note_active_peak();

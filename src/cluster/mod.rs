@@ -35,7 +35,7 @@ mod swim;
 mod user_events;
 
 pub use config::{Config, INDIRECT_CHECKS_MAX, PACKET_BYTES_MIN};
-pub use digest::{Digest, DIGEST_BITS_PER_ROW, DIGEST_HASHES, DIGEST_HASHES_MAX};
+pub use digest::{row_key, Digest, DIGEST_BITS_PER_ROW, DIGEST_HASHES, DIGEST_HASHES_MAX};
 pub use members::Member;
 pub use message::{
     Ack, Alive, Dead, DecodeMessageError, DecodedPacket, MemberState, Message, Nack, Ping, PingReq,

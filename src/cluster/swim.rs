@@ -2,7 +2,7 @@
 //! Probing lives in `probe.rs`, the merge rules for claims in `merge.rs`.
 
 use super::broadcast::{BroadcastKey, BroadcastQueue};
-use super::digest::{row_key, Digest, DIGEST_BITS_PER_ROW};
+use super::digest::{Digest, DIGEST_BITS_PER_ROW};
 use super::members::{Member, Members};
 use super::message::{
     item_len, packet_header_len, Alive, Dead, MemberState, Message, PushMember, PushPull, Sync,
@@ -274,12 +274,12 @@ impl Swim {
     ) -> Result<Self, ConfigError> {
         config.validate()?;
         let mut members = Members::default();
-        members.insert(Member {
-            info: Arc::new(info.clone()),
+        members.insert(Member::new(
+            Arc::new(info.clone()),
             incarnation,
-            state: MemberState::Alive,
-            state_since: Time::ZERO,
-        });
+            MemberState::Alive,
+            Time::ZERO,
+        ));
         Ok(Swim {
             id: info.id,
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -878,15 +878,14 @@ impl Swim {
     fn table_digest(&mut self) -> Digest {
         let salt = self.rng.gen::<u64>();
         let rows = self.members.len().min(self.config.push_pull_members_max);
-        let keys = (self.members.iter().take(rows))
-            .map(|m| row_key(m.id().as_str(), m.incarnation.0, m.state));
+        let keys = (self.members.iter().take(rows)).map(Member::digest_key);
         Digest::build(salt, rows, keys)
     }
 
     /// The rows a push-pull would carry that `digest` does not hold.
     fn rows_missing_from(&self, digest: &Digest) -> Vec<PushMember> {
         (self.members.iter().take(self.config.push_pull_members_max))
-            .filter(|m| !digest.contains(row_key(m.id().as_str(), m.incarnation.0, m.state)))
+            .filter(|m| !digest.contains(m.digest_key()))
             .map(|m| PushMember {
                 info: m.info.clone(),
                 incarnation: m.incarnation,
