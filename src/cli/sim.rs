@@ -222,6 +222,15 @@ fn readable(r: &Report, s: &Scenario) -> String {
                 )
             }),
         ),
+        (
+            "formation bytes in by kind",
+            r.formation.as_ref().map_or("-".into(), |f| {
+                format!(
+                    "datagrams {}, push-pulls {}, syncs {} (means)",
+                    f.datagram_mean, f.push_pull_mean, f.sync_mean
+                )
+            }),
+        ),
         ("trace hash", r.trace_hash.clone()),
     ];
     let inv = &r.invariants;

@@ -82,33 +82,32 @@ impl Digest {
         d
     }
 
-    /// The bit positions of `key` (see the module doc).
-    fn positions(&self, key: u64) -> impl Iterator<Item = usize> {
-        let m = self.bits.len() as u64 * 8;
+    /// The bit positions of `key` (see the module doc): the first and the step.
+    fn start(&self, key: u64) -> (u32, u32, u64) {
         let h = mix(key ^ self.salt);
-        let h1 = h as u32;
-        let h2 = (h >> 32) as u32 | 1;
-        (0..u32::from(self.hashes)).map(move |i| {
-            let g = h1.wrapping_add(i.wrapping_mul(h2));
-            ((u64::from(g) * m) >> 32) as usize
-        })
+        (h as u32, (h >> 32) as u32 | 1, self.bits.len() as u64 * 8)
     }
 
     fn insert(&mut self, key: u64) {
-        let mut at = [0usize; DIGEST_HASHES_MAX as usize];
-        let n = usize::from(self.hashes);
-        for (slot, p) in at.iter_mut().zip(self.positions(key)) {
-            *slot = p;
-        }
-        for &p in &at[..n] {
-            self.bits[p / 8] |= 1 << (p % 8);
+        let (mut g, step, m) = self.start(key);
+        for _ in 0..self.hashes {
+            let p = ((u64::from(g) * m) >> 32) as usize;
+            self.bits[p >> 3] |= 1 << (p & 7);
+            g = g.wrapping_add(step);
         }
     }
 
     /// Whether the digest (probably) holds `key`; `false` is certain.
     pub fn contains(&self, key: u64) -> bool {
-        self.positions(key)
-            .all(|p| self.bits[p / 8] & (1 << (p % 8)) != 0)
+        let (mut g, step, m) = self.start(key);
+        for _ in 0..self.hashes {
+            let p = ((u64::from(g) * m) >> 32) as usize;
+            if self.bits[p >> 3] & (1 << (p & 7)) == 0 {
+                return false;
+            }
+            g = g.wrapping_add(step);
+        }
+        true
     }
 
     /// Whether a received digest can be used: one byte at least, at most `bytes_max`, and

@@ -306,12 +306,28 @@ fn core(e: &mut DescriptorEncoder, s: &NodeStats) -> std::fmt::Result {
     counters_by(
         e,
         "dcore_push_pulls",
-        "Full-state exchanges, started here or answered",
+        "Anti-entropy exchanges (syncs, and full-state push-pulls to join), started here or answered",
         "role",
         &[
             ("started", c.push_pulls),
             ("answered", c.push_pulls_answered),
         ],
+    )?;
+    counters_by(
+        e,
+        "dcore_sync_rows",
+        "Member rows carried by syncs (the rows a peer's digest did not hold)",
+        "direction",
+        &[
+            ("sent", c.sync_rows_sent),
+            ("received", c.sync_rows_received),
+        ],
+    )?;
+    one(
+        e,
+        "dcore_join_syncs",
+        "Syncs made by the join sync while the cluster formed (see join_sync_interval)",
+        Value::Counter(c.join_syncs),
     )?;
     one(
         e,
