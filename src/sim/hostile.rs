@@ -13,9 +13,10 @@
 
 use super::net::addr;
 use crate::cluster::message::{
-    packet_len, Ack, Alive, Dead, Nack, Ping, PingReq, PushMember, PushPull, Suspect, UserEvent,
+    packet_len, Ack, Alive, Dead, Nack, Ping, PingReq, PushMember, PushPull, Suspect, Sync,
+    SyncStep, UserEvent,
 };
-use crate::cluster::{Config, MemberState, Message, Swim};
+use crate::cluster::{Config, Digest, MemberState, Message, Swim};
 use crate::identity::{Incarnation, NodeId, NodeInfo, Tags, NODE_ID_BYTES_MAX};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -41,6 +42,10 @@ pub enum HostileKind {
     Dead,
     /// `PushPull` with many rows, long names, odd addresses, extreme clocks.
     PushPull,
+    /// `Sync`: answers to the syncs honest nodes start with it (so their rows count as asked
+    /// for: up to `members_admit_per_push_pull` invented members each), and forged starts,
+    /// answers and finishes with odd digests (none, empty, all ones, 0 or 255 hash functions).
+    Sync,
     /// `UserEvent` at extreme Lamport times, oversized or not.
     UserEvent,
     /// `Ping` with random sequence numbers and names.
@@ -57,11 +62,12 @@ pub enum HostileKind {
 
 impl HostileKind {
     /// Every kind, in report order.
-    pub const ALL: [HostileKind; 10] = [
+    pub const ALL: [HostileKind; 11] = [
         HostileKind::Alive,
         HostileKind::Suspect,
         HostileKind::Dead,
         HostileKind::PushPull,
+        HostileKind::Sync,
         HostileKind::UserEvent,
         HostileKind::Ping,
         HostileKind::PingReq,
@@ -77,6 +83,7 @@ impl HostileKind {
             HostileKind::Suspect => "suspect",
             HostileKind::Dead => "dead",
             HostileKind::PushPull => "push_pull",
+            HostileKind::Sync => "sync",
             HostileKind::UserEvent => "user_event",
             HostileKind::Ping => "ping",
             HostileKind::PingReq => "ping_req",
@@ -185,6 +192,8 @@ pub(crate) struct Ctx<'a> {
 pub(crate) struct Attacker {
     rng: ChaCha8Rng,
     seen: VecDeque<Message>,
+    /// Honest nodes that started a sync with this one and are owed an answer (bounded).
+    sync_starts: VecDeque<usize>,
 }
 
 impl Attacker {
@@ -192,12 +201,19 @@ impl Attacker {
         Attacker {
             rng: ChaCha8Rng::seed_from_u64(seed),
             seen: VecDeque::with_capacity(SEEN_MAX),
+            sync_starts: VecDeque::new(),
         }
     }
 
-    /// Remembers what it received, for replays.
-    pub fn see(&mut self, msgs: &[Message]) {
+    /// Remembers what it received from honest node `from`, for replays and sync answers.
+    pub fn see(&mut self, from: usize, msgs: &[Message]) {
         for m in msgs {
+            if matches!(m, Message::Sync(s) if s.step == SyncStep::Start) {
+                if self.sync_starts.len() == SEEN_MAX {
+                    self.sync_starts.pop_front();
+                }
+                self.sync_starts.push_back(from);
+            }
             if self.seen.len() == SEEN_MAX {
                 self.seen.pop_front();
             }
@@ -213,7 +229,7 @@ impl Attacker {
 
     /// The next message: its kind, the honest node it goes to, how, and what.
     pub fn next(&mut self, c: &Ctx, spec: &HostileSpec) -> (HostileKind, usize, Channel, Message) {
-        let to = self.rng.gen_range(0..c.honest);
+        let mut to = self.rng.gen_range(0..c.honest);
         let mut kind = spec.kinds[self.rng.gen_range(0..spec.kinds.len())];
         if kind == HostileKind::Replay && self.seen.is_empty() {
             kind = HostileKind::Ping;
@@ -231,6 +247,13 @@ impl Attacker {
                 from: self.name(c, to),
             }),
             HostileKind::PushPull => self.push_pull(c, spec.rows_max),
+            HostileKind::Sync => {
+                let owed = self.sync_starts.pop_front().filter(|&n| n < c.honest);
+                if let Some(n) = owed {
+                    to = n;
+                }
+                self.sync(c, owed.is_some(), spec.rows_max)
+            }
             HostileKind::UserEvent => self.user_event(c, to),
             HostileKind::Ping => Message::Ping(Ping {
                 seq: self.rng.gen(),
@@ -399,6 +422,45 @@ impl Attacker {
         Message::PushPull(pp)
     }
 
+    /// A sync message: the answer its receiver is owed (`owed`) or a forged step.
+    fn sync(&mut self, c: &Ctx, owed: bool, rows_max: usize) -> Message {
+        let step = if owed {
+            SyncStep::Answer
+        } else {
+            [SyncStep::Start, SyncStep::Answer, SyncStep::Finish][self.rng.gen_range(0..3)]
+        };
+        let digest = match self.rng.gen_range(0..6) {
+            0 => None,
+            1 => Some(Digest::build(self.rng.gen(), 0, std::iter::empty())),
+            2 => Some(Digest {
+                salt: self.rng.gen(),
+                hashes: 4,
+                bits: vec![0xFF; self.rng.gen_range(1..=4096)],
+            }),
+            3 => Some(Digest {
+                salt: self.rng.gen(),
+                hashes: [0, 255][self.rng.gen_range(0..2)],
+                bits: vec![0; 64],
+            }),
+            _ => Some(Digest::build(self.rng.gen(), 64, std::iter::empty())),
+        };
+        let rows = if step == SyncStep::Start && self.rng.gen_bool(0.75) {
+            Vec::new()
+        } else {
+            match self.push_pull(c, rows_max) {
+                Message::PushPull(pp) => pp.members,
+                _ => unreachable!("push_pull builds a PushPull"),
+            }
+        };
+        let event_ltime = self.ltime(c.swim.event_clock());
+        Message::Sync(Box::new(Sync {
+            step,
+            event_ltime,
+            digest,
+            rows,
+        }))
+    }
+
     fn ltime(&mut self, clock: u64) -> u64 {
         match self.rng.gen_range(0..8) {
             0 => u64::MAX,
@@ -446,10 +508,10 @@ mod tests {
 
     #[test]
     fn kind_lists_add_and_remove_left_to_right() {
-        assert_eq!(HostileKind::parse_list("all").unwrap().len(), 10);
+        assert_eq!(HostileKind::parse_list("all").unwrap().len(), 11);
         assert_eq!(
             HostileKind::parse_list("all,-dead,-suspect").unwrap().len(),
-            8
+            9
         );
         assert_eq!(
             HostileKind::parse_list("ping, alive").unwrap(),
@@ -477,7 +539,7 @@ mod tests {
         };
         let draw = |seed| {
             let mut a = Attacker::new(seed);
-            a.see(&[Message::Ack(Ack { seq: 1 })]);
+            a.see(0, &[Message::Ack(Ack { seq: 1 })]);
             (0..2000).map(|_| a.next(&c, &spec)).collect::<Vec<_>>()
         };
         let (one, two) = (draw(5), draw(5));

@@ -557,7 +557,7 @@ impl<'a> Sim<'a> {
         match ev {
             Ev::Start(n) => self.start(n),
             Ev::Packet { to, from, msgs } if to >= self.s.nodes => {
-                self.attackers[to - self.s.nodes].see(&msgs);
+                self.attackers[to - self.s.nodes].see(from, &msgs);
                 self.feed(
                     to,
                     Input::Packet {
@@ -567,7 +567,7 @@ impl<'a> Sim<'a> {
                 )
             }
             Ev::Stream { to, from, msg } if to >= self.s.nodes => {
-                self.attackers[to - self.s.nodes].see(std::slice::from_ref(&msg));
+                self.attackers[to - self.s.nodes].see(from, std::slice::from_ref(&msg));
                 self.feed(
                     to,
                     Input::Stream {
