@@ -378,7 +378,7 @@ fn hostile_nodes_are_deterministic_and_leave_honest_runs_untouched() {
     let (ha, hb) = (a.hostile.unwrap(), b.hostile.unwrap());
     assert_eq!(ha.sent, hb.sent);
     assert!(
-        ha.sent.len() == 10 && ha.datagrams > 0 && ha.streams > 0,
+        ha.sent.len() == HostileKind::ALL.len() && ha.datagrams > 0 && ha.streams > 0,
         "{ha:?}"
     );
     // The attack is bounded by its rate: 2 nodes x 20/s x (40 s - their first second).
