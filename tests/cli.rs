@@ -35,6 +35,18 @@ async fn local_json_reports_the_crash_and_no_false_failure() {
     }
 }
 
+/// All local nodes share 127.0.0.1: the per-IP cap on inbound connections (64 by default) must
+/// not count them as one peer, or the seed refuses most joiners and 100 nodes never form.
+#[tokio::test]
+async fn a_hundred_local_nodes_form() {
+    let _serial = harness::serial().await;
+    let run = dcore(&["local", "--nodes", "100", "--duration", "10", "--json"]);
+    assert!(run.ok(), "dcore local failed: {}", run.stderr);
+    let r: serde_json::Value = serde_json::from_str(run.stdout.trim()).expect("one JSON object");
+    assert!(r["converged_ms"].is_u64(), "{r}");
+    assert_eq!(r["converged_at_end"], true, "{r}");
+}
+
 #[tokio::test]
 async fn local_without_json_prints_a_summary_and_bad_flags_are_refused() {
     let _serial = harness::serial().await;

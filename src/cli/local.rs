@@ -168,6 +168,12 @@ async fn run_cluster(args: &LocalArgs, protocol: Config) -> anyhow::Result<Local
     for i in 0..args.nodes {
         let mut c = NodeConfig::new(&format!("n{i}"), "127.0.0.1:0".parse()?);
         c.protocol = protocol.clone();
+        // Every node shares 127.0.0.1, so the per-IP cap on inbound connections (meant for one
+        // host among many) would count the whole cluster as one peer: with the default 64, the
+        // seed refused most of 100 joiners' connections and the cluster never formed.
+        let inbound = c.transport.inbound_streams_max.max(args.nodes + 64);
+        c.transport.inbound_streams_max = inbound;
+        c.transport.inbound_streams_per_ip_max = inbound;
         c.keyring = key.clone().map(Keyring::new);
         let chaos = Chaos::new(ChaosConfig {
             drop: args.loss,
