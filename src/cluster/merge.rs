@@ -10,6 +10,7 @@ use super::{Event, MemberView, Timer};
 use crate::identity::{tags_len, Incarnation, NodeId, NodeInfo};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Moves of members to new addresses waiting for their old address to stay silent (see
 /// `Swim::check_move`); more claims to move are refused as conflicts meanwhile.
@@ -197,6 +198,24 @@ impl Swim {
         claim: Option<Message>,
         timer: Timer,
     ) -> u32 {
+        let wait = self.ack_wait();
+        self.ping_with_claim_for(to, node, claim, timer, wait)
+    }
+
+    /// How long a probe with a claim waits for its ack: one (health-scaled) probe period.
+    fn ack_wait(&self) -> Duration {
+        self.config
+            .scaled(self.config.probe_interval, self.awareness.score())
+    }
+
+    fn ping_with_claim_for(
+        &mut self,
+        to: SocketAddr,
+        node: NodeId,
+        claim: Option<Message>,
+        timer: Timer,
+        wait: Duration,
+    ) -> u32 {
         let seq = self.next_seq();
         let ping = Message::Ping(Ping {
             seq,
@@ -205,9 +224,6 @@ impl Swim {
         });
         let msgs = self.fill_packet(claim.into_iter().chain([ping]).collect());
         self.out.push(super::Output::Packet { to, msgs });
-        let wait = self
-            .config
-            .scaled(self.config.probe_interval, self.awareness.score());
         self.arm(wait, timer);
         seq
     }
@@ -398,8 +414,8 @@ impl Swim {
         }
         self.generation += 1;
         susp.generation = self.generation;
-        let (deadline, generation) = (susp.deadline(), susp.generation);
-        let after = deadline.saturating_since(self.now.mono);
+        let generation = susp.generation;
+        let after = self.suspicion_wait(&s.node);
         self.arm(
             after,
             Timer::Suspicion {
@@ -426,7 +442,6 @@ impl Swim {
         };
         self.generation += 1;
         let susp = Suspicion::new(s.from.clone(), self.now.mono, min, max, k, self.generation);
-        let after = susp.timeout();
         let now = self.now.mono;
         self.members.update(&s.node, |m| {
             m.incarnation = s.incarnation;
@@ -434,6 +449,7 @@ impl Swim {
             m.state_since = now;
         });
         self.suspicions.insert(s.node.clone(), susp);
+        let after = self.suspicion_wait(&s.node);
         self.arm(
             after,
             Timer::Suspicion {
@@ -445,6 +461,25 @@ impl Swim {
         tracing::debug!(node = %self.id, suspect = %s.node, from = %s.from, "suspect");
         self.emit(Event::MemberSuspected(view));
         self.queue_member_claim(s.node.clone(), Message::Suspect(s));
+    }
+
+    /// Time until the suspicion timer about `node` should fire: one ack wait before the
+    /// deadline for the last-chance probe, then the deadline, and never sooner than one ack
+    /// wait after that probe.
+    fn suspicion_wait(&self, node: &NodeId) -> Duration {
+        let Some(susp) = self.suspicions.get(node) else {
+            return Duration::ZERO;
+        };
+        let now = self.now.mono;
+        let to_deadline = susp.deadline().saturating_since(now);
+        if !self.config.lifeguard {
+            return to_deadline;
+        }
+        let ack_wait = self.ack_wait();
+        match susp.last_chance {
+            None => to_deadline.saturating_sub(ack_wait),
+            Some(at) => to_deadline.max((at + ack_wait).saturating_since(now)),
+        }
     }
 
     pub(crate) fn on_suspicion_timeout(&mut self, node: NodeId, generation: u64) {
@@ -462,12 +497,13 @@ impl Swim {
         else {
             return;
         };
-        // A suspicion that ran its full course without the confirmations that would have
-        // shortened it rests on one member's word: before believing it, probe the suspect once
-        // more, with the suspicion attached. A live suspect refutes (or answers with the newer
-        // incarnation we missed); a dead one stays silent and is declared one period later.
-        if self.config.lifeguard && !susp.last_chance {
-            susp.last_chance = true;
+        // Before declaring a death on its own timeout, this node probes the suspect once more,
+        // with the suspicion attached (forged confirmations may have shortened the timeout): a
+        // live suspect refutes, or answers with the newer incarnation we missed; a dead one
+        // stays silent. The probe goes out one ack wait before the deadline, so it costs no
+        // detection time, and the death is declared no sooner than one ack wait after it.
+        if self.config.lifeguard && susp.last_chance.is_none() {
+            susp.last_chance = Some(self.now.mono);
             self.generation += 1;
             susp.generation = self.generation;
             let (addr, incarnation) = (m.info.addr, m.incarnation);
@@ -476,7 +512,8 @@ impl Swim {
                 node: node.clone(),
                 generation: self.generation,
             };
-            self.ping_with_claim(addr, node, suspect, timer);
+            let wait = self.suspicion_wait(&node);
+            self.ping_with_claim_for(addr, node, suspect, timer, wait);
             return;
         }
         self.stats.failures_declared += 1;

@@ -29,8 +29,8 @@ pub(crate) struct Suspicion {
     pub suspectors: Vec<NodeId>,
     /// Which arming of the timer is current.
     pub generation: u64,
-    /// The last-chance probe has been sent (see `Swim::on_suspicion_timeout`).
-    pub last_chance: bool,
+    /// When the last-chance probe was sent (see `Swim::on_suspicion_timeout`).
+    pub last_chance: Option<Time>,
 }
 
 impl Suspicion {
@@ -51,7 +51,7 @@ impl Suspicion {
             k,
             suspectors: vec![from],
             generation,
-            last_chance: false,
+            last_chance: None,
         }
     }
 

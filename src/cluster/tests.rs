@@ -457,8 +457,9 @@ fn suspicion_times_out_to_dead_and_stale_timers_are_ignored() {
             _ => None,
         })
         .unwrap();
-    // n = 6: min = 4 * 1 * 500ms = 2 s; max = 6 * min = 12 s; k = 2.
-    assert_eq!(deadline, Time::from_secs(12));
+    // n = 6: min = 4 * 1 * 500ms = 2 s; max = 6 * min = 12 s; k = 2. The timer fires one ack
+    // wait (a probe period) before the deadline, for the last-chance probe.
+    assert_eq!(deadline, Time::from_millis(11_500));
     t.timer(Timer::Suspicion {
         node: id(2),
         generation: generation + 100,
@@ -468,7 +469,7 @@ fn suspicion_times_out_to_dead_and_stale_timers_are_ignored() {
         Some((MemberState::Suspect, 0)),
         "a stale timer does nothing"
     );
-    t.ms = 12_000;
+    t.ms = 11_500;
     // No confirmation came: one last probe of the suspect, with the suspicion attached.
     let out = t.timer(Timer::Suspicion {
         node: id(2),
@@ -489,10 +490,10 @@ fn suspicion_times_out_to_dead_and_stale_timers_are_ignored() {
                 generation: last
             }
         ),
-        Some(Time::from_millis(12_500))
+        Some(Time::from_millis(12_000))
     );
-    // Still silent one probe period later: failed.
-    t.ms = 12_500;
+    // Still silent at the deadline, one probe period later: failed.
+    t.ms = 12_000;
     let out = t.timer(Timer::Suspicion {
         node: id(2),
         generation: last,
@@ -608,9 +609,12 @@ fn independent_confirmations_shrink_the_suspicion_timeout() {
         } => Some(*at),
         _ => None,
     });
-    // 12 s - 10 s * ln 2 / ln 3 = 5.69 s after the start.
+    // 12 s - 10 s * ln 2 / ln 3 = 5.69 s after the start, less the ack wait of the
+    // last-chance probe (500 ms).
     let want = Time::ZERO
-        + (Duration::from_secs(12) - Duration::from_secs(10).mul_f64(2f64.ln() / 3f64.ln()));
+        + (Duration::from_secs(12)
+            - Duration::from_secs(10).mul_f64(2f64.ln() / 3f64.ln())
+            - Duration::from_millis(500));
     let got = first.unwrap();
     assert!(
         got.as_micros().abs_diff(want.as_micros()) <= 1,
@@ -632,7 +636,7 @@ fn independent_confirmations_shrink_the_suspicion_timeout() {
                 generation: t.swim.generation
             }
         ),
-        Some(Time::from_secs(2))
+        Some(Time::from_millis(1_500))
     );
     // A repeat confirmation does not re-arm.
     let out = t.msg(
@@ -743,6 +747,48 @@ fn gossip_goes_to_fanout_members_only_when_there_is_news() {
         timer_at(&out, &Timer::GossipTick),
         Some(Time::ZERO + Config::lan().gossip_interval)
     );
+}
+
+#[test]
+fn failure_news_is_gossiped_at_once_but_at_most_once_a_gossip_interval() {
+    let mut t = T::new(1, &[2, 3, 4, 5, 6, 7]);
+    // Drain the start-up claims, so that only news is sent.
+    for _ in 0..20 {
+        t.timer(Timer::GossipTick);
+    }
+    let suspect = |node: u8, from: u8| {
+        Message::Suspect(Suspect {
+            incarnation: Incarnation(0),
+            node: id(node),
+            from: id(from),
+        })
+    };
+    // A suspicion heard from 3 goes out to three members before any tick.
+    t.ms = 1_000;
+    let out = t.msg(3, suspect(2, 3));
+    let p = packets(&out);
+    assert_eq!(p.len(), 3, "fanout 3 at once: {p:?}");
+    assert!(p.iter().all(|(_, m)| m
+        .iter()
+        .any(|m| matches!(m, Message::Suspect(s) if s.node == id(2)))));
+    // More news within the same interval waits for the tick.
+    t.ms = 1_100;
+    let out = t.msg(4, suspect(5, 4));
+    assert!(packets(&out).is_empty());
+    // One interval after the early round, news goes out at once again.
+    t.ms = 1_200;
+    let out = t.msg(4, suspect(6, 4));
+    assert_eq!(packets(&out).len(), 3);
+    // A join heard second-hand is no failure news: it waits for the tick.
+    t.ms = 2_000;
+    let out = t.msg(
+        4,
+        Message::Alive(Alive {
+            incarnation: Incarnation(0),
+            info: info(9),
+        }),
+    );
+    assert!(packets(&out).is_empty());
 }
 
 #[test]
