@@ -1,6 +1,6 @@
-//! `dcore local`: the real-network twin of `dcore sim`. N real nodes in this process on
-//! 127.0.0.1 (OS-chosen ports, real UDP and TCP, real codec and crypto) join through the first,
-//! converge, then K of them crash (stop without leaving). With `--json` the figures are printed
+//! `dcore local`: the real-network twin of `dcore sim`. N real nodes in this process, each on
+//! its own loopback address 127.1.x.y (OS-chosen ports, real UDP and TCP, real codec and
+//! crypto), join through the first on the simulator's schedule, converge, then K of them crash (stop without leaving). With `--json` the figures are printed
 //! as one JSON object with the keys of `dcore sim --json` plus `cpu_s`, `rss_mb` and the
 //! transport's stream counters; without it, as a few readable lines.
 
@@ -12,12 +12,17 @@ use distributed_core::identity::Key;
 use distributed_core::node::{Node, NodeConfig};
 use distributed_core::sim::Detect;
 use distributed_core::transport::crypto::Keyring;
+use distributed_core::transport::TransportConfig;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The most nodes `dcore local` runs (one loopback address each, see `local_ip`).
+const NODES_MAX: usize = 50_000;
 
 /// Flags of `dcore local`.
 #[derive(Debug, Args)]
@@ -81,8 +86,9 @@ struct LocalReport {
 impl LocalArgs {
     /// The protocol config of the run, once the flags are checked.
     pub fn protocol(&self) -> anyhow::Result<Config> {
-        if self.nodes < 2 || self.kill >= self.nodes || !(0.0..1.0).contains(&self.loss) {
-            bail!("need --nodes >= 2, --kill < --nodes and --loss in [0, 1)");
+        let nodes_ok = (2..=NODES_MAX).contains(&self.nodes);
+        if !nodes_ok || self.kill >= self.nodes || !(0.0..1.0).contains(&self.loss) {
+            bail!("need --nodes in [2, {NODES_MAX}], --kill < --nodes and --loss in [0, 1)");
         }
         let Some(protocol) = Config::preset(&self.preset) else {
             bail!("--preset must be lan, wan or local");
@@ -114,7 +120,7 @@ pub fn run(args: LocalArgs, protocol: Config) -> anyhow::Result<i32> {
 fn summary(r: &LocalReport) -> String {
     let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
     let mut s = format!(
-        "dcore local: {} nodes on 127.0.0.1, {:.0} s, {}\n",
+        "dcore local: {} nodes on 127.1.0.0/16, {:.0} s, {}\n",
         r.nodes,
         r.duration_s,
         if r.encrypted { "encrypted" } else { "plain" }
@@ -161,23 +167,18 @@ struct Observed {
 }
 
 async fn run_cluster(args: &LocalArgs, protocol: Config) -> anyhow::Result<LocalReport> {
-    let started = Instant::now();
     let duration = Duration::from_secs_f64(args.duration);
     let key = args.encrypt.then(|| Key::generate(&mut rand::rngs::OsRng));
     let mut nodes: Vec<Node> = Vec::with_capacity(args.nodes);
-    // The simulator's schedule: node i starts i * min(5 ms, 5 s / N) after the first and joins
-    // through it at once, so that `dcore sim` and `dcore local` time the same formation.
-    let gap = Duration::from_millis(5).min(Duration::from_secs(5) / args.nodes.max(1) as u32);
+    let cached = fit_open_files(args.nodes, TransportConfig::default().outbound_cached_max);
+    // Every node binds its sockets first: a node binding while others connect could find the
+    // port its UDP socket got taken for TCP by one of their connections.
     for i in 0..args.nodes {
-        tokio::time::sleep_until((started + gap * i as u32).into()).await;
-        let mut c = NodeConfig::new(&format!("n{i}"), "127.0.0.1:0".parse()?);
+        let mut c = NodeConfig::new(&format!("n{i}"), SocketAddr::new(local_ip(i), 0));
         c.protocol = protocol.clone();
-        // Every node shares 127.0.0.1, so the per-IP cap on inbound connections (meant for one
-        // host among many) would count the whole cluster as one peer: with the default 64, the
-        // seed refused most of 100 joiners' connections and the cluster never formed.
-        let inbound = c.transport.inbound_streams_max.max(args.nodes + 64);
-        c.transport.inbound_streams_max = inbound;
-        c.transport.inbound_streams_per_ip_max = inbound;
+        // The seed takes a connection from every joiner within seconds.
+        c.transport.inbound_streams_max = c.transport.inbound_streams_max.max(args.nodes + 64);
+        c.transport.outbound_cached_max = cached;
         c.keyring = key.clone().map(Keyring::new);
         let chaos = Chaos::new(ChaosConfig {
             drop: args.loss,
@@ -187,10 +188,17 @@ async fn run_cluster(args: &LocalArgs, protocol: Config) -> anyhow::Result<Local
         let node = Node::start(c)
             .await
             .with_context(|| format!("starting node n{i}"))?;
-        if let Some(seed) = nodes.first() {
-            node.join(vec![seed.addr()]).await?;
-        }
         nodes.push(node);
+    }
+    // Then the simulator's schedule: node i joins through node 0 i * min(5 ms, 5 s / N) after
+    // the start (a node alone does nothing), so `dcore sim` and `dcore local` time the same
+    // formation from the same instant.
+    let started = Instant::now();
+    let gap = Duration::from_millis(5).min(Duration::from_secs(5) / args.nodes.max(1) as u32);
+    let seed = nodes[0].addr();
+    for (i, node) in nodes.iter().enumerate().skip(1) {
+        tokio::time::sleep_until((started + gap * i as u32).into()).await;
+        node.join(vec![seed]).await?;
     }
     let converged = wait_converged(
         &nodes,
@@ -243,9 +251,8 @@ async fn run_cluster(args: &LocalArgs, protocol: Config) -> anyhow::Result<Local
         conns += t.transport.connections_opened;
         dropped += t.transport.streams_out_dropped;
     }
-    for &i in &survivors {
-        nodes[i].shutdown().await;
-    }
+    // All at once: one by one, each survivor would watch the others go and suspect them.
+    futures_util::future::join_all(survivors.iter().map(|&i| nodes[i].shutdown())).await;
     let detect = detect_summary(&obs, killed.len() * survivors.len());
     let cpu_s = process_cpu_s().unwrap_or(f64::NAN);
     let per_node_s = |v: u64| round2(v as f64 / args.nodes as f64 / secs);
@@ -340,6 +347,53 @@ async fn wait_converged(nodes: &[Node], live: &[usize], deadline: Instant) -> Op
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Every node of a local cluster holds its sockets in this one process: a UDP socket, a
+/// listener, and both ends of each cached stream connection. Raises the open-file limit to what
+/// `nodes` need (up to the hard limit, or past it where the process may raise it, as root can)
+/// and, if that is still short, returns fewer cached outgoing connections per node than
+/// `cached` (at least 2; a connection past the cache is opened again when needed), with a
+/// notice. 1,000 nodes with 64 cached connections each ran out of the usual 20,000 files.
+fn fit_open_files(nodes: usize, cached: usize) -> usize {
+    const SPARE: u64 = 1024;
+    // Both ends of each cached connection, and as many again for connections being opened
+    // and closed (a forming cluster opens thousands a second).
+    let per_node = |cached: usize| 4 + 4 * cached as u64;
+    let want = nodes as u64 * per_node(cached) + SPARE;
+    let nofile = rlimit::Resource::NOFILE;
+    let Ok((soft, hard)) = nofile.get() else {
+        return cached;
+    };
+    if soft >= want {
+        return cached;
+    }
+    if want > hard {
+        // Allowed only with CAP_SYS_RESOURCE; otherwise the hard limit stays.
+        let _ = nofile.set(want, want);
+    }
+    let (_, hard) = nofile.get().unwrap_or((soft, hard));
+    let _ = nofile.set(want.min(hard), hard);
+    let soft = nofile.get().map_or(soft, |(s, _)| s);
+    if soft >= want {
+        return cached;
+    }
+    let fit = (soft.saturating_sub(SPARE) / nodes.max(1) as u64).saturating_sub(4) / 4;
+    let fit = (fit as usize).clamp(2, cached);
+    eprintln!(
+        "dcore local: open-file limit {soft} is short of {want}; \
+         cached connections per node cut from {cached} to {fit}"
+    );
+    fit
+}
+
+/// Node i's address: its own loopback IP (Linux routes all of 127.0.0.0/8 to `lo`), as each
+/// host of a real cluster has its own. Sharing 127.0.0.1, 1,000 nodes shared one range of
+/// 28,000 ephemeral ports: the syncs' connections (thousands a second while the cluster forms,
+/// each leaving a minute of TIME_WAIT) exhausted it and every bind crawled; and the per-IP cap
+/// on inbound connections counted the whole cluster as one peer.
+fn local_ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8))
 }
 
 /// `n17` -> 17.

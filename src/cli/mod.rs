@@ -103,7 +103,7 @@ pub enum Commands {
     Keygen,
     /// Run the deterministic simulator: N protocol cores over a modelled network, in virtual time.
     Sim(SimArgs),
-    /// A local cluster of N agents on 127.0.0.1: interactive (kill, pause, restart, chaos), or a
+    /// A local cluster of N agents on loopback addresses: interactive (kill, pause, restart, chaos), or a
     /// scripted crash reported like `sim --json` (--json, --summary).
     Local(LocalArgs),
     /// Inspect, verify or repair a write-ahead log directory.

@@ -9,11 +9,14 @@ use super::Request;
 use crate::cluster::message::{decode_packet, encode_packet};
 use crate::cluster::{Event, Input, MemberState, MemberView, Message, Output, Swim, Timer};
 use crate::common::{Now, Time};
+use crate::identity::NodeId;
 use crate::transport::frame::FrameSealer;
 use crate::transport::{Incoming, Transport};
+use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -40,7 +43,17 @@ pub(crate) struct Driver<T> {
     paused: bool,
     /// Rows in the core's table when last looked: a change without a member event is a reap.
     table_len: usize,
+    /// Where each member sits in the published snapshot (`Links::members`).
+    view_at: FxHashMap<NodeId, usize>,
+    /// When the snapshot was last rebuilt from the whole table.
+    views_rebuilt: Option<Time>,
 }
+
+/// The snapshot `Node::members` reads is patched member by member as events come, and rebuilt
+/// from the whole table at most this often (catching incarnations that moved without an
+/// event) and after rows were reaped. Rebuilt on every event, as it was, it cost each node
+/// O(N) per event: a 1,000-node cluster spent its CPU copying tables while it formed.
+const VIEWS_REBUILD: Duration = Duration::from_secs(1);
 
 impl<T: Transport> Driver<T> {
     pub fn new(swim: Swim, transport: T, links: Links) -> Self {
@@ -54,6 +67,8 @@ impl<T: Transport> Driver<T> {
             out: Vec::new(),
             paused: false,
             table_len: 0,
+            view_at: FxHashMap::default(),
+            views_rebuilt: None,
         }
     }
 
@@ -235,7 +250,7 @@ impl<T: Transport> Driver<T> {
     }
 
     async fn apply(&mut self) {
-        let mut changed = false;
+        let mut changed: Vec<MemberView> = Vec::new();
         for o in std::mem::take(&mut self.out) {
             match o {
                 Output::Packet { to, msgs } => {
@@ -265,7 +280,9 @@ impl<T: Transport> Driver<T> {
                     self.timers.insert((at, self.timer_seq), timer);
                 }
                 Output::Event(e) => {
-                    changed |= e.member().is_some();
+                    if let Some(v) = e.member().filter(|v| &v.info.id != self.swim.id()) {
+                        changed.push(v.clone());
+                    }
                     self.links.health.lock().member_event(&e);
                     let _ = self.links.events.send(e);
                 }
@@ -273,30 +290,58 @@ impl<T: Transport> Driver<T> {
         }
         // `count` of the table's slice iterator is its length: O(1).
         let table_len = self.swim.members().count();
-        if changed || table_len != self.table_len {
-            self.table_len = table_len;
-            let me = self.swim.id();
-            self.links.health.lock().retain(|id| {
-                id != me
-                    && self
-                        .swim
-                        .member(id)
-                        .is_some_and(|m| m.state != MemberState::Left)
-            });
+        let joined = changed
+            .iter()
+            .filter(|v| !self.view_at.contains_key(&v.info.id));
+        let expected = self.table_len + joined.count();
+        let reaped = table_len != expected;
+        self.table_len = table_len;
+        let now = self.now().mono;
+        let due = self
+            .views_rebuilt
+            .is_none_or(|t| now.saturating_since(t) >= VIEWS_REBUILD);
+        if reaped || (due && !changed.is_empty()) {
+            self.views_rebuilt = Some(now);
+            self.rebuild_views();
+        } else if !changed.is_empty() {
+            let mut views = self.links.members.lock().expect("members lock");
+            for v in changed {
+                match self.view_at.get(&v.info.id) {
+                    Some(&i) => views[i] = v,
+                    None => {
+                        self.view_at.insert(v.info.id.clone(), views.len());
+                        views.push(v);
+                    }
+                }
+            }
         }
-        if changed {
-            let me = self.swim.id().clone();
-            let views = self
-                .swim
-                .members()
-                .filter(|m| m.id() != &me)
-                .map(|m| MemberView {
-                    info: m.info.clone(),
-                    incarnation: m.incarnation,
-                    state: m.state,
-                });
-            *self.links.members.lock().expect("members lock") = views.collect();
+    }
+
+    /// Publishes every row but this node's, and forgets the health of members no longer kept.
+    fn rebuild_views(&mut self) {
+        let me = self.swim.id().clone();
+        self.links.health.lock().retain(|id| {
+            id != &me
+                && self
+                    .swim
+                    .member(id)
+                    .is_some_and(|m| m.state != MemberState::Left)
+        });
+        let views: Vec<MemberView> = self
+            .swim
+            .members()
+            .filter(|m| m.id() != &me)
+            .map(|m| MemberView {
+                info: m.info.clone(),
+                incarnation: m.incarnation,
+                state: m.state,
+            })
+            .collect();
+        self.view_at.clear();
+        for (i, v) in views.iter().enumerate() {
+            self.view_at.insert(v.info.id.clone(), i);
         }
+        *self.links.members.lock().expect("members lock") = views;
     }
 
     /// Shows the health tracker the pings and ping-reqs going out (observation only).
