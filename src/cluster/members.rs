@@ -15,13 +15,15 @@ use crate::identity::{NodeId, NodeInfo};
 use hashbrown::HashTable;
 use rand::seq::SliceRandom;
 use rand::Rng;
-use rustc_hash::FxBuildHasher;
-use std::hash::BuildHasher;
 use std::sync::Arc;
 
-fn hash(id: &NodeId) -> u64 {
-    FxBuildHasher.hash_one(id)
+/// The index hashes a row by its name's crc32c, which the row keeps (see `Member::name_crc`):
+/// moving or re-indexing rows never hashes a name again. The multiplication spreads the crc
+/// over the high bits, where the index takes its tag.
+fn hash_crc(name_crc: u32) -> u64 {
+    u64::from(name_crc).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
+
 
 /// Rows a full table of `len` rows grows by: a quarter, and at least 16 (amortised O(1) per
 /// insertion still; at most a quarter of the rows' memory sits unused).
@@ -102,8 +104,12 @@ impl Members {
 
     fn position(&self, id: &NodeId) -> Option<usize> {
         let rows = &self.rows;
+        let crc = super::digest::name_hash(id.as_str());
         self.index
-            .find(hash(id), |&i| rows[i as usize].id() == id)
+            .find(hash_crc(crc), |&i| {
+                let row = &rows[i as usize];
+                row.name_crc == crc && row.id() == id
+            })
             .map(|&i| i as usize)
     }
 
@@ -132,8 +138,8 @@ impl Members {
         }
         let rows = &self.rows;
         self.index
-            .insert_unique(hash(m.id()), rows.len() as u32, |&i| {
-                hash(rows[i as usize].id())
+            .insert_unique(hash_crc(m.name_crc), rows.len() as u32, |&i| {
+                hash_crc(rows[i as usize].name_crc)
             });
         self.rows.push(m);
     }
@@ -141,7 +147,7 @@ impl Members {
     /// Changes the index entry of the member at row `row` from value `from` to `to`. Entries are
     /// found by value, so values must stay unique at every step.
     fn remap(&mut self, row: usize, from: u32, to: u32) {
-        let h = hash(self.rows[row].id());
+        let h = hash_crc(self.rows[row].name_crc);
         let e = self.index.find_entry(h, |&i| i == from);
         *e.expect("every row is indexed").get_mut() = to;
     }
@@ -171,7 +177,7 @@ impl Members {
             .min_by_key(|(_, m)| m.state_since)
             .map(|(i, _)| i)?;
         let last = self.rows.len() - 1;
-        let h = hash(self.rows[i].id());
+        let h = hash_crc(self.rows[i].name_crc);
         self.index
             .find_entry(h, |&r| r as usize == i)
             .expect("every row is indexed")
@@ -202,8 +208,9 @@ impl Members {
         self.index.clear();
         let rows = &self.rows;
         for (i, m) in rows.iter().enumerate() {
-            self.index
-                .insert_unique(hash(m.id()), i as u32, |&r| hash(rows[r as usize].id()));
+            self.index.insert_unique(hash_crc(m.name_crc), i as u32, |&r| {
+                hash_crc(rows[r as usize].name_crc)
+            });
         }
         debug_assert_eq!(
             self.active,
