@@ -46,7 +46,8 @@ pub struct Config {
     /// `(awareness_max + 1)` times when this node is itself slow. Default 8.
     pub awareness_max: u32,
     /// Suspicion timeout multiplier: `min = suspicion_mult * log10(max(n, 10)) * probe_interval`.
-    /// Default 4.
+    /// Default 3 (memberlist: 4; failure news and refutations here are gossiped as soon as
+    /// they are heard, not at the next gossip tick: see `docs/tuning.md`).
     pub suspicion_mult: u32,
     /// The suspicion timeout starts at `suspicion_max_mult * min` and shrinks towards `min` as
     /// independent members confirm the suspicion (Lifeguard). Default 6.
@@ -151,7 +152,7 @@ impl Config {
             tcp_fallback_probe: true,
             lifeguard: true,
             awareness_max: 8,
-            suspicion_mult: 4,
+            suspicion_mult: 3,
             suspicion_max_mult: 6,
             gossip_interval: Duration::from_millis(200),
             gossip_fanout: 3,

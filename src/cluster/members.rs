@@ -24,7 +24,6 @@ fn hash_crc(name_crc: u32) -> u64 {
     u64::from(name_crc).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-
 /// Rows a full table of `len` rows grows by: a quarter, and at least 16 (amortised O(1) per
 /// insertion still; at most a quarter of the rows' memory sits unused).
 fn grow(len: usize) -> usize {
@@ -208,9 +207,10 @@ impl Members {
         self.index.clear();
         let rows = &self.rows;
         for (i, m) in rows.iter().enumerate() {
-            self.index.insert_unique(hash_crc(m.name_crc), i as u32, |&r| {
-                hash_crc(rows[r as usize].name_crc)
-            });
+            self.index
+                .insert_unique(hash_crc(m.name_crc), i as u32, |&r| {
+                    hash_crc(rows[r as usize].name_crc)
+                });
         }
         debug_assert_eq!(
             self.active,

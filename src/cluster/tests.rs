@@ -30,8 +30,13 @@ struct T {
 }
 
 impl T {
+    /// With the LAN preset, but `suspicion_mult` 4 (the timeouts the tests below spell out).
     fn new(i: u8, others: &[u8]) -> T {
-        Self::with(Config::lan(), i, others)
+        let config = Config {
+            suspicion_mult: 4,
+            ..Config::lan()
+        };
+        Self::with(config, i, others)
     }
 
     fn with(config: Config, i: u8, others: &[u8]) -> T {
@@ -654,6 +659,7 @@ fn independent_confirmations_shrink_the_suspicion_timeout() {
 fn without_lifeguard_the_suspicion_timeout_is_fixed_at_min() {
     let cfg = Config {
         lifeguard: false,
+        suspicion_mult: 4,
         ..Config::lan()
     };
     let mut t = T::with(cfg, 1, &[2, 3, 4, 5, 6]);
