@@ -284,10 +284,12 @@ impl Ev {
     }
 }
 
+/// A scheduled event. The event itself is boxed: the heap moves entries on every push and pop,
+/// and an `Ev` holds a whole message (over a hundred bytes).
 struct Entry {
     at: Duration,
     seq: u64,
-    ev: Ev,
+    ev: Box<Ev>,
 }
 
 impl PartialEq for Entry {
@@ -492,7 +494,7 @@ impl<'a> Sim<'a> {
         self.heap.push(Reverse(Entry {
             at,
             seq: self.seq,
-            ev,
+            ev: Box::new(ev),
         }));
     }
 
@@ -503,7 +505,7 @@ impl<'a> Sim<'a> {
             }
             self.now = e.at;
             self.count.events += 1;
-            self.dispatch(e.ev);
+            self.dispatch(*e.ev);
             self.check_convergence();
             if self.now >= self.next_sample {
                 self.sample();
@@ -1029,7 +1031,7 @@ mod tests {
             Reverse(Entry {
                 at: Duration::from_millis(at),
                 seq,
-                ev: Ev::ApplyFaults,
+                ev: Box::new(Ev::ApplyFaults),
             })
         };
         h.push(e(5, 1));
