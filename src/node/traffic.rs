@@ -76,7 +76,7 @@ pub(crate) struct Traffic {
 }
 
 /// Message type bytes counted by kind (type 0 is unused; unknown types are not counted).
-const KINDS: usize = 10;
+const KINDS: usize = crate::cluster::message::msg_type::SYNC as usize + 1;
 
 /// Direction of a message.
 #[derive(Debug, Clone, Copy)]
@@ -179,4 +179,32 @@ fn kind_name(ty: u8) -> Option<&'static str> {
         t::SYNC => "sync",
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::message::Ack;
+
+    #[test]
+    fn every_named_kind_has_a_counter() {
+        for ty in 0..=u8::MAX {
+            if let Some(kind) = kind_name(ty) {
+                assert!(usize::from(ty) < KINDS, "{kind} (type {ty}) is never counted");
+            }
+        }
+    }
+
+    #[test]
+    fn messages_are_counted_by_direction_channel_and_kind() {
+        let t = Traffic::default();
+        let ack = Message::Ack(Ack { seq: 7 });
+        t.message(Dir::Out, Chan::Tcp, &ack);
+        t.message(Dir::Out, Chan::Tcp, &ack);
+        let rows = t.by_kind();
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!((r.direction, r.transport, r.kind), ("out", "tcp", "ack"));
+        assert_eq!((r.messages, r.bytes), (2, 2 * ack.encoded_len() as u64));
+    }
 }
