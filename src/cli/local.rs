@@ -80,6 +80,10 @@ struct LocalReport {
     streams_out: u64,
     connections_opened: u64,
     streams_out_dropped: u64,
+    /// Probes ended late, suspicions raised, refutations (survivors, whole run).
+    probes_late: u64,
+    suspicions_raised: u64,
+    refutations: u64,
     encrypted: bool,
 }
 
@@ -193,44 +197,46 @@ async fn run_cluster(args: &LocalArgs, protocol: Config) -> anyhow::Result<Local
     // Then the simulator's schedule: node i joins through node 0 i * min(5 ms, 5 s / N) after
     // the start (a node alone does nothing), so `dcore sim` and `dcore local` time the same
     // formation from the same instant.
-    let started = Instant::now();
-    let gap = Duration::from_millis(5).min(Duration::from_secs(5) / args.nodes.max(1) as u32);
-    let seed = nodes[0].addr();
-    for (i, node) in nodes.iter().enumerate().skip(1) {
-        tokio::time::sleep_until((started + gap * i as u32).into()).await;
-        node.join(vec![seed]).await?;
-    }
-    let converged = wait_converged(
-        &nodes,
-        &(0..args.nodes).collect::<Vec<_>>(),
-        started + duration,
-    )
-    .await;
-    let converged_ms = converged.map(|t| (t - started).as_millis() as u64);
-    let mut order: Vec<usize> = (1..args.nodes).collect();
-    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(args.seed));
-    let killed: Vec<usize> = order.into_iter().take(args.kill).collect();
-    let survivors: Vec<usize> = (0..args.nodes).filter(|i| !killed.contains(i)).collect();
-    let mut subs: Vec<_> = survivors
-        .iter()
-        .map(|&i| (i, nodes[i].subscribe()))
-        .collect();
-    let killed_at = Instant::now();
-    for &k in &killed {
-        nodes[k].shutdown().await;
-    }
+    // Watched from the start: a live node suspected or failed while the cluster forms counts
+    // as much as one after the crash.
+    let mut subs: Vec<_> = (0..args.nodes).map(|i| (i, nodes[i].subscribe())).collect();
     let mut obs = Observed {
         detected: BTreeMap::new(),
         false_dead: BTreeSet::new(),
         false_suspect: BTreeSet::new(),
     };
+    let started = Instant::now();
+    let gap = Duration::from_millis(5).min(Duration::from_secs(5) / args.nodes.max(1) as u32);
+    let seed = nodes[0].addr();
+    // Each join on its own time, as in the simulator: a join waits for the joiner's runtime to
+    // take the command, and one after the other those waits add up on a loaded host.
+    let joins = futures_util::future::try_join_all(nodes.iter().enumerate().skip(1).map(
+        |(i, node)| async move {
+            tokio::time::sleep_until((started + gap * i as u32).into()).await;
+            node.join(vec![seed]).await
+        },
+    ));
+    let (joined, converged) = tokio::join!(
+        joins,
+        wait_formed(&nodes, started + duration, || {
+            drain(&mut subs, &mut obs, &[], started)
+        })
+    );
+    joined?;
+    let converged_ms = converged.map(|t| (t - started).as_millis() as u64);
+    let mut order: Vec<usize> = (1..args.nodes).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(args.seed));
+    let killed: Vec<usize> = order.into_iter().take(args.kill).collect();
+    let survivors: Vec<usize> = (0..args.nodes).filter(|i| !killed.contains(i)).collect();
+    subs.retain(|(i, _)| !killed.contains(i));
+    drain(&mut subs, &mut obs, &[], started);
+    let killed_at = Instant::now();
+    for &k in &killed {
+        nodes[k].shutdown().await;
+    }
     while Instant::now() < started + duration {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        for (i, sub) in subs.iter_mut() {
-            while let Ok(e) = sub.try_recv() {
-                record(&mut obs, *i, &e, &killed, killed_at);
-            }
-        }
+        drain(&mut subs, &mut obs, &killed, killed_at);
     }
     let end_converged = wait_converged(&nodes, &survivors, Instant::now())
         .await
@@ -250,6 +256,16 @@ async fn run_cluster(args: &LocalArgs, protocol: Config) -> anyhow::Result<Local
         streams += t.transport.streams_out;
         conns += t.transport.connections_opened;
         dropped += t.transport.streams_out_dropped;
+    }
+    // What the probes did, summed over the survivors: late probes (the node was not running
+    // in time: no suspicion raised) tell a loaded host from a lossy one.
+    let (mut probes_late, mut suspicions_raised, mut refutations) = (0u64, 0u64, 0u64);
+    for &i in &survivors {
+        if let Ok(st) = nodes[i].stats().await {
+            probes_late += st.core.probes_late;
+            suspicions_raised += st.core.suspicions_raised;
+            refutations += st.core.refutations;
+        }
     }
     // All at once: one by one, each survivor would watch the others go and suspect them.
     futures_util::future::join_all(survivors.iter().map(|&i| nodes[i].shutdown())).await;
@@ -276,8 +292,31 @@ async fn run_cluster(args: &LocalArgs, protocol: Config) -> anyhow::Result<Local
         streams_out: streams,
         connections_opened: conns,
         streams_out_dropped: dropped,
+        probes_late,
+        suspicions_raised,
+        refutations,
         encrypted: args.encrypt,
     })
+}
+
+/// Takes the events each watched node has seen so far. Events a slow reader missed (the
+/// subscription's buffer overflowed) are skipped, so the false figures are lower bounds.
+fn drain(
+    subs: &mut [(usize, tokio::sync::broadcast::Receiver<Event>)],
+    obs: &mut Observed,
+    killed: &[usize],
+    killed_at: Instant,
+) {
+    use tokio::sync::broadcast::error::TryRecvError;
+    for (i, sub) in subs.iter_mut() {
+        loop {
+            match sub.try_recv() {
+                Ok(e) => record(obs, *i, &e, killed, killed_at),
+                Err(TryRecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            }
+        }
+    }
 }
 
 fn record(obs: &mut Observed, observer: usize, e: &Event, killed: &[usize], killed_at: Instant) {
@@ -310,6 +349,36 @@ fn detect_summary(obs: &Observed, pairs: usize) -> Detect {
         .collect();
     let undetected = pairs - ms.len();
     Detect::from_millis(ms, undetected)
+}
+
+/// Waits until every node sees all `nodes` alive, or `deadline`, counting in place: the
+/// cluster shares the CPU with the check, and copying every node's table every 20 ms (as
+/// [`wait_converged`] does) took a core from 1,000 nodes just as they converged. `between`
+/// runs between checks.
+async fn wait_formed(
+    nodes: &[Node],
+    deadline: Instant,
+    mut between: impl FnMut(),
+) -> Option<Instant> {
+    let n = nodes.len();
+    let mut next = 0;
+    loop {
+        while next < n && nodes[next].num_alive() == n {
+            next += 1;
+        }
+        if next == n {
+            // Everyone caught up at some point: check all again at one instant.
+            if nodes.iter().all(|node| node.num_alive() == n) {
+                return Some(Instant::now());
+            }
+            next = 0;
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        between();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits until every node in `live` sees every other one in `live` alive, or `deadline`.
@@ -345,6 +414,7 @@ async fn wait_converged(nodes: &[Node], live: &[usize], deadline: Instant) -> Op
         if Instant::now() >= deadline {
             return None;
         }
+
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -24,6 +24,12 @@ pub(crate) struct ActiveProbe {
     pub overdue: bool,
     /// When the ping went out.
     pub started: Time,
+    /// When the direct ack is due (its `ProbeTimeout` timer).
+    pub ack_due: Time,
+    /// When the probe period ends (its `ProbeEnd` timer).
+    pub ends: Time,
+    /// A timer of this probe fired a whole ack wait late (see `on_probe_end`).
+    pub late: bool,
     /// Members asked to probe the target for us: with the target, the only sources whose ack
     /// (and nack) counts.
     pub helpers: Vec<SocketAddr>,
@@ -109,6 +115,9 @@ impl Swim {
         );
         let seq = self.next_seq();
         self.stats.probes += 1;
+        let a = self.awareness.score();
+        let period = self.config.scaled(self.config.probe_interval, a);
+        let ack_wait = self.config.scaled(self.config.probe_timeout, a);
         self.probe.current = Some(ActiveProbe {
             seq,
             target: target.clone(),
@@ -119,6 +128,9 @@ impl Swim {
             nacks: 0,
             overdue: false,
             started: self.now.mono,
+            ack_due: self.now.mono + ack_wait,
+            ends: self.now.mono + period,
+            late: false,
             helpers: Vec::new(),
         });
         let ping = Message::Ping(Ping {
@@ -127,15 +139,8 @@ impl Swim {
             source: self.id.clone(),
         });
         self.send_probe_packet(addr, ping, suspect.then_some((target, incarnation)));
-        let a = self.awareness.score();
-        self.arm(
-            self.config.scaled(self.config.probe_timeout, a),
-            Timer::ProbeTimeout { seq },
-        );
-        self.arm(
-            self.config.scaled(self.config.probe_interval, a),
-            Timer::ProbeEnd { seq },
-        );
+        self.arm(ack_wait, Timer::ProbeTimeout { seq });
+        self.arm(period, Timer::ProbeEnd { seq });
     }
 
     /// A ping, with (Lifeguard's buddy system) the suspicion about the target right behind it so
@@ -172,6 +177,7 @@ impl Swim {
             return;
         };
         let (target, addr) = (p.target.clone(), p.target_addr);
+        let late = self.now.mono.saturating_since(p.ack_due) >= self.config.probe_timeout;
         let me = self.id.clone();
         let helpers = self
             .members
@@ -195,6 +201,7 @@ impl Swim {
         if let Some(p) = self.probe.current.as_mut() {
             p.expected_nacks = if nack { helpers.len() as u32 } else { 0 };
             p.overdue = true;
+            p.late |= late;
             p.helpers = asked.collect();
         }
         if self.config.tcp_fallback_probe {
@@ -211,10 +218,26 @@ impl Swim {
         let Some(p) = self.probe.current.take_if(|p| p.seq == seq) else {
             return;
         };
+        // With a timer of the probe a whole ack wait late, this node was not running when it
+        // should have been (an overloaded host, a pause): its own health is in doubt
+        // (Lifeguard's multiplier goes up, slowing its probes), and so is a missing ack, which
+        // may sit unread behind the backlog, or was asked of helpers too late, or comes from a
+        // peer slowed by the same host. No suspicion is raised on it: on a loaded host,
+        // suspicions and the refutations they cause were the load that kept it loaded.
+        let late = p.late || self.now.mono.saturating_since(p.ends) >= self.config.probe_timeout;
+        if late {
+            self.stats.probes_late += 1;
+            if self.config.lifeguard {
+                self.awareness.apply(1);
+            }
+        }
         if p.acked {
             return;
         }
         self.stats.probes_failed += 1;
+        if late {
+            return;
+        }
         if self.config.lifeguard {
             let missed = p.expected_nacks.saturating_sub(p.nacks);
             let delta = if p.expected_nacks > 0 { missed } else { 1 };

@@ -69,6 +69,9 @@ pub struct Stats {
     pub probes: u64,
     /// Probes that ended without any ack.
     pub probes_failed: u64,
+    /// Probes whose period this node ended a whole probe interval late (it was not running):
+    /// its health multiplier went up, and a missing ack raised no suspicion.
+    pub probes_late: u64,
     /// Ping-reqs sent.
     pub indirect_probes: u64,
     /// Nacks received.
@@ -892,7 +895,12 @@ impl Swim {
         }
         self.stats.join_syncs += 1;
         self.push_pull_random();
-        self.arm(self.config.join_sync_interval * backoff, Timer::JoinSync);
+        // Stretched like the probes by the health multiplier: a node that cannot keep up
+        // (its probes run late, it has to refute) syncs less often.
+        let every = self
+            .config
+            .scaled(self.config.join_sync_interval, self.awareness.score());
+        self.arm(every * backoff, Timer::JoinSync);
     }
 
     /// Sends a push-pull to `to` and notes when, to time the answer.

@@ -250,6 +250,93 @@ fn missed_ack_goes_indirect_then_suspects() {
     assert_eq!(t.swim.stats().probes_failed, 1);
 }
 
+/// Probes `t`'s first target and lets its ack wait pass unanswered at `timeout_ms`; returns
+/// the target and the probe's sequence number.
+fn unanswered_probe(t: &mut T, timeout_ms: u64) -> (u8, u32) {
+    let out = t.timer(Timer::ProbeTick);
+    let (target, seq) = probe_ping(&out);
+    t.ms = timeout_ms;
+    t.timer(Timer::ProbeTimeout { seq });
+    (octet(target), seq)
+}
+
+/// The node number of a test address.
+fn octet(a: SocketAddr) -> u8 {
+    a.ip()
+        .to_string()
+        .rsplit('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_probe_ended_an_ack_wait_late_raises_our_awareness_not_a_suspicion() {
+    let c = Config::lan();
+    let (wait, period) = (
+        c.probe_timeout.as_millis() as u64,
+        c.probe_interval.as_millis() as u64,
+    );
+    // Just short of an ack wait late: the missing ack is held against the target.
+    let mut t = T::new(1, &[2, 3, 4]);
+    let (target, seq) = unanswered_probe(&mut t, wait);
+    t.ms = period + wait - 1;
+    let out = t.timer(Timer::ProbeEnd { seq });
+    assert_eq!(t.state(target), Some((MemberState::Suspect, 0)));
+    assert_eq!(events(&out).len(), 1);
+    assert_eq!(t.swim.stats().probes_late, 0);
+    // A whole ack wait late: this node was not running; its own health goes down instead.
+    let mut t = T::new(1, &[2, 3, 4]);
+    let (target, seq) = unanswered_probe(&mut t, wait);
+    t.ms = period + wait;
+    let out = t.timer(Timer::ProbeEnd { seq });
+    assert_eq!(t.state(target), Some((MemberState::Alive, 0)));
+    assert!(events(&out).is_empty());
+    let stats = t.swim.stats();
+    assert_eq!(
+        (
+            stats.probes_failed,
+            stats.probes_late,
+            stats.suspicions_raised
+        ),
+        (1, 1, 0)
+    );
+    assert_eq!(t.swim.awareness(), 1);
+    // The next probe (stretched by the multiplier) is judged on its own timing.
+    let start = t.ms;
+    let (target, seq) = unanswered_probe(&mut t, start + 2 * wait);
+    t.ms = start + 2 * period;
+    t.timer(Timer::ProbeEnd { seq });
+    assert_eq!(t.state(target), Some((MemberState::Suspect, 0)));
+}
+
+#[test]
+fn an_ack_timeout_fired_an_ack_wait_late_spoils_the_probe() {
+    let c = Config::lan();
+    let (wait, period) = (
+        c.probe_timeout.as_millis() as u64,
+        c.probe_interval.as_millis() as u64,
+    );
+    let mut t = T::new(1, &[2, 3, 4]);
+    // The helpers are asked an ack wait late; the period ends on time.
+    let (target, seq) = unanswered_probe(&mut t, 2 * wait);
+    t.ms = period;
+    t.timer(Timer::ProbeEnd { seq });
+    assert_eq!(t.state(target), Some((MemberState::Alive, 0)));
+    assert_eq!(t.swim.stats().probes_late, 1);
+    assert_eq!(t.swim.awareness(), 1);
+    // An acked probe whose period ends late still costs health (its ack took one back).
+    let out = t.timer(Timer::ProbeTick);
+    let (to, seq) = probe_ping(&out);
+    t.msg(octet(to), Message::Ack(Ack { seq }));
+    assert_eq!(t.swim.awareness(), 0);
+    t.ms += 2 * period + wait;
+    t.timer(Timer::ProbeEnd { seq });
+    assert_eq!(t.swim.stats().probes_late, 2);
+    assert_eq!(t.swim.awareness(), 1);
+}
+
 #[test]
 fn awareness_stretches_probe_interval_and_timeout() {
     let mut t = T::new(1, &[2]);
@@ -874,6 +961,18 @@ fn after_the_join_full_state_is_exchanged_while_the_table_grows() {
     }
     assert_eq!(sync(&mut joiner), (0, None));
     assert_eq!(joiner.swim.stats().join_syncs, 6);
+    // A node whose health multiplier is up syncs less often, like it probes less often.
+    let out = joiner.input(Input::Command(Command::Join(vec![addr(1)])));
+    let out = seed.input(Input::Stream {
+        from: addr(2),
+        msg: streams(&out)[0].1.clone(),
+    });
+    joiner.input(Input::Stream {
+        from: addr(1),
+        msg: streams(&out).pop().unwrap().1,
+    });
+    joiner.swim.awareness.apply(2);
+    assert_eq!(sync(&mut joiner), (1, Some(3 * 2 * base)));
     // Off with 0.
     let config = Config {
         join_sync_interval: Duration::ZERO,

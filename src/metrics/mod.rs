@@ -276,6 +276,11 @@ fn core(e: &mut DescriptorEncoder, s: &NodeStats) -> std::fmt::Result {
             "Probes that ended without any ack",
             c.probes_failed,
         ),
+        (
+            "dcore_probes_late",
+            "Probes this node ran an ack wait late (no suspicion raised; local health lowered)",
+            c.probes_late,
+        ),
         ("dcore_indirect_probes", "Ping-reqs sent", c.indirect_probes),
         ("dcore_nacks_received", "Nacks received", c.nacks),
         (

@@ -12,6 +12,7 @@ use crate::common::{Now, Time};
 use crate::identity::NodeId;
 use crate::transport::frame::FrameSealer;
 use crate::transport::{Incoming, Transport};
+use futures_util::FutureExt;
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -55,6 +56,9 @@ pub(crate) struct Driver<T> {
 /// O(N) per event: a 1,000-node cluster spent its CPU copying tables while it formed.
 const VIEWS_REBUILD: Duration = Duration::from_secs(1);
 
+/// Inputs already received that are handled before the due timers of a turn.
+const READY_INPUT_MAX: usize = 64;
+
 impl<T: Transport> Driver<T> {
     pub fn new(swim: Swim, transport: T, links: Links) -> Self {
         Driver {
@@ -92,10 +96,17 @@ impl<T: Transport> Driver<T> {
         self.swim.start(now, &mut self.out);
         self.apply().await;
         loop {
-            // Due timers first, every turn: input that is always ready (a junk flood keeps the
-            // socket readable) is handled one datagram or record a turn, so it can delay the
-            // timers by one input at most, never starve them.
+            // Input that is already here goes before due timers: a node that was not running
+            // when its ack timeout passed (a busy host, a pause) must not call a probe failed
+            // whose ack sits in its socket. Bounded, so a flood (a junk flood keeps the socket
+            // readable) delays the timers by `READY_INPUT_MAX` inputs at most, never starves them.
             if !self.paused {
+                for _ in 0..READY_INPUT_MAX {
+                    match self.transport.recv().now_or_never() {
+                        Some(Some(got)) => self.on_incoming(got),
+                        Some(None) | None => break,
+                    }
+                }
                 self.fire_timers();
                 if !self.out.is_empty() {
                     self.apply().await;
@@ -114,8 +125,7 @@ impl<T: Transport> Driver<T> {
                 _ = &mut stop => break,
                 Some(req) = requests.recv() => self.on_request(req),
                 got = self.transport.recv(), if !self.paused => match got {
-                    Some(Incoming::Packet { from, bytes }) => self.on_datagram(from, &bytes),
-                    Some(Incoming::Stream { from, bytes }) => self.on_record(from, &bytes),
+                    Some(got) => self.on_incoming(got),
                     None => break,
                 },
                 _ = sleep, if next.is_some() && !self.paused => self.fire_timers(),
@@ -123,6 +133,13 @@ impl<T: Transport> Driver<T> {
             self.apply().await;
         }
         self.transport.close().await;
+    }
+
+    fn on_incoming(&mut self, got: Incoming) {
+        match got {
+            Incoming::Packet { from, bytes } => self.on_datagram(from, &bytes),
+            Incoming::Stream { from, bytes } => self.on_record(from, &bytes),
+        }
     }
 
     fn feed(&mut self, input: Input) {

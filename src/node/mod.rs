@@ -261,6 +261,17 @@ impl Node {
         self.shared.members.lock().expect("members lock").clone()
     }
 
+    /// How many members this node sees alive, itself included (memberlist's `NumMembers`):
+    /// counted in place, without copying the table as [`Node::members`] does.
+    pub fn num_alive(&self) -> usize {
+        let views = self.shared.members.lock().expect("members lock");
+        let others = views
+            .iter()
+            .filter(|m| m.state == crate::cluster::MemberState::Alive)
+            .count();
+        others + 1
+    }
+
     /// What this node measures of each member it has heard an ack from: phi (computed now),
     /// smoothed and last round trip, time since the last ack. Members that left, were reaped,
     /// or never acked one of this node's pings are absent.

@@ -190,7 +190,10 @@ mod tests {
     fn every_named_kind_has_a_counter() {
         for ty in 0..=u8::MAX {
             if let Some(kind) = kind_name(ty) {
-                assert!(usize::from(ty) < KINDS, "{kind} (type {ty}) is never counted");
+                assert!(
+                    usize::from(ty) < KINDS,
+                    "{kind} (type {ty}) is never counted"
+                );
             }
         }
     }
