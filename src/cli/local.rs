@@ -242,6 +242,9 @@ async fn run_cluster(args: &LocalArgs, protocol: Config) -> anyhow::Result<Local
         .await
         .is_some();
     let wall = started.elapsed();
+    // Before the survivors' figures are asked for and they shut down, which in a storm takes
+    // a while and is not the run's cost.
+    let cpu_s = process_cpu_s().unwrap_or(f64::NAN);
     let secs = wall.as_secs_f64();
     let (mut msgs, mut bytes, mut rejected) = (0u64, 0u64, 0u64);
     let (mut streams, mut conns, mut dropped) = (0u64, 0u64, 0u64);
@@ -270,7 +273,6 @@ async fn run_cluster(args: &LocalArgs, protocol: Config) -> anyhow::Result<Local
     // All at once: one by one, each survivor would watch the others go and suspect them.
     futures_util::future::join_all(survivors.iter().map(|&i| nodes[i].shutdown())).await;
     let detect = detect_summary(&obs, killed.len() * survivors.len());
-    let cpu_s = process_cpu_s().unwrap_or(f64::NAN);
     let per_node_s = |v: u64| round2(v as f64 / args.nodes as f64 / secs);
     Ok(LocalReport {
         nodes: args.nodes,

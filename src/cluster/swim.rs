@@ -781,7 +781,9 @@ impl Swim {
     /// from when it heard it. Joins are not failure news (they would turn formation into a
     /// flood). The rate bound keeps forged claims from multiplying traffic by more than two.
     fn gossip_urgent(&mut self) {
-        if !std::mem::take(&mut self.urgent) {
+        // A node whose health is in doubt (running late, refuting) adds no rounds: on a loaded
+        // host the early rounds of every node carrying every suspicion were load themselves.
+        if !std::mem::take(&mut self.urgent) || self.awareness.score() > 0 {
             return;
         }
         let now = self.now.mono;

@@ -882,6 +882,15 @@ fn failure_news_is_gossiped_at_once_but_at_most_once_a_gossip_interval() {
         }),
     );
     assert!(packets(&out).is_empty());
+    // A node whose own health is in doubt adds no early rounds: the news waits for the tick.
+    t.swim.awareness.apply(1);
+    t.ms = 3_000;
+    let out = t.msg(4, suspect(7, 4));
+    assert!(packets(&out).is_empty());
+    let out = t.timer(Timer::GossipTick);
+    assert!(packets(&out).iter().any(|(_, m)| m
+        .iter()
+        .any(|m| matches!(m, Message::Suspect(s) if s.node == id(7)))));
 }
 
 #[test]
