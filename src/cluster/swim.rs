@@ -69,8 +69,8 @@ pub struct Stats {
     pub probes: u64,
     /// Probes that ended without any ack.
     pub probes_failed: u64,
-    /// Probes whose period this node ended a whole probe interval late (it was not running):
-    /// its health multiplier went up, and a missing ack raised no suspicion.
+    /// Probes with a timer this node handled a whole ack wait (`probe_timeout`) late (it was
+    /// not running): its health multiplier went up, and a missing ack raised no suspicion.
     pub probes_late: u64,
     /// Ping-reqs sent.
     pub indirect_probes: u64,
