@@ -214,14 +214,7 @@ fn missed_ack_goes_indirect_then_suspects() {
     let mut t = T::new(1, &[2, 3, 4, 5]);
     let out = t.timer(Timer::ProbeTick);
     let (target, seq) = probe_ping(&out);
-    let target_id = (target
-        .ip()
-        .to_string()
-        .rsplit('.')
-        .next()
-        .unwrap()
-        .parse::<u8>())
-    .unwrap();
+    let target_id = octet(target);
     t.ms = 200;
     let out = t.timer(Timer::ProbeTimeout { seq });
     let reqs: Vec<_> = packets(&out)
@@ -260,6 +253,15 @@ fn unanswered_probe(t: &mut T, timeout_ms: u64) -> (u8, u32) {
     (octet(target), seq)
 }
 
+/// The LAN preset's ack wait and probe period, in ms.
+fn lan_wait_and_period() -> (u64, u64) {
+    let c = Config::lan();
+    (
+        c.probe_timeout.as_millis() as u64,
+        c.probe_interval.as_millis() as u64,
+    )
+}
+
 /// The node number of a test address.
 fn octet(a: SocketAddr) -> u8 {
     a.ip()
@@ -273,11 +275,7 @@ fn octet(a: SocketAddr) -> u8 {
 
 #[test]
 fn a_probe_ended_an_ack_wait_late_raises_our_awareness_not_a_suspicion() {
-    let c = Config::lan();
-    let (wait, period) = (
-        c.probe_timeout.as_millis() as u64,
-        c.probe_interval.as_millis() as u64,
-    );
+    let (wait, period) = lan_wait_and_period();
     // Just short of an ack wait late: the missing ack is held against the target.
     let mut t = T::new(1, &[2, 3, 4]);
     let (target, seq) = unanswered_probe(&mut t, wait);
@@ -313,11 +311,7 @@ fn a_probe_ended_an_ack_wait_late_raises_our_awareness_not_a_suspicion() {
 
 #[test]
 fn an_ack_timeout_fired_an_ack_wait_late_spoils_the_probe() {
-    let c = Config::lan();
-    let (wait, period) = (
-        c.probe_timeout.as_millis() as u64,
-        c.probe_interval.as_millis() as u64,
-    );
+    let (wait, period) = lan_wait_and_period();
     let mut t = T::new(1, &[2, 3, 4]);
     // The helpers are asked an ack wait late; the period ends on time.
     let (target, seq) = unanswered_probe(&mut t, 2 * wait);
