@@ -153,17 +153,29 @@ impl Members {
 
     /// Adds a member at a random position, so that nodes which learn of members in the same
     /// order (from the same seed) do not all probe them in that order (memberlist does the same).
+    /// The row at that position moves to the end: one index entry changes and one is added.
     pub fn insert_at_random(&mut self, m: Member, rng: &mut impl Rng) {
-        self.insert(m);
-        let last = self.rows.len() - 1;
+        debug_assert!(self.position(m.id()).is_none());
+        let last = self.rows.len();
         let j = rng.gen_range(0..=last);
-        if j != last {
-            self.rows.swap(j, last);
-            let (j32, last32) = (j as u32, last as u32);
-            self.remap(j, last32, u32::MAX); // the new member, out of the way
-            self.remap(last, j32, last32); // the member moved to the end
-            self.remap(j, u32::MAX, j32);
+        if j == last {
+            self.insert(m);
+            return;
         }
+        assert!(last < u32::MAX as usize, "member table is bounded by u32");
+        // The moved row's entry first: no entry holds `last` yet, so values stay unique.
+        self.remap(j, j as u32, last as u32);
+        self.active += usize::from(m.is_active());
+        if self.rows.len() == self.rows.capacity() {
+            self.rows.reserve_exact(grow(self.rows.len()));
+        }
+        let moved = std::mem::replace(&mut self.rows[j], m);
+        self.rows.push(moved);
+        let rows = &self.rows;
+        self.index
+            .insert_unique(hash_crc(rows[j].name_crc), j as u32, |&i| {
+                hash_crc(rows[i as usize].name_crc)
+            });
     }
 
     /// Drops the failed or departed member that went down longest ago (never `keep`), if any.
