@@ -2,7 +2,7 @@
 //! Probing lives in `probe.rs`, the merge rules for claims in `merge.rs`.
 
 use super::broadcast::{BroadcastKey, BroadcastQueue};
-use super::digest::{Digest, DIGEST_BITS_PER_ROW};
+use super::digest::Digest;
 use super::members::{Member, Members};
 use super::message::{
     item_len, packet_header_len, Alive, Dead, MemberState, Message, PushMember, PushPull, Sync,
@@ -965,7 +965,7 @@ impl Swim {
     /// `members_admit_per_push_pull` new members. A `Start` has no rows (one with rows is
     /// dropped), so an unasked sync adds nothing.
     fn on_sync(&mut self, from: SocketAddr, s: Sync) {
-        let digest_max = (self.config.push_pull_members_max * 2 * DIGEST_BITS_PER_ROW).div_ceil(8);
+        let digest_max = Digest::bytes_for(self.config.push_pull_members_max.saturating_mul(2));
         let digest_ok = s.digest.as_ref().is_some_and(|d| d.is_valid(digest_max));
         if s.rows.len() > self.config.push_pull_members_max
             || (s.step != SyncStep::Finish && !digest_ok)

@@ -349,6 +349,8 @@ struct Sim<'a> {
     trace: u64,
     faults_at: Option<Duration>,
     far_side: usize,
+    /// Whether any node was ever paused (so events need not look at the target's record).
+    paused_any: bool,
     heal_converged: Option<Duration>,
     /// Declarations this long after a heal are still the partition's doing.
     partition_grace: Duration,
@@ -445,6 +447,7 @@ impl<'a> Sim<'a> {
             trace: 0xcbf2_9ce4_8422_2325,
             faults_at: None,
             far_side,
+            paused_any: false,
             heal_converged: None,
             partition_grace,
             attackers,
@@ -755,7 +758,7 @@ impl<'a> Sim<'a> {
     }
 
     fn excuse(&self, observer: usize, target: usize) -> Excuse {
-        if self.nodes[target].paused_ever {
+        if self.paused_any && self.nodes[target].paused_ever {
             return Excuse::Paused;
         }
         if let Some(p) = self.s.partition {
@@ -845,6 +848,7 @@ impl<'a> Sim<'a> {
             for n in victims.by_ref().take(p.count) {
                 self.nodes[n].status = Status::Paused;
                 self.nodes[n].paused_ever = true;
+                self.paused_any = true;
                 self.metrics.pause(n);
                 self.push(self.now + p.amount, Ev::PauseEnd(n));
             }
@@ -1012,8 +1016,10 @@ impl<'a> Sim<'a> {
 /// The node a member name belongs to: `n<i>` with no leading zero.
 fn node_of(name: &str) -> Option<usize> {
     let digits = name.strip_prefix('n')?;
-    let i: usize = digits.parse().ok()?;
-    (i.to_string() == digits).then_some(i)
+    // Only the canonical spelling: digits alone, no leading zero (`parse` would take "+1", "01").
+    let canonical =
+        digits.bytes().all(|b| b.is_ascii_digit()) && (digits == "0" || !digits.starts_with('0'));
+    digits.parse().ok().filter(|_| canonical)
 }
 
 fn round2(v: f64) -> f64 {
@@ -1023,6 +1029,24 @@ fn round2(v: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_numbers_come_only_from_canonical_names() {
+        assert_eq!(node_of("n0"), Some(0));
+        assert_eq!(node_of("n4096"), Some(4096));
+        for odd in [
+            "n",
+            "n01",
+            "n+1",
+            "n-1",
+            "n1x",
+            "m1",
+            "n 1",
+            "n99999999999999999999999",
+        ] {
+            assert_eq!(node_of(odd), None, "{odd}");
+        }
+    }
 
     #[test]
     fn heap_pops_by_time_then_insertion_order() {
