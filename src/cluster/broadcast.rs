@@ -1,7 +1,6 @@
 //! The dissemination queue: state changes and user events waiting to piggyback on packets.
 //!
-//! Each item is sent at most `limit` times (`retransmit_mult * ceil(log10(n + 1))`; a bulk item,
-//! a join heard second-hand that syncs carry as well, half as many). Packing takes
+//! Each item is sent at most `limit` times (`retransmit_mult * ceil(log10(n + 1))`). Packing takes
 //! the least-sent items first and, among equals, the newest, until the packet budget is spent. A
 //! newer claim about a member replaces the queued one, so stale claims are never sent.
 
@@ -261,12 +260,6 @@ impl BroadcastQueue {
         self.free.push(slot);
     }
 
-    /// The message queued under `key`, if any.
-    #[cfg(test)]
-    pub fn queued(&self, key: &BroadcastKey) -> Option<Message> {
-        self.find(key.borrowed()).map(|s| self.item(s).msg.to_message())
-    }
-
     /// How many times the item with `key` was sent, if it is still queued.
     pub fn transmits(&self, key: &BroadcastKey) -> Option<u32> {
         self.find(key.borrowed()).map(|s| self.item(s).transmits())
@@ -320,9 +313,6 @@ impl BroadcastQueue {
         self.order.remove(&item.slot_key(slot));
         item.rank += 1;
         self.order.insert(item.slot_key(slot));
-        // Bulk items (joins that syncs carry as well) go half as far by gossip: the queue drains
-        // twice as fast, so the joins of a burst wait less behind the newer ones.
-        let limit = if item.is_bulk() { limit.div_ceil(2) } else { limit };
         if item.transmits() >= limit {
             self.remove(slot);
         }

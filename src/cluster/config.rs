@@ -53,7 +53,7 @@ pub struct Config {
     /// independent members confirm the suspicion (Lifeguard). Default 6.
     pub suspicion_max_mult: u32,
     /// Time between two gossip rounds (piggyback queue flushed to `gossip_fanout` members).
-    /// Default 150 ms (LAN), 500 ms (WAN).
+    /// Default 200 ms.
     #[serde(with = "humantime_serde")]
     pub gossip_interval: Duration,
     /// Random members sent a gossip packet each round. Default 3.
@@ -62,8 +62,7 @@ pub struct Config {
     /// Default 30 s.
     #[serde(with = "humantime_serde")]
     pub gossip_to_the_dead: Duration,
-    /// Each broadcast is sent `retransmit_mult * ceil(log10(n + 1))` times (a join heard
-    /// second-hand half as many: syncs carry it too). Default 4.
+    /// Each broadcast is sent `retransmit_mult * ceil(log10(n + 1))` times. Default 4.
     pub retransmit_mult: u32,
     /// Base time between two syncs (delta anti-entropy) with a random member; grows with cluster
     /// size (`x (ceil(log2 n - log2 8192) + 1)` above 8,192 members). Default 30 s.
@@ -155,7 +154,7 @@ impl Config {
             awareness_max: 8,
             suspicion_mult: 3,
             suspicion_max_mult: 6,
-            gossip_interval: Duration::from_millis(150),
+            gossip_interval: Duration::from_millis(200),
             gossip_fanout: 3,
             gossip_to_the_dead: Duration::from_secs(30),
             retransmit_mult: 4,

@@ -1,7 +1,6 @@
 //! Hand-driven tests of the core: messages passed one at a time, timers fired by hand.
 
 use super::*;
-use crate::cluster::broadcast::BroadcastKey;
 use crate::cluster::message::packet_len;
 use crate::common::Now;
 use crate::identity::NodeInfo;
@@ -798,23 +797,19 @@ fn broadcasts_piggyback_until_their_retransmit_limit() {
             info: info(4),
         }),
     );
-    // n = 3 -> limit = 4 * ceil(log10 4) = 4. Our own alive and n4's are queued; n4's, a join
-    // heard second-hand (bulk: syncs carry it too), goes half as many times.
-    let own_sent = t.swim.broadcasts.transmits(&BroadcastKey::Member(id(1)));
-    let n4_sent = t.swim.broadcasts.transmits(&BroadcastKey::Member(id(4)));
-    assert_eq!((own_sent, n4_sent), (Some(1), Some(0)), "our own alive went out once already");
-    let (mut own, mut carried) = (0, 0);
+    // n = 3 -> limit = 4 * ceil(log10 4) = 4. Our own alive and n4's are queued.
+    let mut carried = 0;
     for seq in 0..10 {
         let out = t.msg(2, ping(seq, 1, 2));
         let msgs = &packets(&out)[0].1;
-        let about = |i: u8| {
-            msgs.iter()
-                .any(|m| matches!(m, Message::Alive(a) if a.info.id == id(i)))
-        };
-        own += usize::from(about(1));
-        carried += usize::from(about(4));
+        if msgs
+            .iter()
+            .any(|m| matches!(m, Message::Alive(a) if a.info.id == id(4)))
+        {
+            carried += 1;
+        }
     }
-    assert_eq!((own, carried), (3, 2));
+    assert_eq!(carried, 4);
     assert_eq!(t.swim.broadcast_queue_len(), 0);
 }
 
@@ -1698,13 +1693,11 @@ fn leave(i: u8, incarnation: u64) -> Message {
 fn a_relayed_leave_is_believed_only_if_not_refuted() {
     let mut t = T::new(1, &[2, 3, 4]);
     // Relayed by 3: member 2 is probed with the leave attached, and nothing is passed on yet.
+    let queued = t.swim.broadcast_queue_len();
     let out = t.msg(3, leave(2, 0));
     assert_eq!(t.state(2), Some((MemberState::Alive, 0)));
     assert!(events(&out).is_empty());
-    assert!(!matches!(
-        t.swim.broadcasts.queued(&BroadcastKey::Member(id(2))),
-        Some(Message::Dead(_))
-    ));
+    assert_eq!(t.swim.broadcast_queue_len(), queued);
     assert!(packets(&out).iter().any(|(to, msgs)| *to == addr(2)
         && matches!(msgs[..], [Message::Dead(ref d), Message::Ping(_), ..] if d.node == id(2))));
     // It refutes (its refutation rides on the ack): it stays alive, and no event is seen.
@@ -1800,12 +1793,7 @@ fn a_failed_members_name_is_reclaimed_only_after_dead_reclaim_time() {
     assert_eq!(t.state(2), Some((MemberState::Dead, 0)));
     let until = t.ms + 1_000;
     t.fire_until(until);
-    // Moved and live at the claimed incarnation (a probe at the new address, which nobody
-    // answers here, may already have made it suspect).
-    assert!(matches!(
-        t.state(2),
-        Some((MemberState::Alive | MemberState::Suspect, 1))
-    ));
+    assert_eq!(t.state(2), Some((MemberState::Alive, 1)));
     assert_eq!(t.swim.member(&id(2)).unwrap().info.addr, elsewhere);
 }
 
