@@ -84,6 +84,9 @@ struct LocalReport {
     probes_late: u64,
     suspicions_raised: u64,
     refutations: u64,
+    /// Events the run's reader lost (it fell behind a node's event queue): a false suspicion
+    /// or a detection among them is not counted, so a run with some is a lower bound.
+    events_missed: u64,
     encrypted: bool,
 }
 
@@ -168,6 +171,8 @@ struct Observed {
     detected: BTreeMap<(usize, usize), Duration>,
     false_dead: BTreeSet<(usize, usize)>,
     false_suspect: BTreeSet<(usize, usize)>,
+    /// Events lost because this reader fell behind a node's event queue.
+    missed: u64,
 }
 
 async fn run_cluster(args: &LocalArgs, protocol: Config) -> anyhow::Result<LocalReport> {
@@ -204,6 +209,7 @@ async fn run_cluster(args: &LocalArgs, protocol: Config) -> anyhow::Result<Local
         detected: BTreeMap::new(),
         false_dead: BTreeSet::new(),
         false_suspect: BTreeSet::new(),
+        missed: 0,
     };
     let started = Instant::now();
     let gap = Duration::from_millis(5).min(Duration::from_secs(5) / args.nodes.max(1) as u32);
@@ -295,6 +301,7 @@ async fn run_cluster(args: &LocalArgs, protocol: Config) -> anyhow::Result<Local
         probes_late,
         suspicions_raised,
         refutations,
+        events_missed: obs.missed,
         encrypted: args.encrypt,
     })
 }
@@ -312,7 +319,7 @@ fn drain(
         loop {
             match sub.try_recv() {
                 Ok(e) => record(obs, *i, &e, killed, killed_at),
-                Err(TryRecvError::Lagged(_)) => continue,
+                Err(TryRecvError::Lagged(n)) => obs.missed += n,
                 Err(_) => break,
             }
         }
