@@ -14,7 +14,7 @@
 //! `(crc32c(name) | state << 32) ^ incarnation * 0x9E3779B97F4A7C15`; with `h = mix(key ^ salt)`
 //! (`mix` is the SplitMix64 finaliser), the key's block is `((h >> 32) * blocks) >> 32` (a
 //! multiply and a shift map 32 bits onto `0..blocks` without a division), where `blocks` is
-//! the filter's length in bytes over 8 (always whole), and it sets bit `(h >> 6i) & 63` of that
+//! the number of whole 8-byte blocks in the filter, and it sets bit `(h >> 6i) & 63` of that
 //! block for `i < hashes`; a block is 8 bytes, little-endian (bytes past the last whole block,
 //! which only an older build writes, are ignored).
 
@@ -39,7 +39,7 @@ pub struct Digest {
     pub salt: u64,
     /// Bits per key, 1 to [`DIGEST_HASHES_MAX`].
     pub hashes: u8,
-    /// The filter (at least one byte).
+    /// The filter: whole 8-byte blocks, one at least (see [`Digest::is_valid`]).
     pub bits: Vec<u8>,
 }
 
@@ -108,8 +108,12 @@ impl Digest {
         u64::from_le_bytes(w)
     }
 
-    /// Whether the digest (probably) holds `key`; `false` is certain.
+    /// Whether the digest (probably) holds `key`; `false` is certain. A digest without a
+    /// whole block holds nothing.
     pub fn contains(&self, key: u64) -> bool {
+        if self.bits.len() < 8 {
+            return false;
+        }
         let (at, mask) = self.place(key);
         self.word(at) & mask == mask
     }
@@ -181,6 +185,7 @@ mod tests {
         assert!(!d.is_valid(64), "too long");
         d.bits = vec![0xFF; 7];
         assert!(!d.is_valid(64), "not one whole block");
+        assert!(!d.contains(1), "and holds nothing");
         d.bits = vec![0xFF; 9];
         d.bits[8] = 0;
         assert!(

@@ -127,6 +127,13 @@ impl Members {
     /// Adds a member not yet in the table.
     pub fn insert(&mut self, m: Member) {
         debug_assert!(self.position(m.id()).is_none());
+        self.admit(&m);
+        self.rows.push(m);
+        self.index_row(self.rows.len() - 1);
+    }
+
+    /// Counts `m` in and makes room for one more row (a quarter more when full).
+    fn admit(&mut self, m: &Member) {
         assert!(
             self.rows.len() < u32::MAX as usize,
             "member table is bounded by u32"
@@ -135,12 +142,15 @@ impl Members {
         if self.rows.len() == self.rows.capacity() {
             self.rows.reserve_exact(grow(self.rows.len()));
         }
+    }
+
+    /// Adds the index entry of row `i` (none may hold `i` yet).
+    fn index_row(&mut self, i: usize) {
         let rows = &self.rows;
         self.index
-            .insert_unique(hash_crc(m.name_crc), rows.len() as u32, |&i| {
-                hash_crc(rows[i as usize].name_crc)
+            .insert_unique(hash_crc(rows[i].name_crc), i as u32, |&r| {
+                hash_crc(rows[r as usize].name_crc)
             });
-        self.rows.push(m);
     }
 
     /// Changes the index entry of the member at row `row` from value `from` to `to`. Entries are
@@ -162,20 +172,12 @@ impl Members {
             self.insert(m);
             return;
         }
-        assert!(last < u32::MAX as usize, "member table is bounded by u32");
+        self.admit(&m);
         // The moved row's entry first: no entry holds `last` yet, so values stay unique.
         self.remap(j, j as u32, last as u32);
-        self.active += usize::from(m.is_active());
-        if self.rows.len() == self.rows.capacity() {
-            self.rows.reserve_exact(grow(self.rows.len()));
-        }
         let moved = std::mem::replace(&mut self.rows[j], m);
         self.rows.push(moved);
-        let rows = &self.rows;
-        self.index
-            .insert_unique(hash_crc(rows[j].name_crc), j as u32, |&i| {
-                hash_crc(rows[i as usize].name_crc)
-            });
+        self.index_row(j);
     }
 
     /// Drops the failed or departed member that went down longest ago (never `keep`), if any.
@@ -217,12 +219,8 @@ impl Members {
             .retain(|m| m.is_active() || m.state_since >= reap_before || m.id() == keep);
         self.rows.shuffle(rng);
         self.index.clear();
-        let rows = &self.rows;
-        for (i, m) in rows.iter().enumerate() {
-            self.index
-                .insert_unique(hash_crc(m.name_crc), i as u32, |&r| {
-                    hash_crc(rows[r as usize].name_crc)
-                });
+        for i in 0..self.rows.len() {
+            self.index_row(i);
         }
         debug_assert_eq!(
             self.active,
