@@ -217,8 +217,14 @@ fn readable(r: &Report, s: &Scenario) -> String {
             "formation bytes in (x table)",
             r.formation.as_ref().map_or("-".into(), |f| {
                 format!(
-                    "mean {} ({}x), max {} ({}x), table {}",
-                    f.bytes_in_mean, f.ratio_mean, f.bytes_in_max, f.ratio_max, f.table_bytes
+                    "mean {} ({}x), p90 {}x, max {} ({}x, node {}), table {}",
+                    f.bytes_in_mean,
+                    f.ratio_mean,
+                    f.ratio_p90,
+                    f.bytes_in_max,
+                    f.ratio_max,
+                    f.max_node,
+                    f.table_bytes
                 )
             }),
         ),

@@ -162,6 +162,10 @@ pub struct Formation {
     pub ratio_mean: f64,
     /// `bytes_in_max / table_bytes`.
     pub ratio_max: f64,
+    /// The node that received `bytes_in_max` (nodes are numbered in start order).
+    pub max_node: usize,
+    /// 90th percentile over honest nodes of the bytes received, over `table_bytes`.
+    pub ratio_p90: f64,
     /// Of `bytes_in_mean`: bytes that came in datagrams (probes and gossip).
     pub datagram_mean: u64,
     /// Of `bytes_in_mean`: full states (join answers and push-pulls).
@@ -947,7 +951,12 @@ impl<'a> Sim<'a> {
         });
         let table_bytes = self.model.stream_bytes(&full) as u64;
         let mean = got.iter().sum::<u64>() / got.len().max(1) as u64;
-        let max = got.iter().copied().max().unwrap_or(0);
+        let (max_node, max) = (got.iter().copied().enumerate())
+            .max_by_key(|&(i, b)| (b, std::cmp::Reverse(i)))
+            .unwrap_or((0, 0));
+        let mut sorted = got.clone();
+        sorted.sort_unstable();
+        let p90 = sorted.get(sorted.len() * 9 / 10).copied().unwrap_or(0);
         let ratio = |b: u64| round2(b as f64 / table_bytes.max(1) as f64);
         let by = self.formation_in_by.map(|b| b / got.len().max(1) as u64);
         Some(Formation {
@@ -956,6 +965,8 @@ impl<'a> Sim<'a> {
             table_bytes,
             ratio_mean: ratio(mean),
             ratio_max: ratio(max),
+            max_node,
+            ratio_p90: ratio(p90),
             datagram_mean: by[0],
             push_pull_mean: by[1],
             sync_mean: by[2],
