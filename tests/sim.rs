@@ -35,6 +35,11 @@ fn cluster_forms_and_stays_converged() {
             f.table_bytes > 64 * 10 && f.ratio_mean >= 1.0 && f.bytes_in_max >= f.bytes_in_mean,
             format!("formation figures do not add up: {f:?}"),
         )?;
+        // Node 0 takes every join request: it receives the most, and most nodes much less.
+        ensure(
+            f.max_node == 0 && f.ratio_p90 < f.ratio_max,
+            format!("the join target is not the most loaded: {f:?}"),
+        )?;
         ensure(
             r.steady_bytes_per_node_s > 0.0 && r.steady_bytes_per_node_s < r.bytes_per_node_s,
             "the steady state costs more than the whole run",
