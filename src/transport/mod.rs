@@ -88,10 +88,10 @@ pub struct TransportConfig {
     #[serde(with = "humantime_serde")]
     pub inbound_idle: Duration,
     /// Bytes of inbound records being read or waiting for the runtime, over all connections.
-    /// Room is taken 64 KiB at a time, just before those bytes are read, and given back once
-    /// the runtime takes the record, so hostile peers cannot make the node hold more than this
-    /// in records; a peer that trickles holds at most what it sent plus one 64 KiB piece per
-    /// connection. At least `stream_record_bytes_max`. Default 32 MiB.
+    /// Room for a whole record is taken once its length is read (before its body) and given
+    /// back once the runtime takes the record, so hostile peers cannot make the node hold more
+    /// than this in records; a peer that declares a length and trickles holds that room until
+    /// `read_timeout` closes it. At least `stream_record_bytes_max`. Default 32 MiB.
     pub inbound_bytes_max: usize,
     /// A new connection's first record must be complete within this of the accept, and any
     /// later record within this of its first byte; otherwise the connection is closed

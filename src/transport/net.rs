@@ -16,9 +16,9 @@
 //! and a record, once its first byte is in, must be complete within `read_timeout`. A record of
 //! zero bytes, or one that does not start with our frame header (magic, version, flags: the
 //! transport does not open the frame), closes the connection; so does a length over
-//! `stream_record_bytes_max` (unread). A record's bytes are read into room taken from a shared
-//! budget of `inbound_bytes_max`, 64 KiB at a time just before they are read, and the room is
-//! given back when the runtime takes the record.
+//! `stream_record_bytes_max` (unread). Room for a record is taken whole from a shared budget of
+//! `inbound_bytes_max` once its length is read, before its body, and given back when the
+//! runtime takes the record (see [`read_record`] for why whole).
 //!
 //! The UDP socket asks for a receive buffer of [`UDP_RECV_BUFFER_BYTES`] (the OS may grant
 //! less), so a burst of junk datagrams is less likely to push out the real ones.
@@ -42,7 +42,7 @@ pub const DATAGRAM_BYTES_MAX: usize = 65_507;
 pub const UDP_RECV_BUFFER_BYTES: usize = 2 << 20;
 /// Stream records waiting for the runtime; a connection task waits while this is full.
 const STREAM_QUEUE: usize = 16;
-/// Inbound budget is taken in pieces of this size as a record's bytes arrive.
+/// A record's memory grows in pieces of this size as its bytes arrive.
 const BUDGET_CHUNK: usize = 64 * 1024;
 /// Peers remembered in reconnect backoff; past this, those whose backoff is over are forgotten.
 const FAILING_MAX: usize = 4096;
@@ -536,10 +536,14 @@ async fn read_connection(
     }
 }
 
-/// Reads one record whose length prefix `len` has `have` bytes in already: the prefix, the
-/// frame header (checked), then the rest in pieces of at most [`BUDGET_CHUNK`], each read into
-/// room taken from the budget just before (memory and budget held match: what arrived plus
-/// at most one piece).
+/// Reads one record whose length prefix `len` has `have` bytes in already: the prefix, then
+/// room for the whole record taken from the budget at once, then the frame header (checked),
+/// then the rest in pieces of at most [`BUDGET_CHUNK`], memory growing as they arrive.
+///
+/// Room is taken whole, not piece by piece: readers that each held part of a record's room
+/// and waited for more deadlocked once the budget was spent on parts (three 400 KiB records
+/// over a 1 MiB budget stalled until `read_timeout` closed them all). A reader now holds room
+/// only for a record it can finish, so every record whose bytes arrive completes.
 async fn read_record(
     conn: &mut Connection,
     len: &mut [u8; 4],
@@ -553,21 +557,16 @@ async fn read_record(
     if len < FRAME_HEADER_BYTES {
         return Err(ReadFault::Invalid); // zero bytes, or shorter than any frame
     }
+    // At most `stream_record_bytes_max`, which is validated to fit the budget (and u32).
+    let room = conn
+        .budget
+        .clone()
+        .acquire_many_owned(len as u32)
+        .await
+        .map_err(|_| ReadFault::Closed)?;
     let mut record: Vec<u8> = Vec::new();
-    let mut room: Option<OwnedSemaphorePermit> = None;
     while record.len() < len {
         let chunk = (len - record.len()).min(BUDGET_CHUNK);
-        // A piece is at most 64 KiB, and the budget at most 2 GiB: both fit u32.
-        let permit = conn
-            .budget
-            .clone()
-            .acquire_many_owned(chunk as u32)
-            .await
-            .map_err(|_| ReadFault::Closed)?;
-        match room.as_mut() {
-            Some(r) => r.merge(permit),
-            None => room = Some(permit),
-        }
         let start = record.len();
         // Exactly: no doubling past what the budget covers.
         record.reserve_exact(chunk);
@@ -584,7 +583,7 @@ async fn read_record(
         }
         conn.sock.read_exact(&mut record[from..]).await?;
     }
-    Ok((record, room))
+    Ok((record, Some(room)))
 }
 
 #[cfg(test)]
