@@ -898,11 +898,26 @@ fn join_exchanges_state_and_retries_until_answered() {
     // No answer: the retry timer sends it again.
     let out = joiner.timer(Timer::JoinRetry { attempt: 0 });
     assert_eq!(streams(&out).len(), 1);
+    // (The seed's early round for its own start-up claim was at 0 ms: one interval later.)
+    seed.ms = 1_000;
     let out = seed.input(Input::Stream {
         from: addr(2),
         msg: s[0].1.clone(),
     });
     assert_eq!(seed.state(2), Some((MemberState::Alive, 0)));
+    let alive_of = |p: &[(SocketAddr, Vec<Message>)], node: u8| {
+        p.iter().any(|(_, m)| {
+            m.iter()
+                .any(|m| matches!(m, Message::Alive(a) if a.info.id == id(node)))
+        })
+    };
+    // The seed gossips the joiner at once (to 3 and the joiner), not at its next tick.
+    let p = packets(&out);
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(
+        p.iter().any(|(to, _)| *to == addr(3)) && alive_of(&p, 2),
+        "{p:?}"
+    );
     let reply = streams(&out).pop().unwrap();
     assert_eq!(reply.0, addr(2));
     let out = joiner.input(Input::Stream {
@@ -911,6 +926,11 @@ fn join_exchanges_state_and_retries_until_answered() {
     });
     assert!(events(&out).contains(&Event::JoinCompleted { members: 3 }));
     assert_eq!(joiner.state(3), Some((MemberState::Alive, 0)));
+    // The joiner gossips its own claim as soon as it knows whom to tell: the early round it
+    // had with nobody to tell (at the join command) did not use up its allowance.
+    let p = packets(&out);
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(alive_of(&p, 2), "{p:?}");
     // Later retries of the finished join do nothing.
     let out = joiner.timer(Timer::JoinRetry { attempt: 1 });
     assert!(streams(&out).is_empty());
