@@ -18,7 +18,7 @@
 //! transport does not open the frame), closes the connection; so does a length over
 //! `stream_record_bytes_max` (unread). Room for a record is taken whole from a shared budget of
 //! `inbound_bytes_max` once its length is read, before its body, and given back when the
-//! runtime takes the record (see [`read_record`] for why whole).
+//! runtime takes the record (see `read_record` for why whole).
 //!
 //! The UDP socket asks for a receive buffer of [`UDP_RECV_BUFFER_BYTES`] (the OS may grant
 //! less), so a burst of junk datagrams is less likely to push out the real ones.
