@@ -329,6 +329,64 @@ async fn members_tag_filter_takes_any_value() {
     .await;
 }
 
+/// `dcore owner --json` against `agent`: the owners' names.
+fn owners_of(agent: &AgentProc, key: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["owner", key, "--json", "--http-addr", &agent.http];
+    args.extend_from_slice(extra);
+    let run = dcore(&args);
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    let v: Value = serde_json::from_str(run.stdout.trim()).expect("a JSON object");
+    assert_eq!(v["key"], key, "{v}");
+    serde_json::from_value(v["owners"].clone()).expect("owners: [names]")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_names_the_same_members_on_every_agent_and_filters_by_tag() {
+    serial_blocking(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let a0 = AgentProc::start_with(dir.path(), "p0", None, &["--tag", "role=web"]);
+        let a1 = AgentProc::start_with(dir.path(), "p1", Some(&a0.gossip), &["--tag", "role=db"]);
+        let a2 = AgentProc::start_with(dir.path(), "p2", Some(&a0.gossip), &["--tag", "role=web"]);
+        let agents = [&a0, &a1, &a2];
+        eventually_blocking("every agent sees 3 alive", CONVERGE_TIMEOUT, || {
+            for a in agents {
+                let n = members(a)?.values().filter(|m| m.state == "alive").count();
+                if n != 3 {
+                    return Err(format!("{} sees {n} alive", a.name));
+                }
+            }
+            Ok(())
+        });
+        let mut first = std::collections::BTreeSet::new();
+        for k in 0..20 {
+            let key = format!("room-{k}");
+            let want = owners_of(&a0, &key, &["--n", "3"]);
+            assert_eq!(want.len(), 3, "{key}: {want:?}");
+            for a in &agents[1..] {
+                assert_eq!(
+                    owners_of(a, &key, &["--n", "3"]),
+                    want,
+                    "{key} on {}",
+                    a.name
+                );
+            }
+            let web = owners_of(&a1, &key, &["--n", "3", "--tag", "role=web"]);
+            let mut sorted = web.clone();
+            sorted.sort();
+            assert_eq!(sorted, ["p0", "p2"], "{key}");
+            // The filter keeps the order of the unfiltered ranking.
+            let kept: Vec<String> = want.into_iter().filter(|n| n != "p1").collect();
+            assert_eq!(web, kept, "{key}");
+            first.insert(owners_of(&a2, &key, &[])[0].clone());
+        }
+        assert_eq!(first.len(), 3, "20 keys land on every member: {first:?}");
+        let bad = dcore(&["owner", "k", "--tag", "role=(", "--http-addr", &a0.http]);
+        assert_ne!(bad.code(), Some(0));
+        assert!(bad.stderr.contains("bad tag filter"), "{}", bad.stderr);
+    })
+    .await;
+}
+
 #[test]
 fn check_config_accepts_a_good_file_and_names_an_unknown_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -920,3 +920,56 @@ async fn plain_clusters_with_different_labels_never_merge() {
         n.shutdown().await;
     }
 }
+
+on_both!(placement_agrees_everywhere_and_a_watch_follows_a_leave);
+/// Every node names the same owners for the same keys; when the owner of a watched key leaves,
+/// the watch moves to the next owner, and keys the leaver did not own keep their owners.
+async fn placement_agrees_everywhere_and_a_watch_follows_a_leave(net: Net) {
+    use distributed_core::cluster::placement::PlacementFilter;
+    let nodes = net.cluster(named(4), Duration::from_secs(10)).await;
+    let all = PlacementFilter::default();
+    let owners = |n: &Node, key: &str| -> Vec<String> {
+        (n.owners(key.as_bytes(), 2, &all).iter())
+            .map(|m| m.info.id.to_string())
+            .collect()
+    };
+    let keys: Vec<String> = (0..200).map(|k| format!("room-{k}")).collect();
+    let before: Vec<Vec<String>> = keys.iter().map(|k| owners(&nodes[0], k)).collect();
+    for n in &nodes[1..] {
+        for (k, want) in keys.iter().zip(&before) {
+            assert_eq!(&owners(n, k), want, "{k} on {}", n.local_member().info.id);
+        }
+    }
+    // Every node owns some keys.
+    for i in 0..4 {
+        let name = format!("n{i}");
+        assert!(before.iter().any(|o| o[0] == name), "{name} owns nothing");
+    }
+    // Watch, from n0, a key whose first owner is n3.
+    let k = keys
+        .iter()
+        .zip(&before)
+        .find(|(_, o)| o[0] == "n3")
+        .unwrap();
+    let mut watch = nodes[0].watch_owners(k.0.clone().into_bytes(), 2, all.clone());
+    let first: Vec<String> = watch.borrow().iter().map(|id| id.to_string()).collect();
+    assert_eq!(&first, k.1);
+    assert!(nodes[3].leave(Duration::from_secs(5)).await.unwrap());
+    tokio::time::timeout(Duration::from_secs(10), watch.changed())
+        .await
+        .expect("the watch saw the leave")
+        .unwrap();
+    let now: Vec<String> = watch.borrow().iter().map(|id| id.to_string()).collect();
+    assert_eq!(now[0], k.1[1], "the second owner moves up: {now:?}");
+    assert!(!now.contains(&"n3".to_string()));
+    for (key, was) in keys.iter().zip(&before) {
+        let now = owners(&nodes[0], key);
+        if was[0] != "n3" {
+            assert_eq!(now[0], was[0], "{key} moved though n3 did not own it");
+        }
+    }
+    drop(watch);
+    for n in &nodes[..3] {
+        n.shutdown().await;
+    }
+}

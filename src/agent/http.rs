@@ -3,6 +3,7 @@
 use super::guard::{self, Refusal};
 use super::views::{event_json, MemberJson, MemberRowJson};
 use super::Shared;
+use crate::cluster::placement::{PlacementFilter, OWNERS_MAX};
 use crate::diagnostics::chaos::ChaosConfig;
 use crate::identity::Key;
 use crate::metrics::{self, Format, Snapshot};
@@ -196,6 +197,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/metrics", get(metrics_json))
         .route("/v1/self", get(self_view))
         .route("/v1/members", get(members))
+        .route("/v1/placement", get(placement))
         .route("/v1/join", post(join))
         .route("/v1/leave", post(leave))
         .route("/v1/events", post(user_event))
@@ -385,6 +387,37 @@ struct MemberFilter {
     state: Option<String>,
     /// `key=value`
     tag: Option<String>,
+}
+
+/// `GET /v1/placement?key=K[&n=N][&tag=k=regex]...[&weight_tag=T]`: the owners of `key`
+/// among the live members this agent sees, best first, as `{"key": K, "owners": [names]}`.
+async fn placement(
+    State(s): App,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let (mut key, mut n, mut tags, mut weight_tag) = (None, 1usize, Vec::new(), None);
+    for (k, v) in pairs {
+        match k.as_str() {
+            "key" => key = Some(v),
+            "n" => {
+                n = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=OWNERS_MAX).contains(n))
+                    .ok_or_else(|| ApiError::bad(format!("n {v:?}: 1 to {OWNERS_MAX}")))?
+            }
+            "tag" => tags.push(v),
+            "weight_tag" => weight_tag = Some(v),
+            other => return Err(ApiError::bad(format!("unknown parameter {other:?}"))),
+        }
+    }
+    let key = key.ok_or_else(|| ApiError::bad("key is required"))?;
+    let filter =
+        PlacementFilter::parse(&tags, weight_tag).map_err(|e| ApiError::bad(e.to_string()))?;
+    let owners: Vec<String> = (s.node.owners(key.as_bytes(), n, &filter).iter())
+        .map(|m| m.info.id.to_string())
+        .collect();
+    Ok(Json(json!({"key": key, "owners": owners})))
 }
 
 async fn members(

@@ -256,6 +256,45 @@ pub fn members(
     Ok(0)
 }
 
+/// `dcore owner`
+pub fn owner(
+    t: &Target,
+    key: &str,
+    n: usize,
+    tags: &[String],
+    weight_tag: Option<String>,
+    json_out: bool,
+) -> anyhow::Result<i32> {
+    let c = Client::new(t)?;
+    let mut url = reqwest::Url::parse("http://localhost/v1/placement")?;
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("key", key);
+        q.append_pair("n", &n.to_string());
+        for tg in tags {
+            q.append_pair("tag", tg);
+        }
+        if let Some(w) = &weight_tag {
+            q.append_pair("weight_tag", w);
+        }
+    }
+    let path = format!("/v1/placement?{}", url.query().unwrap_or_default());
+    let v = c.json(reqwest::Method::GET, &path, None)?;
+    if json_out {
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(0);
+    }
+    let owners = v["owners"].as_array().cloned().unwrap_or_default();
+    if owners.is_empty() {
+        eprintln!("no live member qualifies");
+        return Ok(1);
+    }
+    for o in owners {
+        println!("{}", shown(o.as_str().unwrap_or_default()));
+    }
+    Ok(0)
+}
+
 /// `dcore join`
 pub fn join(t: &Target, addrs: Vec<String>) -> anyhow::Result<i32> {
     let v = Client::new(t)?.json(

@@ -45,6 +45,25 @@ pub enum Commands {
         #[command(flatten)]
         target: client::Target,
     },
+    /// Which members own a key (rendezvous hashing over the live members the agent sees).
+    Owner {
+        /// The key (any text).
+        key: String,
+        /// How many owners, best first.
+        #[arg(long, default_value_t = 1)]
+        n: usize,
+        /// Only members whose tag matches, TAG=REGEX (the whole value; repeatable).
+        #[arg(long)]
+        tag: Vec<String>,
+        /// The tag holding each member's weight (a number; absent: 1).
+        #[arg(long)]
+        weight_tag: Option<String>,
+        /// Print `{"key": K, "owners": [names]}`.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: client::Target,
+    },
     /// Ask an agent to join a cluster through these seeds.
     Join {
         /// Seeds, host:port.
@@ -122,6 +141,14 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             tag,
             target,
         } => client::members(&target, json, state, tag),
+        Commands::Owner {
+            key,
+            n,
+            tag,
+            weight_tag,
+            json,
+            target,
+        } => client::owner(&target, &key, n, &tag, weight_tag, json),
         Commands::Join { addrs, target } => client::join(&target, addrs),
         Commands::Leave { target } => client::leave(&target),
         Commands::Event {

@@ -28,6 +28,7 @@ mod members;
 mod merge;
 pub(crate) mod message;
 pub mod phi;
+pub mod placement;
 mod probe;
 mod suspicion;
 

@@ -268,6 +268,9 @@ impl<T: Transport> Driver<T> {
 
     async fn apply(&mut self) {
         let mut changed: Vec<MemberView> = Vec::new();
+        // Events go out after the member views are patched: a subscriber that reads
+        // `Node::members` on an event (placement's owner watches do) sees the change.
+        let mut events = Vec::new();
         for o in std::mem::take(&mut self.out) {
             match o {
                 Output::Packet { to, msgs } => {
@@ -301,7 +304,7 @@ impl<T: Transport> Driver<T> {
                         changed.push(v.clone());
                     }
                     self.links.health.lock().member_event(&e);
-                    let _ = self.links.events.send(e);
+                    events.push(e);
                 }
             }
         }
@@ -331,6 +334,9 @@ impl<T: Transport> Driver<T> {
                     }
                 }
             }
+        }
+        for e in events {
+            let _ = self.links.events.send(e);
         }
     }
 

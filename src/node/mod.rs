@@ -36,6 +36,7 @@ pub use health::MemberHealth;
 pub use stats::{MemberCounts, NodeStats};
 pub use traffic::{KindCount, TrafficStats};
 
+use crate::cluster::placement::{self, PlacementFilter};
 use crate::cluster::{Command, Event, MemberView, Swim};
 use crate::common::ConfigError;
 use crate::diagnostics::chaos::ChaosLayer;
@@ -106,6 +107,8 @@ struct Shared {
     members: Arc<Mutex<Vec<MemberView>>>,
     health: Arc<health::Board>,
     local: MemberView,
+    /// This node's tags now (`local` keeps those it started with).
+    local_tags: Mutex<Tags>,
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
     driver: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     /// The task that keeps `data_dir` up to date, and its stop signal.
@@ -231,6 +234,7 @@ impl Node {
             events,
             members,
             health,
+            local_tags: Mutex::new(local.info.tags.clone()),
             local,
             shutdown: Mutex::new(Some(stop_tx)),
             driver: tokio::sync::Mutex::new(Some(run)),
@@ -344,7 +348,86 @@ impl Node {
 
     /// Replaces this node's tags; peers see `MemberUpdated`.
     pub async fn set_tags(&self, tags: Tags) -> Result<(), NodeError> {
-        self.command(Command::SetTags(tags)).await
+        self.command(Command::SetTags(tags.clone())).await?;
+        *self.shared.local_tags.lock().expect("tags lock") = tags;
+        Ok(())
+    }
+
+    /// This node's tags now.
+    pub fn tags(&self) -> Tags {
+        self.shared.local_tags.lock().expect("tags lock").clone()
+    }
+
+    /// The live members (this node too) as placement sees them.
+    fn placement_members(&self) -> Vec<MemberView> {
+        let mut me = self.shared.local.clone();
+        let tags = self.tags();
+        if tags != me.info.tags {
+            let mut info = (*me.info).clone();
+            info.tags = tags;
+            me.info = Arc::new(info);
+        }
+        let mut all = self.members();
+        all.push(me);
+        all
+    }
+
+    /// The `n` owners of `key` (at most [`placement::OWNERS_MAX`]), best first, among the live
+    /// members this node sees, itself included, that `filter` lets in: rendezvous hashing
+    /// (see [`crate::cluster::placement`]). Every node that sees the same members names the
+    /// same owners; when a member leaves, only the keys it owned move.
+    pub fn owners(&self, key: &[u8], n: usize, filter: &PlacementFilter) -> Vec<MemberView> {
+        let all = self.placement_members();
+        placement::owners(key, &all, n, filter)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The first owner of `key`, if any member qualifies (see [`Node::owners`]).
+    pub fn owner(&self, key: &[u8], filter: &PlacementFilter) -> Option<MemberView> {
+        self.owners(key, 1, filter).pop()
+    }
+
+    /// Watches the owners of `key`: the receiver holds their names now and changes when a
+    /// membership event changes them (a join, failure, leave or tag change that moves the
+    /// key). The watch ends when the node shuts down or every receiver is dropped.
+    pub fn watch_owners(
+        &self,
+        key: Vec<u8>,
+        n: usize,
+        filter: PlacementFilter,
+    ) -> tokio::sync::watch::Receiver<Vec<NodeId>> {
+        let names = move |node: &Node| -> Vec<NodeId> {
+            (node.owners(&key, n, &filter).into_iter())
+                .map(|m| m.info.id.clone())
+                .collect()
+        };
+        let (tx, rx) = tokio::sync::watch::channel(names(self));
+        let mut events = self.subscribe();
+        let node = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tx.closed() => return,
+                    e = events.recv() => match e {
+                        Ok(e) if e.member().is_none()
+                            && !matches!(e, Event::JoinCompleted { .. }) => continue,
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                }
+                let now = names(&node);
+                tx.send_if_modified(|old| {
+                    let changed = *old != now;
+                    if changed {
+                        *old = now;
+                    }
+                    changed
+                });
+            }
+        });
+        rx
     }
 
     /// Sends a user event to every member.
