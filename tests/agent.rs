@@ -341,7 +341,7 @@ fn owners_of(agent: &AgentProc, key: &str, extra: &[&str]) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn owner_names_the_same_members_on_every_agent_and_filters_by_tag() {
+async fn owner_and_rtt_agree_across_agents_and_filters_by_tag() {
     serial_blocking(|| {
         let dir = tempfile::tempdir().unwrap();
         let a0 = AgentProc::start_with(dir.path(), "p0", None, &["--tag", "role=web"]);
@@ -380,6 +380,39 @@ async fn owner_names_the_same_members_on_every_agent_and_filters_by_tag() {
             first.insert(owners_of(&a2, &key, &[])[0].clone());
         }
         assert_eq!(first.len(), 3, "20 keys land on every member: {first:?}");
+        // Network coordinates: every agent lists its own, and, once p1 answered a probe of
+        // p0, `dcore rtt` estimates the round trip between them (loopback: well under 50 ms).
+        eventually_blocking("p0 has p1's coordinate", CONVERGE_TIMEOUT, || {
+            let run = dcore(&["rtt", "p1", "--json", "--http-addr", &a0.http]);
+            if run.code() != Some(0) {
+                return Err(run.stderr);
+            }
+            let v: Value = serde_json::from_str(run.stdout.trim()).map_err(|e| e.to_string())?;
+            let ms = v["rtt_ms"].as_f64().ok_or("no rtt_ms")?;
+            if v["a"] != "p1" || v["b"] != "p0" || !(0.0..50.0).contains(&ms) {
+                return Err(format!("{v}"));
+            }
+            Ok(())
+        });
+        let rows: Vec<Value> = serde_json::from_str(
+            dcore(&["members", "--json", "--http-addr", &a2.http])
+                .stdout
+                .trim(),
+        )
+        .unwrap();
+        let own = rows.iter().find(|r| r["name"] == "p2").unwrap();
+        assert_eq!(
+            own["coordinate"]["vec"].as_array().map(Vec::len),
+            Some(8),
+            "{own}"
+        );
+        let stranger = dcore(&["rtt", "nobody", "--http-addr", &a0.http]);
+        assert_ne!(stranger.code(), Some(0));
+        assert!(
+            stranger.stderr.contains("no coordinate"),
+            "{}",
+            stranger.stderr
+        );
         let bad = dcore(&["owner", "k", "--tag", "role=(", "--http-addr", &a0.http]);
         assert_ne!(bad.code(), Some(0));
         assert!(bad.stderr.contains("bad tag filter"), "{}", bad.stderr);

@@ -2,8 +2,8 @@
 //! round-trips and that no input, random or mutated, makes the decoder panic.
 
 use distributed_core::cluster::{
-    Ack, Alive, Dead, DecodeMessageError, MemberState, Message, Nack, Ping, PingReq, PushMember,
-    PushPull, Suspect, UserEvent,
+    Ack, Alive, Dead, DecodeMessageError, Direct, MemberState, Message, Nack, Ping, PingReq,
+    PushMember, PushPull, Suspect, UserEvent,
 };
 use distributed_core::identity::Incarnation;
 use distributed_core::identity::{Key, KEY_BYTES};
@@ -30,6 +30,18 @@ fn golden_ping_packet() {
     let bytes = encode_packet(std::slice::from_ref(&msg));
     // version 1, one message of 6 bytes: type 1, seq 1, "b", "a".
     assert_eq!(bytes, [1, 1, 6, 1, 1, 1, b'b', 1, b'a']);
+    assert_eq!(packet_len(&[msg]), bytes.len());
+}
+
+#[test]
+fn golden_direct_message() {
+    let msg = Message::Direct(Box::new(Direct {
+        from: id("a"),
+        payload: b"hi".to_vec(),
+    }));
+    let bytes = encode_packet(std::slice::from_ref(&msg));
+    // version 1, one message of 6 bytes: type 11, "a", payload of 2 bytes.
+    assert_eq!(bytes, [1, 1, 6, 11, 1, b'a', 2, b'h', b'i']);
     assert_eq!(packet_len(&[msg]), bytes.len());
 }
 
@@ -199,6 +211,8 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     payload
                 }))
             ),
+        (arb_id(), proptest::collection::vec(any::<u8>(), 0..64))
+            .prop_map(|(from, payload)| { Message::Direct(Box::new(Direct { from, payload })) }),
     ]
 }
 

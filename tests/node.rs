@@ -464,9 +464,15 @@ async fn hostile_input_is_counted_and_dropped_in_memory() {
     let mut raw = mem.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     raw.send_packet(node.addr(), b"garbage").await;
     raw.send_packet(node.addr(), b"DC\x01\x00\xff\xff").await;
-    raw.send_stream(node.addr(), b"DC\x01\x00not a record".to_vec());
-    raw.send_stream(node.addr(), b"DC\x01\x01sealed?".to_vec()); // encrypted, no key here
-    raw.send_stream(node.addr(), vec![0; 5 << 20]); // over the record limit: never sent
+    raw.send_stream(node.addr(), b"DC\x01\x00not a record".to_vec())
+        .unwrap();
+    raw.send_stream(node.addr(), b"DC\x01\x01sealed?".to_vec())
+        .unwrap(); // encrypted, no key here
+    let big = raw.send_stream(node.addr(), vec![0; 5 << 20]); // over the record limit: never sent
+    assert_eq!(
+        big,
+        Err(distributed_core::transport::StreamRefused::TooLarge)
+    );
     eventually("rejections counted", Duration::from_secs(5), async || {
         let t = node.traffic();
         t.rejected_frame == 1
@@ -756,7 +762,11 @@ impl<T: distributed_core::transport::Transport> distributed_core::transport::Tra
         }
         self.inner.send_packet(to, bytes)
     }
-    fn send_stream(&mut self, to: std::net::SocketAddr, record: Vec<u8>) {
+    fn send_stream(
+        &mut self,
+        to: std::net::SocketAddr,
+        record: Vec<u8>,
+    ) -> Result<(), distributed_core::transport::StreamRefused> {
         let mut seen = self.seen.lock().unwrap();
         if seen.records.len() < TAP_MAX {
             seen.records.push((to, record.clone()));
@@ -972,4 +982,94 @@ async fn placement_agrees_everywhere_and_a_watch_follows_a_leave(net: Net) {
     for n in &nodes[..3] {
         n.shutdown().await;
     }
+}
+
+on_both!(direct_messages_arrive_once_in_order_and_refusals_are_reported);
+/// 10,000 reliable messages from one node to another arrive once each and in order (the sender
+/// retries what the full queue refuses); best-effort ones arrive at most once and are counted
+/// on both sides; messages to a member that is not there are refused to the caller.
+async fn direct_messages_arrive_once_in_order_and_refusals_are_reported(net: Net) {
+    use distributed_core::cluster::{CommandError, Event};
+    use distributed_core::identity::NodeId;
+    use distributed_core::node::NodeError;
+    use distributed_core::transport::StreamRefused;
+    const N: u32 = 10_000;
+    let [a, b] = array(net.cluster(named(2), Duration::from_secs(10)).await);
+    let n1 = NodeId::new("n1").unwrap();
+    let mut inbox = b.subscribe();
+    let receiver = tokio::spawn(async move {
+        let (mut reliable, mut datagrams) = (Vec::new(), 0u32);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while reliable.len() < N as usize {
+            let e = tokio::time::timeout_at(deadline, inbox.recv())
+                .await
+                .expect("10,000 messages within 60 s")
+                .expect("no event lost");
+            if let Event::Message(m) = e {
+                assert_eq!(m.from.as_str(), "n0");
+                if m.reliable {
+                    reliable.push(u32::from_be_bytes(m.payload[..4].try_into().unwrap()));
+                } else {
+                    datagrams += 1;
+                }
+            }
+        }
+        (reliable, datagrams)
+    });
+    // Best effort first: 100 small datagrams.
+    for i in 0..100u32 {
+        a.send(&n1, i.to_be_bytes().to_vec()).await.unwrap();
+    }
+    let mut full = 0u32;
+    for i in 0..N {
+        let mut payload = i.to_be_bytes().to_vec();
+        payload.resize(100, 7);
+        loop {
+            match a.send_reliable(&n1, payload.clone()).await {
+                Ok(()) => break,
+                Err(NodeError::Stream(StreamRefused::QueueFull)) => {
+                    full += 1;
+                    assert!(full < 1_000_000, "the queue never drained");
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(e) => panic!("message {i}: {e}"),
+            }
+        }
+    }
+    let (got, datagrams) = receiver.await.unwrap();
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "once each, in order");
+    assert!(datagrams <= 100, "{datagrams}");
+    let sb = b.stats().await.unwrap();
+    assert_eq!(
+        a.traffic().direct_sent,
+        u64::from(N) + 100,
+        "refused sends are not counted"
+    );
+    assert_eq!(sb.core.direct_in, u64::from(N + datagrams));
+    println!("{N} reliable in order ({full} queue-full retries); {datagrams} of 100 datagrams");
+
+    // Refused to the caller: too large for a datagram, an unknown member, a member gone.
+    let too_big = a.send(&n1, vec![0; 2000]).await.unwrap_err();
+    assert!(matches!(
+        too_big,
+        NodeError::Command(CommandError::MessageTooLarge { .. })
+    ));
+    let nobody = NodeId::new("nobody").unwrap();
+    let unknown = a.send_reliable(&nobody, vec![]).await.unwrap_err();
+    assert!(matches!(
+        unknown,
+        NodeError::Command(CommandError::UnknownMember(_))
+    ));
+    assert!(b.leave(Duration::from_secs(5)).await.unwrap());
+    eventually("n0 sees n1 left", Duration::from_secs(10), async || {
+        state_of(&a, "n1") == Some(MemberState::Left)
+    })
+    .await;
+    let gone = a.send_reliable(&n1, vec![1]).await.unwrap_err();
+    assert!(
+        matches!(gone, NodeError::Command(CommandError::MemberGone { .. })),
+        "{gone}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
 }

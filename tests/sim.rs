@@ -424,3 +424,35 @@ fn probes_events_and_replays_from_hostile_nodes_break_no_invariant() {
 fn hostile_nodes_break_no_invariant() {
     for_seeds(&hostile("all"), &HOSTILE_SEEDS, invariants_hold);
 }
+
+/// Network coordinates learn a three-region topology (regions 0, 40 and 150 ms apart one way,
+/// each node adding its own 0.1-0.5 ms, 1-5 ms of jitter): after two minutes the distance
+/// between two nodes' coordinates predicts their round trip within 15 % for the median pair;
+/// with coordinates off there is nothing to predict with.
+#[test]
+fn coordinates_predict_round_trips_across_three_regions() {
+    let ms = Duration::from_millis;
+    let s = Scenario {
+        nodes: 200,
+        duration: secs(120),
+        regions: vec![ms(0), ms(40), ms(150)],
+        ..Scenario::default()
+    };
+    for_seeds(&s, &SEEDS, |r| {
+        let c = r.coordinates.as_ref().ok_or("no coordinate report")?;
+        ensure(c.pairs == 200 * 199 / 2, format!("pairs {}", c.pairs))?;
+        ensure(c.median_error <= 0.15, format!("median error {c:?}"))?;
+        ensure(r.false_positives == 0, "false positives across regions")
+    });
+    let off = Scenario {
+        duration: secs(30),
+        config: Config {
+            coordinates: false,
+            ..Config::lan()
+        },
+        ..s.clone()
+    };
+    let r = sim::run(&off).unwrap();
+    let c = r.coordinates.expect("a report with regions");
+    assert!(c.median_error > 0.9 && c.updates_mean == 0.0, "{c:?}");
+}

@@ -198,6 +198,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/self", get(self_view))
         .route("/v1/members", get(members))
         .route("/v1/placement", get(placement))
+        .route("/v1/coordinates", get(coordinates))
         .route("/v1/join", post(join))
         .route("/v1/leave", post(leave))
         .route("/v1/events", post(user_event))
@@ -389,6 +390,20 @@ struct MemberFilter {
     tag: Option<String>,
 }
 
+/// `GET /v1/coordinates`: `{"self": name, "coordinate": {...}, "members": {name: {...}}}`,
+/// this node's network coordinate and the members' it has.
+async fn coordinates(State(s): App) -> ApiResult<Json<serde_json::Value>> {
+    let c = s.node.coordinates().await?;
+    let members: std::collections::BTreeMap<String, _> = (c.members.iter())
+        .map(|(id, c)| (id.to_string(), c))
+        .collect();
+    Ok(Json(json!({
+        "self": s.node.local_member().info.id.as_str(),
+        "coordinate": c.me,
+        "members": members,
+    })))
+}
+
 /// `GET /v1/placement?key=K[&n=N][&tag=k=regex]...[&weight_tag=T]`: the owners of `key`
 /// among the live members this agent sees, best first, as `{"key": K, "owners": [names]}`.
 async fn placement(
@@ -440,13 +455,17 @@ async fn members(
     };
     let Json(me) = self_view(State(s.clone())).await?;
     let health = s.node.member_health();
+    let coords = s.node.coordinates().await?;
     let others = s.node.members();
-    let others = others
-        .iter()
-        .map(|m| MemberRowJson::new(MemberJson::from(m), health.get(&m.info.id)));
-    let mut all: Vec<MemberRowJson> = std::iter::once(MemberRowJson::new(me, None))
-        .chain(others)
-        .collect();
+    let others = others.iter().map(|m| MemberRowJson {
+        coordinate: coords.members.get(&m.info.id).cloned(),
+        ..MemberRowJson::new(MemberJson::from(m), health.get(&m.info.id))
+    });
+    let me = MemberRowJson {
+        coordinate: Some(coords.me.clone()),
+        ..MemberRowJson::new(me, None)
+    };
+    let mut all: Vec<MemberRowJson> = std::iter::once(me).chain(others).collect();
     all.retain(|r| f.state.as_deref().is_none_or(|st| r.member.state == st));
     all.retain(|r| tag.is_none_or(|(k, v)| r.member.tags.get(k).map(String::as_str) == Some(v)));
     all.sort_by(|a, b| a.member.name.cmp(&b.member.name));

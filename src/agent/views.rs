@@ -1,5 +1,6 @@
 //! JSON views of members and events, as the admin API and `dcore members --json` show them.
 
+use crate::cluster::vivaldi::Coordinate;
 use crate::cluster::{Event, MemberState, MemberView};
 use crate::node::MemberHealth;
 use serde::Serialize;
@@ -34,6 +35,10 @@ pub struct MemberRowJson {
     pub phi: Option<f64>,
     /// Smoothed round trip, in milliseconds.
     pub rtt_ms: Option<f64>,
+    /// Network coordinate (Vivaldi): this node's own, or the member's as its last ack to this
+    /// node carried it; `null` until then.
+    #[serde(default)]
+    pub coordinate: Option<Coordinate>,
 }
 
 impl MemberRowJson {
@@ -45,6 +50,7 @@ impl MemberRowJson {
             rtt_ms: health
                 .and_then(|h| h.rtt)
                 .map(|d| round_to(d.as_secs_f64() * 1e3, 1e3)),
+            coordinate: None,
         }
     }
 }
@@ -99,6 +105,12 @@ pub fn event_json(e: &Event) -> serde_json::Value {
             "payload": String::from_utf8_lossy(&u.payload),
             "origin": u.origin.as_str(),
             "ltime": u.ltime,
+        }),
+        Event::Message(m) => json!({
+            "type": "message",
+            "from": m.from.as_str(),
+            "reliable": m.reliable,
+            "payload": String::from_utf8_lossy(&m.payload),
         }),
         Event::JoinCompleted { members } => json!({"type": "join_completed", "members": members}),
         Event::Refuted { incarnation } => json!({"type": "refuted", "incarnation": incarnation.0}),

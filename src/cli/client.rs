@@ -295,6 +295,38 @@ pub fn owner(
     Ok(0)
 }
 
+/// `dcore rtt`
+pub fn rtt(t: &Target, a: &str, b: Option<&str>, json_out: bool) -> anyhow::Result<i32> {
+    use distributed_core::cluster::vivaldi::Coordinate;
+    let c = Client::new(t)?;
+    let v = c.json(reqwest::Method::GET, "/v1/coordinates", None)?;
+    let me = v["self"].as_str().unwrap_or_default().to_string();
+    let b = b.unwrap_or(&me);
+    let of = |name: &str| -> anyhow::Result<Coordinate> {
+        let c = if name == me {
+            &v["coordinate"]
+        } else {
+            &v["members"][name]
+        };
+        if c.is_null() {
+            bail!("no coordinate for {name:?} at {me} (not a member, or it has not answered a probe of {me} yet)");
+        }
+        Ok(serde_json::from_value(c.clone())?)
+    };
+    let rtt = of(a)?.rtt_to(&of(b)?);
+    let ms = (rtt.as_secs_f64() * 1e6).round() / 1e3;
+    if json_out {
+        println!("{}", serde_json::json!({"a": a, "b": b, "rtt_ms": ms}));
+    } else {
+        println!(
+            "Estimated {} <-> {} rtt: {ms:.3} ms (from {me}'s coordinates)",
+            shown(a),
+            shown(b)
+        );
+    }
+    Ok(0)
+}
+
 /// `dcore join`
 pub fn join(t: &Target, addrs: Vec<String>) -> anyhow::Result<i32> {
     let v = Client::new(t)?.json(

@@ -286,6 +286,7 @@ fn describe(e: &Event) -> Option<String> {
             let v = m("in conflict", member);
             format!("{v}: a claim to move it to {} was refused", claimed.addr)
         }
+        Event::Message(d) => format!("message of {} bytes from {}", d.payload.len(), d.from),
         Event::JoinCompleted { .. } => return None,
     })
 }

@@ -64,6 +64,18 @@ pub enum Commands {
         #[command(flatten)]
         target: client::Target,
     },
+    /// The round trip between two members that the network coordinates predict (B: the agent).
+    Rtt {
+        /// A member's name.
+        a: String,
+        /// Another member's name (default: the agent's own node).
+        b: Option<String>,
+        /// Print `{"a": A, "b": B, "rtt_ms": MS}`.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: client::Target,
+    },
     /// Ask an agent to join a cluster through these seeds.
     Join {
         /// Seeds, host:port.
@@ -149,6 +161,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             json,
             target,
         } => client::owner(&target, &key, n, &tag, weight_tag, json),
+        Commands::Rtt { a, b, json, target } => client::rtt(&target, &a, b.as_deref(), json),
         Commands::Join { addrs, target } => client::join(&target, addrs),
         Commands::Leave { target } => client::leave(&target),
         Commands::Event {

@@ -88,6 +88,11 @@ pub struct SimArgs {
     /// Rows in one hostile push-pull at most (most carry a few).
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub hostile_rows_max: usize,
+    /// Regions as one-way ms along a line, comma-separated (e.g. 0,40,150): node i is in
+    /// region i % count, adds its own 0.1-0.5 ms each way, and a message also takes the
+    /// distance between the two regions; the report then measures the network coordinates.
+    #[arg(long, value_name = "MS,MS,...")]
+    pub regions: Option<String>,
     /// Print one JSON object on stdout instead of the readable summary.
     #[arg(long)]
     pub json: bool,
@@ -134,6 +139,20 @@ impl SimArgs {
                 rate: self.hostile_rate,
                 kinds: HostileKind::parse_list(&self.hostile_kinds).map_err(anyhow::Error::msg)?,
                 rows_max: self.hostile_rows_max,
+            },
+            regions: match &self.regions {
+                None => Vec::new(),
+                Some(list) => list
+                    .split(',')
+                    .map(|ms| {
+                        ms.trim()
+                            .parse::<f64>()
+                            .ok()
+                            .filter(|v| v.is_finite() && *v >= 0.0 && *v <= 5000.0)
+                            .map(|v| Duration::from_secs_f64(v / 1000.0))
+                            .ok_or_else(|| anyhow::anyhow!("--regions: {ms:?} is not 0..=5000 ms"))
+                    })
+                    .collect::<anyhow::Result<_>>()?,
             },
         };
         s.validate()?;

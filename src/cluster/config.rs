@@ -93,6 +93,15 @@ pub struct Config {
     /// User events remembered for dedup, in Lamport time slots; older events are dropped.
     /// Default 512.
     pub user_event_buffer: usize,
+    /// Largest payload of a direct message sent over a stream (`Node::send_reliable`); larger
+    /// ones are refused to the sender and dropped (counted) by the receiver. A best-effort one
+    /// (`Node::send`) must fit a packet. 1 KiB to 64 MiB; the transport's
+    /// `stream_record_bytes_max` must hold it with 1 KiB to spare. Default 1 MiB.
+    pub direct_bytes_max: usize,
+    /// Keep a network coordinate (Vivaldi, as serf): each ack carries the acking node's
+    /// coordinate (46 bytes), each acked probe moves ours, and `rtt_estimate` predicts the
+    /// round trip to any member whose coordinate this node has. Default true.
+    pub coordinates: bool,
     /// Broadcasts waiting in the piggyback queue at most; beyond it the most sent are dropped
     /// (push-pull repairs what they would have told). Default 4,096, as serf's queue depth.
     pub broadcast_queue_max: usize,
@@ -166,6 +175,8 @@ impl Config {
             tags_bytes_max: 512,
             user_event_bytes_max: 512,
             user_event_buffer: 512,
+            direct_bytes_max: 1 << 20,
+            coordinates: true,
             broadcast_queue_max: 4096,
             push_pull_members_max: 65_536,
             indirect_pending_max: 1024,
@@ -308,6 +319,9 @@ impl Config {
                 "user_event_bytes_max",
                 "user_event_bytes_max + 64 must fit a packet",
             );
+        }
+        if !(1024..=64 << 20).contains(&self.direct_bytes_max) {
+            return bad("direct_bytes_max", "must be 1 KiB to 64 MiB");
         }
         let nonzero = [
             ("user_event_buffer", self.user_event_buffer),

@@ -5,6 +5,7 @@
 //! struct (see `docs/protocol.md`). A changed message gets a new `msg_type`; an item of unknown
 //! type is skipped by its length before any decoding, so old nodes drop what they do not know.
 
+pub use super::vivaldi::Coordinate;
 use crate::identity::{Incarnation, NodeId, NodeInfo};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -164,6 +165,16 @@ pub struct Sync {
     pub rows: Vec<PushMember>,
 }
 
+/// An application's message to one member (`Node::send`, `Node::send_reliable`): in a datagram
+/// (best effort) or a stream record (ordered per peer while the connection lives).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Direct {
+    /// The sender; the receiver takes the message only from that member's address.
+    pub from: NodeId,
+    /// Opaque payload.
+    pub payload: Vec<u8>,
+}
+
 /// An application event spread to every member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserEvent {
@@ -202,6 +213,10 @@ pub enum Message {
     UserEvent(Box<UserEvent>),
     /// Delta anti-entropy (boxed, as `PingReq`).
     Sync(Box<Sync>),
+    /// An application's message to one member (boxed, as `PingReq`).
+    Direct(Box<Direct>),
+    /// The sender's network coordinate, before the `Ack` it rides with (boxed, as `PingReq`).
+    Coord(Box<Coordinate>),
 }
 
 // The broadcast queue holds thousands of messages per node; keep the enum small.
@@ -229,6 +244,10 @@ pub mod msg_type {
     pub const USER_EVENT: u8 = 9;
     /// [`super::Sync`]
     pub const SYNC: u8 = 10;
+    /// [`super::Direct`]
+    pub const DIRECT: u8 = 11;
+    /// [`super::Coordinate`]
+    pub const COORD: u8 = 12;
 }
 
 /// Why bytes did not decode. Nothing is changed by a failed decode.
@@ -265,6 +284,8 @@ impl Message {
             Message::PushPull(_) => msg_type::PUSH_PULL,
             Message::UserEvent(_) => msg_type::USER_EVENT,
             Message::Sync(_) => msg_type::SYNC,
+            Message::Direct(_) => msg_type::DIRECT,
+            Message::Coord(_) => msg_type::COORD,
         }
     }
 
@@ -281,6 +302,8 @@ impl Message {
             Message::PushPull(_) => "push_pull",
             Message::UserEvent(_) => "user_event",
             Message::Sync(_) => "sync",
+            Message::Direct(_) => "direct",
+            Message::Coord(_) => "coord",
         }
     }
 
@@ -298,6 +321,8 @@ impl Message {
             Message::PushPull(m) => postcard::to_extend(m, std::mem::take(out)),
             Message::UserEvent(m) => postcard::to_extend(m, std::mem::take(out)),
             Message::Sync(m) => postcard::to_extend(m, std::mem::take(out)),
+            Message::Direct(m) => postcard::to_extend(m, std::mem::take(out)),
+            Message::Coord(m) => postcard::to_extend(m, std::mem::take(out)),
         };
         // Serializing into a Vec fails only on allocation failure, which aborts anyway.
         *out = body.expect("postcard into Vec cannot fail");
@@ -320,6 +345,8 @@ impl Message {
             Message::PushPull(m) => size(m),
             Message::UserEvent(m) => size(m),
             Message::Sync(m) => size(m),
+            Message::Direct(m) => size(m),
+            Message::Coord(m) => size(m),
         }
     }
 
@@ -340,6 +367,8 @@ impl Message {
             msg_type::PUSH_PULL => Message::PushPull(de(ty, body)?),
             msg_type::USER_EVENT => Message::UserEvent(de(ty, body)?),
             msg_type::SYNC => Message::Sync(de(ty, body)?),
+            msg_type::DIRECT => Message::Direct(de(ty, body)?),
+            msg_type::COORD => Message::Coord(de(ty, body)?),
             _ => return Ok(None),
         };
         Ok(Some(msg))

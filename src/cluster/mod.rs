@@ -23,7 +23,9 @@
 
 mod broadcast;
 mod config;
+mod coords;
 mod digest;
+mod direct;
 mod members;
 mod merge;
 pub(crate) mod message;
@@ -31,16 +33,18 @@ pub mod phi;
 pub mod placement;
 mod probe;
 mod suspicion;
+pub mod vivaldi;
 
 mod swim;
 mod user_events;
 
 pub use config::{Config, INDIRECT_CHECKS_MAX, PACKET_BYTES_MIN};
 pub use digest::{row_key, Digest, DIGEST_BITS_PER_ROW, DIGEST_HASHES, DIGEST_HASHES_MAX};
+pub use direct::DirectMessage;
 pub use members::Member;
 pub use message::{
-    Ack, Alive, Dead, DecodeMessageError, DecodedPacket, MemberState, Message, Nack, Ping, PingReq,
-    PushMember, PushPull, Suspect, Sync, SyncStep, UserEvent, PACKET_MESSAGES_MAX,
+    Ack, Alive, Dead, DecodeMessageError, DecodedPacket, Direct, MemberState, Message, Nack, Ping,
+    PingReq, PushMember, PushPull, Suspect, Sync, SyncStep, UserEvent, PACKET_MESSAGES_MAX,
     PROTOCOL_VERSION,
 };
 pub use swim::{
@@ -211,6 +215,8 @@ pub enum Event {
     MemberRecovered(MemberView),
     /// A user event, delivered once.
     UserEvent(UserEvent),
+    /// A direct message from a member (`Node::send`, `Node::send_reliable`).
+    Message(DirectMessage),
     /// A seed answered our join: the full state is merged.
     JoinCompleted {
         /// Members known after the merge, this node included.

@@ -3,7 +3,7 @@
 
 use super::message::{Ack, MemberState, Message, Nack, Ping, PingReq, Suspect};
 use super::swim::{Channel, Swim};
-use super::Timer;
+use super::{Output, Timer};
 use crate::common::Time;
 use crate::identity::Incarnation;
 use crate::identity::NodeId;
@@ -268,16 +268,22 @@ impl Swim {
             p.seq == seq && (p.target_addr == from || p.helpers.contains(&from))
         };
         if let Some(p) = self.probe.current.as_mut().filter(ours) {
+            let mut direct = None;
             if !p.acked {
                 p.acked = true;
                 let rtt = self.now.mono.saturating_since(p.started);
                 self.stats.probe_rtt.observe(rtt);
+                // The target's own ack times the path to it; a relayed one does not.
+                direct = (p.target_addr == from).then(|| (p.target.clone(), rtt));
                 // Only an ack in time is a sign of good health. One that needed the indirect
                 // round is not: a node that is itself slow sees every ack late, and must not
                 // talk its multiplier down with them (memberlist counts any ack as -1).
                 if self.config.lifeguard && !p.overdue {
                     self.awareness.apply(-1);
                 }
+            }
+            if let Some((target, rtt)) = direct {
+                self.observe_rtt(&target, from, rtt);
             }
             return;
         }
@@ -312,7 +318,11 @@ impl Swim {
         }
         let ack = Message::Ack(Ack { seq: ping.seq });
         match channel {
-            Channel::Packet => self.send_packet(from, ack),
+            Channel::Packet => {
+                let lead = self.ack_with_coordinate(ack);
+                let msgs = self.fill_packet(lead);
+                self.out.push(Output::Packet { to: from, msgs });
+            }
             Channel::Stream => self.send_stream(from, ack),
         }
     }

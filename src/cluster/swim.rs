@@ -60,6 +60,25 @@ pub enum CommandError {
     /// The node has left; it takes no more commands.
     #[error("the node has left the cluster")]
     Left,
+    /// A direct message to a member this node does not know.
+    #[error("no member named {0}")]
+    UnknownMember(NodeId),
+    /// A direct message to a member that failed or left.
+    #[error("member {member} is {state}")]
+    MemberGone {
+        /// The member.
+        member: NodeId,
+        /// Its state here (`failed` or `left`).
+        state: &'static str,
+    },
+    /// A direct message over its limit (`direct_bytes_max`, or a packet for `send`).
+    #[error("message payload takes {len} bytes, more than the {max} it may")]
+    MessageTooLarge {
+        /// Bytes of payload.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Counters kept by the core for the runtime's metrics.
@@ -131,6 +150,14 @@ pub struct Stats {
     pub sync_rows_sent: u64,
     /// Rows received in syncs.
     pub sync_rows_received: u64,
+    /// Acked probes whose round trip and the acking member's coordinate moved this node's
+    /// network coordinate.
+    pub coordinate_updates: u64,
+    /// Direct messages delivered to the application.
+    pub direct_in: u64,
+    /// Direct messages dropped because their sender is not a live member at the address they
+    /// came from.
+    pub direct_refused: u64,
 }
 
 /// Largest step up from the incarnation this node knows for a member (itself included) that a
@@ -199,6 +226,12 @@ pub struct Swim {
     pub(crate) config: Config,
     pub(crate) id: NodeId,
     pub(crate) rng: ChaCha8Rng,
+    /// This node's network coordinate (see `coords.rs`).
+    pub(crate) vivaldi: super::vivaldi::Vivaldi,
+    /// Coordinates of the members that acked our probes.
+    pub(crate) peer_coords: FxHashMap<NodeId, super::coords::PeerCoord>,
+    /// A coordinate that came in the packet being handled, for the ack after it.
+    pub(crate) packet_coord: Option<(SocketAddr, super::vivaldi::Coordinate)>,
     pub(crate) members: Members,
     pub(crate) awareness: Awareness,
     pub(crate) broadcasts: BroadcastQueue,
@@ -291,6 +324,9 @@ impl Swim {
         Ok(Swim {
             id: info.id,
             rng: ChaCha8Rng::seed_from_u64(seed),
+            vivaldi: Default::default(),
+            peer_coords: FxHashMap::default(),
+            packet_coord: None,
             members,
             awareness: Awareness::new(config.awareness_max),
             broadcasts: BroadcastQueue::new(config.broadcast_queue_max),
@@ -359,6 +395,8 @@ impl Swim {
                 for msg in msgs {
                     self.on_message(from, msg, Channel::Packet);
                 }
+                // A coordinate speaks only for the ack in its own packet.
+                self.packet_coord = None;
             }
             Input::Stream { from, msg } => self.on_message(from, msg, Channel::Stream),
             Input::Timer(timer) => self.on_timer(timer),
@@ -495,6 +533,9 @@ impl Swim {
             // A sync answers with a stream: a datagram's source could be anyone's address.
             Message::Sync(_) if channel != Channel::Stream => self.stats.misdirected += 1,
             Message::Sync(m) => self.on_sync(from, *m),
+            Message::Direct(m) => self.on_direct(from, *m, channel == Channel::Stream),
+            Message::Coord(c) if channel == Channel::Packet => self.on_coord(from, *c),
+            Message::Coord(_) => self.stats.misdirected += 1,
         }
     }
 
@@ -1026,6 +1067,7 @@ impl Swim {
     /// healed partition merges without operator help; large clusters do not storm.
     fn on_reconnect_tick(&mut self) {
         self.arm(self.config.reconnect_interval, Timer::ReconnectTick);
+        self.prune_coordinates();
         if self.leaving {
             return;
         }

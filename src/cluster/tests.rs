@@ -173,7 +173,12 @@ fn ping_is_acked_to_sender_with_same_seq() {
     let p = packets(&out);
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].0, addr(2));
-    assert_eq!(p[0].1[0], Message::Ack(Ack { seq: 7 }));
+    // Our network coordinate first, then the ack it rides with.
+    let me = t.swim.coordinate();
+    assert_eq!(
+        p[0].1[..2],
+        [Message::Coord(Box::new(me)), Message::Ack(Ack { seq: 7 })]
+    );
 }
 
 #[test]
@@ -618,7 +623,7 @@ fn the_last_chance_probe_lets_a_live_suspect_refute() {
     let reply2 = b.msg(1, packets(&out)[0].1[1].clone());
     assert_eq!(b.swim.incarnation(), Incarnation(1));
     let ack = packets(&reply2).pop().unwrap();
-    assert!(matches!(&ack.1[0], Message::Ack(_)));
+    assert!(matches!(&ack.1[1], Message::Ack(_)), "{:?}", ack.1);
     let alive = ack
         .1
         .iter()
@@ -2047,4 +2052,162 @@ fn sync_rows_are_taken_only_in_answer_to_a_sync_and_only_over_streams() {
     rows.sort();
     assert_eq!(rows, ["n1", "n2"]);
     assert_eq!(b.state(9), None);
+}
+
+fn direct(from: u8, payload: &[u8]) -> Message {
+    Message::Direct(Box::new(Direct {
+        from: id(from),
+        payload: payload.to_vec(),
+    }))
+}
+
+#[test]
+fn direct_messages_are_built_only_for_live_members_and_within_limits() {
+    let mut t = T::new(1, &[2, 3]);
+    let (to, msg) = t.swim.direct(&id(2), b"hi".to_vec(), false).unwrap();
+    assert_eq!((to, msg), (addr(2), direct(1, b"hi")));
+    assert!(matches!(
+        t.swim.direct(&id(9), vec![], true),
+        Err(CommandError::UnknownMember(m)) if m == id(9)
+    ));
+    // A datagram must fit the packet budget; a stream takes up to direct_bytes_max.
+    let budget = t.swim.config().packet_bytes_max;
+    let max = match t.swim.direct(&id(2), vec![0; budget], false) {
+        Err(CommandError::MessageTooLarge { len, max }) => {
+            assert_eq!(len, budget);
+            max
+        }
+        other => panic!("{other:?}"),
+    };
+    let (_, fits) = t.swim.direct(&id(2), vec![0; max], false).unwrap();
+    assert_eq!(
+        packet_len(&[fits]),
+        budget,
+        "the largest payload fills the packet"
+    );
+    assert!(t.swim.direct(&id(2), vec![0; budget], true).is_ok());
+    let limit = t.swim.config().direct_bytes_max;
+    assert!(t.swim.direct(&id(2), vec![0; limit], true).is_ok());
+    assert!(matches!(
+        t.swim.direct(&id(2), vec![0; limit + 1], true),
+        Err(CommandError::MessageTooLarge { .. })
+    ));
+    fail(&mut t, 3);
+    assert!(matches!(
+        t.swim.direct(&id(3), vec![], true),
+        Err(CommandError::MemberGone {
+            state: "failed",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_direct_message_is_delivered_only_from_its_senders_address() {
+    let mut t = T::new(1, &[2, 3]);
+    let out = t.msg(2, direct(2, b"hello"));
+    let want = Event::Message(DirectMessage {
+        from: id(2),
+        payload: b"hello".to_vec(),
+        reliable: false,
+    });
+    assert_eq!(events(&out), [want]);
+    // Over a stream: reliable.
+    let out = t.input(Input::Stream {
+        from: addr(2),
+        msg: direct(2, b"x"),
+    });
+    assert!(matches!(&events(&out)[..], [Event::Message(m)] if m.reliable));
+    // 3 claiming to be 2, a stranger, and a member that failed: counted, not delivered.
+    assert!(events(&t.msg(3, direct(2, b"forged"))).is_empty());
+    assert!(events(&t.msg(9, direct(9, b"who"))).is_empty());
+    fail(&mut t, 3);
+    assert!(events(&t.msg(3, direct(3, b"late"))).is_empty());
+    assert_eq!(t.swim.stats().direct_refused, 3);
+    // Over the limit: counted as such.
+    let big = vec![0; t.swim.config().direct_bytes_max + 1];
+    assert!(events(&t.input(Input::Stream {
+        from: addr(2),
+        msg: direct(2, &big)
+    }))
+    .is_empty());
+    assert_eq!(t.swim.stats().over_limit, 1);
+    assert_eq!(t.swim.stats().direct_in, 2);
+    // Nothing is sent in answer.
+    assert!(packets(&t.msg(2, direct(2, b"quiet"))).is_empty());
+}
+
+#[test]
+fn an_ack_with_the_targets_coordinate_moves_ours_and_nothing_else_does() {
+    use crate::cluster::vivaldi::Coordinate;
+    let mut t = T::new(1, &[2, 3]);
+    let far = Coordinate {
+        vec: [0.05, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        error: 0.2,
+        ..Coordinate::default()
+    };
+    let probe = |t: &mut T| {
+        let out = t.timer(Timer::ProbeTick);
+        probe_ping(&out)
+    };
+    let ack_from = |t: &mut T, from: SocketAddr, seq: u32, coord: Option<Coordinate>| {
+        let mut msgs: Vec<Message> = coord
+            .map(|c| Message::Coord(Box::new(c)))
+            .into_iter()
+            .collect();
+        msgs.push(Message::Ack(Ack { seq }));
+        t.input(Input::Packet { from, msgs });
+    };
+    let start = t.swim.coordinate();
+    // An ack without a coordinate, and a coordinate in another packet than the ack: no move.
+    let (to, seq) = probe(&mut t);
+    t.ms += 40;
+    t.input(Input::Packet {
+        from: to,
+        msgs: vec![Message::Coord(Box::new(far.clone()))],
+    });
+    ack_from(&mut t, to, seq, None);
+    assert_eq!(t.swim.coordinate(), start);
+    // Over a stream a coordinate is not taken; one that is not finite is counted.
+    t.input(Input::Stream {
+        from: to,
+        msg: Message::Coord(Box::new(far.clone())),
+    });
+    assert_eq!(t.swim.stats().misdirected, 1);
+    let mut nan = far.clone();
+    nan.error = f32::NAN;
+    let (to, seq) = probe(&mut t);
+    t.ms += 40;
+    ack_from(&mut t, to, seq, Some(nan));
+    assert_eq!(t.swim.stats().implausible, 1);
+    assert_eq!(t.swim.coordinate(), start);
+    // The target's own ack with its coordinate, 40 ms after the ping: ours moves, and the
+    // target's round trip is estimated from the two.
+    let (to, seq) = probe(&mut t);
+    let target = if to == addr(2) { id(2) } else { id(3) };
+    t.ms += 40;
+    ack_from(&mut t, to, seq, Some(far.clone()));
+    assert_eq!(t.swim.stats().coordinate_updates, 1);
+    assert_ne!(t.swim.coordinate(), start);
+    assert_eq!(t.swim.coordinate_of(&target), Some(&far));
+    let est = t.swim.rtt_estimate(&target).unwrap();
+    assert!(
+        est > Duration::ZERO && est < Duration::from_secs(1),
+        "{est:?}"
+    );
+    assert_eq!(t.swim.rtt_estimate(&id(1)), Some(Duration::ZERO));
+    // The same coordinate in an ack relayed by a helper (another address) moves nothing.
+    let other = if to == addr(2) { addr(3) } else { addr(2) };
+    let before = t.swim.coordinate();
+    let (_, seq) = probe(&mut t);
+    ack_from(&mut t, other, seq, Some(far));
+    assert_eq!(t.swim.coordinate(), before);
+    // Off: acks carry no coordinate.
+    let off = Config {
+        coordinates: false,
+        ..Config::lan()
+    };
+    let mut t = T::with(off, 1, &[2]);
+    let p = packets(&t.msg(2, ping(7, 1, 2)));
+    assert_eq!(p[0].1[0], Message::Ack(Ack { seq: 7 }));
 }

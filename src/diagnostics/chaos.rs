@@ -83,7 +83,7 @@
 
 use crate::common::ConfigError;
 use crate::transport::net::DATAGRAM_BYTES_MAX;
-use crate::transport::{Incoming, Transport, TransportCounters};
+use crate::transport::{Incoming, StreamRefused, Transport, TransportCounters};
 use humantime_serde::re::humantime::format_duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -595,10 +595,12 @@ impl<T: Transport> Transport for ChaosLayer<T> {
         }
     }
 
-    fn send_stream(&mut self, to: SocketAddr, record: Vec<u8>) {
+    /// A record the chaos drops counts as sent: the network lost it.
+    fn send_stream(&mut self, to: SocketAddr, record: Vec<u8>) -> Result<(), StreamRefused> {
         if self.chaos.stream(to, &mut self.rng) {
-            self.inner.send_stream(to, record);
+            return self.inner.send_stream(to, record);
         }
+        Ok(())
     }
 
     fn counters(&self) -> Arc<TransportCounters> {

@@ -328,6 +328,17 @@ fn core(e: &mut DescriptorEncoder, s: &NodeStats) -> std::fmt::Result {
             ("received", c.sync_rows_received),
         ],
     )?;
+    counters_by(
+        e,
+        "dcore_direct_messages",
+        "Direct messages (Node::send, send_reliable): sent from here (handed to the network or queued), delivered here, or refused here because their sender is not a live member at the address they came from",
+        "outcome",
+        &[
+            ("sent", s.traffic.direct_sent),
+            ("delivered", c.direct_in),
+            ("refused", c.direct_refused),
+        ],
+    )?;
     one(
         e,
         "dcore_join_syncs",

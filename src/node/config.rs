@@ -131,7 +131,15 @@ impl NodeConfig {
             return bad("tags", e.to_string());
         }
         self.protocol.validate()?;
-        self.transport.validate()
+        self.transport.validate()?;
+        if self.protocol.direct_bytes_max + 1024 > self.transport.stream_record_bytes_max {
+            return ConfigError::fail(
+                "protocol",
+                "direct_bytes_max",
+                "direct_bytes_max + 1 KiB must fit transport.stream_record_bytes_max",
+            );
+        }
+        Ok(())
     }
 }
 

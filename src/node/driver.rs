@@ -5,13 +5,13 @@ use super::health::Board;
 use super::record;
 use super::stats::{MemberCounts, NodeStats};
 use super::traffic::{Chan, Dir, Traffic};
-use super::Request;
+use super::{NodeError, Request};
 use crate::cluster::message::{decode_packet, encode_packet};
 use crate::cluster::{Event, Input, MemberState, MemberView, Message, Output, Swim, Timer};
 use crate::common::{Now, Time};
 use crate::identity::NodeId;
 use crate::transport::frame::FrameSealer;
-use crate::transport::{Incoming, Transport};
+use crate::transport::{Incoming, StreamRefused, Transport};
 use futures_util::FutureExt;
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
@@ -161,7 +161,52 @@ impl<T: Transport> Driver<T> {
             Request::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
+            Request::Coordinates(reply) => {
+                let members = (self.swim.coordinates())
+                    .map(|(id, c)| (id.clone(), c.clone()))
+                    .collect();
+                let _ = reply.send(super::Coordinates {
+                    me: self.swim.coordinate(),
+                    members,
+                });
+            }
+            Request::Direct {
+                to,
+                payload,
+                reliable,
+                reply,
+            } => {
+                let r = match self.swim.direct(&to, payload, reliable) {
+                    Err(e) => Err(NodeError::Command(e)),
+                    Ok((addr, msg)) if reliable => {
+                        self.send_record(addr, msg).map_err(NodeError::Stream)
+                    }
+                    Ok((addr, msg)) => {
+                        self.out.push(Output::Packet {
+                            to: addr,
+                            msgs: vec![msg],
+                        });
+                        Ok(())
+                    }
+                };
+                if r.is_ok() {
+                    self.links.traffic.counts.direct_sent.add(1);
+                }
+                let _ = reply.send(r);
+            }
         }
+    }
+
+    /// Seals `msg` in a stream record to `to` and queues it, counted.
+    fn send_record(&mut self, to: SocketAddr, msg: Message) -> Result<(), StreamRefused> {
+        let record = record::record(self.links.me, &msg, &self.links.sec);
+        let traffic = &self.links.traffic;
+        traffic.counts.streams_out.add(1);
+        traffic.counts.msgs_out.add(1);
+        traffic.counts.stream_bytes_out.add(record.len() as u64 + 4);
+        traffic.message(Dir::Out, Chan::Tcp, &msg);
+        self.observe_out(to, std::slice::from_ref(&msg), Chan::Tcp);
+        self.transport.send_stream(to, record)
     }
 
     fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
@@ -286,14 +331,9 @@ impl<T: Transport> Driver<T> {
                     self.transport.send_packet(to, &frame).await;
                 }
                 Output::Stream { to, msg } => {
-                    let record = record::record(self.links.me, &msg, &self.links.sec);
-                    let traffic = &self.links.traffic;
-                    traffic.counts.streams_out.add(1);
-                    traffic.counts.msgs_out.add(1);
-                    traffic.counts.stream_bytes_out.add(record.len() as u64 + 4);
-                    traffic.message(Dir::Out, Chan::Tcp, &msg);
-                    self.observe_out(to, std::slice::from_ref(&msg), Chan::Tcp);
-                    self.transport.send_stream(to, record);
+                    // Refused records are counted by the transport; a later message repairs
+                    // what a lost one would have told.
+                    let _ = self.send_record(to, msg);
                 }
                 Output::Timer { at, timer } => {
                     self.timer_seq += 1;

@@ -37,6 +37,7 @@ pub use stats::{MemberCounts, NodeStats};
 pub use traffic::{KindCount, TrafficStats};
 
 use crate::cluster::placement::{self, PlacementFilter};
+use crate::cluster::vivaldi::Coordinate;
 use crate::cluster::{Command, Event, MemberView, Swim};
 use crate::common::ConfigError;
 use crate::diagnostics::chaos::ChaosLayer;
@@ -83,6 +84,10 @@ pub enum NodeError {
     /// The core refused the command; the state is unchanged.
     #[error(transparent)]
     Command(#[from] crate::cluster::CommandError),
+    /// A reliable direct message could not be queued (the queue to the peer is full, the peer
+    /// is unreachable, or the record is too large); nothing was sent.
+    #[error("stream: {0}")]
+    Stream(#[from] crate::transport::StreamRefused),
     /// The data directory could not be used.
     #[error("data dir: {0}")]
     DataDir(String),
@@ -96,6 +101,38 @@ pub(crate) enum Request {
     LeaveAnnounced(oneshot::Sender<bool>),
     Stats(oneshot::Sender<NodeStats>),
     Pause(bool),
+    Direct {
+        to: NodeId,
+        payload: Vec<u8>,
+        reliable: bool,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Coordinates(oneshot::Sender<Coordinates>),
+}
+
+/// This node's network coordinate and those of the members that answered its probes (see
+/// [`crate::cluster::vivaldi`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coordinates {
+    /// This node's.
+    pub me: Coordinate,
+    /// Each member's, as its last ack to this node carried it.
+    pub members: BTreeMap<NodeId, Coordinate>,
+}
+
+impl Coordinates {
+    /// The round trip between two members (either may be this node) that the coordinates
+    /// predict, if both are known.
+    pub fn rtt(&self, me: &NodeId, a: &NodeId, b: &NodeId) -> Option<std::time::Duration> {
+        let of = |id: &NodeId| {
+            if id == me {
+                Some(&self.me)
+            } else {
+                self.members.get(id)
+            }
+        };
+        Some(of(a)?.rtt_to(of(b)?))
+    }
 }
 
 struct Shared {
@@ -305,16 +342,16 @@ impl Node {
     /// until [`Node::resume`] (then it handles what waited in the socket buffers, and its
     /// overdue timers fire at once). For tests and `dcore local`.
     pub async fn pause(&self) -> Result<(), NodeError> {
-        self.send(Request::Pause(true)).await
+        self.request(Request::Pause(true)).await
     }
 
     /// Ends a [`Node::pause`].
     pub async fn resume(&self) -> Result<(), NodeError> {
-        self.send(Request::Pause(false)).await
+        self.request(Request::Pause(false)).await
     }
 
     /// Hands `request` to the driver.
-    async fn send(&self, request: Request) -> Result<(), NodeError> {
+    async fn request(&self, request: Request) -> Result<(), NodeError> {
         self.shared
             .requests
             .send(request)
@@ -328,7 +365,7 @@ impl Node {
         request: impl FnOnce(oneshot::Sender<R>) -> Request,
     ) -> Result<R, NodeError> {
         let (tx, rx) = oneshot::channel();
-        self.send(request(tx)).await?;
+        self.request(request(tx)).await?;
         rx.await.map_err(|_| NodeError::Closed)
     }
 
@@ -428,6 +465,53 @@ impl Node {
             }
         });
         rx
+    }
+
+    /// Sends `payload` to `member` in one datagram, best effort: `Ok` means it was handed to
+    /// the network, not that it arrived. It must fit a packet (`packet_bytes_max` with the
+    /// message's header: about 1,300 bytes by default); refused when `member` is not alive or
+    /// suspect in this node's table. The receiver sees [`Event::Message`] with `reliable`
+    /// false, or counts and drops it (`direct_refused`) when it does not know this node at
+    /// the address the datagram came from.
+    pub async fn send(&self, member: &NodeId, payload: Vec<u8>) -> Result<(), NodeError> {
+        self.direct(member, payload, false).await
+    }
+
+    /// Sends `payload` (up to `direct_bytes_max`, 1 MiB by default) to `member` over the
+    /// cached stream connection: messages to one member arrive once each and in the order
+    /// sent while that connection lives. `Ok` means queued; an error when `member` is not
+    /// alive or suspect here, when the queue to it (`outbound_queue` records) is full, or
+    /// when it is unreachable (its last connection failed and the reconnect backoff is not
+    /// over): nothing was sent, and the caller may retry. A message queued when the
+    /// connection fails is lost and counted (`streams_out_dropped`).
+    pub async fn send_reliable(&self, member: &NodeId, payload: Vec<u8>) -> Result<(), NodeError> {
+        self.direct(member, payload, true).await
+    }
+
+    async fn direct(&self, to: &NodeId, payload: Vec<u8>, reliable: bool) -> Result<(), NodeError> {
+        self.ask(|reply| Request::Direct {
+            to: to.clone(),
+            payload,
+            reliable,
+            reply,
+        })
+        .await?
+    }
+
+    /// This node's network coordinate and the members' it has (Vivaldi, updated by every acked
+    /// probe; see [`crate::cluster::vivaldi`]).
+    pub async fn coordinates(&self) -> Result<Coordinates, NodeError> {
+        self.ask(Request::Coordinates).await
+    }
+
+    /// The round trip to `member` the network coordinates predict: `None` until `member` has
+    /// answered one of this node's probes (zero for this node itself).
+    pub async fn rtt_estimate(
+        &self,
+        member: &NodeId,
+    ) -> Result<Option<std::time::Duration>, NodeError> {
+        let me = self.shared.local.info.id.clone();
+        Ok(self.coordinates().await?.rtt(&me, &me, member))
     }
 
     /// Sends a user event to every member.

@@ -18,6 +18,9 @@ crate::common::counters! {
         msgs_out,
         /// Stream messages sent.
         streams_out,
+        /// Direct messages (`Node::send`, `send_reliable`) handed to the network or queued on
+        /// the member's connection (refused ones, whose caller got an error, are not counted).
+        direct_sent,
         /// Datagrams received (after the chaos layer, if any).
         datagrams_in,
         /// Bytes of datagrams received.

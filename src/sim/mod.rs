@@ -237,6 +237,25 @@ pub struct Report {
     /// Present with hostile nodes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hostile: Option<HostileReport>,
+    /// Present with `--regions`: the network coordinates against the true round trips.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coordinates: Option<CoordinateReport>,
+}
+
+/// How well the network coordinates predict round trips at the end of a run (with regions).
+#[derive(Debug, Clone, Serialize)]
+pub struct CoordinateReport {
+    /// Pairs of live honest nodes compared (all pairs up to 20,000; a sample beyond).
+    pub pairs: usize,
+    /// Median over pairs of |predicted - true| / true, where predicted is the distance between
+    /// the two nodes' own coordinates and true the expected round trip of the model.
+    pub median_error: f64,
+    /// 90th percentile of the same.
+    pub p90_error: f64,
+    /// Median of the absolute error, ms.
+    pub median_abs_error_ms: f64,
+    /// Coordinate updates per node, mean.
+    pub updates_mean: f64,
 }
 
 /// Runs a scenario to its end.
@@ -377,6 +396,8 @@ struct Sim<'a> {
     formation_in_by: [u64; 3],
     /// Bytes sent by all nodes when the second half of the run began.
     half_bytes: Option<u64>,
+    /// Per honest node with `--regions`: its place on the line and its own one-way share.
+    geo: Vec<(Duration, Duration)>,
 }
 
 impl<'a> Sim<'a> {
@@ -465,9 +486,20 @@ impl<'a> Sim<'a> {
             formation_in: None,
             formation_in_by: [0; 3],
             half_bytes: None,
+            geo: Vec::new(),
             queue_max: 0,
             aborted: None,
         };
+        if !s.regions.is_empty() {
+            // Its own RNG: without regions every draw stays as it was.
+            let mut gr = ChaCha8Rng::seed_from_u64(s.seed ^ 0x0067_656f);
+            sim.geo = (0..s.nodes)
+                .map(|i| {
+                    let own = Duration::from_micros(gr.gen_range(100..=500));
+                    (s.regions[i % s.regions.len()], own)
+                })
+                .collect();
+        }
         sim.schedule_start();
         Ok(sim)
     }
@@ -672,7 +704,7 @@ impl<'a> Sim<'a> {
         let Some(to) = self.route(from, to) else {
             return;
         };
-        let slow = self.nodes[to].slow;
+        let slow = self.nodes[to].slow + self.geo_delay(from, to);
         match self.model.datagram(&mut self.rng) {
             (Some(d), None) => {
                 self.note_bytes_in(to, 0, bytes);
@@ -717,7 +749,8 @@ impl<'a> Sim<'a> {
                 1
             };
             self.note_bytes_in(to, kind, bytes);
-            let slow = self.nodes[to].slow;
+            // A stream's delay stands for its whole exchange; the geometry adds one way.
+            let slow = self.nodes[to].slow + self.geo_delay(from, to);
             self.push(self.now + d + slow, Ev::Stream { to, from, msg });
         }
     }
@@ -932,7 +965,76 @@ impl<'a> Sim<'a> {
             trace_hash: format!("{:016x}", self.trace),
             invariants: self.invariants(),
             hostile: self.hostile_report(),
+            coordinates: self.coordinate_report(),
         }
+    }
+
+    /// One-way delay the geometry adds between nodes `a` and `b` (zero without regions, and
+    /// for hostile nodes).
+    fn geo_delay(&self, a: usize, b: usize) -> Duration {
+        match (self.geo.get(a), self.geo.get(b)) {
+            (Some(&(pa, ha)), Some(&(pb, hb))) => pa.abs_diff(pb) + ha + hb,
+            _ => Duration::ZERO,
+        }
+    }
+
+    fn coordinate_report(&self) -> Option<CoordinateReport> {
+        if self.geo.is_empty() {
+            return None;
+        }
+        let live: Vec<usize> = (0..self.s.nodes)
+            .filter(|&i| self.nodes[i].status == Status::Up)
+            .collect();
+        let jitter = (self.s.latency.0 + self.s.latency.1) / 2;
+        let mut pairs: Vec<(usize, usize)> = Vec::new();
+        let all = live.len() * live.len().saturating_sub(1) / 2;
+        if all <= 20_000 {
+            for (k, &i) in live.iter().enumerate() {
+                pairs.extend(live[..k].iter().map(|&j| (i, j)));
+            }
+        } else {
+            // Its own RNG: the report does not change the run.
+            let mut rng = ChaCha8Rng::seed_from_u64(self.s.seed ^ 0x636f_6f72_6473);
+            while pairs.len() < 20_000 {
+                let (i, j) = (
+                    live[rng.gen_range(0..live.len())],
+                    live[rng.gen_range(0..live.len())],
+                );
+                if i != j {
+                    pairs.push((i, j));
+                }
+            }
+        }
+        if pairs.is_empty() {
+            return None;
+        }
+        let (mut rel, mut abs) = (
+            Vec::with_capacity(pairs.len()),
+            Vec::with_capacity(pairs.len()),
+        );
+        for &(i, j) in &pairs {
+            let truth = 2.0 * (self.geo_delay(i, j) + jitter).as_secs_f64();
+            let (ci, cj) = (
+                self.nodes[i].swim.coordinate(),
+                self.nodes[j].swim.coordinate(),
+            );
+            let predicted = ci.rtt_to(&cj).as_secs_f64();
+            abs.push((predicted - truth).abs());
+            rel.push((predicted - truth).abs() / truth);
+        }
+        rel.sort_by(f64::total_cmp);
+        abs.sort_by(f64::total_cmp);
+        let updates: u64 = live
+            .iter()
+            .map(|&i| self.nodes[i].swim.stats().coordinate_updates)
+            .sum();
+        Some(CoordinateReport {
+            pairs: pairs.len(),
+            median_error: round3(rel[rel.len() / 2]),
+            p90_error: round3(rel[rel.len() * 9 / 10]),
+            median_abs_error_ms: round3(abs[abs.len() / 2] * 1000.0),
+            updates_mean: round2(updates as f64 / live.len() as f64),
+        })
     }
 
     fn formation(&self) -> Option<Formation> {
@@ -1035,6 +1137,10 @@ fn node_of(name: &str) -> Option<usize> {
 
 fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
 }
 
 #[cfg(test)]

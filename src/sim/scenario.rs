@@ -71,6 +71,12 @@ pub struct Scenario {
     pub config: Config,
     /// Hostile nodes on top of `nodes` (none by default).
     pub hostile: HostileSpec,
+    /// Regions, as positions of their centres along a line (one-way latency from the first);
+    /// empty: one place. Honest node `i` is in region `i % len`, adds its own 0.1-0.5 ms each
+    /// way, and a message between two nodes takes the distance between their regions plus both
+    /// nodes' own share plus the `latency` jitter. The report then measures the network
+    /// coordinates against these round trips.
+    pub regions: Vec<Duration>,
 }
 
 impl Default for Scenario {
@@ -90,6 +96,7 @@ impl Default for Scenario {
             encrypt: false,
             config: Config::lan(),
             hostile: HostileSpec::default(),
+            regions: Vec::new(),
         }
     }
 }
@@ -125,6 +132,9 @@ impl Scenario {
         }
         if self.duration.is_zero() {
             return invalid("--duration must be above zero");
+        }
+        if self.regions.len() > 64 || self.regions.iter().any(|r| *r > Duration::from_secs(5)) {
+            return invalid("--regions: at most 64, each at most 5000 ms");
         }
         Ok(())
     }

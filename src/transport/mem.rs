@@ -17,7 +17,7 @@
 //! ```
 
 use super::net::DATAGRAM_BYTES_MAX;
-use super::{Incoming, Transport, TransportConfig, TransportCounters};
+use super::{Incoming, StreamRefused, Transport, TransportConfig, TransportCounters};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -89,7 +89,7 @@ impl MemNetwork {
         })
     }
 
-    fn deliver(&self, to: SocketAddr, what: Incoming) -> Result<(), ()> {
+    fn deliver(&self, to: SocketAddr, what: Incoming) -> Result<(), StreamRefused> {
         let tx = self
             .inner
             .lock()
@@ -97,8 +97,11 @@ impl MemNetwork {
             .endpoints
             .get(&to)
             .map(|(_, tx)| tx.clone())
-            .ok_or(())?;
-        tx.try_send(what).map_err(|_| ())
+            .ok_or(StreamRefused::Unreachable)?;
+        tx.try_send(what).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StreamRefused::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => StreamRefused::Unreachable,
+        })
     }
 
     /// Unbinds `addr` if it is still endpoint `serial`'s: a newer endpoint bound at the same
@@ -152,26 +155,24 @@ impl Transport for MemTransport {
         let _ = self.net.deliver(to, packet);
     }
 
-    fn send_stream(&mut self, to: SocketAddr, record: Vec<u8>) {
+    fn send_stream(&mut self, to: SocketAddr, record: Vec<u8>) -> Result<(), StreamRefused> {
         if record.len() > self.config.stream_record_bytes_max {
             self.counters.streams_out_dropped.add(1);
-            return;
+            return Err(StreamRefused::TooLarge);
         }
         self.counters.streams_out.add(1);
-        if self
-            .net
-            .deliver(
-                to,
-                Incoming::Stream {
-                    from: self.addr,
-                    bytes: record,
-                },
-            )
-            .is_err()
-        {
+        let sent = self.net.deliver(
+            to,
+            Incoming::Stream {
+                from: self.addr,
+                bytes: record,
+            },
+        );
+        if sent.is_err() {
             self.counters.connections_failed.add(1);
             self.counters.streams_out_dropped.add(1);
         }
+        sent
     }
 
     fn counters(&self) -> Arc<TransportCounters> {
@@ -205,7 +206,7 @@ mod tests {
             net.bind(a.local_addr()).err(),
             Some(AddrInUse(a.local_addr()))
         );
-        a.send_stream(b.local_addr(), b"rec".to_vec());
+        let _ = a.send_stream(b.local_addr(), b"rec".to_vec());
         assert_eq!(
             b.recv().await,
             Some(Incoming::Stream {
@@ -215,7 +216,7 @@ mod tests {
         );
         let gone = b.local_addr();
         b.close().await;
-        a.send_stream(gone, b"lost".to_vec());
+        let _ = a.send_stream(gone, b"lost".to_vec());
         a.send_packet(gone, b"lost").await;
         let s = a.counters().snapshot();
         assert_eq!(

@@ -46,6 +46,21 @@ pub enum Incoming {
     },
 }
 
+/// Why a stream record was not queued (also counted in `streams_out_dropped`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StreamRefused {
+    /// Longer than `stream_record_bytes_max`.
+    #[error("record over stream_record_bytes_max")]
+    TooLarge,
+    /// The queue of records to this peer (`outbound_queue`) is full.
+    #[error("the stream queue to this peer is full")]
+    QueueFull,
+    /// The last connection to this peer failed and its reconnect backoff is not over, or the
+    /// peer is not there.
+    #[error("the peer is unreachable")]
+    Unreachable,
+}
+
 /// What the node runtime needs from a network.
 ///
 /// `recv` must be cancel-safe: the runtime waits on it in a `select!` beside its timers and
@@ -58,8 +73,11 @@ pub trait Transport: Send + 'static {
     /// Sends one datagram, best effort (a failure is counted, not returned).
     fn send_packet(&mut self, to: SocketAddr, bytes: &[u8]) -> impl Future<Output = ()> + Send;
     /// Queues one stream record to `to` without waiting: delivered in order with the other
-    /// records to `to` while the connection lives; dropped and counted when it cannot be sent.
-    fn send_stream(&mut self, to: SocketAddr, record: Vec<u8>);
+    /// records to `to` while the connection lives. A record that cannot be queued is dropped,
+    /// counted, and the reason returned (the core's own records ignore it: each is repaired by
+    /// a later one); one queued is lost, and counted, if the connection fails before it is
+    /// written.
+    fn send_stream(&mut self, to: SocketAddr, record: Vec<u8>) -> Result<(), StreamRefused>;
     /// The transport's counters, shared: they stay readable while the runtime owns it.
     fn counters(&self) -> std::sync::Arc<TransportCounters>;
     /// Stops every task of the transport and waits for them; sockets are closed on return.

@@ -24,7 +24,7 @@
 //! less), so a burst of junk datagrams is less likely to push out the real ones.
 
 use super::frame::{header, FRAME_HEADER_BYTES};
-use super::{Incoming, Transport, TransportConfig, TransportCounters};
+use super::{Incoming, StreamRefused, Transport, TransportConfig, TransportCounters};
 use crate::common::Backoff;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -174,25 +174,25 @@ impl Transport for NetTransport {
         }
     }
 
-    fn send_stream(&mut self, to: SocketAddr, mut record: Vec<u8>) {
+    fn send_stream(&mut self, to: SocketAddr, mut record: Vec<u8>) -> Result<(), StreamRefused> {
         while self.writers.try_join_next().is_some() {}
         let now = Instant::now();
         if record.len() > self.config.stream_record_bytes_max {
             self.counters.streams_out_dropped.add(1);
             tracing::warn!(%to, len = record.len(), "stream record over the limit: dropped");
-            return;
+            return Err(StreamRefused::TooLarge);
         }
         if let Some(c) = self.cache.get_mut(&to) {
             match c.tx.try_send(record) {
                 Ok(()) => {
                     c.last_used = now;
                     self.counters.streams_out.add(1);
-                    return;
+                    return Ok(());
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     self.counters.streams_out_dropped.add(1);
                     tracing::debug!(%to, "stream queue full: record dropped");
-                    return;
+                    return Err(StreamRefused::QueueFull);
                 }
                 Err(mpsc::error::TrySendError::Closed(r)) => {
                     // The writer ended (idle, or an error): open a new connection.
@@ -203,7 +203,7 @@ impl Transport for NetTransport {
         }
         if self.in_backoff(to, now) {
             self.counters.streams_out_dropped.add(1);
-            return;
+            return Err(StreamRefused::Unreachable);
         }
         if self.cache.len() >= self.config.outbound_cached_max {
             let oldest = self
@@ -229,6 +229,7 @@ impl Transport for NetTransport {
             self.counters.clone(),
             self.failing.clone(),
         ));
+        Ok(())
     }
 
     fn counters(&self) -> Arc<TransportCounters> {
@@ -657,7 +658,7 @@ mod tests {
         let mut a = NetTransport::bind(any, config()).await.unwrap();
         let mut b = NetTransport::bind(any, config()).await.unwrap();
         for i in 0..5u8 {
-            a.send_stream(b.local_addr(), rec(&[i; 100]));
+            let _ = a.send_stream(b.local_addr(), rec(&[i; 100]));
         }
         for i in 0..5u8 {
             assert_eq!(recv_stream(&mut b).await, rec(&[i; 100]), "in order");
@@ -666,7 +667,7 @@ mod tests {
         assert_eq!((s.connections_opened, s.streams_out), (1, 5));
         // Idle past outbound_idle: the writer closes; the next record opens a new connection.
         tokio::time::sleep(Duration::from_millis(600)).await;
-        a.send_stream(b.local_addr(), rec(&[9]));
+        let _ = a.send_stream(b.local_addr(), rec(&[9]));
         assert_eq!(recv_stream(&mut b).await, rec(&[9]));
         assert_eq!(a.counters().snapshot().connections_opened, 2);
         assert_eq!(b.counters().snapshot().streams_in, 6);
@@ -690,7 +691,7 @@ mod tests {
             peers.push(NetTransport::bind(any, config()).await.unwrap());
         }
         for p in &mut peers {
-            a.send_stream(p.local_addr(), rec(b"hello"));
+            let _ = a.send_stream(p.local_addr(), rec(b"hello"));
             assert_eq!(recv_stream(p).await, rec(b"hello"));
         }
         assert_eq!(a.cached_connections(), 2, "capped at outbound_cached_max");
@@ -702,13 +703,13 @@ mod tests {
             p.close().await;
             addr
         };
-        a.send_stream(dead, rec(b"lost"));
+        let _ = a.send_stream(dead, rec(b"lost"));
         let deadline = Instant::now() + Duration::from_secs(5);
         while a.counters().snapshot().connections_failed == 0 {
             assert!(Instant::now() < deadline, "the connect never failed");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        a.send_stream(dead, rec(b"lost too"));
+        let _ = a.send_stream(dead, rec(b"lost too"));
         let s = a.counters().snapshot();
         assert_eq!(s.connections_failed, 1);
         assert_eq!(s.streams_out_dropped, 2);
@@ -893,7 +894,7 @@ mod tests {
         let mut b = NetTransport::bind("127.0.0.1:0".parse().unwrap(), config())
             .await
             .unwrap();
-        a.send_stream(b.local_addr(), rec(b"hi"));
+        let _ = a.send_stream(b.local_addr(), rec(b"hi"));
         match timeout(Duration::from_secs(5), b.recv()).await {
             Ok(Some(Incoming::Stream { from, bytes })) => {
                 assert_eq!((from.ip(), bytes), (a.local_addr().ip(), rec(b"hi")))

@@ -96,7 +96,7 @@ async fn off_by_default_passes_everything_in_order() {
     let mut n = net(ChaosConfig::default(), 1);
     assert!(!n.chaos.is_on() && ChaosConfig::default().is_off());
     send_numbered(&mut n.a, B, 100).await;
-    n.a.send_stream(addr(B), b"rec".to_vec());
+    let _ = n.a.send_stream(addr(B), b"rec".to_vec());
     let got = collect(&mut n.a, &mut n.b, 101, Instant::now(), ms(500)).await;
     assert_eq!(numbers(&got[..100]), (0..100).collect::<Vec<_>>());
     assert_eq!(
@@ -264,8 +264,8 @@ async fn streams_untouched_unless_streams_is_on() {
         ..ChaosConfig::default()
     };
     let mut n = net(config.clone(), 8);
-    n.a.send_stream(addr(B), b"to b".to_vec());
-    n.a.send_stream(addr(C), b"to c".to_vec());
+    let _ = n.a.send_stream(addr(B), b"to b".to_vec());
+    let _ = n.a.send_stream(addr(C), b"to c".to_vec());
     n.a.send_packet(addr(C), b"lost").await;
     let rec = |from: &str, b: &[u8]| Incoming::Stream {
         from: addr(from),
@@ -284,14 +284,14 @@ async fn streams_untouched_unless_streams_is_on() {
 
     config.streams = true;
     n.chaos.set(config).unwrap();
-    n.a.send_stream(addr(B), b"to b".to_vec());
-    n.a.send_stream(addr(C), b"to c".to_vec());
+    let _ = n.a.send_stream(addr(B), b"to b".to_vec());
+    let _ = n.a.send_stream(addr(C), b"to c".to_vec());
     assert!(timeout(ms(50), n.b.recv()).await.is_err());
     assert!(timeout(ms(50), n.c.recv()).await.is_err());
     let s = n.chaos.stats();
     assert_eq!((s.streams_dropped, s.streams_blocked), (1, 1));
     // Records in are never touched: their sender is only known inside the sealed frame.
-    n.b.send_stream(addr(A), b"from b".to_vec());
+    let _ = n.b.send_stream(addr(A), b"from b".to_vec());
     assert_eq!(
         timeout(ms(500), n.a.recv()).await.unwrap(),
         Some(rec(B, b"from b"))

@@ -1,0 +1,384 @@
+//! Network coordinates (Vivaldi, as serf computes them).
+//!
+//! Each node keeps a coordinate: a point in an 8-dimensional space plus a height (the part of
+//! the latency a node adds on every path, its access link) and an adjustment (a slow average of
+//! what the geometry cannot explain). The distance between two coordinates estimates their
+//! round trip. Every acked probe moves this node's coordinate as a spring would: towards or
+//! away from the peer's coordinate by how wrong the estimate was, weighted by how sure each
+//! side is (the error term). A weak gravity towards the origin keeps the whole system from
+//! drifting. The constants are serf's (Dabek et al., "Vivaldi: a decentralized network
+//! coordinate system", SIGCOMM 2004; Ledlie et al., "Network coordinates in the wild", NSDI
+//! 2007 for the height, the latency filter and the adjustment).
+//!
+//! Coordinates come from the network, so they may lie: one that is not finite, or further than
+//! [`COORD_BOUND_S`] from the origin, is dropped and counted; an update that would leave this
+//! node's coordinate invalid resets it.
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Dimensions of the space (serf's).
+pub const DIMENSIONS: usize = 8;
+/// Largest error term (serf's `VivaldiErrorMax`).
+const ERROR_MAX: f64 = 1.5;
+/// Error smoothing (serf's `VivaldiCE`).
+const CE: f64 = 0.25;
+/// Step size (serf's `VivaldiCC`).
+const CC: f64 = 0.25;
+/// Samples in the adjustment window (serf's `AdjustmentWindowSize`).
+const ADJUSTMENT_WINDOW: usize = 20;
+/// Smallest height, in seconds (serf's `HeightMin`, 10 µs).
+const HEIGHT_MIN: f64 = 10.0e-6;
+/// Round trips per peer whose median feeds an update (serf's `LatencyFilterSize`).
+pub const LATENCY_FILTER: usize = 3;
+/// Gravity's reach, in seconds (serf's `GravityRho`).
+const GRAVITY_RHO: f64 = 150.0;
+/// Below this two points are on top of each other.
+const ZERO: f64 = 1.0e-6;
+/// Round trips above this are not used (serf's 10 s).
+const RTT_MAX_S: f64 = 10.0;
+/// A coordinate from the wire with a component, height or adjustment beyond this many
+/// seconds (or not finite, or a negative error or height) is refused.
+pub const COORD_BOUND_S: f32 = 100.0;
+
+/// A node's network coordinate, as it travels (f32: 44 bytes on the wire). Equality is
+/// bitwise (so a NaN from the wire equals itself and messages can be compared).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Coordinate {
+    /// Position, in seconds.
+    pub vec: [f32; DIMENSIONS],
+    /// How sure the node is (0: certain, 1.5: no idea).
+    pub error: f32,
+    /// Average of what the geometry does not explain, in seconds (may be negative).
+    pub adjustment: f32,
+    /// The node's own share of every path, in seconds.
+    pub height: f32,
+}
+
+impl Coordinate {
+    fn bits(&self) -> impl Iterator<Item = u32> + '_ {
+        (self
+            .vec
+            .iter()
+            .chain([&self.error, &self.adjustment, &self.height]))
+        .map(|v| v.to_bits())
+    }
+}
+
+impl PartialEq for Coordinate {
+    fn eq(&self, other: &Self) -> bool {
+        self.bits().eq(other.bits())
+    }
+}
+
+impl Eq for Coordinate {}
+
+impl Default for Coordinate {
+    /// The origin, with the largest error: a node that has measured nothing.
+    fn default() -> Self {
+        Coordinate {
+            vec: [0.0; DIMENSIONS],
+            error: ERROR_MAX as f32,
+            adjustment: 0.0,
+            height: HEIGHT_MIN as f32,
+        }
+    }
+}
+
+impl Coordinate {
+    /// Whether a coordinate from the wire may be used: finite, within [`COORD_BOUND_S`], error
+    /// and height not negative.
+    pub fn is_plausible(&self) -> bool {
+        let within = |v: f32| v.is_finite() && v.abs() <= COORD_BOUND_S;
+        self.vec.iter().all(|&v| within(v))
+            && within(self.error)
+            && within(self.adjustment)
+            && within(self.height)
+            && self.error >= 0.0
+            && self.height >= 0.0
+    }
+
+    /// The round trip these two coordinates predict.
+    pub fn rtt_to(&self, other: &Coordinate) -> Duration {
+        Duration::from_secs_f64(Point::from(self).distance_to(&Point::from(other)).max(0.0))
+    }
+}
+
+/// A coordinate in f64 for the arithmetic.
+#[derive(Debug, Clone, PartialEq)]
+struct Point {
+    vec: [f64; DIMENSIONS],
+    error: f64,
+    adjustment: f64,
+    height: f64,
+}
+
+impl From<&Coordinate> for Point {
+    fn from(c: &Coordinate) -> Self {
+        Point {
+            vec: c.vec.map(f64::from),
+            error: f64::from(c.error),
+            adjustment: f64::from(c.adjustment),
+            height: f64::from(c.height),
+        }
+    }
+}
+
+impl From<&Point> for Coordinate {
+    fn from(p: &Point) -> Self {
+        Coordinate {
+            vec: p.vec.map(|v| v as f32),
+            error: p.error as f32,
+            adjustment: p.adjustment as f32,
+            height: p.height as f32,
+        }
+    }
+}
+
+fn magnitude(v: &[f64; DIMENSIONS]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+impl Point {
+    fn is_valid(&self) -> bool {
+        self.vec.iter().all(|v| v.is_finite())
+            && self.error.is_finite()
+            && self.adjustment.is_finite()
+            && self.height.is_finite()
+    }
+
+    /// Euclidean distance plus both heights.
+    fn raw_distance_to(&self, other: &Point) -> f64 {
+        let mut diff = [0.0; DIMENSIONS];
+        for (d, (a, b)) in diff.iter_mut().zip(self.vec.iter().zip(&other.vec)) {
+            *d = a - b;
+        }
+        magnitude(&diff) + self.height + other.height
+    }
+
+    /// The raw distance plus both adjustments, unless that would not be positive.
+    fn distance_to(&self, other: &Point) -> f64 {
+        let dist = self.raw_distance_to(other);
+        let adjusted = dist + self.adjustment + other.adjustment;
+        if adjusted > 0.0 {
+            adjusted
+        } else {
+            dist
+        }
+    }
+
+    /// Moves this point by `force` along the line from `other` (away when positive), and its
+    /// height in proportion.
+    fn apply_force(&mut self, force: f64, other: &Point, rng: &mut impl Rng) {
+        let mut unit = [0.0; DIMENSIONS];
+        for (u, (a, b)) in unit.iter_mut().zip(self.vec.iter().zip(&other.vec)) {
+            *u = a - b;
+        }
+        let mag = magnitude(&unit);
+        if mag > ZERO {
+            unit.iter_mut().for_each(|u| *u /= mag);
+        } else {
+            // On top of each other: push apart in a random direction.
+            loop {
+                unit.iter_mut().for_each(|u| *u = rng.gen::<f64>() - 0.5);
+                let m = magnitude(&unit);
+                if m > ZERO {
+                    unit.iter_mut().for_each(|u| *u /= m);
+                    break;
+                }
+            }
+        }
+        for (v, u) in self.vec.iter_mut().zip(unit) {
+            *v += u * force;
+        }
+        if mag > ZERO {
+            self.height =
+                ((self.height + other.height) * force / mag + self.height).max(HEIGHT_MIN);
+        }
+    }
+}
+
+/// This node's coordinate and the state that moves it.
+#[derive(Debug, Clone)]
+pub struct Vivaldi {
+    me: Point,
+    adjustment_samples: [f64; ADJUSTMENT_WINDOW],
+    adjustment_next: usize,
+    /// Updates made.
+    pub updates: u64,
+    /// Times the coordinate became invalid and was reset to the origin.
+    pub resets: u64,
+}
+
+impl Default for Vivaldi {
+    fn default() -> Self {
+        Vivaldi {
+            me: Point::from(&Coordinate::default()),
+            adjustment_samples: [0.0; ADJUSTMENT_WINDOW],
+            adjustment_next: 0,
+            updates: 0,
+            resets: 0,
+        }
+    }
+}
+
+impl Vivaldi {
+    /// This node's coordinate now.
+    pub fn coordinate(&self) -> Coordinate {
+        Coordinate::from(&self.me)
+    }
+
+    /// Moves this node's coordinate by one observation: a peer at `other` answered in `rtt`
+    /// (already filtered). Round trips of zero or over 10 s and implausible coordinates are
+    /// ignored (false is returned).
+    pub fn update(&mut self, other: &Coordinate, rtt: Duration, rng: &mut impl Rng) -> bool {
+        let rtt = rtt.as_secs_f64();
+        if !other.is_plausible() || rtt <= 0.0 || rtt > RTT_MAX_S {
+            return false;
+        }
+        let other = Point::from(other);
+        // Vivaldi: a spring between the two, weighted by the errors.
+        let dist = self.me.distance_to(&other);
+        let rtt = rtt.max(ZERO);
+        let wrongness = (dist - rtt).abs() / rtt;
+        let total_error = (self.me.error + other.error).max(ZERO);
+        let weight = self.me.error / total_error;
+        self.me.error =
+            (CE * weight * wrongness + self.me.error * (1.0 - CE * weight)).min(ERROR_MAX);
+        let force = CC * weight * (rtt - dist);
+        self.me.apply_force(force, &other, rng);
+        // Adjustment: half the mean of what the raw geometry misses, over a window.
+        let raw = self.me.raw_distance_to(&other);
+        self.adjustment_samples[self.adjustment_next] = rtt - raw;
+        self.adjustment_next = (self.adjustment_next + 1) % ADJUSTMENT_WINDOW;
+        self.me.adjustment =
+            self.adjustment_samples.iter().sum::<f64>() / (2.0 * ADJUSTMENT_WINDOW as f64);
+        // Gravity towards the origin.
+        let origin = Point::from(&Coordinate {
+            error: 0.0,
+            height: 0.0,
+            ..Coordinate::default()
+        });
+        let from_origin = self.me.distance_to(&origin);
+        let pull = -(from_origin / GRAVITY_RHO).powi(2);
+        self.me.apply_force(pull, &origin, rng);
+        if !self.me.is_valid() || !Coordinate::from(&self.me).is_plausible() {
+            *self = Vivaldi {
+                resets: self.resets + 1,
+                updates: self.updates,
+                ..Vivaldi::default()
+            };
+            return false;
+        }
+        self.updates += 1;
+        true
+    }
+}
+
+/// The median of the last [`LATENCY_FILTER`] round trips to one peer (serf's latency filter):
+/// one slow answer does not throw the coordinate.
+#[derive(Debug, Clone, Default)]
+pub struct LatencyFilter {
+    samples: [Duration; LATENCY_FILTER],
+    len: usize,
+    next: usize,
+}
+
+impl LatencyFilter {
+    /// Adds a sample and returns the median of those kept.
+    pub fn push(&mut self, rtt: Duration) -> Duration {
+        self.samples[self.next] = rtt;
+        self.next = (self.next + 1) % LATENCY_FILTER;
+        self.len = (self.len + 1).min(LATENCY_FILTER);
+        let mut s = self.samples;
+        let kept = &mut s[..self.len];
+        kept.sort_unstable();
+        kept[self.len / 2]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    /// Nodes on a line at `pos` ms (one-way), each adding `h` ms: the true round trip.
+    fn true_rtt(a: (f64, f64), b: (f64, f64)) -> Duration {
+        Duration::from_secs_f64(2.0 * ((a.0 - b.0).abs() + a.1 + b.1) / 1000.0)
+    }
+
+    #[test]
+    fn coordinates_learn_a_three_region_topology() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        // 30 nodes in three regions at 0, 40 and 150 ms, each with 0.5-1 ms of its own.
+        let nodes: Vec<(f64, f64)> = (0..30)
+            .map(|i| ([0.0, 40.0, 150.0][i % 3], rng.gen_range(0.5..1.0)))
+            .collect();
+        let mut viv: Vec<Vivaldi> = vec![Vivaldi::default(); nodes.len()];
+        for _ in 0..200 {
+            for i in 0..nodes.len() {
+                let j = rng.gen_range(0..nodes.len());
+                if i == j {
+                    continue;
+                }
+                let other = viv[j].coordinate();
+                viv[i].update(&other, true_rtt(nodes[i], nodes[j]), &mut rng);
+            }
+        }
+        let mut errors = Vec::new();
+        for i in 0..nodes.len() {
+            for j in 0..i {
+                let want = true_rtt(nodes[i], nodes[j]).as_secs_f64();
+                let got = viv[i]
+                    .coordinate()
+                    .rtt_to(&viv[j].coordinate())
+                    .as_secs_f64();
+                errors.push((got - want).abs() / want);
+            }
+        }
+        errors.sort_by(f64::total_cmp);
+        let median = errors[errors.len() / 2];
+        assert!(median < 0.15, "median relative error {median}");
+        assert!(viv.iter().all(|v| v.resets == 0));
+    }
+
+    #[test]
+    fn implausible_coordinates_and_round_trips_are_ignored() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut v = Vivaldi::default();
+        let before = v.coordinate();
+        let mut nan = Coordinate::default();
+        nan.vec[3] = f32::NAN;
+        let mut far = Coordinate::default();
+        far.vec[0] = 1.0e9;
+        let negative = Coordinate {
+            height: -1.0,
+            ..Coordinate::default()
+        };
+        for bad in [&nan, &far, &negative] {
+            assert!(!bad.is_plausible());
+            assert!(!v.update(bad, Duration::from_millis(10), &mut rng));
+        }
+        let ok = Coordinate::default();
+        assert!(!v.update(&ok, Duration::ZERO, &mut rng));
+        assert!(!v.update(&ok, Duration::from_secs(11), &mut rng));
+        assert_eq!(v.coordinate(), before);
+        assert!(v.update(&ok, Duration::from_millis(10), &mut rng));
+        assert_eq!(v.updates, 1);
+        assert_ne!(v.coordinate(), before);
+        assert!(v.coordinate().is_plausible());
+    }
+
+    #[test]
+    fn the_latency_filter_takes_the_median_of_three() {
+        let ms = Duration::from_millis;
+        let mut f = LatencyFilter::default();
+        assert_eq!(f.push(ms(10)), ms(10));
+        assert_eq!(f.push(ms(500)), ms(500)); // [10, 500]: the upper of two
+        assert_eq!(f.push(ms(12)), ms(12));
+        assert_eq!(f.push(ms(11)), ms(12)); // [11, 500, 12]
+        assert_eq!(f.push(ms(13)), ms(12)); // [11, 13, 12]
+    }
+}
