@@ -82,7 +82,8 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub hostile_rate: u32,
     /// Kinds of hostile message, comma-separated: all, alive, suspect, dead, push_pull,
-    /// user_event, ping, ping_req, ack, nack, replay, sync; `-kind` takes one out (all,-dead).
+    /// user_event, ping, ping_req, ack, nack, replay, sync, direct, coord; `-kind` takes one
+    /// out (all,-dead).
     #[arg(long, default_value = "all", value_name = "LIST")]
     pub hostile_kinds: String,
     /// Rows in one hostile push-pull at most (most carry a few).

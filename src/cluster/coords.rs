@@ -2,7 +2,7 @@
 //! acked probe moves ours (see [`super::vivaldi`]), and the coordinates of the members that
 //! answered our probes are kept for round-trip estimates.
 
-use super::message::Message;
+use super::message::{packet_len, Message, PACKET_MESSAGES_MAX};
 use super::swim::Swim;
 use super::vivaldi::{Coordinate, LatencyFilter};
 use crate::identity::NodeId;
@@ -44,41 +44,47 @@ impl Swim {
         Some(self.coordinate().rtt_to(theirs))
     }
 
-    /// The messages an ack to a ping goes out with: our coordinate first (when coordinates are
-    /// on), so that the prober has it when it handles the ack.
-    pub(crate) fn ack_with_coordinate(&self, ack: Message) -> Vec<Message> {
-        if self.config().coordinates {
-            vec![Message::Coord(Box::new(self.coordinate())), ack]
-        } else {
-            vec![ack]
+    /// The packet of an ack to a ping: the ack, gossip, and last our coordinate when coordinates
+    /// are on and it still fits. Gossip goes first: while a cluster forms, acks are full of
+    /// joins and carry no coordinate (the coordinate can wait; at 1,000 nodes forming, a
+    /// coordinate ahead of the gossip in every ack made the last join reach everyone later on
+    /// some seeds).
+    pub(crate) fn ack_packet(&mut self, ack: Message) -> Vec<Message> {
+        let mut msgs = self.fill_packet(vec![ack]);
+        if self.config().coordinates && msgs.len() < PACKET_MESSAGES_MAX {
+            msgs.push(Message::Coord(Box::new(self.coordinate())));
+            if packet_len(&msgs) > self.config().packet_bytes_max {
+                msgs.pop();
+            }
         }
+        msgs
     }
 
-    /// A coordinate arrived in a packet from `from`: kept for the ack that follows it in the
-    /// same packet. An implausible one is counted and dropped.
+    /// The direct ack of our probe of `target` came from `from` after `rtt`: noted for the
+    /// coordinate that may follow it in the same packet.
+    pub(crate) fn observe_rtt(&mut self, target: &NodeId, from: SocketAddr, rtt: Duration) {
+        self.packet_ack = Some((from, target.clone(), rtt));
+    }
+
+    /// A coordinate arrived in a packet from `from`: if it follows the direct ack of our probe
+    /// from that address in the same packet, it moves ours. An implausible one is counted and
+    /// dropped.
     pub(crate) fn on_coord(&mut self, from: SocketAddr, c: Coordinate) {
         if !c.is_plausible() {
             self.stats.implausible += 1;
             return;
         }
-        if self.config().coordinates {
-            self.packet_coord = Some((from, c));
-        }
-    }
-
-    /// The direct ack of our probe of `target` came back from `from` after `rtt`: if the same
-    /// packet carried `from`'s coordinate, it moves ours.
-    pub(crate) fn observe_rtt(&mut self, target: &NodeId, from: SocketAddr, rtt: Duration) {
-        let Some((at, coord)) = self.packet_coord.take() else {
+        let Some((at, target, rtt)) = self.packet_ack.take() else {
             return;
         };
-        if at != from {
+        if at != from || !self.config().coordinates {
             return;
         }
+        let coord = c;
+        let target = &target;
         let peer = self.peer_coords.entry(target.clone()).or_default();
         let filtered = peer.filter.push(rtt);
-        peer.coord = coord;
-        let coord = peer.coord.clone();
+        peer.coord = coord.clone();
         if self.vivaldi.update(&coord, filtered, &mut self.rng) {
             self.stats.coordinate_updates += 1;
         }

@@ -319,8 +319,7 @@ impl Swim {
         let ack = Message::Ack(Ack { seq: ping.seq });
         match channel {
             Channel::Packet => {
-                let lead = self.ack_with_coordinate(ack);
-                let msgs = self.fill_packet(lead);
+                let msgs = self.ack_packet(ack);
                 self.out.push(Output::Packet { to: from, msgs });
             }
             Channel::Stream => self.send_stream(from, ack),

@@ -230,8 +230,9 @@ pub struct Swim {
     pub(crate) vivaldi: super::vivaldi::Vivaldi,
     /// Coordinates of the members that acked our probes.
     pub(crate) peer_coords: FxHashMap<NodeId, super::coords::PeerCoord>,
-    /// A coordinate that came in the packet being handled, for the ack after it.
-    pub(crate) packet_coord: Option<(SocketAddr, super::vivaldi::Coordinate)>,
+    /// The direct ack of our probe in the packet being handled (its source, the target, the
+    /// round trip), for the coordinate after it.
+    pub(crate) packet_ack: Option<(SocketAddr, NodeId, std::time::Duration)>,
     pub(crate) members: Members,
     pub(crate) awareness: Awareness,
     pub(crate) broadcasts: BroadcastQueue,
@@ -326,7 +327,7 @@ impl Swim {
             rng: ChaCha8Rng::seed_from_u64(seed),
             vivaldi: Default::default(),
             peer_coords: FxHashMap::default(),
-            packet_coord: None,
+            packet_ack: None,
             members,
             awareness: Awareness::new(config.awareness_max),
             broadcasts: BroadcastQueue::new(config.broadcast_queue_max),
@@ -396,7 +397,7 @@ impl Swim {
                     self.on_message(from, msg, Channel::Packet);
                 }
                 // A coordinate speaks only for the ack in its own packet.
-                self.packet_coord = None;
+                self.packet_ack = None;
             }
             Input::Stream { from, msg } => self.on_message(from, msg, Channel::Stream),
             Input::Timer(timer) => self.on_timer(timer),

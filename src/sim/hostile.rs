@@ -16,7 +16,8 @@ use crate::cluster::message::{
     packet_len, Ack, Alive, Dead, Nack, Ping, PingReq, PushMember, PushPull, Suspect, Sync,
     SyncStep, UserEvent,
 };
-use crate::cluster::{Config, Digest, MemberState, Message, Swim};
+use crate::cluster::vivaldi::Coordinate;
+use crate::cluster::{Config, Digest, Direct, MemberState, Message, Swim};
 use crate::identity::{Incarnation, NodeId, NodeInfo, Tags, NODE_ID_BYTES_MAX};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -58,11 +59,16 @@ pub enum HostileKind {
     Nack,
     /// A message this hostile node received, sent again to someone else.
     Replay,
+    /// `Direct` messages in any member's name (real, hostile or invented), some over
+    /// `direct_bytes_max`.
+    Direct,
+    /// `Coord` with extreme values: not finite, huge, negative error or height, or plausible.
+    Coord,
 }
 
 impl HostileKind {
     /// Every kind, in report order.
-    pub const ALL: [HostileKind; 11] = [
+    pub const ALL: [HostileKind; 13] = [
         HostileKind::Alive,
         HostileKind::Suspect,
         HostileKind::Dead,
@@ -74,6 +80,8 @@ impl HostileKind {
         HostileKind::Ack,
         HostileKind::Nack,
         HostileKind::Replay,
+        HostileKind::Direct,
+        HostileKind::Coord,
     ];
 
     /// Its name in flags and reports.
@@ -90,6 +98,8 @@ impl HostileKind {
             HostileKind::Ack => "ack",
             HostileKind::Nack => "nack",
             HostileKind::Replay => "replay",
+            HostileKind::Direct => "direct",
+            HostileKind::Coord => "coord",
         }
     }
 
@@ -274,6 +284,18 @@ impl Attacker {
                 seq: self.rng.gen(),
             }),
             HostileKind::Replay => self.seen[self.rng.gen_range(0..self.seen.len())].clone(),
+            HostileKind::Direct => {
+                let max = c.config.direct_bytes_max;
+                let len = match self.rng.gen_range(0..8) {
+                    0 => max + self.rng.gen_range(1..64),
+                    _ => self.rng.gen_range(0..2048),
+                };
+                Message::Direct(Box::new(Direct {
+                    from: self.name(c, to),
+                    payload: vec![0xCD; len],
+                }))
+            }
+            HostileKind::Coord => Message::Coord(Box::new(self.coordinate())),
         };
         let fits = packet_len(std::slice::from_ref(&msg)) <= c.config.packet_bytes_max;
         let channel = if fits && self.rng.gen_bool(0.75) {
@@ -474,6 +496,34 @@ impl Attacker {
         }
     }
 
+    /// A coordinate: one extreme value among plausible ones, or all plausible.
+    fn coordinate(&mut self) -> Coordinate {
+        let mut c = Coordinate {
+            vec: std::array::from_fn(|_| self.rng.gen_range(-1.0..1.0)),
+            error: self.rng.gen_range(0.0..1.5),
+            adjustment: self.rng.gen_range(-0.1..0.1),
+            height: self.rng.gen_range(0.0..0.1),
+        };
+        let extreme = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            -f32::MAX,
+            1.0e9,
+        ];
+        let v = extreme[self.rng.gen_range(0..extreme.len())];
+        match self.rng.gen_range(0..6) {
+            0 => c.vec[self.rng.gen_range(0..c.vec.len())] = v,
+            1 => c.error = v,
+            2 => c.height = -c.height - 1.0,
+            3 => c.adjustment = v,
+            4 => c.height = v,
+            _ => {}
+        }
+        c
+    }
+
     fn user_event(&mut self, c: &Ctx, to: usize) -> Message {
         let max = c.config.user_event_bytes_max;
         let payload = match self.rng.gen_range(0..4) {
@@ -508,10 +558,10 @@ mod tests {
 
     #[test]
     fn kind_lists_add_and_remove_left_to_right() {
-        assert_eq!(HostileKind::parse_list("all").unwrap().len(), 11);
+        assert_eq!(HostileKind::parse_list("all").unwrap().len(), 13);
         assert_eq!(
             HostileKind::parse_list("all,-dead,-suspect").unwrap().len(),
-            9
+            11
         );
         assert_eq!(
             HostileKind::parse_list("ping, alive").unwrap(),
