@@ -80,12 +80,10 @@ impl Swim {
         if at != from || !self.config().coordinates {
             return;
         }
-        let coord = c;
-        let target = &target;
-        let peer = self.peer_coords.entry(target.clone()).or_default();
+        let peer = self.peer_coords.entry(target).or_default();
         let filtered = peer.filter.push(rtt);
-        peer.coord = coord.clone();
-        if self.vivaldi.update(&coord, filtered, &mut self.rng) {
+        peer.coord = c.clone();
+        if self.vivaldi.update(&c, filtered, &mut self.rng) {
             self.stats.coordinate_updates += 1;
         }
     }

@@ -29,7 +29,7 @@ impl Swim {
     /// live member (alive or suspect) of this node's table, when the payload is too large,
     /// and once this node has left.
     pub fn direct(
-        &mut self,
+        &self,
         to: &NodeId,
         payload: Vec<u8>,
         reliable: bool,

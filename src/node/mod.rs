@@ -395,8 +395,8 @@ impl Node {
         self.shared.local_tags.lock().expect("tags lock").clone()
     }
 
-    /// The live members (this node too) as placement sees them.
-    fn placement_members(&self) -> Vec<MemberView> {
+    /// This node as placement sees it: with its tags now.
+    fn placement_self(&self) -> MemberView {
         let mut me = self.shared.local.clone();
         let tags = self.tags();
         if tags != me.info.tags {
@@ -404,18 +404,18 @@ impl Node {
             info.tags = tags;
             me.info = Arc::new(info);
         }
-        let mut all = self.members();
-        all.push(me);
-        all
+        me
     }
 
     /// The `n` owners of `key` (at most [`placement::OWNERS_MAX`]), best first, among the live
     /// members this node sees, itself included, that `filter` lets in: rendezvous hashing
     /// (see [`crate::cluster::placement`]). Every node that sees the same members names the
     /// same owners; when a member leaves, only the keys it owned move.
+    /// A lookup scores every member in place (the table is not copied).
     pub fn owners(&self, key: &[u8], n: usize, filter: &PlacementFilter) -> Vec<MemberView> {
-        let all = self.placement_members();
-        placement::owners(key, &all, n, filter)
+        let me = self.placement_self();
+        let views = self.shared.members.lock().expect("members lock");
+        placement::owners(key, views.iter().chain([&me]), n, filter)
             .into_iter()
             .cloned()
             .collect()
