@@ -428,7 +428,8 @@ impl Node {
 
     /// Watches the owners of `key`: the receiver holds their names now and changes when a
     /// membership event changes them (a join, failure, leave or tag change that moves the
-    /// key). The watch ends when the node shuts down or every receiver is dropped.
+    /// key). A burst of events costs one recomputation (one hash per member). The watch ends
+    /// when the node shuts down or every receiver is dropped.
     pub fn watch_owners(
         &self,
         key: Vec<u8>,
@@ -453,6 +454,15 @@ impl Node {
                         Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
+                }
+                // One recomputation for a burst of events (thousands a second while a large
+                // cluster forms): take what is already queued first.
+                loop {
+                    match events.try_recv() {
+                        Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                        Err(broadcast::error::TryRecvError::Empty) => break,
+                        Err(broadcast::error::TryRecvError::Closed) => return,
+                    }
                 }
                 let now = names(&node);
                 tx.send_if_modified(|old| {
