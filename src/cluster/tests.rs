@@ -2201,7 +2201,8 @@ fn an_ack_with_the_targets_coordinate_moves_ours_and_nothing_else_does() {
         "{est:?}"
     );
     assert_eq!(t.swim.rtt_estimate(&id(1)), Some(Duration::ZERO));
-    // The same coordinate in an ack relayed by a helper (another address) moves nothing.
+    // The same coordinate with an ack from an address that is not the probed member's (an
+    // ack the probe does not take) moves nothing.
     let other = if to == addr(2) { addr(3) } else { addr(2) };
     let before = t.swim.coordinate();
     let (_, seq) = probe(&mut t);

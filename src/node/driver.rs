@@ -161,6 +161,10 @@ impl<T: Transport> Driver<T> {
             Request::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
+            // One member's estimate, without copying every member's coordinate.
+            Request::RttEstimate(member, reply) => {
+                let _ = reply.send(self.swim.rtt_estimate(&member));
+            }
             Request::Coordinates(reply) => {
                 let members = (self.swim.coordinates())
                     .map(|(id, c)| (id.clone(), c.clone()))

@@ -108,6 +108,7 @@ pub(crate) enum Request {
         reply: oneshot::Sender<Result<(), NodeError>>,
     },
     Coordinates(oneshot::Sender<Coordinates>),
+    RttEstimate(NodeId, oneshot::Sender<Option<std::time::Duration>>),
 }
 
 /// This node's network coordinate and those of the members that answered its probes (see
@@ -520,8 +521,8 @@ impl Node {
         &self,
         member: &NodeId,
     ) -> Result<Option<std::time::Duration>, NodeError> {
-        let me = self.shared.local.info.id.clone();
-        Ok(self.coordinates().await?.rtt(&me, &me, member))
+        let member = member.clone();
+        self.ask(|reply| Request::RttEstimate(member, reply)).await
     }
 
     /// Sends a user event to every member.
