@@ -3,7 +3,7 @@
 
 use distributed_core::cluster::{
     Ack, Alive, Dead, DecodeMessageError, Direct, MemberState, Message, Nack, Ping, PingReq,
-    PushMember, PushPull, Suspect, UserEvent,
+    PushMember, PushPull, Query, QueryFilter, QueryResponse, Suspect, UserEvent,
 };
 use distributed_core::identity::Incarnation;
 use distributed_core::identity::{Key, KEY_BYTES};
@@ -213,7 +213,90 @@ fn arb_message() -> impl Strategy<Value = Message> {
             ),
         (arb_id(), proptest::collection::vec(any::<u8>(), 0..64))
             .prop_map(|(from, payload)| { Message::Direct(Box::new(Direct { from, payload })) }),
+        (
+            (any::<u64>(), any::<u64>(), arb_id()),
+            proptest::collection::vec(arb_filter(), 0..3),
+            (any::<bool>(), any::<u8>(), any::<u32>()),
+            "[ -~]{0,20}",
+            proptest::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(
+                |((ltime, id, origin), filters, (ack, relay_factor, timeout_ms), name, payload)| {
+                    Message::Query(Box::new(Query {
+                        ltime,
+                        id,
+                        origin,
+                        filters,
+                        ack,
+                        relay_factor,
+                        timeout_ms,
+                        name,
+                        payload,
+                    }))
+                }
+            ),
+        (
+            (any::<u64>(), any::<u64>(), arb_id(), arb_id()),
+            (any::<bool>(), any::<bool>()),
+            proptest::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(|((ltime, id, origin, from), (ack, relay), payload)| {
+                Message::QueryResponse(Box::new(QueryResponse {
+                    ltime,
+                    id,
+                    origin,
+                    from,
+                    ack,
+                    relay,
+                    payload,
+                }))
+            }),
     ]
+}
+
+fn arb_filter() -> impl Strategy<Value = QueryFilter> {
+    prop_oneof![
+        proptest::collection::vec(arb_id(), 0..4).prop_map(QueryFilter::Names),
+        ("[a-z]{1,8}", "[ -~]{0,12}")
+            .prop_map(|(key, pattern)| QueryFilter::Tag { key, pattern }),
+    ]
+}
+
+#[test]
+fn golden_query_and_response() {
+    let q = Message::Query(Box::new(Query {
+        ltime: 2,
+        id: 3,
+        origin: id("a"),
+        filters: vec![QueryFilter::Tag {
+            key: "r".into(),
+            pattern: "w".into(),
+        }],
+        ack: true,
+        relay_factor: 1,
+        timeout_ms: 300,
+        name: "q".into(),
+        payload: b"p".to_vec(),
+    }));
+    let bytes = encode_packet(std::slice::from_ref(&q));
+    // type 13; ltime 2, id 3, "a", one filter (variant 1: tag "r" = "w"), ack, relay 1,
+    // timeout 300 (varint ac 02), "q", payload "p".
+    assert_eq!(
+        bytes,
+        [1, 1, 19, 13, 2, 3, 1, b'a', 1, 1, 1, b'r', 1, b'w', 1, 1, 0xac, 2, 1, b'q', 1, b'p']
+    );
+    let r = Message::QueryResponse(Box::new(QueryResponse {
+        ltime: 2,
+        id: 3,
+        origin: id("a"),
+        from: id("b"),
+        ack: false,
+        relay: true,
+        payload: b"ok".to_vec(),
+    }));
+    let bytes = encode_packet(std::slice::from_ref(&r));
+    assert_eq!(bytes, [1, 1, 12, 14, 2, 3, 1, b'a', 1, b'b', 0, 1, 2, b'o', b'k']);
+    assert_eq!(packet_len(&[q, r]), 1 + 1 + 20 + 13);
 }
 
 proptest! {

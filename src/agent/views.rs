@@ -1,7 +1,7 @@
 //! JSON views of members and events, as the admin API and `dcore members --json` show them.
 
 use crate::cluster::vivaldi::Coordinate;
-use crate::cluster::{Event, MemberState, MemberView};
+use crate::cluster::{Event, MemberState, MemberView, QueryAnswer};
 use crate::node::MemberHealth;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -112,6 +112,29 @@ pub fn event_json(e: &Event) -> serde_json::Value {
             "reliable": m.reliable,
             "payload": String::from_utf8_lossy(&m.payload),
         }),
+        Event::Query(q) => json!({
+            "type": "query",
+            "name": q.name,
+            "origin": q.origin.as_str(),
+            "id": q.id,
+            "payload": String::from_utf8_lossy(&q.payload),
+        }),
+        Event::QueryAnswer { id, answer } => match answer {
+            QueryAnswer::Ack(from) => json!({"type": "query_ack", "id": id, "from": from.as_str()}),
+            QueryAnswer::Response { from, payload } => json!({
+                "type": "query_response",
+                "id": id,
+                "from": from.as_str(),
+                "payload": String::from_utf8_lossy(payload),
+            }),
+            QueryAnswer::Done(s) => json!({
+                "type": "query_done",
+                "id": id,
+                "acks": s.acks.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
+                "responses": s.responses.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
+                "missing": s.missing.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
+            }),
+        },
         Event::JoinCompleted { members } => json!({"type": "join_completed", "members": members}),
         Event::Refuted { incarnation } => json!({"type": "refuted", "incarnation": incarnation.0}),
         Event::MemberConflict { member, claimed } => json!({

@@ -287,7 +287,8 @@ fn describe(e: &Event) -> Option<String> {
             format!("{v}: a claim to move it to {} was refused", claimed.addr)
         }
         Event::Message(d) => format!("message of {} bytes from {}", d.payload.len(), d.from),
-        Event::JoinCompleted { .. } => return None,
+        Event::Query(q) => format!("query {:?} from {}", q.name, q.origin),
+        Event::JoinCompleted { .. } | Event::QueryAnswer { .. } => return None,
     })
 }
 

@@ -20,6 +20,8 @@ pub(crate) enum BroadcastKey {
     Member(NodeId),
     /// A user event, by origin and Lamport time.
     Event(NodeId, u64),
+    /// A query, by origin and id.
+    Query(NodeId, u64),
 }
 
 impl BroadcastKey {
@@ -27,6 +29,7 @@ impl BroadcastKey {
         match self {
             BroadcastKey::Member(id) => KeyRef::Member(id),
             BroadcastKey::Event(id, ltime) => KeyRef::Event(id, *ltime),
+            BroadcastKey::Query(id, q) => KeyRef::Query(id, *q),
         }
     }
 }
@@ -37,6 +40,7 @@ impl BroadcastKey {
 enum KeyRef<'a> {
     Member(&'a NodeId),
     Event(&'a NodeId, u64),
+    Query(&'a NodeId, u64),
 }
 
 fn hash(key: KeyRef<'_>) -> u64 {
@@ -61,6 +65,7 @@ fn subject(msg: &Message) -> Option<KeyRef<'_>> {
         Message::Suspect(s) => Some(KeyRef::Member(&s.node)),
         Message::Dead(d) => Some(KeyRef::Member(&d.node)),
         Message::UserEvent(e) => Some(KeyRef::Event(&e.origin, e.ltime)),
+        Message::Query(q) => Some(KeyRef::Query(&q.origin, q.id)),
         _ => None,
     }
 }

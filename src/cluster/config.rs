@@ -102,6 +102,23 @@ pub struct Config {
     /// coordinate (46 bytes), each acked probe moves ours, and `rtt_estimate` predicts the
     /// round trip to any member whose coordinate this node has. Default true.
     pub coordinates: bool,
+    /// A query's timeout when its origin names none: `gossip_interval` times this times
+    /// ceil(log10(N + 1)) for N live members (serf's rule: 6.4 s for 50 members with the LAN
+    /// preset). Default 16.
+    pub query_timeout_mult: u32,
+    /// Largest query, its whole message (name, payload, filters, origin) in bytes, at least
+    /// 256; `packet_bytes_max` less 64 caps it. Larger ones are refused to the asker and
+    /// dropped (counted) on receipt. Default 1,024, as serf's `QuerySizeLimit`.
+    pub query_bytes_max: usize,
+    /// Largest answer to a query, its whole message in bytes, at least 256;
+    /// `packet_bytes_max` less 64 caps it. Default 1,024, as serf's `QueryResponseSizeLimit`.
+    pub query_response_bytes_max: usize,
+    /// Queries this node waits on at once (those it started and not yet timed out); more are
+    /// refused. Queries it answers are remembered up to four times as many. Default 64.
+    pub queries_max: usize,
+    /// New queries this node takes per second (a token bucket holding one second's worth);
+    /// past it a query is neither answered nor passed on, and counted. Default 32.
+    pub queries_per_sec: u32,
     /// Broadcasts waiting in the piggyback queue at most; beyond it the most sent are dropped
     /// (push-pull repairs what they would have told). Default 4,096, as serf's queue depth.
     pub broadcast_queue_max: usize,
@@ -177,6 +194,11 @@ impl Config {
             user_event_buffer: 512,
             direct_bytes_max: 1 << 20,
             coordinates: true,
+            query_timeout_mult: 16,
+            query_bytes_max: 1024,
+            query_response_bytes_max: 1024,
+            queries_max: 64,
+            queries_per_sec: 32,
             broadcast_queue_max: 4096,
             push_pull_members_max: 65_536,
             indirect_pending_max: 1024,
@@ -320,6 +342,17 @@ impl Config {
                 "user_event_bytes_max + 64 must fit a packet",
             );
         }
+        for (field, value) in [
+            ("query_bytes_max", self.query_bytes_max),
+            ("query_response_bytes_max", self.query_response_bytes_max),
+        ] {
+            if value < 256 {
+                return bad(field, "must be at least 256");
+            }
+        }
+        if !(1..=1000).contains(&self.query_timeout_mult) {
+            return bad("query_timeout_mult", "must be 1..=1000");
+        }
         if !(1024..=64 << 20).contains(&self.direct_bytes_max) {
             return bad("direct_bytes_max", "must be 1 KiB to 64 MiB");
         }
@@ -333,6 +366,8 @@ impl Config {
                 self.members_admit_per_push_pull,
             ),
             ("members_admit_per_sec", self.members_admit_per_sec as usize),
+            ("queries_max", self.queries_max),
+            ("queries_per_sec", self.queries_per_sec as usize),
         ];
         for (field, value) in nonzero {
             if value == 0 {
@@ -343,6 +378,19 @@ impl Config {
             return bad("members_max", "must be 2..=16777216");
         }
         Ok(())
+    }
+
+    /// The largest query message in force: `query_bytes_max`, capped so that it fits a packet
+    /// with a ping beside it.
+    pub fn query_len_max(&self) -> usize {
+        self.query_bytes_max.min(self.packet_bytes_max - 64)
+    }
+
+    /// The largest query answer message in force: `query_response_bytes_max`, capped as
+    /// [`Config::query_len_max`].
+    pub fn query_response_len_max(&self) -> usize {
+        self.query_response_bytes_max
+            .min(self.packet_bytes_max - 64)
     }
 
     /// Whether `ip` may take part (see `allowed_cidrs`).

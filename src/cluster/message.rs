@@ -175,6 +175,68 @@ pub struct Direct {
     pub payload: Vec<u8>,
 }
 
+/// A question spread to every member (serf's query model): the members its filters select
+/// acknowledge it (when `ack`) and may answer it with a [`QueryResponse`] sent to the origin's
+/// address in their own table, also through `relay_factor` other members when asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Query {
+    /// Lamport time at the origin (the user-event clock).
+    pub ltime: u64,
+    /// Random, to tell apart the answers to the origin's queries.
+    pub id: u64,
+    /// The member that asks; answers go to its address as each responder knows it.
+    pub origin: NodeId,
+    /// Every filter must select a member for it to take part.
+    pub filters: Vec<QueryFilter>,
+    /// Whether selected members acknowledge the query.
+    pub ack: bool,
+    /// Other members each answer also goes through (at most [`QUERY_RELAY_MAX`]).
+    pub relay_factor: u8,
+    /// How long the origin waits, in ms; a member does not answer after that long.
+    pub timeout_ms: u32,
+    /// What is asked (a handler's name).
+    pub name: String,
+    /// Opaque payload.
+    pub payload: Vec<u8>,
+}
+
+/// Members an answer is relayed through at most.
+pub const QUERY_RELAY_MAX: u8 = 5;
+
+/// Which members a query asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueryFilter {
+    /// Members with one of these names.
+    Names(Vec<NodeId>),
+    /// Members with tag `key` whose whole value `pattern` (a regular expression) matches.
+    Tag {
+        /// The tag.
+        key: String,
+        /// The regular expression, anchored at both ends.
+        pattern: String,
+    },
+}
+
+/// An acknowledgement of, or an answer to, a [`Query`], sent to its origin directly or through
+/// a relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryResponse {
+    /// The query's Lamport time.
+    pub ltime: u64,
+    /// The query's id.
+    pub id: u64,
+    /// The query's origin, who the answer is for.
+    pub origin: NodeId,
+    /// The member answering.
+    pub from: NodeId,
+    /// An acknowledgement (no payload) rather than an answer.
+    pub ack: bool,
+    /// Sent to a relay, which passes it on to the origin (without this flag) once.
+    pub relay: bool,
+    /// The answer.
+    pub payload: Vec<u8>,
+}
+
 /// An application event spread to every member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserEvent {
@@ -217,6 +279,10 @@ pub enum Message {
     Direct(Box<Direct>),
     /// The sender's network coordinate, before the `Ack` it rides with (boxed, as `PingReq`).
     Coord(Box<Coordinate>),
+    /// A query spread to every member (boxed, as `PingReq`).
+    Query(Box<Query>),
+    /// An acknowledgement of or answer to a query (boxed, as `PingReq`).
+    QueryResponse(Box<QueryResponse>),
 }
 
 // The broadcast queue holds thousands of messages per node; keep the enum small.
@@ -248,6 +314,10 @@ pub mod msg_type {
     pub const DIRECT: u8 = 11;
     /// [`super::Coordinate`]
     pub const COORD: u8 = 12;
+    /// [`super::Query`]
+    pub const QUERY: u8 = 13;
+    /// [`super::QueryResponse`]
+    pub const QUERY_RESPONSE: u8 = 14;
 }
 
 /// Why bytes did not decode. Nothing is changed by a failed decode.
@@ -286,6 +356,8 @@ impl Message {
             Message::Sync(_) => msg_type::SYNC,
             Message::Direct(_) => msg_type::DIRECT,
             Message::Coord(_) => msg_type::COORD,
+            Message::Query(_) => msg_type::QUERY,
+            Message::QueryResponse(_) => msg_type::QUERY_RESPONSE,
         }
     }
 
@@ -304,6 +376,8 @@ impl Message {
             Message::Sync(_) => "sync",
             Message::Direct(_) => "direct",
             Message::Coord(_) => "coord",
+            Message::Query(_) => "query",
+            Message::QueryResponse(_) => "query_response",
         }
     }
 
@@ -323,6 +397,8 @@ impl Message {
             Message::Sync(m) => postcard::to_extend(m, std::mem::take(out)),
             Message::Direct(m) => postcard::to_extend(m, std::mem::take(out)),
             Message::Coord(m) => postcard::to_extend(m, std::mem::take(out)),
+            Message::Query(m) => postcard::to_extend(m, std::mem::take(out)),
+            Message::QueryResponse(m) => postcard::to_extend(m, std::mem::take(out)),
         };
         // Serializing into a Vec fails only on allocation failure, which aborts anyway.
         *out = body.expect("postcard into Vec cannot fail");
@@ -347,6 +423,8 @@ impl Message {
             Message::Sync(m) => size(m),
             Message::Direct(m) => size(m),
             Message::Coord(m) => size(m),
+            Message::Query(m) => size(m),
+            Message::QueryResponse(m) => size(m),
         }
     }
 
@@ -369,6 +447,8 @@ impl Message {
             msg_type::SYNC => Message::Sync(de(ty, body)?),
             msg_type::DIRECT => Message::Direct(de(ty, body)?),
             msg_type::COORD => Message::Coord(de(ty, body)?),
+            msg_type::QUERY => Message::Query(de(ty, body)?),
+            msg_type::QUERY_RESPONSE => Message::QueryResponse(de(ty, body)?),
             _ => return Ok(None),
         };
         Ok(Some(msg))

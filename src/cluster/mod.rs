@@ -32,6 +32,7 @@ pub(crate) mod message;
 pub mod phi;
 pub mod placement;
 mod probe;
+pub mod query;
 mod suspicion;
 pub mod vivaldi;
 
@@ -44,9 +45,10 @@ pub use direct::DirectMessage;
 pub use members::Member;
 pub use message::{
     Ack, Alive, Dead, DecodeMessageError, DecodedPacket, Direct, MemberState, Message, Nack, Ping,
-    PingReq, PushMember, PushPull, Suspect, Sync, SyncStep, UserEvent, PACKET_MESSAGES_MAX,
-    PROTOCOL_VERSION,
+    PingReq, PushMember, PushPull, Query, QueryFilter, QueryResponse, Suspect, Sync, SyncStep,
+    UserEvent, PACKET_MESSAGES_MAX, PROTOCOL_VERSION, QUERY_RELAY_MAX,
 };
+pub use query::{QueryAnswer, QueryParams, QueryRequest, QuerySummary};
 pub use swim::{
     CommandError, Stats, Swim, DOWN_CLAIM_JUMP_MAX, INCARNATION_JUMP_MAX, LTIME_JUMP_MAX,
 };
@@ -157,6 +159,11 @@ pub enum Timer {
         /// Which pending move this is.
         generation: u64,
     },
+    /// A query this node started timed out.
+    QueryEnd {
+        /// The query's id.
+        id: u64,
+    },
 }
 
 /// What the core asks the driver to do, or tells the application.
@@ -217,6 +224,17 @@ pub enum Event {
     UserEvent(UserEvent),
     /// A direct message from a member (`Node::send`, `Node::send_reliable`).
     Message(DirectMessage),
+    /// A query this node's filters selected, to answer (`Swim::respond`). A `Node` hands it
+    /// to the handler registered for its name, and subscribers see it too.
+    Query(Box<QueryRequest>),
+    /// An acknowledgement or answer to a query this node started, or its end. A `Node` hands
+    /// these to the query's caller only, not to subscribers.
+    QueryAnswer {
+        /// The query's id.
+        id: u64,
+        /// What came.
+        answer: QueryAnswer,
+    },
     /// A seed answered our join: the full state is merged.
     JoinCompleted {
         /// Members known after the merge, this node included.

@@ -71,6 +71,40 @@ pub enum CommandError {
         /// Its state here (`failed` or `left`).
         state: &'static str,
     },
+    /// More queries running than `queries_max`.
+    #[error("{max} queries are running already (queries_max)")]
+    TooManyQueries {
+        /// The limit.
+        max: usize,
+    },
+    /// A query with a bad relay factor, filter or timeout.
+    #[error("bad query: {0}")]
+    BadQuery(String),
+    /// A query over `query_bytes_max`.
+    #[error("query takes {len} bytes, more than the {max} it may (query_bytes_max)")]
+    QueryTooLarge {
+        /// Bytes of the query message.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An answer over `query_response_bytes_max`.
+    #[error("answer takes {len} bytes, more than the {max} it may (query_response_bytes_max)")]
+    ResponseTooLarge {
+        /// Bytes of the answer message.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An answer to a query this node did not take, or has forgotten.
+    #[error("no such query to answer")]
+    QueryUnknown,
+    /// An answer after the query's deadline.
+    #[error("the query's deadline has passed")]
+    QueryExpired,
+    /// A second answer to one query.
+    #[error("the query is answered already")]
+    QueryAnswered,
     /// A direct message over its limit (`direct_bytes_max`, or a packet for `send`).
     #[error("message payload takes {len} bytes, more than the {max} it may")]
     MessageTooLarge {
@@ -158,6 +192,17 @@ pub struct Stats {
     /// Direct messages dropped because their sender is not a live member at the address they
     /// came from.
     pub direct_refused: u64,
+    /// Queries from other members this node took (passed on, and answered when selected).
+    pub queries_in: u64,
+    /// New queries dropped past `queries_per_sec`, and relayed answers past
+    /// `query::RELAYS_PER_SEC`.
+    pub queries_limited: u64,
+    /// Acknowledgements and answers taken for this node's queries.
+    pub query_answers_in: u64,
+    /// Acknowledgements and answers for queries this node no longer waits on (late).
+    pub query_answers_late: u64,
+    /// Answers this node relayed to their query's origin.
+    pub query_relays: u64,
 }
 
 /// Largest step up from the incarnation this node knows for a member (itself included) that a
@@ -241,6 +286,8 @@ pub struct Swim {
     pub(crate) generation: u64,
     pub(crate) probe: ProbeState,
     pub(crate) user_events: UserEvents,
+    /// Queries started and being answered (see `query.rs`).
+    pub(crate) queries: super::query::Queries,
     join: JoinState,
     /// Set while the members of the answer to our join are merged: the seed's word may move
     /// this node's own incarnation and clock by any amount (see [`INCARNATION_JUMP_MAX`]).
@@ -262,7 +309,7 @@ pub struct Swim {
     last_refute_penalty: Option<Time>,
     /// Failure news (a suspicion, a death, our own refutation) was queued while handling the
     /// current input: it is gossiped at the end of the input, not at the next tick.
-    urgent: bool,
+    pub(crate) urgent: bool,
     /// When the last such early gossip round went out (at most one a gossip interval).
     last_urgent_gossip: Option<Time>,
     /// The real source of the message being handled (a datagram's source, or a stream's sender
@@ -335,6 +382,7 @@ impl Swim {
             generation: 0,
             probe: ProbeState::default(),
             user_events: UserEvents::new(config.user_event_buffer),
+            queries: super::query::Queries::new(config.queries_per_sec),
             join: JoinState::default(),
             trust_jumps: false,
             in_sync: false,
@@ -429,7 +477,7 @@ impl Swim {
     /// but keeps its capacity, that of its largest burst (a join answer merges N rows and emits N
     /// events at once): ten thousand simulated cores each keeping room for ten thousand outputs
     /// held gigabytes. Past [`OUT_KEEP`] outputs the buffer is given back.
-    fn hand_over(&mut self, out: &mut Vec<Output>) {
+    pub(crate) fn hand_over(&mut self, out: &mut Vec<Output>) {
         out.append(&mut self.out);
         if self.out.capacity() > OUT_KEEP {
             self.out = Vec::new();
@@ -537,6 +585,8 @@ impl Swim {
             Message::Direct(m) => self.on_direct(from, *m, channel == Channel::Stream),
             Message::Coord(c) if channel == Channel::Packet => self.on_coord(from, *c),
             Message::Coord(_) => self.stats.misdirected += 1,
+            Message::Query(q) => self.on_query(*q),
+            Message::QueryResponse(r) => self.on_query_response(*r),
         }
     }
 
@@ -567,6 +617,7 @@ impl Swim {
             Timer::JoinRetry { attempt } => self.on_join_retry(attempt),
             Timer::Suspicion { node, generation } => self.on_suspicion_timeout(node, generation),
             Timer::MoveCheck { node, generation } => self.on_move_check(node, generation),
+            Timer::QueryEnd { id } => self.on_query_end(id),
             Timer::LeaveCheck { node, generation } => self.on_leave_check(node, generation),
         }
     }
@@ -826,7 +877,7 @@ impl Swim {
     /// was known everywhere about 2 % sooner). A round with nobody to send to (a node not yet
     /// joined) does not use up the interval. The rate bound keeps forged claims from
     /// multiplying traffic by more than two.
-    fn gossip_urgent(&mut self) {
+    pub(crate) fn gossip_urgent(&mut self) {
         // A node whose health is in doubt (running late, refuting) adds no rounds: on a loaded
         // host the early rounds of every node carrying every suspicion were load themselves.
         if !std::mem::take(&mut self.urgent) || self.awareness.score() > 0 {

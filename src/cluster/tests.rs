@@ -6,32 +6,32 @@ use crate::common::Now;
 use crate::identity::NodeInfo;
 use std::time::Duration;
 
-fn addr(i: u8) -> SocketAddr {
+pub(super) fn addr(i: u8) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, i], 7946))
 }
 
-fn id(i: u8) -> NodeId {
+pub(super) fn id(i: u8) -> NodeId {
     NodeId::new(&format!("n{i}")).unwrap()
 }
 
-fn info(i: u8) -> Arc<NodeInfo> {
+pub(super) fn info(i: u8) -> Arc<NodeInfo> {
     Arc::new(NodeInfo::new(id(i), addr(i)))
 }
 
-fn at(ms: u64) -> Now {
+pub(super) fn at(ms: u64) -> Now {
     Now::at(Time::from_millis(ms))
 }
 
 /// A core for node `i` that knows nodes `others` as alive at incarnation 0.
-struct T {
-    swim: Swim,
-    out: Vec<Output>,
-    ms: u64,
+pub(super) struct T {
+    pub(super) swim: Swim,
+    pub(super) out: Vec<Output>,
+    pub(super) ms: u64,
 }
 
 impl T {
     /// With the LAN preset, but `suspicion_mult` 4 (the timeouts the tests below spell out).
-    fn new(i: u8, others: &[u8]) -> T {
+    pub(super) fn new(i: u8, others: &[u8]) -> T {
         let config = Config {
             suspicion_mult: 4,
             ..Config::lan()
@@ -39,7 +39,7 @@ impl T {
         Self::with(config, i, others)
     }
 
-    fn with(config: Config, i: u8, others: &[u8]) -> T {
+    pub(super) fn with(config: Config, i: u8, others: &[u8]) -> T {
         let mut swim = Swim::new(config, (*info(i)).clone(), Incarnation(0), u64::from(i)).unwrap();
         let mut out = Vec::new();
         swim.start(at(0), &mut out);
@@ -58,21 +58,21 @@ impl T {
         t
     }
 
-    fn input(&mut self, input: Input) -> Vec<Output> {
+    pub(super) fn input(&mut self, input: Input) -> Vec<Output> {
         let mut out = Vec::new();
         self.swim.handle(at(self.ms), input, &mut out);
         self.out.extend(out.iter().cloned());
         out
     }
 
-    fn msg(&mut self, from: u8, msg: Message) -> Vec<Output> {
+    pub(super) fn msg(&mut self, from: u8, msg: Message) -> Vec<Output> {
         self.input(Input::Packet {
             from: addr(from),
             msgs: vec![msg],
         })
     }
 
-    fn timer(&mut self, timer: Timer) -> Vec<Output> {
+    pub(super) fn timer(&mut self, timer: Timer) -> Vec<Output> {
         self.input(Input::Timer(timer))
     }
 
@@ -81,7 +81,7 @@ impl T {
     }
 
     /// Fires the timers armed so far (and those they arm), in time order, up to `until_ms`.
-    fn fire_until(&mut self, until_ms: u64) {
+    pub(super) fn fire_until(&mut self, until_ms: u64) {
         loop {
             let next = self
                 .out
@@ -113,7 +113,7 @@ fn fail(t: &mut T, i: u8) {
     });
 }
 
-fn packets(out: &[Output]) -> Vec<(SocketAddr, Vec<Message>)> {
+pub(super) fn packets(out: &[Output]) -> Vec<(SocketAddr, Vec<Message>)> {
     out.iter()
         .filter_map(|o| match o {
             Output::Packet { to, msgs } => Some((*to, msgs.clone())),
@@ -131,7 +131,7 @@ fn streams(out: &[Output]) -> Vec<(SocketAddr, Message)> {
         .collect()
 }
 
-fn events(out: &[Output]) -> Vec<Event> {
+pub(super) fn events(out: &[Output]) -> Vec<Event> {
     out.iter()
         .filter_map(|o| match o {
             Output::Event(e) => Some(e.clone()),
@@ -147,7 +147,7 @@ fn timer_at(out: &[Output], want: &Timer) -> Option<Time> {
     })
 }
 
-fn ping(seq: u32, target: u8, source: u8) -> Message {
+pub(super) fn ping(seq: u32, target: u8, source: u8) -> Message {
     Message::Ping(Ping {
         seq,
         target: id(target),

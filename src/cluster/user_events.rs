@@ -1,7 +1,10 @@
-//! User events: a Lamport clock and a dedup buffer (after serf's event buffer).
+//! User events and queries: a Lamport clock and two dedup buffers (after serf's event and
+//! query buffers). Queries share the events' clock, which syncs and push-pulls carry, so a
+//! node that just joined takes the cluster's queries at once.
 //!
-//! The buffer has one slot per Lamport time modulo its length; an event older than the buffer
-//! can no longer be checked for duplicates, so it is dropped rather than delivered twice.
+//! A buffer has one slot per Lamport time modulo its length; an event (or query) older than
+//! the buffer can no longer be checked for duplicates, so it is dropped rather than delivered
+//! twice.
 
 use super::swim::LTIME_JUMP_MAX;
 use crate::identity::NodeId;
@@ -34,6 +37,8 @@ pub(crate) enum Verdict {
 pub(crate) struct UserEvents {
     clock: u64,
     slots: Vec<Slot>,
+    /// The queries', keyed by (origin, query id).
+    query_slots: Vec<Slot>,
 }
 
 impl UserEvents {
@@ -42,6 +47,7 @@ impl UserEvents {
         UserEvents {
             clock: 0,
             slots: vec![Slot::default(); buffer],
+            query_slots: vec![Slot::default(); buffer],
         }
     }
 
@@ -71,6 +77,15 @@ impl UserEvents {
 
     /// Checks and records an event from `origin` at `ltime` with payload digest `digest`.
     pub fn observe(&mut self, origin: &NodeId, ltime: u64, digest: u64) -> Verdict {
+        self.observe_in(false, origin, ltime, digest)
+    }
+
+    /// Checks and records a query from `origin` at `ltime` with id `id`.
+    pub fn observe_query(&mut self, origin: &NodeId, ltime: u64, id: u64) -> Verdict {
+        self.observe_in(true, origin, ltime, id)
+    }
+
+    fn observe_in(&mut self, query: bool, origin: &NodeId, ltime: u64, digest: u64) -> Verdict {
         let len = self.slots.len() as u64;
         if self.clock > len && ltime < self.clock - len {
             return Verdict::TooOld;
@@ -78,7 +93,12 @@ impl UserEvents {
         if !self.witness(ltime, false) {
             return Verdict::Implausible;
         }
-        let slot = &mut self.slots[(ltime % len) as usize];
+        let slots = if query {
+            &mut self.query_slots
+        } else {
+            &mut self.slots
+        };
+        let slot = &mut slots[(ltime % len) as usize];
         if slot.ltime != ltime {
             slot.ltime = ltime;
             slot.seen.clear();
@@ -126,6 +146,17 @@ mod tests {
         assert_eq!(e.observe(&o, 5, d), Verdict::TooOld);
         assert_eq!(e.next_time(), 11);
         assert_eq!(e.clock(), 12);
+    }
+
+    #[test]
+    fn queries_are_deduplicated_apart_from_events() {
+        let o = NodeId::new("o").unwrap();
+        let mut e = UserEvents::new(4);
+        assert_eq!(e.observe(&o, 3, 7), Verdict::Deliver);
+        assert_eq!(e.observe_query(&o, 3, 7), Verdict::Deliver, "own buffer");
+        assert_eq!(e.observe_query(&o, 3, 7), Verdict::Duplicate);
+        assert_eq!(e.observe_query(&o, 3, 8), Verdict::Deliver, "another id");
+        assert_eq!(e.clock(), 4, "one clock");
     }
 
     #[test]
