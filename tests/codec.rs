@@ -257,8 +257,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
 fn arb_filter() -> impl Strategy<Value = QueryFilter> {
     prop_oneof![
         proptest::collection::vec(arb_id(), 0..4).prop_map(QueryFilter::Names),
-        ("[a-z]{1,8}", "[ -~]{0,12}")
-            .prop_map(|(key, pattern)| QueryFilter::Tag { key, pattern }),
+        ("[a-z]{1,8}", "[ -~]{0,12}").prop_map(|(key, pattern)| QueryFilter::Tag { key, pattern }),
     ]
 }
 
@@ -295,7 +294,10 @@ fn golden_query_and_response() {
         payload: b"ok".to_vec(),
     }));
     let bytes = encode_packet(std::slice::from_ref(&r));
-    assert_eq!(bytes, [1, 1, 12, 14, 2, 3, 1, b'a', 1, b'b', 0, 1, 2, b'o', b'k']);
+    assert_eq!(
+        bytes,
+        [1, 1, 12, 14, 2, 3, 1, b'a', 1, b'b', 0, 1, 2, b'o', b'k']
+    );
     assert_eq!(packet_len(&[q, r]), 1 + 1 + 20 + 13);
 }
 

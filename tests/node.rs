@@ -1073,3 +1073,158 @@ async fn direct_messages_arrive_once_in_order_and_refusals_are_reported(net: Net
     a.shutdown().await;
     b.shutdown().await;
 }
+
+on_both!(queries_reach_exactly_the_selected_members_and_their_handlers_answer);
+/// Queries with and without filters: acknowledged and answered by exactly the members the
+/// filters select (tag patterns match whole values), once each; a member that went down
+/// before the query is reported missing.
+async fn queries_reach_exactly_the_selected_members_and_their_handlers_answer(net: Net) {
+    use distributed_core::cluster::{QueryFilter, QueryParams};
+    use distributed_core::node::NodeError;
+    let configs = named(5).enumerate().map(|(i, mut c)| {
+        let role = if i % 2 == 1 { "media" } else { "media-old" };
+        c.tags.insert("role".into(), role.into());
+        c
+    });
+    let nodes = net.cluster(configs, Duration::from_secs(10)).await;
+    for n in &nodes {
+        let mut rx = n.query_handler("whoami").await.unwrap();
+        let name = n.local_member().info.id.to_string();
+        tokio::spawn(async move {
+            while let Some(q) = rx.recv().await {
+                let text = format!("{name}:{}", String::from_utf8_lossy(&q.request.payload));
+                q.respond(text.into_bytes()).await.unwrap();
+            }
+        });
+    }
+    let ask = async |filters: Vec<QueryFilter>, name: &str| {
+        let mut p = QueryParams::new(name, b"hi".to_vec());
+        p.filters = filters;
+        p.timeout = Some(Duration::from_secs(1));
+        p.relay_factor = 1;
+        nodes[0].query(p).await.unwrap().collect().await.unwrap()
+    };
+    let names = |ids: &[distributed_core::identity::NodeId]| -> Vec<String> {
+        ids.iter().map(|i| i.to_string()).collect()
+    };
+    let all = ask(Vec::new(), "whoami").await;
+    assert_eq!(names(&all.acks), ["n0", "n1", "n2", "n3", "n4"]);
+    assert_eq!(all.responses.len(), 5);
+    for (from, text) in &all.responses {
+        assert_eq!(String::from_utf8_lossy(text), format!("{from}:hi"));
+    }
+    assert!(all.missing.is_empty());
+
+    let media = ask(
+        vec![QueryFilter::Tag {
+            key: "role".into(),
+            pattern: "media".into(),
+        }],
+        "whoami",
+    )
+    .await;
+    assert_eq!(names(&media.acks), ["n1", "n3"], "anchored: not media-old");
+    let answered: Vec<String> = media.responses.keys().map(|k| k.to_string()).collect();
+    assert_eq!(answered, ["n1", "n3"]);
+
+    let two = ask(
+        vec![QueryFilter::Names(vec![
+            distributed_core::identity::NodeId::new("n2").unwrap(),
+            distributed_core::identity::NodeId::new("n4").unwrap(),
+        ])],
+        "whoami",
+    )
+    .await;
+    assert_eq!(names(&two.acks), ["n2", "n4"]);
+    assert_eq!(two.responses.len(), 2);
+
+    let unhandled = ask(Vec::new(), "nobody-answers").await;
+    assert_eq!(unhandled.acks.len(), 5);
+    assert!(unhandled.responses.is_empty() && unhandled.missing.is_empty());
+
+    let reserved = nodes[0].query_handler("_dcore_keys").await;
+    assert!(matches!(reserved, Err(NodeError::ReservedName(_))));
+
+    nodes[4].shutdown().await;
+    let down = ask(Vec::new(), "whoami").await;
+    assert_eq!(names(&down.missing), ["n4"], "{down:?}");
+    assert_eq!(down.responses.len(), 4);
+    for n in &nodes[..4] {
+        n.shutdown().await;
+    }
+}
+
+on_both!(the_key_rotates_through_cluster_key_commands);
+/// serf's `keys` commands through internal queries: install, use and remove reach every
+/// node, each reports its keys; no member is lost; a node that is down is reported missing.
+async fn the_key_rotates_through_cluster_key_commands(net: Net) {
+    use distributed_core::cluster::Event;
+    use distributed_core::node::{KeysAnswer, KeysOp};
+    let (old, new) = (
+        Key::from_bytes([5; KEY_BYTES]),
+        Key::from_bytes([6; KEY_BYTES]),
+    );
+    let encrypted = named(5).map(|mut c| {
+        c.keyring = Some(Keyring::new(old.clone()));
+        c
+    });
+    let nodes = net.cluster(encrypted, Duration::from_secs(10)).await;
+    let mut subs: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
+    let run = async |op: KeysOp| {
+        let r = (nodes[2]
+            .keys_cluster(&op, Some(Duration::from_secs(1)))
+            .await)
+            .unwrap();
+        let answers: Vec<KeysAnswer> = (r.responses.values())
+            .map(|b| serde_json::from_slice(b).unwrap())
+            .collect();
+        (r, answers)
+    };
+    let id = |k: &Key| format!("{:#04x}", k.id());
+    let key = new.to_base64();
+    for op in [
+        KeysOp::Install { key: key.clone() },
+        KeysOp::Use { key: key.clone() },
+        KeysOp::Remove {
+            key: old.to_base64(),
+        },
+    ] {
+        let (r, answers) = run(op.clone()).await;
+        assert_eq!(answers.len(), 5, "{op:?}: {r:?}");
+        assert!(r.missing.is_empty(), "{op:?}: {r:?}");
+        for a in &answers {
+            assert_eq!(a.error, None, "{op:?}");
+            assert!(a.keys.contains(&id(&new)), "{op:?}: {a:?}");
+        }
+    }
+    let (_, answers) = run(KeysOp::List).await;
+    for a in &answers {
+        assert_eq!(
+            (&a.keys[..], a.primary.as_ref()),
+            (&[id(&new)][..], Some(&id(&new)))
+        );
+    }
+    // Removing the key in use is refused everywhere, with the reason.
+    let (_, answers) = run(KeysOp::Remove { key: key.clone() }).await;
+    assert!(answers.iter().all(|a| a.error.is_some()), "{answers:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        nodes.iter().all(|n| alive_count(n) == 4),
+        "a member was lost"
+    );
+    for (i, sub) in subs.iter_mut().enumerate() {
+        while let Ok(e) = sub.try_recv() {
+            assert!(!matches!(e, Event::MemberFailed(_)), "n{i}: {e:?}");
+        }
+    }
+    nodes[4].shutdown().await;
+    let (r, answers) = run(KeysOp::List).await;
+    assert_eq!(answers.len(), 4);
+    assert_eq!(
+        r.missing.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+        ["n4"]
+    );
+    for n in &nodes[..4] {
+        n.shutdown().await;
+    }
+}

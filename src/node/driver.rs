@@ -2,12 +2,15 @@
 //! core's outputs.
 
 use super::health::Board;
+use super::query::{IncomingQuery, QueryStream};
 use super::record;
 use super::stats::{MemberCounts, NodeStats};
 use super::traffic::{Chan, Dir, Traffic};
 use super::{NodeError, Request};
 use crate::cluster::message::{decode_packet, encode_packet};
-use crate::cluster::{Event, Input, MemberState, MemberView, Message, Output, Swim, Timer};
+use crate::cluster::{
+    Event, Input, MemberState, MemberView, Message, Output, QueryAnswer, Swim, Timer,
+};
 use crate::common::{Now, Time};
 use crate::identity::NodeId;
 use crate::transport::frame::FrameSealer;
@@ -29,6 +32,8 @@ pub(crate) struct Links {
     pub members: Arc<Mutex<Vec<MemberView>>>,
     pub traffic: Arc<Traffic>,
     pub health: Arc<Board>,
+    /// For the queries handed to handlers, to answer through.
+    pub requests: mpsc::Sender<Request>,
 }
 
 pub(crate) struct Driver<T> {
@@ -48,6 +53,10 @@ pub(crate) struct Driver<T> {
     view_at: FxHashMap<NodeId, usize>,
     /// When the snapshot was last rebuilt from the whole table.
     views_rebuilt: Option<Time>,
+    /// Query handlers by name (`Node::query_handler`).
+    handlers: FxHashMap<String, mpsc::Sender<IncomingQuery>>,
+    /// The answer streams of this node's queries running, by id.
+    queries: FxHashMap<u64, mpsc::UnboundedSender<QueryAnswer>>,
 }
 
 /// The snapshot `Node::members` reads is patched member by member as events come, and rebuilt
@@ -73,7 +82,14 @@ impl<T: Transport> Driver<T> {
             table_len: 0,
             view_at: FxHashMap::default(),
             views_rebuilt: None,
+            handlers: FxHashMap::default(),
+            queries: FxHashMap::default(),
         }
+    }
+
+    /// Hands the queries named `name` to `handler` (replacing any before).
+    pub fn add_handler(&mut self, name: String, handler: mpsc::Sender<IncomingQuery>) {
+        self.handlers.insert(name, handler);
     }
 
     fn now(&self) -> Now {
@@ -174,6 +190,26 @@ impl<T: Transport> Driver<T> {
                     members,
                 });
             }
+            Request::Query(params, reply) => {
+                let now = self.now();
+                let r = (self.swim.query(now, params, &mut self.out)).map(|id| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    self.queries.insert(id, tx);
+                    QueryStream::new(id, rx)
+                });
+                let _ = reply.send(r);
+            }
+            Request::Respond {
+                origin,
+                id,
+                payload,
+                reply,
+            } => {
+                let now = self.now();
+                let r = self.swim.respond(now, &origin, id, payload, &mut self.out);
+                let _ = reply.send(r);
+            }
+            Request::QueryHandler(name, handler) => self.add_handler(name, handler),
             Request::Direct {
                 to,
                 payload,
@@ -342,6 +378,32 @@ impl<T: Transport> Driver<T> {
                 Output::Timer { at, timer } => {
                     self.timer_seq += 1;
                     self.timers.insert((at, self.timer_seq), timer);
+                }
+                // An answer goes to its query's caller only (thousands of them would crowd
+                // the subscribers' buffers); an answer stream dropped by its caller is
+                // forgotten at the query's end.
+                Output::Event(Event::QueryAnswer { id, answer }) => {
+                    let done = matches!(answer, QueryAnswer::Done(_));
+                    if let Some(tx) = self.queries.get(&id) {
+                        let _ = tx.send(answer);
+                    }
+                    if done {
+                        self.queries.remove(&id);
+                    }
+                }
+                Output::Event(Event::Query(q)) => {
+                    let handler = self.handlers.get(&q.name).filter(|h| !h.is_closed());
+                    if let Some(h) = handler {
+                        let incoming =
+                            IncomingQuery::new((*q).clone(), self.links.requests.clone());
+                        if h.try_send(incoming).is_err() {
+                            self.links.traffic.counts.queries_unhandled.add(1);
+                        }
+                    }
+                    // The node's own queries (key commands carry keys) stay inside.
+                    if !q.name.starts_with(super::query::INTERNAL_PREFIX) {
+                        events.push(Event::Query(q));
+                    }
                 }
                 Output::Event(e) => {
                     if let Some(v) = e.member().filter(|v| &v.info.id != self.swim.id()) {

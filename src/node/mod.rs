@@ -27,18 +27,23 @@ mod config;
 mod driver;
 mod health;
 mod persist;
+mod query;
 mod record;
 mod stats;
 mod traffic;
 
 pub use config::{NodeConfig, NodeConfigBuilder};
 pub use health::MemberHealth;
+pub use query::{
+    IncomingQuery, KeysAnswer, KeysOp, QueryResults, QueryStream, HANDLER_QUEUE, INTERNAL_PREFIX,
+    KEYS_QUERY,
+};
 pub use stats::{MemberCounts, NodeStats};
 pub use traffic::{KindCount, TrafficStats};
 
 use crate::cluster::placement::{self, PlacementFilter};
 use crate::cluster::vivaldi::Coordinate;
-use crate::cluster::{Command, Event, MemberView, Swim};
+use crate::cluster::{Command, Event, MemberView, QueryParams, Swim};
 use crate::common::ConfigError;
 use crate::diagnostics::chaos::ChaosLayer;
 use crate::identity::Incarnation;
@@ -91,6 +96,9 @@ pub enum NodeError {
     /// The data directory could not be used.
     #[error("data dir: {0}")]
     DataDir(String),
+    /// A query handler for a name the node keeps for itself.
+    #[error("query names starting with {INTERNAL_PREFIX:?} are the node's own: {0:?}")]
+    ReservedName(String),
 }
 
 pub(crate) enum Request {
@@ -109,6 +117,17 @@ pub(crate) enum Request {
     },
     Coordinates(oneshot::Sender<Coordinates>),
     RttEstimate(NodeId, oneshot::Sender<Option<std::time::Duration>>),
+    Query(
+        QueryParams,
+        oneshot::Sender<Result<QueryStream, crate::cluster::CommandError>>,
+    ),
+    Respond {
+        origin: NodeId,
+        id: u64,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<(), crate::cluster::CommandError>>,
+    },
+    QueryHandler(String, mpsc::Sender<IncomingQuery>),
 }
 
 /// This node's network coordinate and those of the members that answered its probes (see
@@ -241,6 +260,7 @@ impl Node {
             members: members.clone(),
             traffic: traffic.clone(),
             health: health.clone(),
+            requests: req_tx.clone(),
         };
         let mut seeds = config.seeds.clone();
         let mut wal = None;
@@ -263,7 +283,21 @@ impl Node {
             ));
             (stop, task)
         });
-        let run = tokio::spawn(driver::Driver::new(swim, transport, links).run(req_rx, stop_rx));
+        let mut driver = driver::Driver::new(swim, transport, links);
+        // The cluster key commands (`Node::keys_cluster`) are answered by every node.
+        let (keys_tx, mut keys_rx) = mpsc::channel::<IncomingQuery>(HANDLER_QUEUE);
+        driver.add_handler(KEYS_QUERY.to_string(), keys_tx);
+        let sealer = security.clone();
+        tokio::spawn(async move {
+            while let Some(q) = keys_rx.recv().await {
+                let answer = query::keys_command(&sealer, &q.request.payload);
+                let bytes = serde_json::to_vec(&answer).expect("plain JSON");
+                if let Err(e) = q.respond(bytes).await {
+                    tracing::warn!(error = %e, "cluster key command: answer not sent");
+                }
+            }
+        });
+        let run = tokio::spawn(driver.run(req_rx, stop_rx));
         let shared = Shared {
             security,
             traffic,
@@ -523,6 +557,50 @@ impl Node {
     ) -> Result<Option<std::time::Duration>, NodeError> {
         let member = member.clone();
         self.ask(|reply| Request::RttEstimate(member, reply)).await
+    }
+
+    /// Asks the cluster (serf's queries; see [`crate::cluster::query`]): the members the
+    /// filters select acknowledge (when `params.ack`) and may answer through their handler
+    /// for `params.name`; the stream yields each acknowledgement and answer as it comes and a
+    /// summary at the timeout. Best effort: a member may miss the query or its answer may be
+    /// lost (`relay_factor` sends each answer along more paths). Refused when this node has
+    /// `queries_max` queries running, has left, or the query is malformed or too large.
+    pub async fn query(&self, params: QueryParams) -> Result<QueryStream, NodeError> {
+        Ok(self.ask(|reply| Request::Query(params, reply)).await??)
+    }
+
+    /// Takes the queries named `name` that select this node: each comes with
+    /// [`IncomingQuery::respond`] to answer it. Up to [`HANDLER_QUEUE`] wait in the receiver;
+    /// past that new ones are dropped (counted `queries_unhandled`). A second handler for a
+    /// name replaces the first; dropping the receiver ends it. Names starting with
+    /// [`INTERNAL_PREFIX`] are the node's own.
+    pub async fn query_handler(
+        &self,
+        name: &str,
+    ) -> Result<mpsc::Receiver<IncomingQuery>, NodeError> {
+        if name.starts_with(INTERNAL_PREFIX) {
+            return Err(NodeError::ReservedName(name.to_string()));
+        }
+        let (tx, rx) = mpsc::channel(HANDLER_QUEUE);
+        self.request(Request::QueryHandler(name.to_string(), tx))
+            .await?;
+        Ok(rx)
+    }
+
+    /// Carries out a key command on every node (serf's `keys` commands): an internal query
+    /// that each node answers with its keys after the command or its error (see
+    /// [`KeysAnswer`]). The results hold each node's answer (JSON of [`KeysAnswer`]) and the
+    /// nodes that did not answer in `timeout` (`None`: the query default).
+    pub async fn keys_cluster(
+        &self,
+        op: &KeysOp,
+        timeout: Option<Duration>,
+    ) -> Result<QueryResults, NodeError> {
+        let payload = serde_json::to_vec(op).expect("plain JSON");
+        let mut params = QueryParams::new(KEYS_QUERY, payload);
+        params.timeout = timeout;
+        params.relay_factor = 2;
+        self.query(params).await?.collect().await
     }
 
     /// Sends a user event to every member.

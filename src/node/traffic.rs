@@ -21,6 +21,9 @@ crate::common::counters! {
         /// Direct messages (`Node::send`, `send_reliable`) handed to the network or queued on
         /// the member's connection (refused ones, whose caller got an error, are not counted).
         direct_sent,
+        /// Queries taken for a handler (`Node::query_handler`) whose queue was full: not
+        /// handed to it, so not answered.
+        queries_unhandled,
         /// Datagrams received (after the chaos layer, if any).
         datagrams_in,
         /// Bytes of datagrams received.
@@ -79,7 +82,7 @@ pub(crate) struct Traffic {
 }
 
 /// Message type bytes counted by kind (type 0 is unused; unknown types are not counted).
-const KINDS: usize = crate::cluster::message::msg_type::SYNC as usize + 1;
+const KINDS: usize = crate::cluster::message::msg_type::QUERY_RESPONSE as usize + 1;
 
 /// Direction of a message.
 #[derive(Debug, Clone, Copy)]
@@ -180,6 +183,10 @@ fn kind_name(ty: u8) -> Option<&'static str> {
         t::PUSH_PULL => "push_pull",
         t::USER_EVENT => "user_event",
         t::SYNC => "sync",
+        t::DIRECT => "direct",
+        t::COORD => "coord",
+        t::QUERY => "query",
+        t::QUERY_RESPONSE => "query_response",
         _ => return None,
     })
 }
