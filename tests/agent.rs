@@ -10,7 +10,7 @@ use distributed_core::agent::AgentConfig;
 use distributed_core::cluster::Config;
 use distributed_core::node::NodeConfig;
 use harness::{dcore, dcore_command, eventually_blocking, fixture, KillOnDrop, Lines};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -1037,4 +1037,161 @@ mod expo {
         )
         .is_err());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_run_handler_commands_and_keys_rotate_cluster_wide() {
+    serial_blocking(|| {
+        use distributed_core::identity::Key;
+        let dir = tempfile::tempdir().unwrap();
+        let old = Key::generate(&mut rand::rngs::OsRng);
+        let new = loop {
+            let k = Key::generate(&mut rand::rngs::OsRng);
+            if k.id() != old.id() {
+                break k;
+            }
+        };
+        let keys = file_with_mode(dir.path(), "keys", &format!("{}\n", old.to_base64()), 0o600);
+        let new_file = file_with_mode(dir.path(), "new", &new.to_base64(), 0o600);
+        let old_file = file_with_mode(dir.path(), "old", &old.to_base64(), 0o600);
+        let flags = |role: &'static str| {
+            vec![
+                "--encrypt-key-file".to_string(),
+                path_str(&keys).to_string(),
+                "--tag".into(),
+                format!("role={role}"),
+                "--query-handler".into(),
+                "echo=printf '%s from %s' \"$(cat)\" \"$DCORE_NODE_NAME\"".into(),
+                "--query-handler".into(),
+                "slow=sleep 5; echo late".into(),
+            ]
+        };
+        let start = |name: &str, join: Option<&str>, role: &'static str| {
+            let f = flags(role);
+            let f: Vec<&str> = f.iter().map(String::as_str).collect();
+            AgentProc::start_with(dir.path(), name, join, &f)
+        };
+        let a0 = start("q0", None, "web");
+        let a1 = start("q1", Some(&a0.gossip), "db");
+        let a2 = start("q2", Some(&a0.gossip), "web");
+        eventually_blocking("every agent sees 3 alive", CONVERGE_TIMEOUT, || {
+            for a in [&a0, &a1, &a2] {
+                let n = members(a)?.values().filter(|m| m.state == "alive").count();
+                if n != 3 {
+                    return Err(format!("{} sees {n} alive", a.name));
+                }
+            }
+            Ok(())
+        });
+        let query = |args: &[&str]| -> Value {
+            let mut all = vec!["query"];
+            all.extend_from_slice(args);
+            all.extend_from_slice(&["--json", "--timeout", "2s", "--http-addr", &a1.http]);
+            let run = dcore(&all);
+            assert_eq!(run.code(), Some(0), "{args:?}: {}", run.stderr);
+            serde_json::from_str(run.stdout.trim()).expect("one JSON summary")
+        };
+        let v = query(&["echo", "--payload", "hi"]);
+        assert_eq!(v["acks"], json!(["q0", "q1", "q2"]), "{v}");
+        assert_eq!(
+            v["responses"],
+            json!({"q0": "hi from q0", "q1": "hi from q1", "q2": "hi from q2"})
+        );
+        assert_eq!(v["missing"], json!([]));
+        let v = query(&[
+            "echo",
+            "--payload",
+            "x",
+            "--tag",
+            "role=web",
+            "--relay-factor",
+            "1",
+        ]);
+        assert_eq!(v["acks"], json!(["q0", "q2"]), "{v}");
+        assert_eq!(
+            v["responses"],
+            json!({"q0": "x from q0", "q2": "x from q2"})
+        );
+        let v = query(&["echo", "--node", "q1"]);
+        assert_eq!(v["acks"], json!(["q1"]), "{v}");
+        // A command past the query's deadline is killed: acknowledged, never answered.
+        let v = query(&["slow"]);
+        assert_eq!(v["acks"], json!(["q0", "q1", "q2"]), "{v}");
+        assert_eq!(v["responses"], json!({}), "{v}");
+        // Without the summary flag the answers print as they come.
+        let run = dcore(&[
+            "query",
+            "echo",
+            "--node",
+            "q2",
+            "--timeout",
+            "1s",
+            "--http-addr",
+            &a0.http,
+        ]);
+        assert!(run.stdout.contains("response from q2: "), "{}", run.stdout);
+        assert!(
+            run.stdout.contains("total: 1 acks, 1 responses, 0 missing"),
+            "{}",
+            run.stdout
+        );
+        let bad = dcore(&["query", "echo", "--tag", "role=(", "--http-addr", &a0.http]);
+        assert_ne!(bad.code(), Some(0));
+        assert!(bad.stderr.contains("tag filter"), "{}", bad.stderr);
+
+        // Key rotation through the cluster commands, from one agent.
+        let cluster = |args: &[&str]| -> (Option<i32>, Value) {
+            let mut all = args.to_vec();
+            all.extend_from_slice(&["--cluster", "--json", "--timeout", "2s"]);
+            let run = keys_cmd(&a1, &all, "");
+            let v = serde_json::from_str(run.stdout.trim())
+                .unwrap_or_else(|e| panic!("{args:?}: {e}: {run:?}"));
+            (run.code(), v)
+        };
+        let id = |k: &Key| format!("{:#04x}", k.id());
+        for args in [
+            vec!["install", "--key-file", path_str(&new_file)],
+            vec!["use", "--key-file", path_str(&new_file)],
+            vec!["remove", "--key-file", path_str(&old_file)],
+        ] {
+            let (code, v) = cluster(&args);
+            assert_eq!(code, Some(0), "{args:?}: {v}");
+            assert_eq!(v["answered"], 3, "{v}");
+            for n in ["q0", "q1", "q2"] {
+                assert_eq!(v["nodes"][n]["error"], Value::Null, "{args:?}: {v}");
+            }
+        }
+        for a in [&a0, &a1, &a2] {
+            assert_eq!(key_ids(a), [format!("{}*", id(&new))], "{}", a.name);
+        }
+        let (code, v) = cluster(&["list"]);
+        assert_eq!(code, Some(0), "{v}");
+        assert_eq!(v["key_counts"], json!({ id(&new): 3 }), "{v}");
+        // Removing the key in use fails on every node, each saying why; exit 1.
+        let (code, v) = cluster(&["remove", "--key-file", path_str(&new_file)]);
+        assert_eq!(code, Some(1), "{v}");
+        assert!(v["nodes"]["q0"]["error"].is_string(), "{v}");
+        // A node that is down is reported as not answering; once failed, as failed.
+        drop(a2);
+        let (code, v) = cluster(&["list"]);
+        assert_eq!(code, Some(1), "{v}");
+        assert_eq!(v["missing"], json!(["q2"]), "{v}");
+        eventually_blocking("q1 sees q2 failed", CONVERGE_TIMEOUT, || {
+            let m = members(&a1)?;
+            match m.get("q2").map(|m| m.state.as_str()) {
+                Some("failed") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+        let run = keys_cmd(&a1, &["list", "--cluster", "--timeout", "1s"], "");
+        assert_eq!(run.code(), Some(0), "{run:?}");
+        assert!(run.stdout.contains("q2"), "{}", run.stdout);
+        assert!(run.stdout.contains("failed: not asked"), "{}", run.stdout);
+        assert!(
+            run.stdout.contains(&format!("key {}: on 2 of 2", id(&new))),
+            "{}",
+            run.stdout
+        );
+    })
+    .await;
 }

@@ -1,6 +1,7 @@
 //! The agent's settings: a TOML file, `DCORE_*` environment variables and flags (in rising order
 //! of precedence; the CLI merges them into one [`AgentConfig`]).
 
+use super::handlers::QueryHandlerConfig;
 use crate::common::ConfigError;
 use crate::diagnostics::chaos::{ChaosConfig, ChaosError};
 use crate::node::NodeConfig;
@@ -55,6 +56,11 @@ pub struct AgentConfig {
     /// Chaos injection at start (`[chaos]` table; see `diagnostics::chaos::ChaosConfig`).
     /// Default: off. It can be changed at runtime through the API.
     pub chaos: ChaosConfig,
+    /// Query handlers (`[[query_handler]]` tables with `name` and `command`): a query of that
+    /// name that selects this node runs the command with the payload on stdin and answers with
+    /// its stdout (see `agent::handlers`). Default none. Names are unique and may not start
+    /// with `_dcore`.
+    pub query_handler: Vec<QueryHandlerConfig>,
 }
 
 impl Default for AgentConfig {
@@ -72,6 +78,7 @@ impl Default for AgentConfig {
             log_format: "text".into(),
             leave_timeout: std::time::Duration::from_secs(5),
             chaos: ChaosConfig::default(),
+            query_handler: Vec::new(),
         }
     }
 }
@@ -106,6 +113,7 @@ struct AgentOwn {
     #[serde(with = "humantime_serde")]
     leave_timeout: std::time::Duration,
     chaos: ChaosConfig,
+    query_handler: Vec<QueryHandlerConfig>,
 }
 
 impl Default for AgentOwn {
@@ -123,6 +131,7 @@ impl Default for AgentOwn {
             log_format: d.log_format,
             leave_timeout: d.leave_timeout,
             chaos: d.chaos,
+            query_handler: d.query_handler,
         }
     }
 }
@@ -148,6 +157,7 @@ impl TryFrom<AgentConfigFile> for AgentConfig {
             log_format: own.log_format,
             leave_timeout: own.leave_timeout,
             chaos: own.chaos,
+            query_handler: own.query_handler,
         })
     }
 }
@@ -209,11 +219,34 @@ impl AgentConfig {
             return field("leave_timeout", "must be above zero and at most 5m".into());
         }
         self.validate_http()?;
+        self.validate_handlers()?;
         match self.chaos.validate() {
             Err(ChaosError::Invalid(e)) => Err(e.into()),
             Err(e) => Err(ConfigError::new("chaos", e.field(), e.to_string()).into()),
             Ok(()) => Ok(()),
         }
+    }
+
+    /// Query handler names: set, unique, not the node's own.
+    fn validate_handlers(&self) -> Result<(), AgentConfigError> {
+        let field = |rule: String| Err(ConfigError::new("agent", "query_handler", rule).into());
+        let mut seen = std::collections::BTreeSet::new();
+        for h in &self.query_handler {
+            if h.name.is_empty() || h.command.trim().is_empty() {
+                return field(format!("{:?}={:?}: use NAME=COMMAND", h.name, h.command));
+            }
+            if h.name.starts_with(crate::node::INTERNAL_PREFIX) {
+                return field(format!(
+                    "{:?}: names starting with {:?} are the node's own",
+                    h.name,
+                    crate::node::INTERNAL_PREFIX
+                ));
+            }
+            if !seen.insert(&h.name) {
+                return field(format!("{:?} has two handlers", h.name));
+            }
+        }
+        Ok(())
     }
 
     /// The admin API's own limits and names.
@@ -294,6 +327,18 @@ mod tests {
                 "agent.http_event_streams_max",
             ),
             ("http_event_streams_max = 0", "agent.http_event_streams_max"),
+            (
+                "[[query_handler]]\nname = \"_dcore_x\"\ncommand = \"true\"",
+                "agent.query_handler",
+            ),
+            (
+                "[[query_handler]]\nname = \"a\"\ncommand = \"x\"\n[[query_handler]]\nname = \"a\"\ncommand = \"y\"",
+                "agent.query_handler",
+            ),
+            (
+                "[[query_handler]]\nname = \"a\"\ncommand = \" \"",
+                "agent.query_handler",
+            ),
         ] {
             let c: AgentConfig = toml::from_str(toml).unwrap();
             let e = c.validate().unwrap_err().to_string();

@@ -81,8 +81,17 @@ impl From<crate::node::NodeError> for ApiError {
             E::NoKeyring => ApiError::new(StatusCode::CONFLICT, "encryption_off", e.to_string()),
             E::Command(
                 crate::cluster::CommandError::TagsTooLarge { .. }
-                | crate::cluster::CommandError::EventTooLarge { .. },
+                | crate::cluster::CommandError::EventTooLarge { .. }
+                | crate::cluster::CommandError::QueryTooLarge { .. },
             ) => ApiError::new(StatusCode::BAD_REQUEST, "too_large", e.to_string()),
+            E::Command(crate::cluster::CommandError::BadQuery(_)) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+            }
+            E::Command(crate::cluster::CommandError::TooManyQueries { .. }) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_queries",
+                e.to_string(),
+            ),
             E::Crypto(crate::transport::crypto::CryptoError::NotInstalled) => {
                 ApiError::new(StatusCode::NOT_FOUND, "key_not_installed", e.to_string())
             }
@@ -203,6 +212,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/leave", post(leave))
         .route("/v1/events", post(user_event))
         .route("/v1/events/stream", get(event_stream))
+        .route("/v1/query", post(query))
+        .route("/v1/keys/cluster", post(keys_cluster))
         .route(
             "/v1/keys",
             get(keys_list).post(keys_add).delete(keys_remove),
@@ -577,6 +588,211 @@ async fn event_stream(State(s): App) -> Response {
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// The body of `POST /v1/query`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryBody {
+    name: String,
+    #[serde(default)]
+    payload: String,
+    /// Tag filters, tag name to a regular expression matching the whole value.
+    #[serde(default)]
+    tags: std::collections::BTreeMap<String, String>,
+    /// Only these members.
+    #[serde(default)]
+    nodes: Vec<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    relay_factor: u8,
+    #[serde(default = "yes")]
+    ack: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Longest query timeout the API takes.
+const QUERY_TIMEOUT_MAX_MS: u64 = 300_000;
+
+impl QueryBody {
+    fn params(self) -> ApiResult<crate::cluster::QueryParams> {
+        use crate::cluster::{QueryFilter, QueryParams};
+        if self.name.is_empty() || self.name.len() > 128 {
+            return Err(ApiError::bad("name: 1 to 128 bytes"));
+        }
+        if self.name.starts_with(crate::node::INTERNAL_PREFIX) {
+            return Err(ApiError::bad(format!(
+                "names starting with {:?} are the node's own",
+                crate::node::INTERNAL_PREFIX
+            )));
+        }
+        let mut p = QueryParams::new(self.name, self.payload.into_bytes());
+        if !self.nodes.is_empty() {
+            let ids = (self.nodes.iter())
+                .map(|n| {
+                    crate::identity::NodeId::new(n)
+                        .map_err(|e| ApiError::bad(format!("nodes: {n:?}: {e}")))
+                })
+                .collect::<ApiResult<Vec<_>>>()?;
+            p.filters.push(QueryFilter::Names(ids));
+        }
+        for (key, pattern) in self.tags {
+            p.filters.push(QueryFilter::Tag { key, pattern });
+        }
+        if let Some(ms) = self.timeout_ms {
+            if !(1..=QUERY_TIMEOUT_MAX_MS).contains(&ms) {
+                return Err(ApiError::bad(format!(
+                    "timeout_ms: 1 to {QUERY_TIMEOUT_MAX_MS}"
+                )));
+            }
+            p.timeout = Some(Duration::from_millis(ms));
+        }
+        p.relay_factor = self.relay_factor;
+        p.ack = self.ack;
+        Ok(p)
+    }
+}
+
+/// Runs a query and streams what comes back as JSON lines (`application/x-ndjson`):
+/// `{"type": "ack", "from": name}`, `{"type": "response", "from": name, "payload": text}`,
+/// then `{"type": "done", "acks": [names], "responses": {name: text}, "missing": [names]}`
+/// at the timeout. Payloads are text (invalid UTF-8 replaced).
+async fn query(State(s): App, body: Result<Json<QueryBody>, JsonRejection>) -> ApiResult<Response> {
+    use crate::cluster::QueryAnswer;
+    let Json(b) = body?;
+    let stream = s.node.query(b.params()?).await?;
+    let closing = s.closing.subscribe();
+    let lines = futures_util::stream::unfold(
+        (stream, closing, std::collections::BTreeMap::new(), false),
+        |(mut stream, mut closing, mut responses, ended)| async move {
+            if ended {
+                return None;
+            }
+            let got = tokio::select! {
+                _ = closing.wait_for(|v| *v) => None,
+                a = stream.next() => a,
+            };
+            let (line, ended) = match got? {
+                QueryAnswer::Ack(from) => (json!({"type": "ack", "from": from.as_str()}), false),
+                QueryAnswer::Response { from, payload } => {
+                    let text = String::from_utf8_lossy(&payload).into_owned();
+                    responses.insert(from.to_string(), text.clone());
+                    let line = json!({"type": "response", "from": from.as_str(), "payload": text});
+                    (line, false)
+                }
+                QueryAnswer::Done(sum) => {
+                    let names = |v: &[crate::identity::NodeId]| -> Vec<String> {
+                        v.iter().map(|n| n.to_string()).collect()
+                    };
+                    let line = json!({
+                        "type": "done",
+                        "acks": names(&sum.acks),
+                        "responses": &responses,
+                        "missing": names(&sum.missing),
+                    });
+                    (line, true)
+                }
+            };
+            let text = format!("{line}\n");
+            Some((
+                Ok::<_, std::convert::Infallible>(text),
+                (stream, closing, responses, ended),
+            ))
+        },
+    );
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+/// The body of `POST /v1/keys/cluster`: `op` (install, use, remove, list), `key` (base64;
+/// not for list), `timeout_ms`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysClusterBody {
+    op: String,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+/// A key command on every node (an internal query; see `Node::keys_cluster`): `{"nodes":
+/// {name: {"keys": [ids], "primary": id, "error": text}}, "no_answer": [acked, did not answer],
+/// "missing": [did not acknowledge], "failed": [failed members, not asked], "key_counts": {id:
+/// nodes holding it}, "answered": n}`.
+async fn keys_cluster(
+    State(s): App,
+    body: Result<Json<KeysClusterBody>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Json(b) = body?;
+    let timeout = match b.timeout_ms {
+        Some(ms) if !(1..=QUERY_TIMEOUT_MAX_MS).contains(&ms) => {
+            return Err(ApiError::bad(format!(
+                "timeout_ms: 1 to {QUERY_TIMEOUT_MAX_MS}"
+            )))
+        }
+        ms => ms.map(Duration::from_millis),
+    };
+    use crate::node::KeysOp;
+    let key = || -> ApiResult<String> {
+        let k = b
+            .key
+            .clone()
+            .ok_or_else(|| ApiError::bad("key is required"))?;
+        parse_key(&k)?;
+        Ok(k)
+    };
+    let op = match b.op.as_str() {
+        "install" => KeysOp::Install { key: key()? },
+        "use" => KeysOp::Use { key: key()? },
+        "remove" => KeysOp::Remove { key: key()? },
+        "list" if b.key.is_none() => KeysOp::List,
+        "list" => return Err(ApiError::bad("list takes no key")),
+        other => {
+            return Err(ApiError::bad(format!(
+                "op {other:?}: use install, use, remove or list"
+            )))
+        }
+    };
+    let r = s.node.keys_cluster(&op, timeout).await?;
+    let mut nodes = serde_json::Map::new();
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for (from, bytes) in &r.responses {
+        let a: crate::node::KeysAnswer =
+            serde_json::from_slice(bytes).unwrap_or_else(|e| crate::node::KeysAnswer {
+                error: Some(format!("unreadable answer: {e}")),
+                ..Default::default()
+            });
+        for k in &a.keys {
+            *counts.entry(k.clone()).or_default() += 1;
+        }
+        nodes.insert(from.to_string(), json!(a));
+    }
+    let no_answer: Vec<String> = (r.acks.iter())
+        .filter(|a| !r.responses.contains_key(*a))
+        .map(|a| a.to_string())
+        .collect();
+    let missing: Vec<String> = r.missing.iter().map(|m| m.to_string()).collect();
+    // Members failed here were not asked; they will need a key in use when they return.
+    let failed: Vec<String> = (s.node.members().iter())
+        .filter(|m| m.state == crate::cluster::MemberState::Dead)
+        .map(|m| m.info.id.to_string())
+        .collect();
+    Ok(Json(json!({
+        "nodes": nodes,
+        "answered": r.responses.len(),
+        "no_answer": no_answer,
+        "missing": missing,
+        "failed": failed,
+        "key_counts": counts,
+    })))
 }
 
 async fn keys_list(State(s): App) -> ApiResult<Json<serde_json::Value>> {

@@ -15,11 +15,13 @@
 
 mod config;
 mod guard;
+pub mod handlers;
 mod http;
 pub mod views;
 
 pub use config::{AgentConfig, AgentConfigError};
 pub use guard::REQUEST_HEADER;
+pub use handlers::QueryHandlerConfig;
 
 use crate::cluster::Event;
 use crate::diagnostics::chaos::{Chaos, ChaosError};
@@ -173,6 +175,13 @@ impl Agent {
         // Subscribed before the join is sent, so its JoinCompleted cannot be missed.
         tasks.spawn(watch_ready(shared.clone(), node.subscribe()));
         tasks.spawn(http::serve(listener, shared.clone(), limits));
+        let answer_max = config.node.protocol.query_response_len_max();
+        for h in &config.query_handler {
+            let queries = node.query_handler(&h.name).await?;
+            let closing = shared.closing.clone();
+            let serve = handlers::serve(node.clone(), h.clone(), queries, answer_max, closing);
+            tasks.spawn(serve);
+        }
         if !seeds.is_empty() {
             node.join(seeds).await?;
         }

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Args;
-use distributed_core::agent::{Agent, AgentConfig};
+use distributed_core::agent::{Agent, AgentConfig, QueryHandlerConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -55,6 +55,11 @@ pub struct AgentArgs {
         value_delimiter = ','
     )]
     pub http_allowed_hosts: Vec<String>,
+    /// Query handler NAME=COMMAND: a query NAME that selects this node runs COMMAND (sh -c)
+    /// with the payload on stdin and answers with its stdout; repeatable (also
+    /// `[[query_handler]]` in the file; a flag replaces the file's handler of that name).
+    #[arg(long = "query-handler", value_name = "NAME=COMMAND")]
+    pub query_handlers: Vec<String>,
     /// Log format: text or json (filter with RUST_LOG, default info).
     #[arg(long, env = "DCORE_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -107,6 +112,12 @@ pub fn effective_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
     }
     if let Some(v) = &args.log_format {
         c.log_format = v.clone();
+    }
+    for h in &args.query_handlers {
+        let h = QueryHandlerConfig::parse(h)
+            .with_context(|| format!("--query-handler {h:?}: use NAME=COMMAND"))?;
+        c.query_handler.retain(|old| old.name != h.name);
+        c.query_handler.push(h);
     }
     c.validate()?;
     Ok(c)

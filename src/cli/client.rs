@@ -68,6 +68,13 @@ pub enum KeysCmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// On every node: how many nodes hold each key, and who did not answer.
+        #[arg(long)]
+        cluster: bool,
+        /// With --cluster: how long to wait for the nodes' answers (default: scaled with the
+        /// cluster's size), e.g. 5s.
+        #[arg(long)]
+        timeout: Option<String>,
     },
     /// Install a key so it decrypts.
     Install(KeyArg),
@@ -88,6 +95,17 @@ pub struct KeyArg {
     /// Refused: a key on the command line is visible to other users; use --key-file.
     #[arg(hide = true)]
     key: Option<String>,
+    /// On every node (an internal query): each node reports success or its error; exit 1
+    /// unless every node succeeded.
+    #[arg(long)]
+    cluster: bool,
+    /// With --cluster: how long to wait for the nodes' answers (default: scaled with the
+    /// cluster's size), e.g. 5s.
+    #[arg(long)]
+    timeout: Option<String>,
+    /// With --cluster: print the JSON answer.
+    #[arg(long)]
+    json: bool,
 }
 
 impl KeyArg {
@@ -410,7 +428,29 @@ pub fn monitor(t: &Target, json_out: bool) -> anyhow::Result<i32> {
 pub fn keys(t: &Target, cmd: KeysCmd) -> anyhow::Result<i32> {
     use reqwest::Method;
     let c = Client::new(t)?;
-    let json_out = matches!(cmd, KeysCmd::List { json: true });
+    let cluster = match &cmd {
+        KeysCmd::List {
+            cluster: true,
+            timeout,
+            json,
+        } => Some(("list", None, timeout, *json)),
+        KeysCmd::Install(k) if k.cluster => Some(("install", Some(k), &k.timeout, k.json)),
+        KeysCmd::Use(k) if k.cluster => Some(("use", Some(k), &k.timeout, k.json)),
+        KeysCmd::Remove(k) if k.cluster => Some(("remove", Some(k), &k.timeout, k.json)),
+        _ => None,
+    };
+    if let Some((op, key, timeout, json_out)) = cluster {
+        let mut body = json!({"op": op});
+        if let Some(k) = key {
+            body["key"] = json!(k.read()?);
+        }
+        if let Some(t) = timeout {
+            body["timeout_ms"] = json!(duration_ms(t)?);
+        }
+        let v = c.json(Method::POST, "/v1/keys/cluster", Some(body))?;
+        return print_keys_cluster(&v, op, json_out);
+    }
+    let json_out = matches!(cmd, KeysCmd::List { json: true, .. });
     let v = match cmd {
         KeysCmd::List { .. } => c.json(Method::GET, "/v1/keys", None)?,
         KeysCmd::Install(k) => c.json(Method::POST, "/v1/keys", Some(json!({"key": k.read()?})))?,
@@ -436,6 +476,157 @@ pub fn keys(t: &Target, cmd: KeysCmd) -> anyhow::Result<i32> {
         println!("{}{primary}", k["id"].as_str().unwrap_or("?"));
     }
     Ok(0)
+}
+
+/// Milliseconds of a duration written like `5s` or `500ms`.
+fn duration_ms(text: &str) -> anyhow::Result<u64> {
+    let d = humantime_serde::re::humantime::parse_duration(text)
+        .with_context(|| format!("{text:?}: a duration such as 5s or 500ms"))?;
+    Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Prints the answer of `POST /v1/keys/cluster`; exit 1 unless every node answered without
+/// an error.
+fn print_keys_cluster(v: &Value, op: &str, json_out: bool) -> anyhow::Result<i32> {
+    let names = |key: &str| -> Vec<String> {
+        (v[key].as_array().into_iter().flatten())
+            .filter_map(|n| n.as_str().map(shown))
+            .collect()
+    };
+    let (no_answer, missing) = (names("no_answer"), names("missing"));
+    let nodes = v["nodes"].as_object().cloned().unwrap_or_default();
+    let failed = nodes.values().filter(|a| a["error"].is_string()).count();
+    let code = i32::from(failed > 0 || !no_answer.is_empty() || !missing.is_empty());
+    if json_out {
+        println!("{v}");
+        return Ok(code);
+    }
+    for (name, a) in &nodes {
+        match a["error"].as_str() {
+            Some(e) => println!("{:<24} error: {}", shown(name), shown(e)),
+            None => println!(
+                "{:<24} ok  keys {}  primary {}",
+                shown(name),
+                (a["keys"].as_array().into_iter().flatten())
+                    .filter_map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                a["primary"].as_str().unwrap_or("-"),
+            ),
+        }
+    }
+    if op == "list" {
+        let total = nodes.len();
+        for (key, n) in v["key_counts"].as_object().into_iter().flatten() {
+            println!("key {key}: on {n} of {total} nodes that answered");
+        }
+    }
+    for n in &no_answer {
+        println!("{n:<24} acknowledged but did not answer");
+    }
+    for n in &missing {
+        println!("{n:<24} not answering");
+    }
+    for n in names("failed") {
+        println!("{n:<24} failed: not asked (it needs a key in use when it returns)");
+    }
+    println!(
+        "{op}: {} nodes answered, {failed} with an error, {} not answering",
+        nodes.len(),
+        no_answer.len() + missing.len()
+    );
+    Ok(code)
+}
+
+/// `dcore query ...`
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The query's name (what the members' handlers answer to).
+    pub name: String,
+    /// Payload (text).
+    #[arg(long, default_value = "")]
+    pub payload: String,
+    /// Only members whose tag matches, TAG=REGEX (the whole value; repeatable).
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// Only this member; repeatable.
+    #[arg(long)]
+    pub node: Vec<String>,
+    /// How long to wait for answers, e.g. 3s (default: scaled with the cluster's size, as
+    /// serf's).
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Members each answer is also relayed through (0 to 5), for lossy networks.
+    #[arg(long, default_value_t = 0)]
+    pub relay_factor: u8,
+    /// Do not ask the members to acknowledge (then `missing` lists those that did not answer).
+    #[arg(long)]
+    pub no_ack: bool,
+    /// Print `{"acks": [names], "responses": {name: text}, "missing": [names]}` at the end.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// `dcore query`: streams acknowledgements and answers as they come, then a summary.
+pub fn query(a: QueryArgs) -> anyhow::Result<i32> {
+    let c = Client::new(&a.target)?;
+    let mut tags = serde_json::Map::new();
+    for t in &a.tag {
+        let (k, re) = t
+            .split_once('=')
+            .with_context(|| format!("--tag {t:?}: use TAG=REGEX"))?;
+        tags.insert(k.to_string(), json!(re));
+    }
+    let mut body = json!({
+        "name": a.name,
+        "payload": a.payload,
+        "tags": tags,
+        "nodes": a.node,
+        "relay_factor": a.relay_factor,
+        "ack": !a.no_ack,
+    });
+    if let Some(t) = &a.timeout {
+        body["timeout_ms"] = json!(duration_ms(t)?);
+    }
+    let resp = c.send(reqwest::Method::POST, "/v1/query", Some(body))?;
+    for line in std::io::BufReader::new(resp).lines() {
+        let line = line.context("reading the query's answers")?;
+        let v: Value = serde_json::from_str(&line).context("an answer line")?;
+        let from = shown(v["from"].as_str().unwrap_or("?"));
+        match v["type"].as_str() {
+            Some("ack") if !a.json => println!("ack from {from}"),
+            Some("response") if !a.json => println!(
+                "response from {from}: {}",
+                shown(v["payload"].as_str().unwrap_or(""))
+            ),
+            Some("done") => {
+                let summary = json!({
+                    "acks": v["acks"],
+                    "responses": v["responses"],
+                    "missing": v["missing"],
+                });
+                if a.json {
+                    println!("{summary}");
+                } else {
+                    let count = |k: &str| v[k].as_array().map_or(0, Vec::len);
+                    let responses = v["responses"].as_object().map_or(0, |o| o.len());
+                    println!(
+                        "total: {} acks, {responses} responses, {} missing",
+                        count("acks"),
+                        count("missing")
+                    );
+                    for m in v["missing"].as_array().into_iter().flatten() {
+                        println!("missing: {}", shown(m.as_str().unwrap_or("?")));
+                    }
+                }
+                return Ok(0);
+            }
+            _ => {}
+        }
+    }
+    bail!("the agent ended the answers before the query's end (shutting down?)")
 }
 
 /// `dcore chaos ...`

@@ -76,6 +76,10 @@ pub enum Commands {
         #[command(flatten)]
         target: client::Target,
     },
+    /// Ask the cluster (serf's queries): members the filters select acknowledge and answer
+    /// through their query handlers; acks and answers print as they come, a summary at the
+    /// timeout.
+    Query(client::QueryArgs),
     /// Ask an agent to join a cluster through these seeds.
     Join {
         /// Seeds, host:port.
@@ -162,6 +166,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             target,
         } => client::owner(&target, &key, n, &tag, weight_tag, json),
         Commands::Rtt { a, b, json, target } => client::rtt(&target, &a, b.as_deref(), json),
+        Commands::Query(args) => client::query(args),
         Commands::Join { addrs, target } => client::join(&target, addrs),
         Commands::Leave { target } => client::leave(&target),
         Commands::Event {

@@ -394,8 +394,9 @@ impl<T: Transport> Driver<T> {
                 Output::Event(Event::Query(q)) => {
                     let handler = self.handlers.get(&q.name).filter(|h| !h.is_closed());
                     if let Some(h) = handler {
-                        let incoming =
-                            IncomingQuery::new((*q).clone(), self.links.requests.clone());
+                        let deadline = self.origin + q.deadline.since_origin();
+                        let requests = self.links.requests.clone();
+                        let incoming = IncomingQuery::new((*q).clone(), deadline, requests);
                         if h.try_send(incoming).is_err() {
                             self.links.traffic.counts.queries_unhandled.add(1);
                         }

@@ -85,14 +85,28 @@ impl QueryStream {
 /// A query for a handler registered with [`super::Node::query_handler`].
 #[derive(Debug)]
 pub struct IncomingQuery {
-    /// What is asked, by whom, until when.
+    /// What is asked, by whom, until when (in the core's time).
     pub request: QueryRequest,
+    deadline: tokio::time::Instant,
     requests: mpsc::Sender<Request>,
 }
 
 impl IncomingQuery {
-    pub(crate) fn new(request: QueryRequest, requests: mpsc::Sender<Request>) -> Self {
-        IncomingQuery { request, requests }
+    pub(crate) fn new(
+        request: QueryRequest,
+        deadline: tokio::time::Instant,
+        requests: mpsc::Sender<Request>,
+    ) -> Self {
+        IncomingQuery {
+            request,
+            deadline,
+            requests,
+        }
+    }
+
+    /// The last moment an answer is taken.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        self.deadline
     }
 
     /// Answers the query (once, before its deadline; see `Swim::respond` for the refusals).
