@@ -94,6 +94,21 @@ pub struct SimArgs {
     /// distance between the two regions; the report then measures the network coordinates.
     #[arg(long, value_name = "MS,MS,...")]
     pub regions: Option<String>,
+    /// N queries, two seconds after the cluster converged, one --query-interval-ms apart,
+    /// each from a random live node; every selected node answers at once. Odd queries name a
+    /// random third of the nodes. The report measures the time to the last answer and the
+    /// share of selected live nodes that answered.
+    #[arg(long, value_name = "N")]
+    pub queries: Option<usize>,
+    /// Between two query starts, ms.
+    #[arg(long, default_value_t = 200, value_name = "MS")]
+    pub query_interval_ms: u64,
+    /// Relay factor of the queries (0 to 5).
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub query_relay: u8,
+    /// Timeout of the queries, ms (default: the protocol's, scaled with the cluster).
+    #[arg(long, value_name = "MS")]
+    pub query_timeout_ms: Option<u64>,
     /// Print one JSON object on stdout instead of the readable summary.
     #[arg(long)]
     pub json: bool,
@@ -155,6 +170,12 @@ impl SimArgs {
                     })
                     .collect::<anyhow::Result<_>>()?,
             },
+            queries: self.queries.map(|count| distributed_core::sim::QuerySpec {
+                count,
+                interval: Duration::from_millis(self.query_interval_ms),
+                relay_factor: self.query_relay,
+                timeout: self.query_timeout_ms.map(Duration::from_millis),
+            }),
         };
         s.validate()?;
         Ok(s)
@@ -261,6 +282,25 @@ fn readable(r: &Report, s: &Scenario) -> String {
     ];
     let inv = &r.invariants;
     let mut lines = lines.to_vec();
+    if let Some(q) = &r.queries {
+        lines.push((
+            "queries",
+            format!(
+                "{} done of {} ({} filtered), {} selected each",
+                q.completed, q.started, q.filtered, q.selected_mean
+            ),
+        ));
+        lines.push((
+            "answered / acked",
+            format!("{} / {} of selected live", q.response_ratio, q.ack_ratio),
+        ));
+        let l = &q.last_response_ms;
+        lines.push((
+            "last answer ms",
+            format!("p50 {} p90 {} p99 {} max {}", l.p50, l.p90, l.p99, l.max),
+        ));
+        lines.push(("unselected took", q.unselected_took.to_string()));
+    }
     if let Some(h) = &r.hostile {
         let sent: u64 = h.sent.values().sum();
         lines.push(("hostile nodes", format!("{} x {}/s", h.nodes, h.rate_per_s)));

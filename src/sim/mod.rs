@@ -5,6 +5,8 @@
 //! - `net.rs`: addresses, latency, loss, duplication, TCP-like streams, byte counts.
 //! - `metrics.rs`: convergence, detection latency, false alarms, kept incrementally.
 //! - `hostile.rs`: hostile nodes' message generator ([`HostileSpec`]).
+//! - `queries.rs`: queries asked once the cluster converged, and what they measured
+//!   ([`QuerySpec`], [`QueryReport`]).
 //! - this file: the event loop.
 //!
 //! ## The event loop
@@ -49,11 +51,13 @@
 mod hostile;
 mod metrics;
 mod net;
+mod queries;
 mod scenario;
 
 pub use hostile::{HostileKind, HostileSpec};
 pub use metrics::{Detect, PairStates};
 pub(crate) use net::{addr, index};
+pub use queries::{Percentiles, QueryReport, QuerySpec};
 pub use scenario::{NodeFault, PartitionSpec, Scenario, ScenarioError};
 
 use crate::cluster::{Command, Event, Input, Message, Output, Swim, Timer};
@@ -240,6 +244,9 @@ pub struct Report {
     /// Present with `--regions`: the network coordinates against the true round trips.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub coordinates: Option<CoordinateReport>,
+    /// Present with `--queries`: what the queries measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queries: Option<QueryReport>,
 }
 
 /// How well the network coordinates predict round trips at the end of a run (with regions).
@@ -292,6 +299,14 @@ enum Ev {
     },
     /// Hostile node `n` sends its next message.
     HostileTick(usize),
+    /// Query `k` starts.
+    QueryStart(usize),
+    /// `node` answers the query `id` of `origin`.
+    Respond {
+        node: usize,
+        origin: NodeId,
+        id: u64,
+    },
 }
 
 impl Ev {
@@ -301,7 +316,8 @@ impl Ev {
             Ev::Start(n)
             | Ev::Packet { to: n, .. }
             | Ev::Stream { to: n, .. }
-            | Ev::Timer { node: n, .. } => Some(n),
+            | Ev::Timer { node: n, .. }
+            | Ev::Respond { node: n, .. } => Some(n),
             _ => None,
         }
     }
@@ -398,6 +414,8 @@ struct Sim<'a> {
     half_bytes: Option<u64>,
     /// Per honest node with `--regions`: its place on the line and its own one-way share.
     geo: Vec<(Duration, Duration)>,
+    /// The queries asked, with `queries`.
+    queries: Option<queries::Tracker>,
 }
 
 impl<'a> Sim<'a> {
@@ -487,6 +505,7 @@ impl<'a> Sim<'a> {
             formation_in_by: [0; 3],
             half_bytes: None,
             geo: Vec::new(),
+            queries: s.queries.map(|q| queries::Tracker::new(q, s.seed)),
             queue_max: 0,
             aborted: None,
         };
@@ -636,6 +655,43 @@ impl<'a> Sim<'a> {
             Ev::ApplyFaults => self.apply_faults(),
             Ev::PauseEnd(n) => self.resume(n),
             Ev::ClockJump { node, delta_ms } => self.nodes[node].wall_offset_ms += delta_ms,
+            Ev::QueryStart(k) => self.start_query(k),
+            Ev::Respond { node, origin, id } => {
+                let now = self.node_now(node);
+                let mut out = std::mem::take(&mut self.out);
+                let payload = b"ok".to_vec();
+                let _ = (self.nodes[node].swim).respond(now, &origin, id, payload, &mut out);
+                self.apply_outputs(node, &mut out);
+                self.out = out;
+            }
+        }
+    }
+
+    /// Starts query `k` from a random live honest node, and schedules the next.
+    fn start_query(&mut self, k: usize) {
+        let Some(mut tracker) = self.queries.take() else {
+            return;
+        };
+        let live: Vec<usize> = (0..self.s.nodes)
+            .filter(|&i| self.nodes[i].status == Status::Up)
+            .collect();
+        if let Some((origin, params, selected)) = tracker.plan(k, &live, self.s.nodes) {
+            let now = self.node_now(origin);
+            let mut out = std::mem::take(&mut self.out);
+            match self.nodes[origin].swim.query(now, params, &mut out) {
+                Ok(id) => tracker.started(origin, id, self.now, selected, &live),
+                Err(_) => tracker.refused(),
+            }
+            // The origin's own acknowledgement and question come out now.
+            self.queries = Some(tracker);
+            self.apply_outputs(origin, &mut out);
+            self.out = out;
+        } else {
+            self.queries = Some(tracker);
+        }
+        let spec = self.queries.as_ref().map(|t| t.spec);
+        if let Some(spec) = spec.filter(|s| k + 1 < s.count) {
+            self.push(self.now + spec.interval, Ev::QueryStart(k + 1));
         }
     }
 
@@ -808,6 +864,31 @@ impl<'a> Sim<'a> {
     }
 
     fn on_event(&mut self, n: usize, e: &Event) {
+        match e {
+            Event::Query(q) if n < self.s.nodes => {
+                let origin = node_of(q.origin.as_str());
+                if let (Some(t), Some(o)) = (self.queries.as_mut(), origin) {
+                    t.took(n, o, q.id);
+                }
+                let (origin, id) = (q.origin.clone(), q.id);
+                self.push(
+                    self.now,
+                    Ev::Respond {
+                        node: n,
+                        origin,
+                        id,
+                    },
+                );
+                return;
+            }
+            Event::QueryAnswer { id, answer } => {
+                if let Some(t) = self.queries.as_mut() {
+                    t.answer(n, *id, answer, self.now);
+                }
+                return;
+            }
+            _ => {}
+        }
         let Some(view) = e.member() else { return };
         // By name, not by address: a hostile claim may put any name at any address.
         let Some(target) = node_of(view.info.id.as_str()).filter(|&t| t < self.nodes.len()) else {
@@ -860,6 +941,9 @@ impl<'a> Sim<'a> {
             self.formation_in = Some(self.bytes_in[..self.s.nodes].to_vec());
             self.formation_in_by = self.bytes_in_by;
             self.push(self.now + Duration::from_secs(1), Ev::ApplyFaults);
+            if self.queries.is_some() {
+                self.push(self.now + Duration::from_secs(2), Ev::QueryStart(0));
+            }
         }
         if let Some(p) = self.s.partition {
             if self.now >= p.to && self.heal_converged.is_none() {
@@ -966,6 +1050,7 @@ impl<'a> Sim<'a> {
             invariants: self.invariants(),
             hostile: self.hostile_report(),
             coordinates: self.coordinate_report(),
+            queries: self.queries.as_ref().map(queries::Tracker::report),
         }
     }
 

@@ -77,6 +77,9 @@ pub struct Scenario {
     /// nodes' own share plus the `latency` jitter. The report then measures the network
     /// coordinates against these round trips.
     pub regions: Vec<Duration>,
+    /// Queries asked once the cluster has converged (two seconds after), each answered at
+    /// once by every node it selects (see `sim/queries.rs`). Default none.
+    pub queries: Option<super::QuerySpec>,
 }
 
 impl Default for Scenario {
@@ -97,6 +100,7 @@ impl Default for Scenario {
             config: Config::lan(),
             hostile: HostileSpec::default(),
             regions: Vec::new(),
+            queries: None,
         }
     }
 }
@@ -135,6 +139,14 @@ impl Scenario {
         }
         if self.regions.len() > 64 || self.regions.iter().any(|r| *r > Duration::from_secs(5)) {
             return invalid("--regions: at most 64, each at most 5000 ms");
+        }
+        if let Some(q) = self.queries {
+            if q.count == 0 || q.count > 100_000 || q.interval.is_zero() {
+                return invalid("--queries: 1..=100000, one interval above zero apart");
+            }
+            if q.relay_factor > crate::cluster::QUERY_RELAY_MAX {
+                return invalid("--query-relay: at most 5");
+            }
         }
         Ok(())
     }
