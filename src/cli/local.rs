@@ -48,6 +48,21 @@ pub struct LocalArgs {
     /// Protocol preset: lan, wan or local.
     #[arg(long, default_value = "lan")]
     pub preset: String,
+    /// N queries once the cluster has formed (before any crash), one --query-interval-ms
+    /// apart, each from a random node; every node answers at once from an in-process handler.
+    /// Odd queries name a random third of the nodes. The report gains `queries`, as in
+    /// `dcore sim --queries`.
+    #[arg(long, value_name = "N")]
+    pub queries: Option<usize>,
+    /// Between two query starts, ms.
+    #[arg(long, default_value_t = 200, value_name = "MS")]
+    pub query_interval_ms: u64,
+    /// Relay factor of the queries (0 to 5).
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub query_relay: u8,
+    /// Timeout of the queries, ms (default: the protocol's, scaled with the cluster).
+    #[arg(long, value_name = "MS")]
+    pub query_timeout_ms: Option<u64>,
     /// Run the scenario (--duration, --kill) and print one JSON object.
     #[arg(long, conflicts_with = "summary")]
     pub json: bool,
@@ -88,6 +103,9 @@ struct LocalReport {
     /// or a detection among them is not counted, so a run with some is a lower bound.
     events_missed: u64,
     encrypted: bool,
+    /// With `--queries`: what they measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queries: Option<distributed_core::sim::QueryReport>,
 }
 
 impl LocalArgs {
@@ -230,6 +248,10 @@ async fn run_cluster(args: &LocalArgs, protocol: Config) -> anyhow::Result<Local
     );
     joined?;
     let converged_ms = converged.map(|t| (t - started).as_millis() as u64);
+    let queries = match args.queries {
+        Some(count) => Some(run_queries(args, count, &nodes).await?),
+        None => None,
+    };
     let mut order: Vec<usize> = (1..args.nodes).collect();
     order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(args.seed));
     let killed: Vec<usize> = order.into_iter().take(args.kill).collect();
@@ -303,6 +325,142 @@ async fn run_cluster(args: &LocalArgs, protocol: Config) -> anyhow::Result<Local
         refutations,
         events_missed: obs.missed,
         encrypted: args.encrypt,
+        queries,
+    })
+}
+
+/// One query's figures.
+struct QueryRun {
+    selected: usize,
+    filtered: bool,
+    acks: usize,
+    responses: usize,
+    last_ms: Option<u64>,
+    unselected: u64,
+}
+
+/// `count` queries from random nodes, `--query-interval-ms` apart, every node answering from
+/// an in-process handler; their figures as `dcore sim --queries` reports them.
+async fn run_queries(
+    args: &LocalArgs,
+    count: usize,
+    nodes: &[Node],
+) -> anyhow::Result<distributed_core::sim::QueryReport> {
+    use distributed_core::cluster::{QueryAnswer, QueryFilter, QueryParams};
+    use distributed_core::identity::NodeId;
+    use distributed_core::sim::{Percentiles, QueryReport};
+    if args.query_relay > distributed_core::cluster::QUERY_RELAY_MAX {
+        bail!("--query-relay: at most 5");
+    }
+    for node in nodes {
+        let mut rx = node.query_handler("local").await?;
+        let name = node.local_member().info.id.to_string().into_bytes();
+        tokio::spawn(async move {
+            while let Some(q) = rx.recv().await {
+                let _ = q.respond(name.clone()).await;
+            }
+        });
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed ^ 0x7175_6572_7921);
+    let n = nodes.len();
+    let mut tasks = Vec::with_capacity(count);
+    let first = Instant::now();
+    let interval = Duration::from_millis(args.query_interval_ms);
+    for k in 0..count {
+        tokio::time::sleep_until((first + interval * k as u32).into()).await;
+        let origin = rand::Rng::gen_range(&mut rng, 0..n);
+        let mut p = QueryParams::new("local", Vec::new());
+        p.relay_factor = args.query_relay;
+        p.timeout = args.query_timeout_ms.map(Duration::from_millis);
+        let mut selected = vec![true; n];
+        if k % 2 == 1 {
+            let mut all: Vec<usize> = (0..n).collect();
+            all.shuffle(&mut rng);
+            selected = vec![false; n];
+            let names = (all[..(n / 3).clamp(1, 100)].iter())
+                .map(|&i| {
+                    selected[i] = true;
+                    NodeId::new(&format!("n{i}")).expect("short id")
+                })
+                .collect();
+            p.filters.push(QueryFilter::Names(names));
+        }
+        let start = Instant::now();
+        let mut stream = nodes[origin].query(p).await?;
+        tasks.push(tokio::spawn(async move {
+            let mut run = QueryRun {
+                selected: selected.iter().filter(|s| **s).count(),
+                filtered: selected.iter().any(|s| !s),
+                acks: 0,
+                responses: 0,
+                last_ms: None,
+                unselected: 0,
+            };
+            let chosen = |id: &NodeId| {
+                node_index(id.as_str()).is_some_and(|i| selected.get(i).copied().unwrap_or(false))
+            };
+            while let Some(a) = stream.next().await {
+                match a {
+                    QueryAnswer::Ack(from) => {
+                        run.acks += 1;
+                        run.unselected += u64::from(!chosen(&from));
+                    }
+                    QueryAnswer::Response { from, .. } => {
+                        run.responses += 1;
+                        run.unselected += u64::from(!chosen(&from));
+                        run.last_ms = Some(start.elapsed().as_millis() as u64);
+                    }
+                    QueryAnswer::Done(_) => return Some(run),
+                }
+            }
+            None
+        }));
+    }
+    let mut runs = Vec::new();
+    for t in tasks {
+        if let Some(r) = t.await? {
+            runs.push(r);
+        }
+    }
+    let selected: usize = runs.iter().map(|r| r.selected).sum();
+    let responses: usize = runs.iter().map(|r| r.responses.min(r.selected)).sum();
+    let acks: usize = runs.iter().map(|r| r.acks.min(r.selected)).sum();
+    let mut last: Vec<u64> = runs.iter().filter_map(|r| r.last_ms).collect();
+    last.sort_unstable();
+    let pct = |q: f64| -> u64 {
+        if last.is_empty() {
+            return 0;
+        }
+        last[((last.len() as f64 * q).ceil() as usize).clamp(1, last.len()) - 1]
+    };
+    let ratio = |v: usize| {
+        let r = if selected == 0 {
+            0.0
+        } else {
+            v as f64 / selected as f64
+        };
+        (r * 10_000.0).round() / 10_000.0
+    };
+    Ok(QueryReport {
+        started: count,
+        completed: runs.len(),
+        filtered: runs.iter().filter(|r| r.filtered).count(),
+        selected_mean: if runs.is_empty() {
+            0.0
+        } else {
+            round2(selected as f64 / runs.len() as f64)
+        },
+        response_ratio: ratio(responses),
+        ack_ratio: ratio(acks),
+        unanswered: selected - responses,
+        last_response_ms: Percentiles {
+            p50: pct(0.5),
+            p90: pct(0.9),
+            p99: pct(0.99),
+            max: last.last().copied().unwrap_or(0),
+        },
+        unselected_took: runs.iter().map(|r| r.unselected).sum(),
+        refused: 0,
     })
 }
 
