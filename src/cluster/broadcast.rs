@@ -1,6 +1,7 @@
 //! The dissemination queue: state changes and user events waiting to piggyback on packets.
 //!
-//! Each item is sent at most `limit` times (`retransmit_mult * ceil(log10(n + 1))`). Packing takes
+//! Each item is sent at most `limit` times (`retransmit_mult * ceil(log10(n + 1))`), a query
+//! [`QUERY_TRANSMIT_MULT`] times as many. Packing takes
 //! the least-sent items first and, among equals, the newest, until the packet budget is spent. A
 //! newer claim about a member replaces the queued one, so stale claims are never sent.
 
@@ -114,6 +115,12 @@ struct Item {
     /// Transmissions so far, and [`BULK`] for a bulk item.
     rank: u32,
 }
+
+/// A query is gossiped this many times as often as other items: nothing repairs a query a
+/// member missed (membership has syncs), and each missed one is a member that does not answer.
+/// At 50 members (8 sends each, the fewest for the size) about 3 in 10,000 member-query pairs
+/// were missed over real UDP; with twice the sends, the chance falls to about its square.
+pub(crate) const QUERY_TRANSMIT_MULT: u32 = 2;
 
 /// Bulk items kept at most; past this the oldest is dropped. Gossip forwards only the newest joins
 /// of a burst (64 claims of 16 sends each drain in about 8 s at 8 claims a packet, 15 packets a
@@ -318,6 +325,10 @@ impl BroadcastQueue {
         self.order.remove(&item.slot_key(slot));
         item.rank += 1;
         self.order.insert(item.slot_key(slot));
+        let limit = match item.key() {
+            KeyRef::Query(..) => limit.saturating_mul(QUERY_TRANSMIT_MULT),
+            _ => limit,
+        };
         if item.transmits() >= limit {
             self.remove(slot);
         }
@@ -436,6 +447,35 @@ mod tests {
         let used = q.pick(20, 0, 10, 5, &mut out);
         assert_eq!(out, vec![Message::Ack(Ack { seq: 1 })]);
         assert!(used <= 20);
+    }
+
+    #[test]
+    fn queries_are_sent_twice_as_often() {
+        use crate::cluster::message::Query;
+        let o = NodeId::new("o").unwrap();
+        let query = Message::Query(Box::new(Query {
+            ltime: 1,
+            id: 9,
+            origin: o.clone(),
+            filters: Vec::new(),
+            ack: true,
+            relay_factor: 0,
+            timeout_ms: 1000,
+            name: "q".into(),
+            payload: Vec::new(),
+        }));
+        let mut q = BroadcastQueue::new(10);
+        q.push(BroadcastKey::Query(o.clone(), 9), query);
+        q.push(BroadcastKey::Event(o, 1), Message::Ack(Ack { seq: 1 }));
+        let mut sent = [0; 2];
+        for _ in 0..20 {
+            let mut out = Vec::new();
+            q.pick(1000, 0, 10, 3, &mut out);
+            for m in out {
+                sent[usize::from(matches!(m, Message::Query(_)))] += 1;
+            }
+        }
+        assert_eq!(sent, [3, 3 * QUERY_TRANSMIT_MULT]);
     }
 
     #[test]
