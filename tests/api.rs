@@ -1038,3 +1038,85 @@ async fn a_token_file_others_can_read_is_refused() {
     .await;
     a.shutdown().await;
 }
+
+/// Acceptance of issue 12: a 50-agent encrypted cluster rotates its key through `dcore keys
+/// ... --cluster` against one agent: every node reports success at each step, every node ends
+/// with the new key alone, no member is lost on the way, and an agent that is down is reported
+/// as not answering (exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_agents_rotate_their_key_through_cluster_commands() {
+    let _serial = serial().await;
+    const N: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let old = Key::from_bytes([7; 32]);
+    let new = Key::from_bytes([8; 32]);
+    let keys = secret_file(dir.path(), "keys", &format!("{}\n", old.to_base64()));
+    let new_file = secret_file(dir.path(), "new", &new.to_base64());
+    let old_file = secret_file(dir.path(), "old", &old.to_base64());
+    let configs = (0..N).map(|i| AgentConfig {
+        encrypt_key_file: Some(keys.clone()),
+        ..agent_config(&format!("a{i}"))
+    });
+    let agents = agents(configs, Duration::from_secs(60)).await;
+    let mut subs: Vec<_> = agents.iter().map(|a| a.node().subscribe()).collect();
+    let http = agents[7].http_addr().to_string();
+    let run = |args: Vec<String>| {
+        let http = http.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut all: Vec<&str> = vec!["keys"];
+                all.extend(args.iter().map(String::as_str));
+                all.extend([
+                    "--cluster",
+                    "--json",
+                    "--timeout",
+                    "3s",
+                    "--http-addr",
+                    &http,
+                ]);
+                let r = harness::dcore(&all);
+                let v: Value = serde_json::from_str(r.stdout.trim())
+                    .unwrap_or_else(|e| panic!("{all:?}: {e}: {r:?}"));
+                (r.code(), v)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let path = |p: &PathBuf| p.to_str().unwrap().to_string();
+    for (op, file) in [
+        ("install", &new_file),
+        ("use", &new_file),
+        ("remove", &old_file),
+    ] {
+        let (code, v) = run(vec![op.into(), "--key-file".into(), path(file)]).await;
+        assert_eq!(code, Some(0), "{op}: {v}");
+        assert_eq!(v["answered"], N, "{op}: {v}");
+        let errors: Vec<_> = (v["nodes"].as_object().unwrap().iter())
+            .filter(|(_, a)| !a["error"].is_null())
+            .collect();
+        assert!(errors.is_empty(), "{op}: {errors:?}");
+    }
+    let (code, v) = run(vec!["list".into()]).await;
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(
+        v["key_counts"],
+        json!({ format!("{:#04x}", new.id()): N }),
+        "{v}"
+    );
+    // Let the probes run a few suspicion timeouts on the new key alone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (i, a) in agents.iter().enumerate() {
+        assert_eq!(harness::alive_count(a.node()), N - 1, "a{i} lost a member");
+        while let Ok(e) = subs[i].try_recv() {
+            assert!(!matches!(e, Event::MemberFailed(_)), "a{i}: {e:?}");
+        }
+    }
+    let mut agents = agents;
+    agents.pop().unwrap().shutdown().await;
+    let (code, v) = run(vec!["list".into()]).await;
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["missing"], json!([format!("a{}", N - 1)]), "{v}");
+    assert_eq!(v["answered"], N - 1, "{v}");
+    futures_util::future::join_all(agents.into_iter().map(Agent::shutdown)).await;
+}

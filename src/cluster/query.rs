@@ -3,7 +3,8 @@
 //!
 //! The origin ([`Swim::query`]) queues a [`Query`] in the piggyback queue like a user event
 //! (deduplicated by origin and id on the shared Lamport clock) and waits `timeout`: each member
-//! that takes it passes it on and, when the filters select it, acknowledges it (if asked) and
+//! that takes it passes it on and, when the filters select it and the origin is a live member
+//! in its table (else it could not answer), acknowledges it (if asked) and
 //! tells its application ([`Event::Query`]), which may answer once ([`Swim::respond`]) before
 //! the deadline. Acknowledgements and answers go in one datagram each to the origin's address
 //! *as the answering member's table has it* (never an address from the query: a query cannot
@@ -394,6 +395,12 @@ impl Swim {
             BroadcastKey::Query(q.origin.clone(), q.id),
             Message::Query(Box::new(q.clone())),
         );
+        // An origin that is not a live member here could not be answered: the handler does
+        // not run for it (a stranger's query, or one from a member not yet heard of).
+        if self.live_addr(&q.origin).is_none() {
+            self.stats.misdirected += 1;
+            return;
+        }
         match Filters::compile(&q.filters) {
             Ok(f) if f.selects(&self.id, &self.local().info.tags) => self.take_query(q),
             Ok(_) => {}
@@ -934,6 +941,26 @@ mod tests {
             answers(&a.msg(2, Message::QueryResponse(Box::new(ack(2, q.ltime, qid))))).len(),
             1
         );
+    }
+
+    #[test]
+    fn a_query_from_a_stranger_is_passed_on_but_not_taken() {
+        let mut b = T::new(2, &[1]);
+        let q = Query {
+            ltime: 1,
+            id: 5,
+            origin: id(9),
+            filters: Vec::new(),
+            ack: true,
+            relay_factor: 0,
+            timeout_ms: 1000,
+            name: "rm".into(),
+            payload: Vec::new(),
+        };
+        let out = b.msg(1, Message::Query(Box::new(q)));
+        assert!(requests(&out).is_empty() && responses(&out).is_empty());
+        assert!(b.swim.broadcast_queue_len() > 0, "passed on");
+        assert_eq!(b.swim.stats().misdirected, 1);
     }
 
     #[test]
