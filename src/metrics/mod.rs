@@ -339,6 +339,28 @@ fn core(e: &mut DescriptorEncoder, s: &NodeStats) -> std::fmt::Result {
             ("refused", c.direct_refused),
         ],
     )?;
+    counters_by(
+        e,
+        "dcore_queries",
+        "Queries from other members taken here (passed on, answered when selected), dropped past queries_per_sec (or relays past their rate), handed to no handler because its queue was full",
+        "outcome",
+        &[
+            ("taken", c.queries_in),
+            ("limited", c.queries_limited),
+            ("unhandled", s.traffic.queries_unhandled),
+        ],
+    )?;
+    counters_by(
+        e,
+        "dcore_query_answers",
+        "Acknowledgements and answers: taken for this node's queries, arrived after their query ended, relayed to their query's origin",
+        "outcome",
+        &[
+            ("taken", c.query_answers_in),
+            ("late", c.query_answers_late),
+            ("relayed", c.query_relays),
+        ],
+    )?;
     one(
         e,
         "dcore_join_syncs",
