@@ -11,7 +11,8 @@
 //!   [`AgentConfig`]).
 //! - [`metrics`]: the node's figures in Prometheus text (and OpenMetrics), and as JSON.
 //! - [`node`]: the tokio runtime around the core: [`Node`] (start, join, leave, tags, user
-//!   events, subscribe, key rotation, shutdown) and its [`NodeConfig`].
+//!   events, subscribe, key rotation, shutdown; queries, direct messages, placement, network
+//!   coordinates: `docs/coordination.md`) and its [`NodeConfig`].
 //! - [`diagnostics`]: chaos injection in the transport stack (drop, delay, duplication,
 //!   reordering, partitions).
 //! - [`cluster`]: the sans-io protocol core ([`cluster::Swim`]): membership table, probe cycle,
@@ -54,6 +55,58 @@
 //! media.leave(std::time::Duration::from_secs(1)).await?;
 //! media.shutdown().await;
 //! seed.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Asking the cluster
+//! A query goes to every member its filters select; their handlers answer, and the asker
+//! gathers the answers until the timeout. Then a direct message to the member that answered,
+//! and the round trip its network coordinate predicts:
+//!
+//! ```
+//! use distributed_core::cluster::{Event, QueryParams};
+//! use distributed_core::{Config, MemberState, Node, NodeConfig};
+//! use std::time::Duration;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let any = "127.0.0.1:0".parse()?;
+//! let config = |name: &str| NodeConfig::builder(name, any).protocol(Config::local());
+//! let broker = Node::start(config("broker").build()?).await?;
+//! let media = Node::start(config("media-1").seeds(vec![broker.addr()]).build()?).await?;
+//! for n in [&broker, &media] {
+//!     while !n.members().iter().any(|m| m.state == MemberState::Alive) {
+//!         tokio::time::sleep(Duration::from_millis(20)).await;
+//!     }
+//! }
+//! // media-1 answers "who-has" queries.
+//! let mut asked = media.query_handler("who-has").await?;
+//! tokio::spawn(async move {
+//!     while let Some(q) = asked.recv().await {
+//!         let has = q.request.payload == b"room-7";
+//!         let _ = q.respond(if has { b"yes".to_vec() } else { b"no".to_vec() }).await;
+//!     }
+//! });
+//! let mut ask = QueryParams::new("who-has", b"room-7".to_vec());
+//! ask.timeout = Some(Duration::from_millis(500));
+//! let answers = broker.query(ask).await?.collect().await?;
+//! let media_id = media.local_member().info.id.clone();
+//! assert_eq!(answers.responses[&media_id], b"yes");
+//! assert_eq!(answers.acks.len(), 2, "both members acknowledge; only media-1 answers");
+//!
+//! // Tell it, in order over the stream connection.
+//! let mut inbox = media.subscribe();
+//! broker.send_reliable(&media_id, b"open room-7".to_vec()).await?;
+//! loop {
+//!     if let Event::Message(m) = inbox.recv().await? {
+//!         assert_eq!((m.from.as_str(), &m.payload[..]), ("broker", &b"open room-7"[..]));
+//!         break;
+//!     }
+//! }
+//! // The round trip the coordinates predict (None until media-1 has answered a probe).
+//! let _maybe: Option<Duration> = broker.rtt_estimate(&media_id).await?;
+//! media.shutdown().await;
+//! broker.shutdown().await;
 //! # Ok(())
 //! # }
 //! ```

@@ -565,6 +565,8 @@ impl Node {
     /// summary at the timeout. Best effort: a member may miss the query or its answer may be
     /// lost (`relay_factor` sends each answer along more paths). Refused when this node has
     /// `queries_max` queries running, has left, or the query is malformed or too large.
+    ///
+    /// The crate-level docs ("Asking the cluster") have a runnable example with a handler.
     pub async fn query(&self, params: QueryParams) -> Result<QueryStream, NodeError> {
         Ok(self.ask(|reply| Request::Query(params, reply)).await??)
     }
