@@ -4,6 +4,7 @@
 
 mod agent;
 mod fixtures;
+mod hosts;
 mod node;
 mod process;
 mod sim;
@@ -15,6 +16,8 @@ mod wait;
 pub use agent::{agent_config, agents, start_agent, start_agents};
 #[allow(unused_imports)]
 pub use fixtures::fixture;
+#[allow(unused_imports)]
+pub use hosts::{testbed_script, Bed, Family, Seen};
 #[allow(unused_imports)]
 pub use node::{
     alive_count, array, cluster, converged, join, no_task_left, plain_datagram, plain_frame,
