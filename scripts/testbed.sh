@@ -8,6 +8,8 @@
 #   testbed.sh down BED          removes the bed's namespaces (their links go with them)
 #   testbed.sh addr BED I [4|6]  prints host I's address
 #   testbed.sh ns BED I          prints host I's namespace (run in it: ip netns exec NS CMD)
+#   testbed.sh resolver BED I IP makes IP host I's DNS server: /etc/netns/NS/resolv.conf,
+#                                which `ip netns exec` mounts over /etc/resolv.conf
 #   testbed.sh check             exit 0 when this machine can build a bed (root, ip, netns)
 #
 # BED is a number 1..250 (several beds can exist at once). Nothing is added to the host's own
@@ -38,6 +40,7 @@ bed_arg() {
 
 down() {
   local bed=$1
+  rm -rf /etc/netns/dcb"${bed}"h[0-9]*
   for ns in $(ip netns list | awk '{print $1}' | grep -E "^dcb${bed}(h[0-9]+|sw)$" || true); do
     ip netns del "$ns" 2>/dev/null || true
   done
@@ -78,6 +81,11 @@ case "$cmd" in
   down) bed_arg "${2:-}"; down "$2" ;;
   addr) bed_arg "${2:-}"; addr "$2" "${3:?host number}" "${4:-4}" ;;
   ns) bed_arg "${2:-}"; ns_host "$2" "${3:?host number}" ;;
+  resolver)
+    bed_arg "${2:-}"
+    dir="/etc/netns/$(ns_host "$2" "${3:?host number}")"
+    mkdir -p "$dir"
+    echo "nameserver ${4:?server address}" > "$dir/resolv.conf" ;;
   check) check ;;
-  *) sed -n '2,17p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,19p' "$0" >&2; exit 2 ;;
 esac

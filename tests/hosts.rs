@@ -212,3 +212,120 @@ async fn an_ipv6_only_cluster_forms() {
     })
     .await;
 }
+
+/// Runs `getent ahosts NAME` inside host `i` until it resolves (the DNS server is up).
+fn wait_resolves(bed: &Bed, i: usize, name: &str) {
+    eventually_blocking(&format!("{name} resolves"), DEADLINE, || {
+        let out = bed.run(i, "getent", &["ahosts", name]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("getent: {}", out.status))
+        }
+    });
+}
+
+/// DNS discovery across hosts (dnsmasq on the eighth host serves `dc.test`): five hosts form
+/// through an SRV record with no address on any command line (each binds `0.0.0.0:7946` and
+/// announces its own address); a host whose `--retry-join` name points nowhere joins once the
+/// record names a member (resolved again on each attempt); a host added to the SRV record later
+/// is joined by a member restarted with the same flags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_find_each_other_through_dns_and_follow_its_changes() {
+    serial_blocking(|| {
+        let Some(mut bed) = Bed::new(8, Family::V4) else {
+            return;
+        };
+        if std::process::Command::new("dnsmasq").arg("--version").output().is_err() {
+            eprintln!("DNS test skipped: no dnsmasq (Debian: apt install dnsmasq-base)");
+            return;
+        }
+        let dns = 7;
+        let dns_ip = bed.ip(dns);
+        bed.use_resolver(&dns_ip);
+        let dir = tempfile::tempdir().unwrap();
+        let hosts_dir = dir.path().join("hosts.d");
+        std::fs::create_dir(&hosts_dir).unwrap();
+        let names: String = (0..7)
+            .map(|i| format!("{} h{}.dc.test\n", bed.ip(i), i + 1))
+            .collect();
+        let nowhere = format!("{}99", &dns_ip[..dns_ip.rfind('.').unwrap() + 1]);
+        let hosts_file = hosts_dir.join("hosts");
+        std::fs::write(&hosts_file, format!("{names}{nowhere} seeds6.dc.test\n")).unwrap();
+        let conf = dir.path().join("srv.conf");
+        std::fs::write(&conf, "srv-host=_dcore._tcp.dc.test,h1.dc.test,7946\n").unwrap();
+        let dnsmasq = |bed: &Bed| {
+            bed.spawn(
+                dns,
+                "dnsmasq",
+                &[
+                    "--keep-in-foreground",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--user=root",
+                    "--bind-interfaces",
+                    &format!("--listen-address={dns_ip}"),
+                    "--port=53",
+                    &format!("--hostsdir={}", hosts_dir.display()),
+                    &format!("--conf-file={}", conf.display()),
+                    "--local=/dc.test/",
+                    "--local-ttl=0",
+                ],
+            )
+        };
+        let mut server = dnsmasq(&bed);
+        wait_resolves(&bed, 0, "h1.dc.test");
+        let seeds = ["--join", "srv:_dcore._tcp.dc.test", "--retry-interval", "1s"];
+        for i in 0..5 {
+            bed.start_with(i, &seeds);
+        }
+        let five: Vec<usize> = (0..5).collect();
+        let formed = took("5 hosts form through DNS", || bed.all_see(&five, &five, "alive"));
+        let text = bed.dcore(0, &["members", "--json"]).unwrap();
+        for i in 0..5 {
+            assert!(text.contains(&format!("\"{}:7946\"", bed.ip(i))), "{text}");
+        }
+
+        // h6 retries a name that points nowhere; once it names h2, the next attempt joins.
+        bed.start_with(5, &["--retry-join", "seeds6.dc.test:7946", "--retry-interval", "1s"]);
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(!bed.members(0).unwrap().contains_key("h6"), "h6 joined nothing yet");
+        let changed = Instant::now();
+        std::fs::write(&hosts_file, format!("{names}{} seeds6.dc.test\n", bed.ip(1))).unwrap();
+        let six: Vec<usize> = (0..6).collect();
+        eventually_blocking("h6 joins once the record changes", DEADLINE, || {
+            bed.all_see(&six, &six, "alive")
+        });
+        let retry_join = changed.elapsed();
+
+        // h7 runs alone; the SRV record gains it; h3, restarted with the same flags, joins it.
+        bed.start_with(6, &[]);
+        std::fs::write(
+            &conf,
+            "srv-host=_dcore._tcp.dc.test,h1.dc.test,7946\nsrv-host=_dcore._tcp.dc.test,h7.dc.test,7946\n",
+        )
+        .unwrap();
+        drop(server);
+        server = dnsmasq(&bed);
+        wait_resolves(&bed, 2, "h7.dc.test");
+        bed.signal(2, "TERM");
+        assert!(bed.wait_exit(2, Duration::from_secs(15)));
+        let restarted = Instant::now();
+        bed.start_with(2, &seeds);
+        let seven: Vec<usize> = (0..7).collect();
+        eventually_blocking("a restarted member joins the host DNS gained", DEADLINE, || {
+            bed.all_see(&seven, &seven, "alive")
+        });
+        figures(
+            &bed,
+            "dns",
+            json!({
+                "formed_ms": ms(formed),
+                "retry_join_after_record_change_ms": ms(retry_join.min(Duration::MAX)),
+                "restart_joins_new_host_ms": ms(restarted.elapsed()),
+            }),
+        );
+        drop(server);
+    })
+    .await;
+}

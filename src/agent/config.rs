@@ -25,9 +25,21 @@ pub struct AgentConfig {
     pub node: NodeConfig,
     /// Admin HTTP API address. Default `127.0.0.1:7947` (loopback only).
     pub http_addr: SocketAddr,
-    /// Seeds to join at start (`host:port`, names resolved), retried with backoff. Default
-    /// none.
+    /// Seeds to join at start: `host:port` (every A and AAAA record of `host`), `ip:port`,
+    /// `[v6]:port` or `srv:NAME` (every SRV record). At least one must resolve at start, or the
+    /// agent does not start; until joined the seeds are resolved again and joined every
+    /// `retry_interval`. Default none.
     pub join: Vec<String>,
+    /// Seeds as `join`, but none need resolve at start (consul's `retry_join`): resolved again
+    /// and joined every `retry_interval` until joined, at most `retry_join_max` times, after
+    /// which the agent exits with an error. Default none.
+    pub retry_join: Vec<String>,
+    /// Join attempts through `retry_join` at most; 0 (the default) tries until joined.
+    pub retry_join_max: u32,
+    /// Between two join attempts (each resolves the seeds again). Default 30 s (consul's);
+    /// 100 ms to 10 min.
+    #[serde(with = "humantime_serde")]
+    pub retry_interval: std::time::Duration,
     /// Key file (base64 keys, one per line, the first primary; mode 0600). Default none: plain.
     pub encrypt_key_file: Option<PathBuf>,
     /// File holding the admin API's bearer token (mode 0600, like the key file). Default none:
@@ -69,6 +81,9 @@ impl Default for AgentConfig {
             node: NodeConfig::default(),
             http_addr: "127.0.0.1:7947".parse().expect("literal"),
             join: Vec::new(),
+            retry_join: Vec::new(),
+            retry_join_max: 0,
+            retry_interval: std::time::Duration::from_secs(30),
             encrypt_key_file: None,
             token_file: None,
             http_allowed_hosts: Vec::new(),
@@ -102,6 +117,10 @@ struct AgentConfigFile {
 struct AgentOwn {
     http_addr: SocketAddr,
     join: Vec<String>,
+    retry_join: Vec<String>,
+    retry_join_max: u32,
+    #[serde(with = "humantime_serde")]
+    retry_interval: std::time::Duration,
     encrypt_key_file: Option<PathBuf>,
     token_file: Option<PathBuf>,
     http_allowed_hosts: Vec<String>,
@@ -122,6 +141,9 @@ impl Default for AgentOwn {
         AgentOwn {
             http_addr: d.http_addr,
             join: d.join,
+            retry_join: d.retry_join,
+            retry_join_max: d.retry_join_max,
+            retry_interval: d.retry_interval,
             encrypt_key_file: d.encrypt_key_file,
             token_file: d.token_file,
             http_allowed_hosts: d.http_allowed_hosts,
@@ -148,6 +170,9 @@ impl TryFrom<AgentConfigFile> for AgentConfig {
             node: file.node,
             http_addr: own.http_addr,
             join: own.join,
+            retry_join: own.retry_join,
+            retry_join_max: own.retry_join_max,
+            retry_interval: own.retry_interval,
             encrypt_key_file: own.encrypt_key_file,
             token_file: own.token_file,
             http_allowed_hosts: own.http_allowed_hosts,
@@ -209,10 +234,16 @@ impl AgentConfig {
                 format!("{:?}: use text or json", self.log_format),
             );
         }
-        for j in &self.join {
-            if !j.contains(':') {
-                return field("join", format!("{j:?}: use host:port"));
+        for (name, seeds) in [("join", &self.join), ("retry_join", &self.retry_join)] {
+            for j in seeds {
+                if let Err(e) = super::discovery::check_seed(j) {
+                    return field(name, e);
+                }
             }
+        }
+        let r = self.retry_interval;
+        if r < std::time::Duration::from_millis(100) || r > std::time::Duration::from_secs(600) {
+            return field("retry_interval", "must be 100ms to 10m".into());
         }
         if self.leave_timeout.is_zero() || self.leave_timeout > std::time::Duration::from_secs(300)
         {

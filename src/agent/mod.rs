@@ -14,6 +14,7 @@
 //! Errors are JSON `{"error": "...", "code": "..."}` with the fitting status.
 
 mod config;
+pub mod discovery;
 mod guard;
 pub mod handlers;
 mod http;
@@ -90,6 +91,8 @@ pub(crate) struct Shared {
     pub guard: guard::Guard,
     /// One permit per event stream that may open (`http_event_streams_max`).
     pub event_streams: Arc<tokio::sync::Semaphore>,
+    /// Set when `retry_join` gave up: the agent stops with an error.
+    pub join_failed: AtomicBool,
 }
 
 /// A running agent. Dropping it without [`Agent::shutdown`] aborts its tasks.
@@ -134,10 +137,29 @@ impl Agent {
         let token = config.token_file.as_deref().map(read_token).transpose()?;
         let chaos = Arc::new(Chaos::new(config.chaos.clone())?);
         let mut nc = config.node.clone();
-        // Seeds are joined below, once readiness is watched: `join` resolved, then any the
-        // node config names.
-        let mut seeds = resolve(&config.join).await?;
+        // Seeds are joined below, once readiness is watched: `join` resolved (one must
+        // resolve), then any the node config names; `retry_join` by the join loop.
+        let first = discovery::resolve_seeds(&config.join).await;
+        for (seed, reason) in &first.failed {
+            tracing::warn!(%seed, %reason, "join seed did not resolve");
+        }
+        if first.addrs.is_empty() {
+            if let Some((addr, reason)) = first.failed.first() {
+                return Err(AgentError::Resolve {
+                    addr: addr.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        let mut seeds = first.addrs;
         seeds.append(&mut nc.seeds);
+        // `retry_join` need not resolve yet; what does joins at once.
+        for a in discovery::resolve_seeds(&config.retry_join).await.addrs {
+            if !seeds.contains(&a) {
+                seeds.push(a);
+            }
+        }
+        let discovered = !config.join.is_empty() || !config.retry_join.is_empty();
         nc.keyring = keyring;
         nc.chaos = Some(chaos.clone());
         let node = Node::start(nc).await?;
@@ -154,7 +176,7 @@ impl Agent {
         let shared = Arc::new(Shared {
             node: node.clone(),
             token,
-            ready: AtomicBool::new(seeds.is_empty()),
+            ready: AtomicBool::new(seeds.is_empty() && !discovered),
             leaving: AtomicBool::new(false),
             chaos,
             leave_timeout: config.leave_timeout,
@@ -166,6 +188,7 @@ impl Agent {
                 config.http_header_timeout,
             ),
             event_streams: Arc::new(tokio::sync::Semaphore::new(config.http_event_streams_max)),
+            join_failed: AtomicBool::new(false),
         });
         let limits = http::Limits {
             header_timeout: config.http_header_timeout,
@@ -182,7 +205,27 @@ impl Agent {
             let serve = handlers::serve(node.clone(), h.clone(), queries, answer_max, closing);
             tasks.spawn(serve);
         }
-        if !seeds.is_empty() {
+        if discovered {
+            let names: Vec<String> = config
+                .join
+                .iter()
+                .chain(&config.retry_join)
+                .cloned()
+                .collect();
+            tasks.spawn(join_loop(
+                shared.clone(),
+                JoinPlan {
+                    names,
+                    first: seeds,
+                    max: if config.retry_join.is_empty() {
+                        0
+                    } else {
+                        config.retry_join_max
+                    },
+                    interval: config.retry_interval,
+                },
+            ));
+        } else if !seeds.is_empty() {
             node.join(seeds).await?;
         }
         if let Some(risk) = plain_gossip_risk(&config) {
@@ -211,7 +254,14 @@ impl Agent {
         &self.shared.chaos
     }
 
-    /// Resolves when someone asked the agent to stop through the API (`POST /v1/leave`).
+    /// Whether `retry_join` gave up (the agent then stops as if asked to: see
+    /// [`Agent::stop_requested`]).
+    pub fn join_failed(&self) -> bool {
+        self.shared.join_failed.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when someone asked the agent to stop through the API (`POST /v1/leave`), or
+    /// `retry_join` gave up.
     pub async fn stop_requested(&self) {
         let mut rx = self.shared.stop_requested.subscribe();
         let _ = rx.wait_for(|v| *v).await;
@@ -295,6 +345,70 @@ pub(crate) async fn leave(shared: &Shared) -> bool {
             tracing::warn!(error = %e, "leave failed");
             false
         }
+    }
+}
+
+/// The seeds of the join loop.
+struct JoinPlan {
+    /// `join` then `retry_join`, as written.
+    names: Vec<String>,
+    /// What they resolved to at start, with the node config's seeds.
+    first: Vec<SocketAddr>,
+    /// Attempts at most (0: until joined).
+    max: u32,
+    interval: std::time::Duration,
+}
+
+/// Joins through the seeds until joined, resolving them again before each attempt after the
+/// first: a record that changed is seen at the next attempt. A node whose seeds all resolve to
+/// itself is the first of its cluster: ready at once. After `max` attempts (when set) it gives
+/// up and stops the agent.
+async fn join_loop(shared: Arc<Shared>, plan: JoinPlan) {
+    let me = shared.node.addr();
+    let mut closing = shared.closing.subscribe();
+    let mut addrs = plan.first;
+    let mut attempt: u32 = 0;
+    loop {
+        if shared.ready.load(Ordering::SeqCst) {
+            return;
+        }
+        attempt += 1;
+        let only_me = !addrs.is_empty() && addrs.iter().all(|a| *a == me);
+        addrs.retain(|a| *a != me);
+        if only_me {
+            tracing::info!("every seed is this node: the first of its cluster");
+            shared.ready.store(true, Ordering::SeqCst);
+            return;
+        }
+        if addrs.is_empty() {
+            tracing::warn!(attempt, "no seed resolved; trying again");
+        } else {
+            tracing::info!(attempt, seeds = ?addrs, "joining");
+            if let Err(e) = shared.node.join(addrs.clone()).await {
+                tracing::warn!(error = %e, "join refused");
+            }
+        }
+        let deadline = tokio::time::Instant::now() + plan.interval;
+        while tokio::time::Instant::now() < deadline {
+            if shared.ready.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::select! {
+                _ = closing.wait_for(|v| *v) => return,
+                () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            }
+        }
+        if plan.max > 0 && attempt >= plan.max {
+            tracing::error!(attempts = attempt, "retry_join: not joined; giving up");
+            shared.join_failed.store(true, Ordering::SeqCst);
+            shared.stop_requested.send_replace(true);
+            return;
+        }
+        let found = discovery::resolve_seeds(&plan.names).await;
+        for (seed, reason) in &found.failed {
+            tracing::warn!(%seed, %reason, "seed did not resolve");
+        }
+        addrs = found.addrs;
     }
 }
 

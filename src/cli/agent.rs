@@ -29,9 +29,21 @@ pub struct AgentArgs {
     /// Admin HTTP API address (default 127.0.0.1:7947).
     #[arg(long, env = "DCORE_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
-    /// Seed to join, host:port; repeatable (env: comma-separated). Retried with backoff.
+    /// Seed to join: host:port (every A/AAAA record), ip:port, [v6]:port or srv:NAME (every SRV
+    /// record); repeatable (env: comma-separated). One must resolve at start; resolved again
+    /// and joined every --retry-interval until joined.
     #[arg(long, env = "DCORE_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
+    /// Seed as --join, but it need not resolve at start: resolved again and joined every
+    /// --retry-interval until joined (consul's -retry-join); repeatable (env: comma-separated).
+    #[arg(long, env = "DCORE_RETRY_JOIN", value_delimiter = ',')]
+    pub retry_join: Vec<String>,
+    /// Join attempts through --retry-join at most, then exit with an error (0: no limit).
+    #[arg(long, env = "DCORE_RETRY_JOIN_MAX")]
+    pub retry_join_max: Option<u32>,
+    /// Between two join attempts, each resolving the seeds again (default 30s).
+    #[arg(long, env = "DCORE_RETRY_INTERVAL", value_name = "DURATION")]
+    pub retry_interval: Option<String>,
     /// Directory for persistent state.
     #[arg(long, env = "DCORE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -88,6 +100,16 @@ pub fn effective_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
     }
     if !args.join.is_empty() {
         c.join = args.join.clone();
+    }
+    if !args.retry_join.is_empty() {
+        c.retry_join = args.retry_join.clone();
+    }
+    if let Some(v) = args.retry_join_max {
+        c.retry_join_max = v;
+    }
+    if let Some(v) = &args.retry_interval {
+        c.retry_interval = humantime_serde::re::humantime::parse_duration(v)
+            .with_context(|| format!("--retry-interval {v:?}: a duration such as 30s"))?;
     }
     if let Some(v) = &args.data_dir {
         c.node.data_dir = Some(v.clone());
@@ -167,7 +189,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<i32> {
             _ = term.recv() => false,
             _ = agent.stop_requested() => true,
         };
-        if via_api {
+        if via_api && agent.join_failed() {
+            agent.shutdown().await;
+            anyhow::bail!("retry_join: not joined after retry_join_max attempts");
+        } else if via_api {
             tracing::info!("left through the API: stopping");
             agent.shutdown().await;
         } else {

@@ -212,7 +212,10 @@ impl Node {
     async fn launch(config: NodeConfig, transport: impl Transport) -> Result<Node, NodeError> {
         config.validate()?;
         let id = NodeId::new(&config.name)?;
-        let advertise = config.advertise.unwrap_or(transport.local_addr());
+        let advertise = match config.advertise {
+            Some(a) => a,
+            None => advertise_for(transport.local_addr())?,
+        };
         let restored = match &config.data_dir {
             Some(dir) => Some(persist::restore(dir, &config.name, config.incarnation).await?),
             None => None,
@@ -688,10 +691,100 @@ impl Node {
     }
 }
 
+/// The address to announce when none is configured: the bound one, or, when bound to the
+/// unspecified address (`0.0.0.0`, `[::]`), this host's one address of that family that peers
+/// can reach (consul's rule; see [`pick_advertise`]).
+fn advertise_for(bound: SocketAddr) -> Result<SocketAddr, NodeError> {
+    if !bound.ip().is_unspecified() {
+        return Ok(bound);
+    }
+    let ips: Vec<std::net::IpAddr> = if_addrs::get_if_addrs()?
+        .into_iter()
+        .map(|i| i.ip())
+        .collect();
+    let ip =
+        pick_advertise(bound, &ips).map_err(|rule| ConfigError::new("node", "advertise", rule))?;
+    tracing::info!(%ip, %bound, "advertising this host's address");
+    Ok(SocketAddr::new(ip, bound.port()))
+}
+
+/// Among this host's addresses `ips`, the one to announce for a socket bound to the
+/// unspecified address `bound`: of the bound family, neither loopback nor link-local; private
+/// ones (10/8, 172.16/12, 192.168/16, 100.64/10; fc00::/7) preferred; exactly one, or the rule
+/// broken names the candidates.
+pub fn pick_advertise(
+    bound: SocketAddr,
+    ips: &[std::net::IpAddr],
+) -> Result<std::net::IpAddr, String> {
+    use std::net::IpAddr;
+    let usable: Vec<IpAddr> = (ips.iter().copied())
+        .filter(|ip| ip.is_ipv6() == bound.is_ipv6() && !ip.is_loopback() && !ip.is_unspecified())
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !v4.is_link_local(),
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+        })
+        .collect();
+    let private: Vec<IpAddr> = (usable.iter().copied())
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => {
+                v4.is_private() || (v4.octets()[0] == 100 && v4.octets()[1] & 0xc0 == 64)
+            }
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
+        })
+        .collect();
+    let pool = if private.is_empty() {
+        &usable
+    } else {
+        &private
+    };
+    match pool.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(format!(
+            "bound to {bound} and this host has no address of that family to announce: set advertise"
+        )),
+        many => Err(format!(
+            "bound to {bound} and this host has {} addresses to announce ({}): set advertise \
+             (or bind) to the one peers should use",
+            many.len(),
+            many.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cluster::Config;
+
+    #[test]
+    fn the_announced_address_is_the_one_private_address_of_the_bound_family() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let v4: SocketAddr = "0.0.0.0:7946".parse().unwrap();
+        let v6: SocketAddr = "[::]:7946".parse().unwrap();
+        let host = [
+            ip("127.0.0.1"),
+            ip("10.1.2.3"),
+            ip("::1"),
+            ip("fe80::1"),
+            ip("fd77::5"),
+        ];
+        assert_eq!(pick_advertise(v4, &host), Ok(ip("10.1.2.3")));
+        assert_eq!(pick_advertise(v6, &host), Ok(ip("fd77::5")));
+        // A public address beside a private one: the private one; two private: refused.
+        let two = [ip("203.0.113.9"), ip("192.168.1.4")];
+        assert_eq!(pick_advertise(v4, &two), Ok(ip("192.168.1.4")));
+        let e = pick_advertise(v4, &[ip("10.0.0.1"), ip("10.0.0.2")]).unwrap_err();
+        assert!(
+            e.contains("10.0.0.1, 10.0.0.2") && e.contains("set advertise"),
+            "{e}"
+        );
+        let e = pick_advertise(v4, &[ip("127.0.0.1"), ip("169.254.0.9")]).unwrap_err();
+        assert!(e.contains("no address"), "{e}");
+        assert_eq!(
+            pick_advertise(v4, &[ip("203.0.113.9")]),
+            Ok(ip("203.0.113.9"))
+        );
+    }
 
     #[test]
     fn node_is_cheap_to_clone_and_shareable_across_tasks() {

@@ -179,11 +179,29 @@ impl Bed {
     /// Starts host `i`'s agent (with its data dir), joining host `join` if given; waits for
     /// its "agent started" line.
     pub fn start(&mut self, i: usize, join: Option<usize>) {
+        let mut extra = vec![
+            "--bind".to_string(),
+            self.hosts[i].gossip.clone(),
+            "--http-addr".into(),
+            self.hosts[i].http.clone(),
+        ];
+        if let Some(j) = join {
+            extra.push("--join".into());
+            extra.push(self.hosts[j].gossip.clone());
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        self.start_with(i, &extra);
+    }
+
+    /// Starts host `i`'s agent with its name, the config, its data dir and `extra` flags only
+    /// (no address unless `extra` gives one: the default bind, `0.0.0.0:7946`, and the
+    /// default admin address, `127.0.0.1:7947` on the host's own loopback).
+    pub fn start_with(&mut self, i: usize, extra: &[&str]) {
         let h = &self.hosts[i];
         let mut cmd = self.command(i, DCORE);
         cmd.args(["agent", "--name", &h.name, "--config"])
             .arg(&self.config)
-            .args(["--bind", &h.gossip, "--http-addr", &h.http])
+            .args(extra)
             .arg("--data-dir")
             .arg(&h.data_dir)
             .args(["--log-format", "json"])
@@ -191,9 +209,6 @@ impl Bed {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if let Some(j) = join {
-            cmd.args(["--join", &self.hosts[j].gossip]);
-        }
         let mut child = KillOnDrop(cmd.spawn().expect("dcore agent spawns"));
         let log = Lines::new(child.stderr.take().expect("stderr is piped"));
         let started = log.wait_for(START_TIMEOUT, |line| {
@@ -277,6 +292,38 @@ impl Bed {
             }
         }
         Ok(())
+    }
+
+    /// The IP of host `i`.
+    pub fn ip(&self, i: usize) -> String {
+        host_ip(&self.hosts[i].gossip)
+    }
+
+    /// Makes `server` the DNS server of every host (testbed only).
+    pub fn use_resolver(&self, server: &str) {
+        for i in 1..=self.hosts.len() {
+            run_ok(Command::new("bash").arg(testbed_script()).args([
+                "resolver",
+                &self.id.to_string(),
+                &i.to_string(),
+                server,
+            ]));
+        }
+    }
+
+    /// Runs `program args` inside host `i` to completion.
+    pub fn run(&self, i: usize, program: &str, args: &[&str]) -> std::process::Output {
+        self.command(i, program).args(args).output().expect("runs")
+    }
+
+    /// Runs `program args` inside host `i` as a child killed when dropped.
+    pub fn spawn(&self, i: usize, program: &str, args: &[&str]) -> KillOnDrop {
+        let mut cmd = self.command(i, program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        KillOnDrop(cmd.spawn().unwrap_or_else(|e| panic!("{program}: {e}")))
     }
 
     /// Sets host `i`'s link down or up (testbed only).
