@@ -1195,3 +1195,108 @@ async fn queries_run_handler_commands_and_keys_rotate_cluster_wide() {
     })
     .await;
 }
+
+/// Reads `NOTIFY_SOCKET` datagrams until one holds `want` (systemd's `Type=notify` protocol).
+fn expect_notify(sock: &std::os::unix::net::UnixDatagram, want: &str, seen: &mut Vec<String>) {
+    let end = Instant::now() + START_TIMEOUT;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < end {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            seen.push(text.clone());
+            if text.lines().any(|l| l == want) {
+                return;
+            }
+        }
+    }
+    panic!("no {want} from the agent; got {seen:?}");
+}
+
+/// As systemd runs it (`Type=notify`, `ExecReload` sending SIGHUP): READY=1 once joined, not
+/// before; SIGHUP applies new tags and says which other changed settings need a restart; SIGTERM
+/// sends STOPPING=1 and leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_once_joined_and_sighup_reloads_tags() {
+    serial_blocking(|| {
+        use std::os::unix::net::UnixDatagram;
+        let dir = tempfile::tempdir().unwrap();
+        let seed = AgentProc::start(dir.path(), "s0", None);
+        let socket_path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&socket_path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let config = write_local_config(dir.path(), "s1");
+        let mut cmd = dcore_command();
+        cmd.args(["agent", "--name", "s1", "--config"])
+            .arg(&config)
+            .args(["--bind", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(["--log-format", "json", "--retry-join", &seed.gossip])
+            .args(["--retry-interval", "500ms"])
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = KillOnDrop(cmd.spawn().unwrap());
+        let mut proc = AgentProc {
+            name: "s1".into(),
+            log: Lines::new(child.0.stderr.take().unwrap()),
+            child,
+            gossip: String::new(),
+            http: String::new(),
+        };
+        let (gossip, http) = proc.wait_started();
+        proc.gossip = gossip;
+        proc.http = http;
+        let mut seen = Vec::new();
+        expect_notify(&sock, "READY=1", &mut seen);
+        // Ready means joined: the seed is already a member.
+        let m = members(&proc).unwrap();
+        assert_eq!(m.get("s0").map(|m| m.state.as_str()), Some("alive"), "{m:?}");
+        assert!(seen.iter().any(|s| s.contains("STATUS=joined")), "{seen:?}");
+
+        // Reload: new tags apply; a new connection cap needs a restart and is named.
+        let text = std::fs::read_to_string(&config).unwrap();
+        let text = text.replacen(
+            "[protocol]",
+            "http_connections_max = 100\nlog_level = \"debug\"\n[tags]\nrole = \"edge\"\n[protocol]",
+            1,
+        );
+        std::fs::write(&config, text).unwrap();
+        let ok = Command::new("kill")
+            .args(["-HUP", &proc.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        expect_notify(&sock, "RELOADING=1", &mut seen);
+        eventually_blocking("the seed sees s1's new tag", CONVERGE_TIMEOUT, || {
+            let m = members(&seed)?;
+            match m.get("s1").and_then(|m| m.tags.get("role")) {
+                Some(r) if r == "edge" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+        proc.log
+            .wait_for(START_TIMEOUT, |l| {
+                (l.contains("only after a restart") && l.contains("http_connections_max"))
+                    .then_some(())
+            })
+            .unwrap_or_else(|e| panic!("no restart warning ({e}): {}", proc.log_text()));
+        // A junk datagram is logged at debug level only: now it shows.
+        let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        junk.send_to(b"junk", &proc.gossip).unwrap();
+        proc.log
+            .wait_for(START_TIMEOUT, |l| l.contains("\"level\":\"DEBUG\"").then_some(()))
+            .unwrap_or_else(|e| panic!("log level not raised ({e})"));
+        proc.terminate();
+        expect_notify(&sock, "STOPPING=1", &mut seen);
+        assert!(proc.wait_exit(Duration::from_secs(15)).success());
+        eventually_blocking("the seed sees s1 left", CONVERGE_TIMEOUT, || {
+            match members(&seed)?.get("s1").map(|m| m.state.clone()) {
+                Some(s) if s == "left" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+    })
+    .await;
+}

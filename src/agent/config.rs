@@ -62,6 +62,9 @@ pub struct AgentConfig {
     pub http_event_streams_max: usize,
     /// Log format, `text` or `json`. Default `text`.
     pub log_format: String,
+    /// Log filter, in `RUST_LOG`'s syntax (`info`, `debug`, `info,distributed_core=debug`);
+    /// `RUST_LOG`, when set, wins. Changes with SIGHUP. Default `info`.
+    pub log_level: String,
     /// How long a graceful leave may take before the agent exits anyway. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub leave_timeout: std::time::Duration,
@@ -91,6 +94,7 @@ impl Default for AgentConfig {
             http_connections_max: 256,
             http_event_streams_max: 64,
             log_format: "text".into(),
+            log_level: "info".into(),
             leave_timeout: std::time::Duration::from_secs(5),
             chaos: ChaosConfig::default(),
             query_handler: Vec::new(),
@@ -129,6 +133,7 @@ struct AgentOwn {
     http_connections_max: usize,
     http_event_streams_max: usize,
     log_format: String,
+    log_level: String,
     #[serde(with = "humantime_serde")]
     leave_timeout: std::time::Duration,
     chaos: ChaosConfig,
@@ -151,6 +156,7 @@ impl Default for AgentOwn {
             http_connections_max: d.http_connections_max,
             http_event_streams_max: d.http_event_streams_max,
             log_format: d.log_format,
+            log_level: d.log_level,
             leave_timeout: d.leave_timeout,
             chaos: d.chaos,
             query_handler: d.query_handler,
@@ -180,6 +186,7 @@ impl TryFrom<AgentConfigFile> for AgentConfig {
             http_connections_max: own.http_connections_max,
             http_event_streams_max: own.http_event_streams_max,
             log_format: own.log_format,
+            log_level: own.log_level,
             leave_timeout: own.leave_timeout,
             chaos: own.chaos,
             query_handler: own.query_handler,
@@ -225,6 +232,15 @@ impl AgentConfig {
                 format!(
                     "{} is not loopback: set token_file (the API can change keys and inject faults)",
                     self.http_addr
+                ),
+            );
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            return field(
+                "log_level",
+                format!(
+                    "{:?}: use a level (info, debug) or RUST_LOG's syntax",
+                    self.log_level
                 ),
             );
         }

@@ -239,6 +239,12 @@ impl Agent {
         })
     }
 
+    /// Whether the agent is ready (`GET /ready`): joined, or the first node of its cluster,
+    /// and not leaving.
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::SeqCst)
+    }
+
     /// The node.
     pub fn node(&self) -> &Node {
         &self.shared.node

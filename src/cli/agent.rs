@@ -145,18 +145,120 @@ pub fn effective_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
     Ok(c)
 }
 
-fn init_logs(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+/// Changes the log filter at runtime (SIGHUP); `None` when `RUST_LOG` pins it.
+type LogReload = Option<
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>,
+>;
+
+/// Logs to stderr in `format`, filtered by `RUST_LOG` if set, else by `level` (which SIGHUP can
+/// change then).
+fn init_logs(format: &str, level: &str) -> LogReload {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::EnvFilter;
+    let pinned = EnvFilter::try_from_default_env().ok();
+    let filter = pinned
+        .clone()
+        .unwrap_or_else(|| EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let registry = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if format == "json" {
-        let _ = builder.json().try_init();
+        .with_ansi(ansi);
+    let _ = if format == "json" {
+        registry.with(fmt.json()).try_init()
     } else {
-        let _ = builder.try_init();
+        registry.with(fmt).try_init()
+    };
+    pinned.is_none().then_some(handle)
+}
+
+/// Tells systemd (when it started us with `Type=notify`: `NOTIFY_SOCKET` is set) how we are.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "systemd notification not sent");
     }
+}
+
+/// SIGHUP: reads the config again (file, environment, flags) and applies what can change at
+/// runtime: the log level, the tags, chaos. Says which other settings changed and need a
+/// restart.
+async fn reload(args: &AgentArgs, running: &mut AgentConfig, agent: &Agent, log: &LogReload) {
+    let new = match effective_config(args) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload: config invalid, nothing changed: {e:#}");
+            return;
+        }
+    };
+    if new.log_level != running.log_level {
+        match log {
+            Some(h) => {
+                let changed = tracing_subscriber::EnvFilter::try_new(&new.log_level)
+                    .is_ok_and(|f| h.reload(f).is_ok());
+                if changed {
+                    tracing::info!(level = %new.log_level, "reload: log level changed");
+                } else {
+                    tracing::warn!("reload: log level not changed");
+                }
+            }
+            None => tracing::warn!("reload: RUST_LOG is set and keeps the log level"),
+        }
+    }
+    if new.node.tags != running.node.tags {
+        match agent.node().set_tags(new.node.tags.clone()).await {
+            Ok(()) => tracing::info!(tags = ?new.node.tags, "reload: tags changed"),
+            Err(e) => tracing::error!(error = %e, "reload: tags refused"),
+        }
+    }
+    if new.chaos != running.chaos {
+        match agent.chaos().set(new.chaos.clone()) {
+            Ok(()) => tracing::info!("reload: chaos settings changed"),
+            Err(e) => tracing::error!(error = %e, "reload: chaos settings refused"),
+        }
+    }
+    let restart = restart_needed(running, &new);
+    if !restart.is_empty() {
+        tracing::warn!(
+            settings = %restart.join(", "),
+            "reload: these changed and take effect only after a restart"
+        );
+    }
+    // What was applied is now what runs; the rest keeps its running value.
+    running.log_level = new.log_level;
+    running.node.tags = new.node.tags;
+    running.chaos = new.chaos;
+}
+
+/// The settings other than the log level, tags and chaos that differ between `a` and `b`,
+/// as `key` or `table.key`.
+fn restart_needed(a: &AgentConfig, b: &AgentConfig) -> Vec<String> {
+    let table = |c: &AgentConfig| toml::Value::try_from(c).ok();
+    let (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) = (table(a), table(b)) else {
+        return vec!["(the config could not be compared)".into()];
+    };
+    let mut out = Vec::new();
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    for k in keys {
+        if ["log_level", "tags", "chaos"].contains(&k.as_str()) {
+            continue;
+        }
+        match (a.get(k), b.get(k)) {
+            (Some(toml::Value::Table(x)), Some(toml::Value::Table(y))) => {
+                let inner: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                out.extend(
+                    inner
+                        .into_iter()
+                        .filter(|i| x.get(*i) != y.get(*i))
+                        .map(|i| format!("{k}.{i}")),
+                );
+            }
+            (x, y) if x != y => out.push(k.clone()),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Runs `dcore agent`.
@@ -173,7 +275,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<i32> {
         println!("# config valid\n{}", config.redacted_toml());
         return Ok(0);
     }
-    init_logs(&config.log_format);
+    let log = init_logs(&config.log_format, &config.log_level);
     eprintln!(
         "# dcore agent: effective config (secrets are files, not shown)\n{}",
         config.redacted_toml()
@@ -182,13 +284,37 @@ pub fn run(args: AgentArgs) -> anyhow::Result<i32> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        use sd_notify::NotifyState;
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut running = config.clone();
         let agent = Agent::start(config).await?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let via_api = tokio::select! {
-            _ = tokio::signal::ctrl_c() => false,
-            _ = term.recv() => false,
-            _ = agent.stop_requested() => true,
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut told_ready = false;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        let via_api = loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break false,
+                _ = term.recv() => break false,
+                _ = agent.stop_requested() => break true,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now()?]);
+                    reload(&args, &mut running, &agent, &log).await;
+                    notify(&[NotifyState::Ready]);
+                }
+                // READY=1 once joined (or the first node of its cluster), as `GET /ready`.
+                _ = tick.tick(), if !told_ready => {
+                    if agent.is_ready() {
+                        told_ready = true;
+                        let members = agent.node().num_alive();
+                        let status = format!("joined: {members} members alive");
+                        notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+                    }
+                }
+            }
         };
+        notify(&[NotifyState::Stopping]);
         if via_api && agent.join_failed() {
             agent.shutdown().await;
             anyhow::bail!("retry_join: not joined after retry_join_max attempts");
