@@ -1253,6 +1253,14 @@ async fn systemd_hears_ready_once_joined_and_sighup_reloads_tags() {
         let m = members(&proc).unwrap();
         assert_eq!(m.get("s0").map(|m| m.state.as_str()), Some("alive"), "{m:?}");
         assert!(seen.iter().any(|s| s.contains("STATUS=joined")), "{seen:?}");
+        let ready = dcore(&["ready", "--http-addr", &proc.http]);
+        assert_eq!((ready.code(), ready.stdout.trim()), (Some(0), "ready"));
+        // An agent whose seed answers nothing is not ready, and says why.
+        let lost = AgentProc::start_with(dir.path(), "s2", None, &["--retry-join", "127.0.0.1:9"]);
+        let not = dcore(&["ready", "--http-addr", &lost.http]);
+        assert_eq!(not.code(), Some(1), "{not:?}");
+        assert!(not.stdout.contains("not ready: joining"), "{not:?}");
+        drop(lost);
 
         // Reload: new tags apply; a new connection cap needs a restart and is named.
         let text = std::fs::read_to_string(&config).unwrap();

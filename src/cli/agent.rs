@@ -29,9 +29,9 @@ pub struct AgentArgs {
     /// Admin HTTP API address (default 127.0.0.1:7947).
     #[arg(long, env = "DCORE_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
-    /// Seed to join: host:port (every A/AAAA record), ip:port, [v6]:port or srv:NAME (every SRV
-    /// record); repeatable (env: comma-separated). One must resolve at start; resolved again
-    /// and joined every --retry-interval until joined.
+    /// Seed to join: host:port (every A/AAAA record), ip:port (IPv6 in brackets) or srv:NAME
+    /// (every SRV record); repeatable (env: comma-separated). One must resolve at start;
+    /// resolved again and joined every --retry-interval until joined.
     #[arg(long, env = "DCORE_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
     /// Seed as --join, but it need not resolve at start: resolved again and joined every

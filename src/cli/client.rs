@@ -701,6 +701,34 @@ pub fn info(t: &Target, json_out: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// `dcore ready`: exit 0 when the agent is ready (joined, `GET /ready` 200), 1 while it joins
+/// or leaves, saying why: a probe for service managers and Kubernetes.
+pub fn ready(t: &Target) -> anyhow::Result<i32> {
+    let c = Client::new(t)?;
+    let mut req = c
+        .http
+        .get(format!("{}/ready", c.base))
+        .header(distributed_core::agent::REQUEST_HEADER, "1");
+    if let Some(token) = &c.token {
+        req = req.bearer_auth(token);
+    }
+    let resp = req
+        .send()
+        .with_context(|| format!("cannot reach the agent at {}", c.base))?;
+    let status = resp.status();
+    let v: Value = resp.json().unwrap_or(Value::Null);
+    if status.is_success() {
+        println!("ready");
+        return Ok(0);
+    }
+    let why = v["reason"]
+        .as_str()
+        .or(v["error"].as_str())
+        .unwrap_or("not ready");
+    println!("not ready: {} (HTTP {})", shown(why), status.as_u16());
+    Ok(1)
+}
+
 /// `dcore keygen`
 pub fn keygen() -> anyhow::Result<i32> {
     let key = distributed_core::identity::Key::generate(&mut rand::rngs::OsRng);

@@ -134,6 +134,11 @@ pub enum Commands {
         #[command(flatten)]
         target: client::Target,
     },
+    /// Exit 0 when the agent is ready (joined), 1 while it joins or leaves: for probes.
+    Ready {
+        #[command(flatten)]
+        target: client::Target,
+    },
     /// Print a new random encryption key (base64).
     Keygen,
     /// Run the deterministic simulator: N protocol cores over a modelled network, in virtual time.
@@ -178,6 +183,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Commands::Keys { cmd, target } => client::keys(&target, cmd),
         Commands::Info { json, target } => client::info(&target, json),
         Commands::Chaos { cmd, target } => client::chaos(&target, cmd),
+        Commands::Ready { target } => client::ready(&target),
         Commands::Keygen => client::keygen(),
         Commands::Sim(args) => sim::run(args),
         Commands::Local(args) => {
