@@ -469,6 +469,21 @@ fn file_with_mode(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
     path
 }
 
+/// Two random keys with different ids.
+fn two_keys() -> (
+    distributed_core::identity::Key,
+    distributed_core::identity::Key,
+) {
+    use distributed_core::identity::Key;
+    let old = Key::generate(&mut rand::rngs::OsRng);
+    loop {
+        let new = Key::generate(&mut rand::rngs::OsRng);
+        if new.id() != old.id() {
+            return (old, new);
+        }
+    }
+}
+
 /// `dcore keys ARGS` against `agent`, with `stdin` written to its standard input.
 fn keys_cmd(agent: &AgentProc, args: &[&str], stdin: &str) -> harness::Run {
     let mut child = dcore_command()
@@ -509,13 +524,7 @@ async fn keys_are_read_from_a_file_or_stdin_never_from_argv() {
     serial_blocking(|| {
         use distributed_core::identity::Key;
         let dir = tempfile::tempdir().unwrap();
-        let old = Key::generate(&mut rand::rngs::OsRng);
-        let new = loop {
-            let k = Key::generate(&mut rand::rngs::OsRng);
-            if k.id() != old.id() {
-                break k;
-            }
-        };
+        let (old, new) = two_keys();
         let id = |k: &Key| format!("{:#04x}", k.id());
         let (old_b64, new_b64) = (old.to_base64(), new.to_base64());
         let keys = file_with_mode(dir.path(), "keys", &format!("{old_b64}\n"), 0o600);
@@ -1044,13 +1053,7 @@ async fn queries_run_handler_commands_and_keys_rotate_cluster_wide() {
     serial_blocking(|| {
         use distributed_core::identity::Key;
         let dir = tempfile::tempdir().unwrap();
-        let old = Key::generate(&mut rand::rngs::OsRng);
-        let new = loop {
-            let k = Key::generate(&mut rand::rngs::OsRng);
-            if k.id() != old.id() {
-                break k;
-            }
-        };
+        let (old, new) = two_keys();
         let keys = file_with_mode(dir.path(), "keys", &format!("{}\n", old.to_base64()), 0o600);
         let new_file = file_with_mode(dir.path(), "new", &new.to_base64(), 0o600);
         let old_file = file_with_mode(dir.path(), "old", &old.to_base64(), 0o600);

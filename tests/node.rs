@@ -1100,7 +1100,7 @@ async fn queries_reach_exactly_the_selected_members_and_their_handlers_answer(ne
     let ask = async |filters: Vec<QueryFilter>, name: &str| {
         let mut p = QueryParams::new(name, b"hi".to_vec());
         p.filters = filters;
-        p.timeout = Some(Duration::from_secs(1));
+        p.timeout = Some(Duration::from_secs(2));
         p.relay_factor = 1;
         nodes[0].query(p).await.unwrap().collect().await.unwrap()
     };
@@ -1172,7 +1172,7 @@ async fn the_key_rotates_through_cluster_key_commands(net: Net) {
     let mut subs: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
     let run = async |op: KeysOp| {
         let r = (nodes[2]
-            .keys_cluster(&op, Some(Duration::from_secs(1)))
+            .keys_cluster(&op, Some(Duration::from_secs(3)))
             .await)
             .unwrap();
         let answers: Vec<KeysAnswer> = (r.responses.values())

@@ -48,21 +48,11 @@ pub struct LocalArgs {
     /// Protocol preset: lan, wan or local.
     #[arg(long, default_value = "lan")]
     pub preset: String,
-    /// N queries once the cluster has formed (before any crash), one --query-interval-ms
-    /// apart, each from a random node; every node answers at once from an in-process handler.
-    /// Odd queries name a random third of the nodes. The report gains `queries`, as in
+    /// Queries once the cluster has formed, before any crash, over real UDP (every node
+    /// answers at once from an in-process handler); the report gains `queries`, as in
     /// `dcore sim --queries`.
-    #[arg(long, value_name = "N")]
-    pub queries: Option<usize>,
-    /// Between two query starts, ms.
-    #[arg(long, default_value_t = 200, value_name = "MS")]
-    pub query_interval_ms: u64,
-    /// Relay factor of the queries (0 to 5).
-    #[arg(long, default_value_t = 0, value_name = "K")]
-    pub query_relay: u8,
-    /// Timeout of the queries, ms (default: the protocol's, scaled with the cluster).
-    #[arg(long, value_name = "MS")]
-    pub query_timeout_ms: Option<u64>,
+    #[command(flatten)]
+    pub query: super::sim::QueryFlags,
     /// Run the scenario (--duration, --kill) and print one JSON object.
     #[arg(long, conflicts_with = "summary")]
     pub json: bool,
@@ -248,8 +238,8 @@ async fn run_cluster(args: &LocalArgs, protocol: Config) -> anyhow::Result<Local
     );
     joined?;
     let converged_ms = converged.map(|t| (t - started).as_millis() as u64);
-    let queries = match args.queries {
-        Some(count) => Some(run_queries(args, count, &nodes).await?),
+    let queries = match args.query.spec() {
+        Some(spec) => Some(run_queries(args.seed, spec, &nodes).await?),
         None => None,
     };
     let mut order: Vec<usize> = (1..args.nodes).collect();
@@ -329,27 +319,17 @@ async fn run_cluster(args: &LocalArgs, protocol: Config) -> anyhow::Result<Local
     })
 }
 
-/// One query's figures.
-struct QueryRun {
-    selected: usize,
-    filtered: bool,
-    acks: usize,
-    responses: usize,
-    last_ms: Option<u64>,
-    unselected: u64,
-}
-
-/// `count` queries from random nodes, `--query-interval-ms` apart, every node answering from
+/// `spec.count` queries from random nodes, `spec.interval` apart, every node answering from
 /// an in-process handler; their figures as `dcore sim --queries` reports them.
 async fn run_queries(
-    args: &LocalArgs,
-    count: usize,
+    seed: u64,
+    spec: distributed_core::sim::QuerySpec,
     nodes: &[Node],
 ) -> anyhow::Result<distributed_core::sim::QueryReport> {
     use distributed_core::cluster::{QueryAnswer, QueryFilter, QueryParams};
     use distributed_core::identity::NodeId;
-    use distributed_core::sim::{Percentiles, QueryReport};
-    if args.query_relay > distributed_core::cluster::QUERY_RELAY_MAX {
+    use distributed_core::sim::{QueryFigures, QueryReport};
+    if spec.relay_factor > distributed_core::cluster::QUERY_RELAY_MAX {
         bail!("--query-relay: at most 5");
     }
     for node in nodes {
@@ -361,17 +341,18 @@ async fn run_queries(
             }
         });
     }
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed ^ 0x7175_6572_7921);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x7175_6572_7921);
     let n = nodes.len();
+    let count = spec.count;
     let mut tasks = Vec::with_capacity(count);
     let first = Instant::now();
-    let interval = Duration::from_millis(args.query_interval_ms);
+    let interval = spec.interval;
     for k in 0..count {
         tokio::time::sleep_until((first + interval * k as u32).into()).await;
         let origin = rand::Rng::gen_range(&mut rng, 0..n);
         let mut p = QueryParams::new("local", Vec::new());
-        p.relay_factor = args.query_relay;
-        p.timeout = args.query_timeout_ms.map(Duration::from_millis);
+        p.relay_factor = spec.relay_factor;
+        p.timeout = spec.timeout;
         let mut selected = vec![true; n];
         if k % 2 == 1 {
             let mut all: Vec<usize> = (0..n).collect();
@@ -388,13 +369,10 @@ async fn run_queries(
         let start = Instant::now();
         let mut stream = nodes[origin].query(p).await?;
         tasks.push(tokio::spawn(async move {
-            let mut run = QueryRun {
+            let mut run = QueryFigures {
                 selected: selected.iter().filter(|s| **s).count(),
                 filtered: selected.iter().any(|s| !s),
-                acks: 0,
-                responses: 0,
-                last_ms: None,
-                unselected: 0,
+                ..QueryFigures::default()
             };
             let chosen = |id: &NodeId| {
                 node_index(id.as_str()).is_some_and(|i| selected.get(i).copied().unwrap_or(false))
@@ -422,46 +400,7 @@ async fn run_queries(
             runs.push(r);
         }
     }
-    let selected: usize = runs.iter().map(|r| r.selected).sum();
-    let responses: usize = runs.iter().map(|r| r.responses.min(r.selected)).sum();
-    let acks: usize = runs.iter().map(|r| r.acks.min(r.selected)).sum();
-    let mut last: Vec<u64> = runs.iter().filter_map(|r| r.last_ms).collect();
-    last.sort_unstable();
-    let pct = |q: f64| -> u64 {
-        if last.is_empty() {
-            return 0;
-        }
-        last[((last.len() as f64 * q).ceil() as usize).clamp(1, last.len()) - 1]
-    };
-    let ratio = |v: usize| {
-        let r = if selected == 0 {
-            0.0
-        } else {
-            v as f64 / selected as f64
-        };
-        (r * 10_000.0).round() / 10_000.0
-    };
-    Ok(QueryReport {
-        started: count,
-        completed: runs.len(),
-        filtered: runs.iter().filter(|r| r.filtered).count(),
-        selected_mean: if runs.is_empty() {
-            0.0
-        } else {
-            round2(selected as f64 / runs.len() as f64)
-        },
-        response_ratio: ratio(responses),
-        ack_ratio: ratio(acks),
-        unanswered: selected - responses,
-        last_response_ms: Percentiles {
-            p50: pct(0.5),
-            p90: pct(0.9),
-            p99: pct(0.99),
-            max: last.last().copied().unwrap_or(0),
-        },
-        unselected_took: runs.iter().map(|r| r.unselected).sum(),
-        refused: 0,
-    })
+    Ok(QueryReport::from_figures(count, 0, &runs))
 }
 
 /// Takes the events each watched node has seen so far. Events a slow reader missed (the

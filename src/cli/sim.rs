@@ -94,10 +94,21 @@ pub struct SimArgs {
     /// distance between the two regions; the report then measures the network coordinates.
     #[arg(long, value_name = "MS,MS,...")]
     pub regions: Option<String>,
-    /// N queries, two seconds after the cluster converged, one --query-interval-ms apart,
-    /// each from a random live node; every selected node answers at once. Odd queries name a
-    /// random third of the nodes. The report measures the time to the last answer and the
-    /// share of selected live nodes that answered.
+    /// Queries once the cluster converged (--queries N ...).
+    #[command(flatten)]
+    pub query: QueryFlags,
+    /// Print one JSON object on stdout instead of the readable summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Queries to measure, as `dcore sim` and `dcore local` ask them.
+#[derive(Debug, Args)]
+pub struct QueryFlags {
+    /// N queries once the cluster has converged, one --query-interval-ms apart, each from a
+    /// random live node; every selected node answers at once. Odd queries name a random third
+    /// of the nodes. The report measures the time to the last answer and the share of
+    /// selected live nodes that answered.
     #[arg(long, value_name = "N")]
     pub queries: Option<usize>,
     /// Between two query starts, ms.
@@ -109,9 +120,18 @@ pub struct SimArgs {
     /// Timeout of the queries, ms (default: the protocol's, scaled with the cluster).
     #[arg(long, value_name = "MS")]
     pub query_timeout_ms: Option<u64>,
-    /// Print one JSON object on stdout instead of the readable summary.
-    #[arg(long)]
-    pub json: bool,
+}
+
+impl QueryFlags {
+    /// The queries these flags ask for, if any.
+    pub fn spec(&self) -> Option<distributed_core::sim::QuerySpec> {
+        self.queries.map(|count| distributed_core::sim::QuerySpec {
+            count,
+            interval: Duration::from_millis(self.query_interval_ms),
+            relay_factor: self.query_relay,
+            timeout: self.query_timeout_ms.map(Duration::from_millis),
+        })
+    }
 }
 
 impl SimArgs {
@@ -170,12 +190,7 @@ impl SimArgs {
                     })
                     .collect::<anyhow::Result<_>>()?,
             },
-            queries: self.queries.map(|count| distributed_core::sim::QuerySpec {
-                count,
-                interval: Duration::from_millis(self.query_interval_ms),
-                relay_factor: self.query_relay,
-                timeout: self.query_timeout_ms.map(Duration::from_millis),
-            }),
+            queries: self.query.spec(),
         };
         s.validate()?;
         Ok(s)

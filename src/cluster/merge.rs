@@ -325,18 +325,8 @@ impl Swim {
 
     /// One token of the per-second admission bucket, if there is one.
     fn take_admit_token(&mut self) -> bool {
-        let rate = f64::from(self.config.members_admit_per_sec);
-        let now = self.now.mono;
-        let b = &mut self.admit_bucket;
-        let elapsed = now.saturating_since(b.at).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * rate).min(rate);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let (rate, now) = (self.config.members_admit_per_sec, self.now.mono);
+        self.admit_bucket.take(rate, now)
     }
 
     fn add_member(&mut self, a: Alive) {

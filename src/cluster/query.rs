@@ -154,34 +154,14 @@ impl Queries {
         Queries {
             pending: FxHashMap::default(),
             answering: FxHashMap::default(),
-            bucket: AdmitBucket {
-                tokens: f64::from(queries_per_sec),
-                at: Time::ZERO,
-            },
-            relays: AdmitBucket {
-                tokens: f64::from(RELAYS_PER_SEC),
-                at: Time::ZERO,
-            },
+            bucket: AdmitBucket::full(queries_per_sec),
+            relays: AdmitBucket::full(RELAYS_PER_SEC),
         }
     }
 
     /// Queries this node waits on.
     pub fn pending(&self) -> usize {
         self.pending.len()
-    }
-}
-
-/// One token of a per-second bucket holding one second's worth, if there is one.
-fn take_token(b: &mut AdmitBucket, rate: u32, now: Time) -> bool {
-    let rate = f64::from(rate);
-    let elapsed = now.saturating_since(b.at).as_secs_f64();
-    b.tokens = (b.tokens + elapsed * rate).min(rate);
-    b.at = now;
-    if b.tokens >= 1.0 {
-        b.tokens -= 1.0;
-        true
-    } else {
-        false
     }
 }
 
@@ -386,7 +366,7 @@ impl Swim {
             }
         }
         let (rate, now) = (self.config.queries_per_sec, self.now.mono);
-        if !take_token(&mut self.queries.bucket, rate, now) {
+        if !self.queries.bucket.take(rate, now) {
             self.stats.queries_limited += 1;
             return;
         }
@@ -563,7 +543,7 @@ impl Swim {
             self.stats.misdirected += 1;
             return;
         }
-        if !take_token(&mut self.queries.relays, RELAYS_PER_SEC, self.now.mono) {
+        if !self.queries.relays.take(RELAYS_PER_SEC, self.now.mono) {
             self.stats.queries_limited += 1;
             return;
         }

@@ -252,11 +252,36 @@ pub(crate) enum Admit {
     Unsolicited(SocketAddr),
 }
 
-/// New members admitted per second: a token bucket holding one second's worth.
+/// A per-second token bucket holding one second's worth (new members admitted, queries taken,
+/// answers relayed).
 #[derive(Debug)]
 pub(crate) struct AdmitBucket {
     pub tokens: f64,
     pub at: Time,
+}
+
+impl AdmitBucket {
+    /// A full bucket for `rate` a second.
+    pub fn full(rate: u32) -> Self {
+        AdmitBucket {
+            tokens: f64::from(rate),
+            at: Time::ZERO,
+        }
+    }
+
+    /// One token at `now`, refilled at `rate` a second, if there is one.
+    pub fn take(&mut self, rate: u32, now: Time) -> bool {
+        let rate = f64::from(rate);
+        let elapsed = now.saturating_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -393,10 +418,7 @@ impl Swim {
             push_pull_sent: FxHashMap::default(),
             sync_answered: FxHashMap::default(),
             admit: Admit::Gossip,
-            admit_bucket: AdmitBucket {
-                tokens: f64::from(config.members_admit_per_sec),
-                at: Time::ZERO,
-            },
+            admit_bucket: AdmitBucket::full(config.members_admit_per_sec),
             last_refute_penalty: None,
             urgent: false,
             last_urgent_gossip: None,

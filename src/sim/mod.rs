@@ -57,7 +57,7 @@ mod scenario;
 pub use hostile::{HostileKind, HostileSpec};
 pub use metrics::{Detect, PairStates};
 pub(crate) use net::{addr, index};
-pub use queries::{Percentiles, QueryReport, QuerySpec};
+pub use queries::{Percentiles, QueryFigures, QueryReport, QuerySpec};
 pub use scenario::{NodeFault, PartitionSpec, Scenario, ScenarioError};
 
 use crate::cluster::{Command, Event, Input, Message, Output, Swim, Timer};

@@ -68,17 +68,76 @@ pub struct Percentiles {
     pub max: u64,
 }
 
+/// What one completed query measured (in the simulator, or over real nodes by `dcore local`).
+#[derive(Debug, Clone, Default)]
+pub struct QueryFigures {
+    /// Selected nodes that were live at the start.
+    pub selected: usize,
+    /// Whether a filter left some nodes out.
+    pub filtered: bool,
+    /// Acknowledgements the origin got.
+    pub acks: usize,
+    /// Answers the origin got.
+    pub responses: usize,
+    /// From the start to the last answer, ms.
+    pub last_ms: Option<u64>,
+    /// Nodes that took the query though its filter did not select them.
+    pub unselected: u64,
+}
+
+impl QueryReport {
+    /// The report of `started` queries, `refused` of which did not start, from the figures of
+    /// those that completed.
+    pub fn from_figures(started: usize, refused: usize, done: &[QueryFigures]) -> QueryReport {
+        let selected: usize = done.iter().map(|r| r.selected).sum();
+        let responses: usize = done.iter().map(|r| r.responses.min(r.selected)).sum();
+        let acks: usize = done.iter().map(|r| r.acks.min(r.selected)).sum();
+        let mut last: Vec<u64> = done.iter().filter_map(|r| r.last_ms).collect();
+        last.sort_unstable();
+        let pct = |q: f64| -> u64 {
+            if last.is_empty() {
+                return 0;
+            }
+            last[((last.len() as f64 * q).ceil() as usize).clamp(1, last.len()) - 1]
+        };
+        let ratio = |n: usize| {
+            let r = if selected == 0 {
+                0.0
+            } else {
+                n as f64 / selected as f64
+            };
+            (r * 10_000.0).round() / 10_000.0
+        };
+        QueryReport {
+            started,
+            completed: done.len(),
+            filtered: done.iter().filter(|r| r.filtered).count(),
+            selected_mean: if done.is_empty() {
+                0.0
+            } else {
+                (selected as f64 / done.len() as f64 * 100.0).round() / 100.0
+            },
+            response_ratio: ratio(responses),
+            ack_ratio: ratio(acks),
+            unanswered: selected - responses,
+            last_response_ms: Percentiles {
+                p50: pct(0.5),
+                p90: pct(0.9),
+                p99: pct(0.99),
+                max: last.last().copied().unwrap_or(0),
+            },
+            unselected_took: done.iter().map(|r| r.unselected).sum(),
+            refused,
+        }
+    }
+}
+
 /// One query's figures.
 struct Run {
     start: Duration,
     /// Indexed by node: whether the filter selects it.
     selected: Vec<bool>,
-    /// Selected nodes that were live at the start (and, faults not running, stayed so).
-    live_selected: usize,
-    filtered: bool,
-    acks: usize,
-    responses: usize,
-    last: Option<Duration>,
+    figures: QueryFigures,
     done: bool,
 }
 
@@ -88,7 +147,6 @@ pub(crate) struct Tracker {
     rng: ChaCha8Rng,
     runs: Vec<Run>,
     by_id: FxHashMap<(usize, u64), usize>,
-    unselected_took: u64,
     refused: usize,
 }
 
@@ -99,7 +157,6 @@ impl Tracker {
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x7175_6572_7921),
             runs: Vec::new(),
             by_id: FxHashMap::default(),
-            unselected_took: 0,
             refused: 0,
         }
     }
@@ -143,17 +200,16 @@ impl Tracker {
         selected: Vec<bool>,
         live: &[usize],
     ) {
-        let live_selected = live.iter().filter(|&&i| selected[i]).count();
-        let filtered = selected.iter().any(|s| !s);
+        let figures = QueryFigures {
+            selected: live.iter().filter(|&&i| selected[i]).count(),
+            filtered: selected.iter().any(|s| !s),
+            ..QueryFigures::default()
+        };
         self.by_id.insert((origin, id), self.runs.len());
         self.runs.push(Run {
             start: now,
             selected,
-            live_selected,
-            filtered,
-            acks: 0,
-            responses: 0,
-            last: None,
+            figures,
             done: false,
         });
     }
@@ -166,8 +222,9 @@ impl Tracker {
     /// Node `n` took the query `id` of `origin`.
     pub fn took(&mut self, n: usize, origin: usize, id: u64) {
         if let Some(&r) = self.by_id.get(&(origin, id)) {
-            if !self.runs[r].selected.get(n).copied().unwrap_or(false) {
-                self.unselected_took += 1;
+            let run = &mut self.runs[r];
+            if !run.selected.get(n).copied().unwrap_or(false) {
+                run.figures.unselected += 1;
             }
         }
     }
@@ -179,58 +236,20 @@ impl Tracker {
         };
         let run = &mut self.runs[r];
         match answer {
-            QueryAnswer::Ack(_) => run.acks += 1,
+            QueryAnswer::Ack(_) => run.figures.acks += 1,
             QueryAnswer::Response { .. } => {
-                run.responses += 1;
-                run.last = Some(now);
+                run.figures.responses += 1;
+                run.figures.last_ms = Some((now - run.start).as_millis() as u64);
             }
             QueryAnswer::Done(_) => run.done = true,
         }
     }
 
     pub fn report(&self) -> QueryReport {
-        let done: Vec<&Run> = self.runs.iter().filter(|r| r.done).collect();
-        let selected: usize = done.iter().map(|r| r.live_selected).sum();
-        let responses: usize = done.iter().map(|r| r.responses.min(r.live_selected)).sum();
-        let acks: usize = done.iter().map(|r| r.acks.min(r.live_selected)).sum();
-        let mut last: Vec<u64> = (done.iter())
-            .filter_map(|r| r.last.map(|l| (l - r.start).as_millis() as u64))
+        let done: Vec<QueryFigures> = (self.runs.iter())
+            .filter(|r| r.done)
+            .map(|r| r.figures.clone())
             .collect();
-        last.sort_unstable();
-        let pct = |q: f64| -> u64 {
-            if last.is_empty() {
-                return 0;
-            }
-            let i = ((last.len() as f64 * q).ceil() as usize).clamp(1, last.len()) - 1;
-            last[i]
-        };
-        let ratio = |n: usize| {
-            if selected == 0 {
-                0.0
-            } else {
-                n as f64 / selected as f64
-            }
-        };
-        QueryReport {
-            started: self.runs.len(),
-            completed: done.len(),
-            filtered: done.iter().filter(|r| r.filtered).count(),
-            selected_mean: if done.is_empty() {
-                0.0
-            } else {
-                (selected as f64 / done.len() as f64 * 100.0).round() / 100.0
-            },
-            response_ratio: (ratio(responses) * 10_000.0).round() / 10_000.0,
-            ack_ratio: (ratio(acks) * 10_000.0).round() / 10_000.0,
-            unanswered: selected - responses,
-            last_response_ms: Percentiles {
-                p50: pct(0.5),
-                p90: pct(0.9),
-                p99: pct(0.99),
-                max: last.last().copied().unwrap_or(0),
-            },
-            unselected_took: self.unselected_took,
-            refused: self.refused,
-        }
+        QueryReport::from_figures(self.runs.len(), self.refused, &done)
     }
 }
