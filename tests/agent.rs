@@ -1311,3 +1311,39 @@ async fn systemd_hears_ready_once_joined_and_sighup_reloads_tags() {
     })
     .await;
 }
+
+/// consul's `retry_join_max`: after the last attempt the agent gives up and exits with an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_join_gives_up_after_its_last_attempt() {
+    serial_blocking(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_local_config(dir.path(), "r0");
+        let mut child = KillOnDrop(
+            dcore_command()
+                .args(["agent", "--name", "r0", "--config"])
+                .arg(&config)
+                .args(["--bind", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+                .args(["--retry-join", "127.0.0.1:9", "--retry-join-max", "2"])
+                .args(["--retry-interval", "200ms"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let log = Lines::new(child.stderr.take().unwrap());
+        log.wait_for(START_TIMEOUT, |l| {
+            l.contains("not joined after retry_join_max attempts")
+                .then_some(())
+        })
+        .unwrap_or_else(|e| panic!("no give-up error ({e}): {}", log.text()));
+        let status = eventually_blocking("the agent exits", START_TIMEOUT, || {
+            child
+                .try_wait()
+                .unwrap()
+                .ok_or_else(|| "still running".to_string())
+        });
+        assert_ne!(status.code(), Some(0), "{}", log.text());
+    })
+    .await;
+}

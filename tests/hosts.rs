@@ -1,7 +1,8 @@
 //! Clusters across "hosts": network namespaces on one bridge, one `dcore agent` process each
 //! with its own address and data dir (see `tests/harness/hosts.rs` and `scripts/testbed.sh`),
 //! faults made by the kernel: a 2|3 partition by blackhole routes, a host frozen by SIGSTOP, a
-//! host's link set down, a rolling restart, and an IPv6-only cluster. The tests need root and
+//! host's link set down, a host rebooted (killed, restarted with its data dir), a rolling
+//! restart, and an IPv6-only cluster; and DNS discovery through dnsmasq. The tests need root and
 //! `ip`; without them they say so and pass (CI runs them as root).
 //!
 //! Each scenario also runs on this machine's loopback (agents on 127.77.0.0/16; the partition
@@ -125,7 +126,27 @@ fn freeze_scenario(bed: &mut Bed, link_too: bool) {
         f["link_down_detect_ms"] = json!(ms(detect));
         f["link_up_alive_ms"] = json!(ms(back));
     }
-    figures(bed, "freeze", f);
+    // A host rebooted: killed, then started again with its data dir.
+    let (rebooted, others) = (4, vec![0, 1, 2, 3]);
+    let before = bed.members(0).unwrap()["h5"].incarnation;
+    bed.kill(rebooted);
+    let detect = took("a killed host is failed", || {
+        bed.all_see(&others, &[rebooted], "failed")
+    });
+    let t = Instant::now();
+    bed.start(rebooted, Some(0));
+    eventually_blocking("the rebooted host is alive again, higher", DEADLINE, || {
+        bed.all_see(&every, &every, "alive")?;
+        let now = bed.members(0)?["h5"].incarnation;
+        if now > before {
+            Ok(())
+        } else {
+            Err(format!("h5 at incarnation {now}, was {before}"))
+        }
+    });
+    f["reboot_detect_ms"] = json!(ms(detect));
+    f["reboot_alive_ms"] = json!(ms(t.elapsed()));
+    figures(bed, "freeze+link+reboot", f);
 }
 
 /// SIGTERM each host in turn, restart it with its data dir: the others see `left`, then `alive`
@@ -177,7 +198,7 @@ async fn five_hosts_form_and_a_two_three_partition_is_detected_and_heals() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_host_and_a_host_whose_link_is_down_are_failed_then_come_back() {
+async fn a_frozen_a_cut_off_and_a_rebooted_host_are_failed_then_come_back() {
     serial_blocking(|| {
         if let Some(mut bed) = Bed::new(5, Family::V4) {
             freeze_scenario(&mut bed, true);
@@ -291,7 +312,10 @@ async fn hosts_find_each_other_through_dns_and_follow_its_changes() {
         std::thread::sleep(Duration::from_secs(3));
         assert!(!bed.members(0).unwrap().contains_key("h6"), "h6 joined nothing yet");
         let changed = Instant::now();
-        std::fs::write(&hosts_file, format!("{names}{} seeds6.dc.test\n", bed.ip(1))).unwrap();
+        // Replaced whole (a rename), so dnsmasq never reads a half-written file.
+        let staged = dir.path().join("hosts.new");
+        std::fs::write(&staged, format!("{names}{} seeds6.dc.test\n", bed.ip(1))).unwrap();
+        std::fs::rename(&staged, &hosts_file).unwrap();
         let six: Vec<usize> = (0..6).collect();
         eventually_blocking("h6 joins once the record changes", DEADLINE, || {
             bed.all_see(&six, &six, "alive")
