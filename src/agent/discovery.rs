@@ -10,6 +10,10 @@ use std::net::SocketAddr;
 /// The `srv:` prefix of an SRV seed.
 pub const SRV_PREFIX: &str = "srv:";
 
+/// Addresses one resolution keeps at most (all seeds together), and SRV records one seed
+/// follows at most: a DNS answer comes from the network too, and a join asks each address.
+pub const SEED_ADDRS_MAX: usize = 64;
+
 /// Whether `seed` is written as a seed can be: `srv:NAME`, or `host:port` with a port.
 pub fn check_seed(seed: &str) -> Result<(), String> {
     if let Some(name) = seed.strip_prefix(SRV_PREFIX) {
@@ -51,6 +55,10 @@ pub async fn resolve_seeds(seeds: &[String]) -> Resolved {
         match found {
             Ok(addrs) if !addrs.is_empty() => {
                 for a in addrs {
+                    if out.addrs.len() >= SEED_ADDRS_MAX {
+                        tracing::warn!(%seed, "seeds past {SEED_ADDRS_MAX} addresses are ignored");
+                        break;
+                    }
                     if !out.addrs.contains(&a) {
                         out.addrs.push(a);
                     }
@@ -72,6 +80,7 @@ async fn resolve_srv(name: &str) -> Result<Vec<SocketAddr>, String> {
     let srv = resolver.srv_lookup(name).await.map_err(|e| e.to_string())?;
     let mut records: Vec<_> = srv.iter().cloned().collect();
     records.sort_by_key(|r| (r.priority(), std::cmp::Reverse(r.weight())));
+    records.truncate(SEED_ADDRS_MAX);
     let mut out = Vec::new();
     for r in records {
         let target = r.target().to_utf8();
@@ -100,6 +109,13 @@ mod tests {
         for bad in ["seeds.example.org", "srv:", "host:port", ":7946", "srv:a b"] {
             assert!(check_seed(bad).is_err(), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_resolution_keeps_a_bounded_number_of_addresses() {
+        let many: Vec<String> = (1..=200).map(|p| format!("127.0.0.1:{p}")).collect();
+        let r = resolve_seeds(&many).await;
+        assert_eq!(r.addrs.len(), SEED_ADDRS_MAX);
     }
 
     #[tokio::test]
