@@ -102,26 +102,14 @@ pub struct Agent {
     tasks: JoinSet<()>,
 }
 
-/// Resolves `host:port` strings (names or literal addresses).
+/// Resolves seeds as `join` takes them (every record of a name, `srv:` names; see
+/// [`discovery`]); an error names the first seed that gave no address.
 pub async fn resolve(addrs: &[String]) -> Result<Vec<SocketAddr>, AgentError> {
-    let mut out = Vec::new();
-    for a in addrs {
-        let found = tokio::net::lookup_host(a.as_str())
-            .await
-            .map_err(|e| AgentError::Resolve {
-                addr: a.clone(),
-                reason: e.to_string(),
-            })?;
-        let first = found
-            .into_iter()
-            .next()
-            .ok_or_else(|| AgentError::Resolve {
-                addr: a.clone(),
-                reason: "no address".into(),
-            })?;
-        out.push(first);
+    let found = discovery::resolve_seeds(addrs).await;
+    match found.failed.into_iter().next() {
+        Some((addr, reason)) => Err(AgentError::Resolve { addr, reason }),
+        None => Ok(found.addrs),
     }
-    Ok(out)
 }
 
 impl Agent {
