@@ -20,7 +20,9 @@
 //! - `format.rs`: the bytes of segment and record headers, checked on every read.
 //! - `segment.rs`: segment names, creation (preallocated, flushed, renamed, directory flushed).
 //! - `recovery.rs`: [`scan`] (read-only verification) and the recovery done on open.
-//! - `writer.rs`: [`Wal`]: appends, group commit, durability modes, truncation.
+//! - `writer.rs`: [`Wal`]: appends, durability modes, truncation.
+//! - `group.rs`: group commit: the batch, the leader handoff, the poison (model-checked with
+//!   loom by `tests/wal_model.rs`).
 //! - `reader.rs`: [`WalReader`], records from an index on.
 //! - `repair.rs`: [`repair()`], truncation at the first problem, only on request.
 //! - `fs.rs`: the filesystem trait, with a fault-injecting implementation for tests.
@@ -31,10 +33,15 @@
 pub(crate) mod faulty;
 mod format;
 pub mod fs;
+mod group;
 mod reader;
 mod recovery;
 mod repair;
 mod segment;
+/// The locks the group commit uses: std's here (`tests/wal_model.rs` puts loom's in their place).
+mod sync {
+    pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
+}
 mod writer;
 
 pub use format::{BadRecord, RecordType, ALIGN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};

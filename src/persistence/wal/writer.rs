@@ -1,11 +1,13 @@
 //! [`Wal`]: the writer. Appenders put encoded records in a shared batch; one of them (the leader)
 //! takes the batch, writes it with one write per segment, flushes once if the mode asks, and
-//! acknowledges everyone in it (group commit). Two locks: `shared` (the batch, the counters of
-//! what is acknowledged, the poison) is held only briefly; `io` (the files) is held by whoever
-//! writes, flushes or truncates. Lock order: `io` before `shared`, never the other way.
+//! acknowledges everyone in it (group commit, in `group.rs`). Two locks: the group commit's
+//! (the batch, the counters of what is acknowledged, the poison) is held only briefly; `io` (the
+//! files) is held by whoever writes, flushes or truncates. Lock order: `io` before the group
+//! commit's, never the other way.
 
 use super::format::{encode_record, record_len, RecordType, SEGMENT_HEADER_LEN};
 use super::fs::{make_private_dir, Fs, FsFile, OsFs, FILE_MODE};
+use super::group::{GroupCommit, Pending, WaitError};
 use super::reader::WalReader;
 use super::recovery::{recover, RecoveryReport};
 use super::segment::{create_segment, read_segment, segment_name, zero_range, SegmentRef};
@@ -16,7 +18,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::ops::Range;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -79,16 +81,10 @@ struct Batch {
     lens: Vec<u32>,
 }
 
-#[derive(Debug)]
-struct Shared {
-    next_index: u64,
-    batch: Batch,
-    acked: u64,
-    leader: bool,
-    poisoned: Option<String>,
-    /// Bumped by every `truncate_suffix` (which lowers `acked`): a ticket from before one was
-    /// acknowledged already, since truncation waits for a quiet log.
-    truncations: u64,
+impl Pending for Batch {
+    fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
 }
 
 #[derive(Debug)]
@@ -113,18 +109,14 @@ impl Io {
     }
 }
 
-/// Issued by `submit`, redeemed by `wait`: the indexes of the submitted records, and the
-/// truncation count when they were submitted.
-#[derive(Debug, Clone)]
-pub(crate) struct Ticket(pub(crate) Range<u64>, u64);
+pub(crate) use super::group::Ticket;
 
 #[derive(Debug)]
 struct Inner {
     dir: PathBuf,
     config: WalConfig,
     fs: Arc<dyn Fs>,
-    shared: Mutex<Shared>,
-    cond: Condvar,
+    commit: GroupCommit<Batch>,
     io: Mutex<Io>,
     counters: Counters,
     recovery: RecoveryReport,
@@ -212,20 +204,12 @@ impl Wal {
         if io.segments.len() == 1 && recovery.scan.segments.is_empty() {
             counters.counts.segments_created.add(1);
         }
-        let shared = Shared {
-            next_index: io.written + 1,
-            batch: Batch::default(),
-            acked: io.written,
-            leader: false,
-            poisoned: None,
-            truncations: 0,
-        };
+        let commit = GroupCommit::new(io.written);
         let inner = Arc::new(Inner {
             dir,
             config,
             fs,
-            shared: Mutex::new(shared),
-            cond: Condvar::new(),
+            commit,
             io: Mutex::new(io),
             counters,
             recovery,
@@ -259,66 +243,31 @@ impl Wal {
             return Err(WalError::RecordTooLarge { len: p.len(), max });
         }
         let crcs: Vec<u32> = records.iter().map(|(_, p)| crc32c::crc32c(p)).collect();
-        let mut s = lock(&self.inner.shared);
-        if let Some(p) = &s.poisoned {
-            return Err(WalError::Poisoned(p.clone()));
-        }
-        let first = s.next_index;
-        if s.batch.lens.is_empty() {
-            s.batch.first = first;
-        }
-        for (i, ((kind, payload), crc)) in records.iter().zip(crcs).enumerate() {
-            encode_record(&mut s.batch.buf, *kind, first + i as u64, payload, crc);
-            s.batch.lens.push(record_len(payload.len()) as u32);
-        }
-        s.next_index += records.len() as u64;
-        Ok(Ticket(first..s.next_index, s.truncations))
+        let count = records.len() as u64;
+        self.inner
+            .commit
+            .submit(count, |batch, first| {
+                if batch.lens.is_empty() {
+                    batch.first = first;
+                }
+                for (i, ((kind, payload), crc)) in records.iter().zip(crcs).enumerate() {
+                    encode_record(&mut batch.buf, *kind, first + i as u64, payload, crc);
+                    batch.lens.push(record_len(payload.len()) as u32);
+                }
+            })
+            .map_err(WalError::Poisoned)
     }
 
     /// Waits until the ticket's records are acknowledged, leading a batch when no one else is.
     pub(crate) fn wait(&self, ticket: &Ticket) -> Result<(), WalError> {
         let inner = &*self.inner;
-        let last = ticket.0.end.saturating_sub(1);
-        let mut s = lock(&inner.shared);
-        loop {
-            if ticket.0.is_empty() || s.acked >= last || s.truncations != ticket.1 {
+        match inner.commit.wait(ticket, |batch| inner.write_batch(batch)) {
+            Ok(()) => {
                 inner.counters.counts.appends.add(1);
-                return Ok(());
+                Ok(())
             }
-            if let Some(p) = &s.poisoned {
-                return Err(WalError::Poisoned(p.clone()));
-            }
-            if s.leader || s.batch.lens.is_empty() {
-                s = inner.cond.wait(s).unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            s.leader = true;
-            let batch = std::mem::take(&mut s.batch);
-            drop(s);
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                inner.write_batch(&batch)
-            }));
-            s = lock(&inner.shared);
-            s.leader = false;
-            let result = match result {
-                Ok(r) => r,
-                Err(panic) => {
-                    // Leave the log poisoned and the other appenders awake, then unwind on.
-                    s.poisoned.get_or_insert_with(|| "a writer panicked".into());
-                    inner.cond.notify_all();
-                    drop(s);
-                    std::panic::resume_unwind(panic)
-                }
-            };
-            match result {
-                Ok(acked) => s.acked = s.acked.max(acked),
-                Err(e) => {
-                    s.poisoned.get_or_insert_with(|| e.to_string());
-                    inner.cond.notify_all();
-                    return Err(e);
-                }
-            }
-            inner.cond.notify_all();
+            Err(WaitError::Poisoned(p)) => Err(WalError::Poisoned(p)),
+            Err(WaitError::Failed(e)) => Err(e),
         }
     }
 
@@ -332,7 +281,7 @@ impl Wal {
     /// it fail with an error (never return a wrong record).
     pub fn read_from(&self, index: u64) -> Result<WalReader, WalError> {
         let io = lock(&self.inner.io);
-        let last = lock(&self.inner.shared).acked;
+        let last = self.inner.commit.lock().acked;
         let first = io.segments[0].first;
         if index < first || index > last + 1 {
             return Err(WalError::IndexOutOfRange { index, first, last });
@@ -372,7 +321,7 @@ impl Wal {
     pub fn truncate_suffix(&self, index: u64) -> Result<(), WalError> {
         let inner = &*self.inner;
         let mut io = lock(&inner.io);
-        let mut s = lock(&inner.shared);
+        let mut s = inner.commit.lock();
         if let Some(p) = &s.poisoned {
             return Err(WalError::Poisoned(p.clone()));
         }
@@ -404,7 +353,7 @@ impl Wal {
 
     /// Index of the newest acknowledged record (`first_index() - 1` if the log is empty).
     pub fn last_index(&self) -> u64 {
-        lock(&self.inner.shared).acked
+        self.inner.commit.lock().acked
     }
 
     /// How long the data flushes since open took.
@@ -516,16 +465,14 @@ fn open_io(
 
 impl Inner {
     fn check_poisoned(&self) -> Result<(), WalError> {
-        match &lock(&self.shared).poisoned {
-            Some(p) => Err(WalError::Poisoned(p.clone())),
+        match self.commit.poisoned() {
+            Some(p) => Err(WalError::Poisoned(p)),
             None => Ok(()),
         }
     }
 
     fn poison(&self, e: WalError) -> WalError {
-        let mut s = lock(&self.shared);
-        s.poisoned.get_or_insert_with(|| e.to_string());
-        self.cond.notify_all();
+        self.commit.poison(&e);
         e
     }
 
