@@ -22,7 +22,7 @@ mod sync {
 mod group;
 
 use group::{GroupCommit, Pending, WaitError};
-use loom::sync::{Arc, Mutex};
+use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 
 /// The queued indexes.
@@ -95,10 +95,19 @@ impl Log {
 
     /// One append of `n` records: the indexes on success.
     fn append(&self, n: u64) -> Result<std::ops::Range<u64>, String> {
+        self.append_with(n, |b| self.write(b))
+    }
+
+    /// One append of `n` records, a leader writing with `write`.
+    fn append_with(
+        &self,
+        n: u64,
+        write: impl FnMut(&Queue) -> Result<u64, String>,
+    ) -> Result<std::ops::Range<u64>, String> {
         let ticket = self
             .commit
             .submit(n, |q, first| q.0.extend(first..first + n))?;
-        match self.commit.wait(&ticket, |b| self.write(b)) {
+        match self.commit.wait(&ticket, write) {
             Ok(()) => Ok(ticket.0),
             Err(WaitError::Poisoned(p)) | Err(WaitError::Failed(p)) => Err(p),
         }
@@ -249,6 +258,62 @@ fn interval_a_failed_background_flush_wakes_waiters_and_refuses_appends() {
             log.append(1).is_err(),
             "an append after the poison is refused"
         );
+    });
+}
+
+/// A leader stuck in a slow write while the flusher's flush fails: the other appender wakes with
+/// the error at once (it does not wait for the stuck leader), and the leader's batch, written
+/// after the poison, is not acknowledged.
+#[test]
+fn interval_a_poison_wakes_waiters_behind_a_stuck_leader() {
+    builder().check(|| {
+        let log = Log::new(Mode::Interval, Some(1));
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let returned = Arc::new((Mutex::new(0u32), Condvar::new()));
+        let appenders: Vec<_> = (0..2)
+            .map(|_| {
+                let (log, gate, returned) = (log.clone(), gate.clone(), returned.clone());
+                thread::spawn(move || {
+                    let r = log.append_with(1, |b| {
+                        let (open, cv) = &*gate;
+                        let mut open = open.lock().unwrap();
+                        while !*open {
+                            open = cv.wait(open).unwrap();
+                        }
+                        drop(open);
+                        log.write(b)
+                    });
+                    *returned.0.lock().unwrap() += 1;
+                    returned.1.notify_all();
+                    r
+                })
+            })
+            .collect();
+        let flusher = {
+            let log = log.clone();
+            thread::spawn(move || {
+                let _ = log.sync();
+            })
+        };
+        flusher.join().unwrap();
+        // The writes are held until one appender has returned: the one not leading must be
+        // woken by the poison (or refused by it at submit).
+        {
+            let mut n = returned.0.lock().unwrap();
+            while *n == 0 {
+                n = returned.1.wait(n).unwrap();
+            }
+        }
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        for h in appenders {
+            let r = h.join().unwrap();
+            assert_eq!(
+                r.unwrap_err(),
+                "fsync: I/O error",
+                "nothing acknowledged after the poison"
+            );
+        }
     });
 }
 

@@ -135,6 +135,12 @@ impl<B: Pending> GroupCommit<B> {
                 }
             };
             match result {
+                Ok(_) if s.poisoned.is_some() => {
+                    // Poisoned while this batch was written (the interval flusher's flush
+                    // failed): nothing is acknowledged after the poison. Whoever poisoned woke
+                    // the waiters already.
+                    return Err(WaitError::Poisoned(s.poisoned.clone().unwrap_or_default()));
+                }
                 Ok(acked) => s.acked = s.acked.max(acked),
                 Err(e) => {
                     s.poisoned.get_or_insert_with(|| e.to_string());
