@@ -190,6 +190,7 @@ pub mod testing {
     pub use crate::cluster::message::{
         decode_packet, encode_packet, item_len, msg_type, packet_header_len, packet_len, varint_len,
     };
+    pub use crate::node::record::{open_record, record as seal_record};
     pub use crate::persistence::wal::faulty::{FaultPlan, FaultyFs};
     pub use crate::transport::frame::header::{decode as decode_frame, encode_header};
 }

@@ -28,7 +28,7 @@ mod driver;
 mod health;
 mod persist;
 mod query;
-mod record;
+pub(crate) mod record;
 mod stats;
 mod traffic;
 

@@ -7,11 +7,11 @@ use crate::transport::frame::{self, FrameSealer};
 use std::net::SocketAddr;
 
 /// A stream message received: the sender's advertised address and the message.
-pub(crate) type Received = (SocketAddr, Message);
+pub type Received = (SocketAddr, Message);
 
 /// Why a stream record was refused.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum RecordError {
+pub enum RecordError {
     /// The frame did not open.
     #[error(transparent)]
     Frame(#[from] frame::OpenFrameError),
@@ -24,7 +24,7 @@ pub(crate) enum RecordError {
 }
 
 /// Frame → body → (sender address, packet) → messages.
-pub(crate) fn open_record(record: &[u8], sec: &FrameSealer) -> Result<Vec<Received>, RecordError> {
+pub fn open_record(record: &[u8], sec: &FrameSealer) -> Result<Vec<Received>, RecordError> {
     let body = sec.open(record)?;
     let (from, packet): (SocketAddr, &[u8]) =
         postcard::take_from_bytes(&body).map_err(RecordError::Address)?;
@@ -34,7 +34,7 @@ pub(crate) fn open_record(record: &[u8], sec: &FrameSealer) -> Result<Vec<Receiv
 
 /// The stream record for `msg` from `me`: one frame whose body is the sender's address and a
 /// one-message packet (the transport adds the length prefix).
-pub(crate) fn record(me: SocketAddr, msg: &Message, sec: &FrameSealer) -> Vec<u8> {
+pub fn record(me: SocketAddr, msg: &Message, sec: &FrameSealer) -> Vec<u8> {
     let mut body = postcard::to_allocvec(&me).expect("a SocketAddr always encodes");
     body.extend_from_slice(&encode_packet(std::slice::from_ref(msg)));
     sec.seal(&body)
