@@ -637,3 +637,234 @@ fn dcore_bench_wal_prints_one_json_object_and_keeps_the_log_when_asked() {
         "a directory holding a log must be refused"
     );
 }
+
+/// A record damaged under an open log (another process, a bad disk) is an error when read,
+/// naming the file and offset, never a wrong record: read from the start, and from an index
+/// past the damage in the same segment (the reader walks and checks the records before it).
+#[test]
+fn a_record_damaged_under_an_open_log_is_an_error_when_read() {
+    let d = tmp();
+    let log = open(d.path()).unwrap();
+    append_n(&log, 1, 6);
+    let locs = locate(d.path());
+    let third = &locs[&3];
+    assert_eq!(third.path, locs[&1].path, "one segment holds 1..=3");
+    flip(&third.path, (third.offset + 30) * 8); // a payload byte of record 3
+    let err = log.read_from(1).unwrap().nth(2).unwrap().unwrap_err();
+    match &err {
+        WalError::Corrupt {
+            path, offset, what, ..
+        } => {
+            assert_eq!((path, *offset), (&third.path, third.offset), "{err}");
+            assert!(matches!(
+                what,
+                Corruption::Record {
+                    reason: BadRecord::PayloadChecksum,
+                    expected_index: 3,
+                    ..
+                }
+            ));
+        }
+        other => panic!("{other}"),
+    }
+    // Records before the damage still read; asking for one after it walks past the damaged
+    // record, checking it, so that is the same error.
+    assert_eq!(log.read_from(1).unwrap().next().unwrap().unwrap().index, 1);
+    let err = log.read_from(5).unwrap_err_or_first();
+    assert!(
+        matches!(err, WalError::Corrupt { offset, .. } if offset == third.offset),
+        "{err}"
+    );
+}
+
+trait FirstError {
+    fn unwrap_err_or_first(self) -> WalError;
+}
+
+impl FirstError for Result<wal::WalReader, WalError> {
+    /// The error of `read_from`, or of the reader's first record.
+    fn unwrap_err_or_first(self) -> WalError {
+        match self {
+            Err(e) => e,
+            Ok(mut r) => r.next().expect("an item").expect_err("an error"),
+        }
+    }
+}
+
+#[test]
+fn truncate_suffix_is_refused_out_of_range_and_once_poisoned() {
+    let d = tmp();
+    let (plan, fs) = faulty_fs();
+    let config = WalConfig {
+        durability: Durability::Always,
+        ..small()
+    };
+    let log = Wal::open_with_fs(d.path(), config, fs).unwrap();
+    append_n(&log, 1, 100);
+    let first = log.truncate_prefix(50).unwrap();
+    assert!(first > 1 && first <= 51, "{first}");
+    // Below what is kept: out of range, naming the range.
+    match log.truncate_suffix(first - 2) {
+        Err(WalError::IndexOutOfRange {
+            index,
+            first: f,
+            last,
+        }) => {
+            assert_eq!((index, f, last), (first - 2, first, 100));
+        }
+        other => panic!("{other:?}"),
+    }
+    // At or past the end: nothing to do.
+    log.truncate_suffix(100).unwrap();
+    log.truncate_suffix(500).unwrap();
+    assert_eq!(log.last_index(), 100);
+    // The first kept index minus one empties the log.
+    log.truncate_suffix(first - 1).unwrap();
+    assert_eq!(log.last_index(), first - 1);
+    assert_eq!(log.append(RecordType::DATA, b"again").unwrap(), first);
+    // Poisoned: refused with the reason.
+    plan.fail_next_sync();
+    assert!(log.append(RecordType::DATA, b"x").is_err());
+    assert!(matches!(
+        log.truncate_suffix(first),
+        Err(WalError::Poisoned(_))
+    ));
+    assert!(matches!(
+        log.truncate_prefix(first),
+        Err(WalError::Poisoned(_))
+    ));
+}
+
+#[test]
+fn an_interval_flush_that_fails_poisons_the_log() {
+    let d = tmp();
+    let (plan, fs) = faulty_fs();
+    let config = WalConfig {
+        durability: Durability::Interval(Duration::from_millis(5)),
+        ..small()
+    };
+    let log = Wal::open_with_fs(d.path(), config, fs).unwrap();
+    plan.fail_next_sync();
+    append_n(&log, 1, 1);
+    // The background flush fails within a second; appends are refused from then on.
+    let mut refused = None;
+    for i in 2..=200 {
+        std::thread::sleep(Duration::from_millis(5));
+        if let Err(e) = log.append(RecordType::DATA, &payload(i)) {
+            refused = Some(e);
+            break;
+        }
+    }
+    assert!(
+        matches!(refused, Some(WalError::Poisoned(_))),
+        "{refused:?}"
+    );
+    assert_eq!(plan.sync_failures(), 1);
+    assert!(matches!(log.sync(), Err(WalError::Poisoned(_))));
+}
+
+/// A log whose active segment is empty and smaller than the new config's next record (the
+/// segment size was raised): the empty segment is replaced, not left as an empty one in the
+/// middle (which recovery would call corruption).
+#[test]
+fn an_empty_segment_too_small_for_the_next_record_is_replaced() {
+    let d = tmp();
+    drop(open(d.path()).unwrap()); // one empty 4 KiB segment
+    let bigger = WalConfig {
+        segment_bytes: 64 * 1024,
+        record_bytes_max: 16 * 1024,
+        durability: Durability::Never,
+    };
+    let log = Wal::open(d.path(), bigger.clone()).unwrap();
+    let big = vec![7u8; 8 * 1024];
+    assert_eq!(log.append(RecordType::DATA, &big).unwrap(), 1);
+    drop(log);
+    let segs: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "wal"))
+        .collect();
+    assert_eq!(segs.len(), 1, "the empty segment was replaced");
+    let log = Wal::open(d.path(), bigger).unwrap();
+    assert_eq!(wal_records(&log), vec![(1, big)]);
+}
+
+#[test]
+fn repair_of_a_clean_log_changes_nothing_and_a_dry_run_only_reports() {
+    let d = tmp();
+    let backup = tmp();
+    let log = open(d.path()).unwrap();
+    append_n(&log, 1, 40);
+    drop(log);
+    let fs = wal::fs::OsFs;
+    let r = wal::repair(&fs, d.path(), backup.path(), false).unwrap();
+    assert!(r.problem.is_none() && r.segments_removed.is_empty() && r.backup_dir.is_none());
+    assert_eq!((r.bytes_zeroed, r.last_index_kept), (0, Some(40)));
+    // Damage the middle of the last segment, then a dry run: a report, no change on disk.
+    let locs = locate(d.path());
+    let last = &locs[&40];
+    let before = std::fs::read(&last.path).unwrap();
+    let mid = locs
+        .values()
+        .rfind(|l| l.path == last.path && l.offset < last.offset)
+        .unwrap();
+    flip(&mid.path, (mid.offset + 26) * 8);
+    let damaged = std::fs::read(&last.path).unwrap();
+    assert_ne!(before, damaged);
+    let r = wal::repair(&fs, d.path(), backup.path(), true).unwrap();
+    let p = r.problem.expect("the damage is found");
+    assert_eq!(
+        (p.path.as_path(), p.offset),
+        (mid.path.as_path(), mid.offset)
+    );
+    assert!(r.bytes_zeroed > 0 && r.segments_removed.is_empty());
+    assert_eq!(
+        std::fs::read(&last.path).unwrap(),
+        damaged,
+        "a dry run changes nothing"
+    );
+    assert_eq!(
+        std::fs::read_dir(backup.path()).unwrap().count(),
+        0,
+        "nor backs up"
+    );
+}
+
+/// A segment's header must be valid and agree with its file name, wherever the segment is:
+/// the open is refused at offset 0 of that file, and nothing after it is read.
+#[test]
+fn a_bad_segment_header_or_a_renamed_segment_is_corruption() {
+    let d = tmp();
+    append_n(&open(d.path()).unwrap(), 1, 100);
+    let locs = locate(d.path());
+    let mut segs: Vec<Loc> = locs.values().cloned().collect();
+    segs.dedup_by(|a, b| a.path == b.path);
+    assert!(segs.len() >= 3);
+    let mid = segs[1].path.clone();
+    let original = std::fs::read(&mid).unwrap();
+    // A header byte changed: the checksum fails.
+    flip(&mid, 17 * 8);
+    match open(d.path()) {
+        Err(WalError::Corrupt {
+            what: Corruption::SegmentHeader { reason },
+            path,
+            offset: 0,
+        }) => assert_eq!(
+            (path, reason),
+            (mid.clone(), "segment header checksum mismatch")
+        ),
+        other => panic!("bad header accepted: {other:?}"),
+    }
+    restore(&mid, &original);
+    // The file renamed to claim a first index one higher than its header says.
+    let named = wal::parse_segment_name(&mid).unwrap();
+    let renamed = d.path().join(wal::segment_name(named + 1));
+    std::fs::rename(&mid, &renamed).unwrap();
+    match open(d.path()) {
+        Err(WalError::Corrupt {
+            what: Corruption::SegmentName { named: n, header },
+            ..
+        }) => assert_eq!((n, header), (named + 1, named)),
+        other => panic!("renamed segment accepted: {other:?}"),
+    }
+}

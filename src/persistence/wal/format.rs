@@ -296,4 +296,106 @@ mod tests {
         bad[17] ^= 1;
         assert!(decode_segment_header(&bad).is_err());
     }
+
+    /// Every reason names itself: `dcore wal verify` and the open error print these.
+    #[test]
+    fn every_bad_record_says_what_it_is() {
+        let cases = [
+            (BadRecord::HeaderChecksum, "record header checksum mismatch"),
+            (
+                BadRecord::HeaderFields,
+                "record header has invalid type or reserved bytes",
+            ),
+            (
+                BadRecord::LengthOutOfBounds { len: 9 },
+                "record length 9 runs past the end of the segment",
+            ),
+            (
+                BadRecord::UnexpectedIndex {
+                    expected: 4,
+                    found: 6,
+                },
+                "record index 6 where 4 was expected",
+            ),
+            (
+                BadRecord::PayloadChecksum,
+                "record payload checksum mismatch",
+            ),
+            (
+                BadRecord::Padding,
+                "non-zero padding after the record payload",
+            ),
+            (
+                BadRecord::StrayBytes,
+                "non-zero bytes after the end of the data",
+            ),
+        ];
+        for (bad, says) in cases {
+            assert_eq!(bad.to_string(), says);
+        }
+    }
+
+    /// Each check of a segment header refuses with its own reason.
+    #[test]
+    fn segment_headers_are_refused_with_their_reason() {
+        let h = encode_segment_header(7);
+        assert_eq!(decode_segment_header(&h), Ok(7));
+        assert_eq!(
+            decode_segment_header(&h[..31]),
+            Err("file shorter than a segment header")
+        );
+        let mut magic = h;
+        magic[0] = b'X';
+        assert_eq!(decode_segment_header(&magic), Err("bad magic"));
+        // A field changed with its checksum fixed up: the field's own check refuses it.
+        let resealed = |at: usize, v: u8| {
+            let mut b = h;
+            b[at] = v;
+            let crc = crc32c::crc32c(&b[0..24]);
+            b[24..28].copy_from_slice(&crc.to_le_bytes());
+            b
+        };
+        assert_eq!(
+            decode_segment_header(&resealed(8, 2)),
+            Err("unsupported segment version")
+        );
+        for at in [10, 12, 15] {
+            assert_eq!(
+                decode_segment_header(&resealed(at, 1)),
+                Err("segment header has non-zero reserved bytes")
+            );
+        }
+        let mut tail = h;
+        tail[31] = 1;
+        assert_eq!(
+            decode_segment_header(&tail),
+            Err("segment header has non-zero reserved bytes")
+        );
+        let mut crc = h;
+        crc[24] ^= 1;
+        assert_eq!(
+            decode_segment_header(&crc),
+            Err("segment header checksum mismatch")
+        );
+    }
+
+    /// A header whose checksum matches but whose type is 0 or reserved bytes are set.
+    #[test]
+    fn header_fields_are_checked_after_the_checksum() {
+        let good = one(3, b"abc");
+        let resealed = |at: usize, v: u8| {
+            let mut b = good.clone();
+            b[at] = v;
+            let crc = crc32c::crc32c(&b[0..20]);
+            b[20..24].copy_from_slice(&crc.to_le_bytes());
+            b
+        };
+        for (at, v) in [(4, 0), (5, 1), (7, 1)] {
+            assert_eq!(
+                read_slot(&resealed(at, v), 0, Some(3)),
+                Slot::Bad(BadRecord::HeaderFields),
+                "byte {at} = {v}"
+            );
+        }
+    }
 }

@@ -419,3 +419,59 @@ fn clear_tail(fs: &dyn Fs, p: &Problem) -> Result<TornTail, WalError> {
         reason,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `dcore wal verify` and an open refused for corruption print.
+    #[test]
+    fn every_corruption_says_what_it_is() {
+        let cases = [
+            (
+                Corruption::SegmentHeader {
+                    reason: "bad magic",
+                },
+                "segment header: bad magic",
+            ),
+            (
+                Corruption::SegmentName {
+                    named: 5,
+                    header: 9,
+                },
+                "file name says first index 5, header says 9",
+            ),
+            (
+                Corruption::IndexGap {
+                    expected: 10,
+                    found: 12,
+                },
+                "segment starts at index 12, 10 expected",
+            ),
+            (
+                Corruption::EmptySegment,
+                "empty segment before the last one",
+            ),
+            (
+                Corruption::Record {
+                    reason: BadRecord::PayloadChecksum,
+                    expected_index: 3,
+                    valid_record_after: None,
+                },
+                "record payload checksum mismatch (record 3)",
+            ),
+            (
+                Corruption::Record {
+                    reason: BadRecord::Padding,
+                    expected_index: 4,
+                    valid_record_after: Some(96),
+                },
+                "non-zero padding after the record payload (record 4); a valid record with a \
+                 higher index follows at offset 96",
+            ),
+        ];
+        for (c, says) in cases {
+            assert_eq!(c.to_string(), says);
+        }
+    }
+}
