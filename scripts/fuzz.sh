@@ -18,6 +18,8 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   exit 1
 fi
 mkdir -p "corpus/$target" "regressions/$target"
+# wal_recovery writes a log directory per input: on tmpfs when there is one (fsync is cheap).
+if [ -z "${TMPDIR:-}" ] && [ -d /dev/shm ] && [ -w /dev/shm ]; then export TMPDIR=/dev/shm; fi
 log=$(mktemp)
 set +e
 cargo +nightly fuzz run -O "$target" "corpus/$target" "regressions/$target" -- \
