@@ -57,7 +57,7 @@ case "$group" in
     files=(--in-diff "$diff")
     tests=("${fast_tests[@]}") ;;
   *)
-    sed -n '2,22p' "$0"; exit 2 ;;
+    sed -n '2,/^set -euo/{/^#/p}' "$0"; exit 2 ;;
 esac
 if [ -n "${MUTANTS_TEST_ARGS:-}" ]; then read -r -a tests <<< "$MUTANTS_TEST_ARGS"; fi
 
