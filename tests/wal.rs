@@ -7,6 +7,7 @@ mod harness;
 use distributed_core::persistence::wal::{
     self, BadRecord, Corruption, Durability, RecordType, Wal, WalConfig, WalError,
 };
+use distributed_core::testing::FaultPlan;
 use harness::{dcore, faulty_fs, modes_under, wal_records};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,16 @@ fn small() -> WalConfig {
         record_bytes_max: 1024,
         durability: Durability::Never,
     }
+}
+
+/// A log of 4 KiB segments with `durability`, on a filesystem that fails on demand.
+fn faulty_small(dir: &Path, durability: Durability) -> (Arc<FaultPlan>, Wal) {
+    let (plan, fs) = faulty_fs();
+    let config = WalConfig {
+        durability,
+        ..small()
+    };
+    (plan, Wal::open_with_fs(dir, config, fs).unwrap())
 }
 
 fn payload(i: u64) -> Vec<u8> {
@@ -424,12 +435,7 @@ fn group_commit_shares_one_fsync_among_concurrent_appenders() {
 #[test]
 fn interval_mode_flushes_in_the_background_and_stops_on_drop() {
     let d = tmp();
-    let (plan, fs) = faulty_fs();
-    let config = WalConfig {
-        durability: Durability::Interval(Duration::from_millis(5)),
-        ..small()
-    };
-    let log = Wal::open_with_fs(d.path(), config, fs).unwrap();
+    let (plan, log) = faulty_small(d.path(), Durability::Interval(Duration::from_millis(5)));
     let before = log.stats().fsyncs;
     append_n(&log, 1, 3);
     let mut waited = 0;
@@ -694,12 +700,7 @@ impl FirstError for Result<wal::WalReader, WalError> {
 #[test]
 fn truncate_suffix_is_refused_out_of_range_and_once_poisoned() {
     let d = tmp();
-    let (plan, fs) = faulty_fs();
-    let config = WalConfig {
-        durability: Durability::Always,
-        ..small()
-    };
-    let log = Wal::open_with_fs(d.path(), config, fs).unwrap();
+    let (plan, log) = faulty_small(d.path(), Durability::Always);
     append_n(&log, 1, 100);
     let first = log.truncate_prefix(50).unwrap();
     assert!(first > 1 && first <= 51, "{first}");
@@ -738,12 +739,7 @@ fn truncate_suffix_is_refused_out_of_range_and_once_poisoned() {
 #[test]
 fn an_interval_flush_that_fails_poisons_the_log() {
     let d = tmp();
-    let (plan, fs) = faulty_fs();
-    let config = WalConfig {
-        durability: Durability::Interval(Duration::from_millis(5)),
-        ..small()
-    };
-    let log = Wal::open_with_fs(d.path(), config, fs).unwrap();
+    let (plan, log) = faulty_small(d.path(), Durability::Interval(Duration::from_millis(5)));
     plan.fail_next_sync();
     append_n(&log, 1, 1);
     // The background flush fails within a second; appends are refused from then on.
