@@ -11,8 +11,11 @@ use distributed_core::transport::frame::{FrameSealer, FRAME_HEADER_BYTES};
 use distributed_core::Keyring;
 use std::path::{Path, PathBuf};
 
+/// A target's check: panics on a bug.
+pub type Check = fn(&[u8]);
+
 /// The targets, by name (the directory names under `fuzz/regressions/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("decode_packet", decode_packet_check),
     ("decode_frame", decode_frame_check),
     ("stream_record", stream_record_check),
