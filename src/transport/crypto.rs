@@ -221,6 +221,22 @@ mod tests {
         Key::from_bytes([b; crate::identity::KEY_BYTES])
     }
 
+    /// A keyring in a log line or a panic message shows each key's id and which is primary,
+    /// never key bytes.
+    #[test]
+    fn debug_shows_key_ids_never_key_bytes() {
+        let mut ring = Keyring::new(key(0xab));
+        ring.install(key(0xcd)).unwrap();
+        let shown = format!("{ring:?}");
+        for info in ring.keys() {
+            assert!(shown.contains(&format!("{info:?}")), "{shown}");
+        }
+        assert!(shown.contains("primary: true") && shown.contains("primary: false"));
+        for secret in ["171, 171", "205, 205", "abab", "cdcd", "ABAB", "CDCD"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+    }
+
     #[test]
     fn seal_open_round_trip_and_layout() {
         let ring = Keyring::new(key(1));
