@@ -1,6 +1,6 @@
 //! The admin HTTP API (axum).
 
-use super::guard::{self, Refusal};
+use super::guard::{self, Guard, Refusal};
 use super::views::{event_json, MemberJson, MemberRowJson};
 use super::Shared;
 use crate::cluster::placement::{PlacementFilter, OWNERS_MAX};
@@ -20,6 +20,7 @@ use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Largest request body accepted.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
@@ -118,14 +119,19 @@ pub(crate) struct Limits {
 /// most `limits.connections_max` at once (one more is closed as soon as it is accepted), each
 /// closed if it has not sent a full request head within `limits.header_timeout`. On close,
 /// open connections finish the request in flight (event streams end) and the server returns.
-pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, limits: Limits) {
-    let mut closing = shared.closing.subscribe();
-    let app = router(shared.clone());
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    guard: Arc<Guard>,
+    closing: watch::Receiver<bool>,
+    limits: Limits,
+) {
+    let mut watch_closing = closing.clone();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.connections_max));
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
-            _ = closing.wait_for(|v| *v) => break,
+            _ = watch_closing.wait_for(|v| *v) => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             a = listener.accept() => a,
         };
@@ -139,14 +145,15 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            shared.guard.refusals.count(Refusal::Connections);
+            guard.refusals.count(Refusal::Connections);
             drop(stream);
             continue;
         };
         conns.spawn(serve_connection(
             stream,
             app.clone(),
-            shared.clone(),
+            guard.clone(),
+            closing.clone(),
             limits,
             slot,
         ));
@@ -158,7 +165,8 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     app: Router,
-    shared: Arc<Shared>,
+    guard: Arc<Guard>,
+    mut closing: watch::Receiver<bool>,
     limits: Limits,
     _slot: tokio::sync::OwnedSemaphorePermit,
 ) {
@@ -177,7 +185,6 @@ async fn serve_connection(
         .header_read_timeout(limits.header_timeout);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
-    let mut closing = shared.closing.subscribe();
     let finished = tokio::select! {
         r = conn.as_mut() => Some(r),
         _ = closing.wait_for(|v| *v) => None,
@@ -193,7 +200,7 @@ async fn serve_connection(
         // An idle keep-alive connection times out the same way: only a connection that never
         // completed a request head counts as refused.
         if e.is_timeout() && served.load(Ordering::Relaxed) == 0 {
-            shared.guard.refusals.count(Refusal::HeaderTimeout);
+            guard.refusals.count(Refusal::HeaderTimeout);
         }
         tracing::debug!(error = %e, "admin connection ended");
     }
@@ -222,11 +229,15 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/v1/chaos",
             get(chaos_get).put(chaos_put).delete(chaos_clear),
         )
-        .route_layer(middleware::from_fn_with_state(shared.clone(), state_change))
+        .route_layer(middleware::from_fn_with_state(
+            shared.guard.clone(),
+            state_change,
+        ))
         .route_layer(middleware::from_fn_with_state(shared.clone(), auth));
     Router::new()
         .route("/health", get(health))
         .merge(api)
+        .merge(super::ui::agent_routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -236,20 +247,23 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
-        .layer(middleware::from_fn_with_state(shared.clone(), same_site))
+        .layer(middleware::from_fn_with_state(
+            shared.guard.clone(),
+            same_site,
+        ))
         .with_state(shared)
 }
 
 /// Refuses a request whose `Host` (421) or `Origin` (403) names no allowed host: see
 /// [`super::guard`]. Runs before every route, `/health` and unknown routes included.
-async fn same_site(State(s): App, req: Request, next: Next) -> Response {
+pub(crate) async fn same_site(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Response {
     let headers = req.headers();
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()));
-    if !host.is_some_and(|h| s.guard.allows_host(h, 80)) {
-        s.guard.refusals.count(Refusal::Host);
+    if !host.is_some_and(|h| g.allows_host(h, 80)) {
+        g.refusals.count(Refusal::Host);
         return ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,
             "host_not_allowed",
@@ -259,8 +273,8 @@ async fn same_site(State(s): App, req: Request, next: Next) -> Response {
         .into_response();
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
-        if !origin.to_str().is_ok_and(|o| s.guard.allows_origin(o)) {
-            s.guard.refusals.count(Refusal::Origin);
+        if !origin.to_str().is_ok_and(|o| g.allows_origin(o)) {
+            g.refusals.count(Refusal::Origin);
             return ApiError::new(
                 StatusCode::FORBIDDEN,
                 "origin_not_allowed",
@@ -276,13 +290,17 @@ async fn same_site(State(s): App, req: Request, next: Next) -> Response {
 /// without `Content-Type: application/json` or `X-Dcore-Request`, it gets 415. Then reads its
 /// body, which must arrive in full within the header timeout (408 otherwise: a slow body would
 /// hold the connection as a slow head would) and fit [`BODY_BYTES_MAX`] (413).
-async fn state_change(State(s): App, req: Request, next: Next) -> Response {
+pub(crate) async fn state_change(
+    State(g): State<Arc<Guard>>,
+    req: Request,
+    next: Next,
+) -> Response {
     use axum::http::Method;
     if req.method() == Method::GET || req.method() == Method::HEAD {
         return next.run(req).await;
     }
     if !guard::marked_as_program(req.method(), req.headers()) {
-        s.guard.refusals.count(Refusal::ContentType);
+        g.refusals.count(Refusal::ContentType);
         return ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -296,7 +314,7 @@ async fn state_change(State(s): App, req: Request, next: Next) -> Response {
     }
     let (parts, body) = req.into_parts();
     let read = axum::body::to_bytes(body, BODY_BYTES_MAX);
-    let body = match tokio::time::timeout(s.guard.body_timeout, read).await {
+    let body = match tokio::time::timeout(g.body_timeout, read).await {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) => {
             let message = format!("the body is over {BODY_BYTES_MAX} bytes, or broken: {e}");
@@ -304,11 +322,11 @@ async fn state_change(State(s): App, req: Request, next: Next) -> Response {
                 .into_response();
         }
         Err(_) => {
-            s.guard.refusals.count(Refusal::BodyTimeout);
+            g.refusals.count(Refusal::BodyTimeout);
             return ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
-                format!("the body did not arrive within {:?}", s.guard.body_timeout),
+                format!("the body did not arrive within {:?}", g.body_timeout),
             )
             .into_response();
         }

@@ -18,6 +18,7 @@ pub mod discovery;
 mod guard;
 pub mod handlers;
 mod http;
+pub mod ui;
 pub mod views;
 
 pub use config::{AgentConfig, AgentConfigError};
@@ -88,7 +89,7 @@ pub(crate) struct Shared {
     /// Set when the agent shuts down: ends event streams and the server.
     pub closing: watch::Sender<bool>,
     /// The hosts the API answers to, and the count of what it refused.
-    pub guard: guard::Guard,
+    pub guard: Arc<guard::Guard>,
     /// One permit per event stream that may open (`http_event_streams_max`).
     pub event_streams: Arc<tokio::sync::Semaphore>,
     /// Set when `retry_join` gave up: the agent stops with an error.
@@ -170,11 +171,11 @@ impl Agent {
             leave_timeout: config.leave_timeout,
             stop_requested: watch::channel(false).0,
             closing: watch::channel(false).0,
-            guard: guard::Guard::new(
+            guard: Arc::new(guard::Guard::new(
                 http_addr.port(),
                 &config.http_allowed_hosts,
                 config.http_header_timeout,
-            ),
+            )),
             event_streams: Arc::new(tokio::sync::Semaphore::new(config.http_event_streams_max)),
             join_failed: AtomicBool::new(false),
         });
@@ -185,7 +186,13 @@ impl Agent {
         let mut tasks = JoinSet::new();
         // Subscribed before the join is sent, so its JoinCompleted cannot be missed.
         tasks.spawn(watch_ready(shared.clone(), node.subscribe()));
-        tasks.spawn(http::serve(listener, shared.clone(), limits));
+        tasks.spawn(http::serve(
+            listener,
+            http::router(shared.clone()),
+            shared.guard.clone(),
+            shared.closing.subscribe(),
+            limits,
+        ));
         let answer_max = config.node.protocol.query_response_len_max();
         for h in &config.query_handler {
             let queries = node.query_handler(&h.name).await?;

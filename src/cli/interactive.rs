@@ -1,17 +1,28 @@
 //! `dcore local` without `--json`: N agents in this process on 127.0.0.1, a live membership
-//! matrix, and typed commands to crash, pause, resume, restart nodes and inject faults.
+//! matrix, and typed commands to crash, pause, resume, restart nodes and inject faults; with
+//! `--ui`, the same matrix and commands on a web page too ([`LocalUi`]).
 
 use anyhow::{bail, Context};
+use distributed_core::agent::ui::{LocalCommand, LocalNode, LocalUi, LocalView};
 use distributed_core::agent::{Agent, AgentConfig};
 use distributed_core::cluster::{Config, Event, MemberState};
 use distributed_core::identity::Key;
 use distributed_core::node::NodeConfig;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+
+/// Event lines the page shows.
+const LOG_KEPT: usize = 200;
+
+/// What a command did: text to show, or the end of the session.
+enum Step {
+    Say(String),
+    Quit,
+}
 
 const HELP: &str = "commands (N is a node number or name, e.g. 3 or n3):
   kill N          crash N (stops without leaving: the others detect a failure)
@@ -33,6 +44,17 @@ enum Status {
     Paused,
     Killed,
     Left,
+}
+
+impl Status {
+    fn name(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Killed => "killed",
+            Status::Left => "left",
+        }
+    }
 }
 
 struct Slot {
@@ -126,6 +148,58 @@ impl Cluster {
             .with_context(|| format!("n{i} is not running (restart it first)"))
     }
 
+    /// Every node's row as the page shows it.
+    fn view(&self, log: &VecDeque<String>) -> LocalView {
+        let nodes = (self.slots.iter())
+            .map(|s| {
+                let view = self.seen_by(s);
+                let sees = (self.slots.iter())
+                    .map(|t| {
+                        if s.agent.is_none() {
+                            "down"
+                        } else if t.name == s.name {
+                            "alive"
+                        } else {
+                            match view.get(&t.name) {
+                                Some(MemberState::Alive) => "alive",
+                                Some(MemberState::Suspect) => "suspect",
+                                Some(MemberState::Dead) => "failed",
+                                Some(MemberState::Left) => "left",
+                                None => "unknown",
+                            }
+                        }
+                        .to_string()
+                    })
+                    .collect();
+                LocalNode {
+                    name: s.name.clone(),
+                    status: s.status.name().to_string(),
+                    http: s.http.filter(|_| s.agent.is_some()).map(|h| h.to_string()),
+                    sees,
+                }
+            })
+            .collect();
+        LocalView {
+            nodes,
+            log: log.iter().cloned().collect(),
+        }
+    }
+
+    /// The members `s` sees, by name (none when it is not running).
+    fn seen_by(&self, s: &Slot) -> BTreeMap<String, MemberState> {
+        s.agent
+            .as_ref()
+            .filter(|_| s.status != Status::Killed)
+            .map(|a| {
+                a.node()
+                    .members()
+                    .into_iter()
+                    .map(|m| (m.info.id.as_str().to_string(), m.state))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn matrix(&self) -> String {
         let n = self.slots.len();
         let mut out = format!("{:>6} ", "");
@@ -135,18 +209,7 @@ impl Cluster {
         out += "\n";
         for (i, s) in self.slots.iter().enumerate() {
             out += &format!("{:>6} ", s.name);
-            let view: BTreeMap<String, MemberState> = s
-                .agent
-                .as_ref()
-                .filter(|_| s.status != Status::Killed)
-                .map(|a| {
-                    a.node()
-                        .members()
-                        .into_iter()
-                        .map(|m| (m.info.id.as_str().to_string(), m.state))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let view = self.seen_by(s);
             for j in 0..n {
                 let c = if s.agent.is_none() {
                     "-"
@@ -163,12 +226,7 @@ impl Cluster {
                 };
                 out += &format!("{c:>4}");
             }
-            let status = match s.status {
-                Status::Running => "running",
-                Status::Paused => "paused",
-                Status::Killed => "killed",
-                Status::Left => "left",
-            };
+            let status = s.status.name();
             let http = s
                 .http
                 .filter(|_| s.agent.is_some())
@@ -180,42 +238,40 @@ impl Cluster {
         out
     }
 
-    async fn command(&mut self, line: &str) -> anyhow::Result<bool> {
+    async fn command(&mut self, line: &str) -> anyhow::Result<Step> {
         let mut w = line.split_whitespace();
         let Some(cmd) = w.next() else {
-            return Ok(true);
+            return Ok(Step::Say(String::new()));
         };
-        match cmd {
-            "help" | "?" => println!("{HELP}"),
-            "quit" | "exit" | "q" => return Ok(false),
-            "show" | "members" => print!("{}", self.matrix()),
+        let said = match cmd {
+            "help" | "?" => HELP.to_string(),
+            "quit" | "exit" | "q" => return Ok(Step::Quit),
+            "show" | "members" => self.matrix(),
             "kill" => {
                 let i = self.index(w.next())?;
                 let agent = self.slots[i].agent.take().context("not running")?;
                 agent.shutdown().await;
                 self.slots[i].status = Status::Killed;
-                println!(
-                    "n{i} crashed (no leave): watch the others suspect it, then mark it failed"
-                );
+                format!("n{i} crashed (no leave): watch the others suspect it, then mark it failed")
             }
             "leave" => {
                 let i = self.index(w.next())?;
                 let agent = self.slots[i].agent.take().context("not running")?;
                 let announced = agent.leave_and_shutdown().await;
                 self.slots[i].status = Status::Left;
-                println!("n{i} left (announced: {announced})");
+                format!("n{i} left (announced: {announced})")
             }
             "pause" => {
                 let i = self.index(w.next())?;
                 self.running(i)?.node().pause().await?;
                 self.slots[i].status = Status::Paused;
-                println!("n{i} paused");
+                format!("n{i} paused")
             }
             "resume" => {
                 let i = self.index(w.next())?;
                 self.running(i)?.node().resume().await?;
                 self.slots[i].status = Status::Running;
-                println!("n{i} resumed");
+                format!("n{i} resumed")
             }
             "restart" => {
                 let i = self.index(w.next())?;
@@ -223,7 +279,7 @@ impl Cluster {
                     a.shutdown().await;
                 }
                 self.start(i).await?;
-                println!("n{i} restarted; it rejoins and refutes its old failure");
+                format!("n{i} restarted; it rejoins and refutes its old failure")
             }
             "drop" => {
                 let i = self.index(w.next())?;
@@ -236,7 +292,7 @@ impl Cluster {
                     bail!("P is a number from 0 to 1");
                 }
                 self.running(i)?.chaos().update(|c| c.drop = p)?;
-                println!("n{i} drops {:.0} % of the datagrams it sends", p * 100.0);
+                format!("n{i} drops {:.0} % of the datagrams it sends", p * 100.0)
             }
             "block" | "unblock" => {
                 let i = self.index(w.next())?;
@@ -250,7 +306,7 @@ impl Cluster {
                     ai.chaos().unblock(gj);
                     aj.chaos().unblock(gi);
                 }
-                println!("datagrams between n{i} and n{j} {cmd}ed");
+                format!("datagrams between n{i} and n{j} {cmd}ed")
             }
             "event" => {
                 let name = w.next().context("event NAME [PAYLOAD]")?;
@@ -259,11 +315,11 @@ impl Cluster {
                     .node()
                     .broadcast_event(name, payload.into_bytes())
                     .await?;
-                println!("event {name} sent from n0");
+                format!("event {name} sent from n0")
             }
             other => bail!("unknown command {other:?}; type help"),
-        }
-        Ok(true)
+        };
+        Ok(Step::Say(said))
     }
 }
 
@@ -300,6 +356,8 @@ pub struct Session {
     pub encrypt: bool,
     /// Protocol settings of every agent.
     pub protocol: Config,
+    /// Serve the page of `--ui` on this address.
+    pub ui: Option<SocketAddr>,
 }
 
 /// Runs the interactive cluster until `quit` or end of input.
@@ -364,7 +422,20 @@ async fn session(args: Session) -> anyhow::Result<i32> {
     let h0 = c.slots[0].http.expect("n0 started");
     println!("  curl http://{h0}/v1/members    curl http://{h0}/metrics");
     println!("  dcore members --http-addr {h0}");
+    let (view_tx, view_rx) = watch::channel(LocalView::default());
+    let (ui_tx, mut ui_commands) = mpsc::channel::<LocalCommand>(16);
+    let ui = match args.ui {
+        Some(addr) => {
+            let ui = LocalUi::start(addr, view_rx, ui_tx)
+                .await
+                .context("starting the --ui page")?;
+            println!("page: http://{}/", ui.addr());
+            Some(ui)
+        }
+        None => None,
+    };
     println!("Type help for commands, quit to stop.\n");
+    let mut log: VecDeque<String> = VecDeque::new();
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut shown = String::new();
@@ -373,14 +444,34 @@ async fn session(args: Session) -> anyhow::Result<i32> {
             line = lines.next_line() => {
                 let Some(line) = line? else { break };
                 match c.command(line.trim()).await {
-                    Ok(true) => {}
-                    Ok(false) => break,
+                    Ok(Step::Say(text)) if text.is_empty() => {}
+                    Ok(Step::Say(text)) => println!("{}", text.trim_end()),
+                    Ok(Step::Quit) => break,
                     Err(e) => println!("error: {e:#}"),
                 }
             }
+            Some(cmd) = ui_commands.recv() => {
+                println!("page: {}", cmd.line);
+                let outcome = match c.command(cmd.line.trim()).await {
+                    Ok(Step::Say(text)) => {
+                        println!("{}", text.trim_end());
+                        Ok(text)
+                    }
+                    // LocalUi sends no quit; refuse one anyway.
+                    Ok(Step::Quit) => Err("the page cannot stop the session".to_string()),
+                    Err(e) => Err(format!("{e:#}")),
+                };
+                let _ = cmd.reply.send(outcome);
+                view_tx.send_replace(c.view(&log));
+            }
             Some((observer, e)) = events.recv() => {
                 if let Some(text) = describe(&e) {
-                    println!("{:>7.1}s  {observer}: {text}", c.started.elapsed().as_secs_f64());
+                    let line = format!("{:>7.1}s  {observer}: {text}", c.started.elapsed().as_secs_f64());
+                    println!("{line}");
+                    if log.len() == LOG_KEPT {
+                        log.pop_front();
+                    }
+                    log.push_back(line);
                 }
             }
             _ = tick.tick() => {
@@ -388,6 +479,9 @@ async fn session(args: Session) -> anyhow::Result<i32> {
                 if m != shown {
                     print!("{m}");
                     shown = m;
+                }
+                if ui.is_some() {
+                    view_tx.send_replace(c.view(&log));
                 }
             }
         }
@@ -397,6 +491,9 @@ async fn session(args: Session) -> anyhow::Result<i32> {
         if let Some(a) = s.agent.take() {
             a.shutdown().await;
         }
+    }
+    if let Some(ui) = ui {
+        ui.shutdown().await;
     }
     let _ = std::fs::remove_dir_all(&key_dir);
     println!("stopped");

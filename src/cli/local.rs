@@ -60,6 +60,18 @@ pub struct LocalArgs {
     /// is interactive: a live membership matrix and commands (type help).
     #[arg(long)]
     pub summary: bool,
+    /// Interactive, with a web page as well: the membership matrix live and the commands as
+    /// buttons, at the address printed at start (see --ui-addr).
+    #[arg(long, conflicts_with_all = ["json", "summary"])]
+    pub ui: bool,
+    /// Where `--ui` serves its page (port 0: one the system picks). Default 127.0.0.1:0.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:0",
+        value_name = "ADDR",
+        requires = "ui"
+    )]
+    pub ui_addr: SocketAddr,
 }
 
 /// The figures of a run; the first keys are those of `dcore sim --json`.

@@ -193,6 +193,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     nodes: args.nodes,
                     encrypt: args.encrypt,
                     protocol,
+                    ui: args.ui.then_some(args.ui_addr),
                 })
             } else {
                 local::run(args, protocol)

@@ -60,6 +60,9 @@ pub struct Bed {
     pub hosts: Vec<Host>,
     loopback: bool,
     config: PathBuf,
+    /// The admin token's file, once [`Bed::with_token`] made one: agents start with it, and
+    /// [`Bed::dcore`] passes it.
+    token: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -102,6 +105,7 @@ impl Bed {
             hosts: Vec::new(),
             loopback: false,
             config: write_config(dir.path()),
+            token: None,
             _dir: dir,
         };
         assert!(
@@ -148,8 +152,24 @@ impl Bed {
             hosts,
             loopback: true,
             config: write_config(dir.path()),
+            token: None,
             _dir: dir,
         }
+    }
+
+    /// Every agent of the bed needs `token` on its admin API (written to a private file).
+    pub fn with_token(mut self, token: &str) -> Bed {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self._dir.path().join("token");
+        std::fs::write(&path, format!("{token}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        self.token = Some(path);
+        self
+    }
+
+    /// Host `i`'s admin API address, `ip:port`, as reached from inside the host.
+    pub fn http(&self, i: usize) -> &str {
+        &self.hosts[i].http
     }
 
     /// What the figures of this bed are called.
@@ -173,6 +193,9 @@ impl Bed {
         };
         cmd.env_remove("DCORE_HTTP_ADDR")
             .env_remove("DCORE_TOKEN_FILE");
+        if let Some(token) = &self.token {
+            cmd.env("DCORE_TOKEN_FILE", token);
+        }
         cmd
     }
 
