@@ -1120,3 +1120,186 @@ async fn fifty_agents_rotate_their_key_through_cluster_commands() {
     assert_eq!(v["answered"], N - 1, "{v}");
     futures_util::future::join_all(agents.into_iter().map(Agent::shutdown)).await;
 }
+
+/// The files a page names in `src="/ui/..."` and `href="/ui/..."`.
+fn page_files(html: &str) -> Vec<String> {
+    let mut files = Vec::new();
+    for attr in ["src=\"", "href=\""] {
+        for part in html.split(attr).skip(1) {
+            let path = part.split('"').next().unwrap();
+            files.push(path.to_string());
+        }
+    }
+    files
+}
+
+/// Checks the headers every page answer carries; returns the body.
+async fn page_file(http: &reqwest::Client, url: &str, content_type: &str) -> String {
+    let resp = http.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{url}");
+    let h = resp.headers();
+    let csp = distributed_core::agent::ui::CONTENT_SECURITY_POLICY;
+    assert_eq!(h["content-security-policy"], csp, "{url}");
+    assert_eq!(h["x-content-type-options"], "nosniff", "{url}");
+    assert_eq!(h["x-frame-options"], "DENY", "{url}");
+    assert!(
+        h["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with(content_type),
+        "{url}: {:?}",
+        h["content-type"]
+    );
+    resp.text().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_page_needs_no_token_carries_its_policy_and_weighs_under_150_kb() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = secret_file(dir.path(), "token", "page-token\n");
+    let a = start_agent(AgentConfig {
+        token_file: Some(file),
+        ..agent_config("a")
+    })
+    .await;
+    let api = Api::of(&a);
+    let base = format!("http://{}", a.http_addr());
+    let html = page_file(&api.http, &format!("{base}/ui"), "text/html").await;
+    let files = page_files(&html);
+    assert_eq!(
+        files,
+        ["/ui/common.js", "/ui/agent.js", "/ui/ui.css"],
+        "{html}"
+    );
+    let mut bytes = html.len();
+    for f in &files {
+        let ty = if f.ends_with(".css") {
+            "text/css"
+        } else {
+            "text/javascript"
+        };
+        bytes += page_file(&api.http, &format!("{base}{f}"), ty).await.len();
+    }
+    assert!(bytes < 150 * 1024, "{bytes} bytes");
+    assert_eq!(bytes, distributed_core::agent::ui::agent_page_bytes());
+    // What the page reads needs the token; a file that is not there is a JSON 404.
+    assert_error(
+        &api.get("/v1/members").await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "members",
+    );
+    assert_error(
+        &api.get("/ui/nope.js").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "nope.js",
+    );
+    // The admin API's Host and Origin rules hold for the page too.
+    let got = parsed(&raw(&a, &request("GET", "/ui", "Host: evil.example\r\n")).await);
+    assert_eq!(got.0, 421, "{got:?}");
+    let host = format!("Host: {}\r\nOrigin: http://evil.example\r\n", a.http_addr());
+    let got = parsed(&raw(&a, &request("GET", "/ui/agent.js", &host)).await);
+    assert_eq!(got.0, 403, "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_page_forwards_its_commands_and_refuses_what_a_foreign_page_would_send() {
+    use distributed_core::agent::ui::{LocalCommand, LocalNode, LocalUi, LocalView};
+    let view = LocalView {
+        nodes: vec![LocalNode {
+            name: "n0".into(),
+            status: "running".into(),
+            http: Some("127.0.0.1:1".into()),
+            sees: vec!["alive".into()],
+        }],
+        log: vec!["0.1s  n0: n1 joined".into()],
+    };
+    let (_view_tx, view_rx) = tokio::sync::watch::channel(view.clone());
+    let (tx, mut commands) = tokio::sync::mpsc::channel::<LocalCommand>(4);
+    let ui = LocalUi::start("127.0.0.1:0".parse().unwrap(), view_rx, tx)
+        .await
+        .unwrap();
+    // The session's side: answers each command with what it was sent.
+    let session = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(c) = commands.recv().await {
+            seen.push(c.line.clone());
+            let answer = match c.line.as_str() {
+                "kill n9" => Err("there is no n9".to_string()),
+                line => Ok(format!("did {line}")),
+            };
+            let _ = c.reply.send(answer);
+        }
+        seen
+    });
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", ui.addr());
+    let html = page_file(&http, &format!("{base}/"), "text/html").await;
+    for f in page_files(&html) {
+        let ty = if f.ends_with(".css") {
+            "text/css"
+        } else {
+            "text/javascript"
+        };
+        page_file(&http, &format!("{base}{f}"), ty).await;
+    }
+    let got: LocalView = http
+        .get(format!("{base}/v1/local"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got, view);
+    let send = |body: Value| {
+        let req = http.post(format!("{base}/v1/local/command")).json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(
+        send(json!({"command": "kill n2"})).await,
+        (StatusCode::OK, json!({"ok": "did kill n2"}))
+    );
+    assert_error(
+        &send(json!({"command": "kill n9"})).await,
+        StatusCode::CONFLICT,
+        "refused",
+        "n9",
+    );
+    for refused in ["quit", "help", "", "show"] {
+        let got = send(json!({ "command": refused })).await;
+        assert_error(&got, StatusCode::BAD_REQUEST, "bad_command", refused);
+    }
+    let got = send(json!({"command": "kill 1", "also": 1})).await;
+    assert_error(&got, StatusCode::BAD_REQUEST, "bad_json", "unknown field");
+    // A cross-site form: no JSON type, no custom header.
+    let form = http
+        .post(format!("{base}/v1/local/command"))
+        .header("content-type", "text/plain")
+        .body("{\"command\": \"kill 1\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let foreign = http
+        .post(format!("{base}/v1/local/command"))
+        .header("origin", "http://evil.example")
+        .json(&json!({"command": "kill 1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), StatusCode::FORBIDDEN);
+    let rebound = http
+        .get(format!("{base}/v1/local"))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), StatusCode::MISDIRECTED_REQUEST);
+    ui.shutdown().await;
+    assert_eq!(session.await.unwrap(), ["kill n2", "kill n9"]);
+}

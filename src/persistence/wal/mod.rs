@@ -257,4 +257,55 @@ mod tests {
             assert!(e.contains("must"), "{e}");
         }
     }
+
+    /// Each bound is taken, one step past it is refused.
+    #[test]
+    fn config_bounds_are_inclusive() {
+        let field = |c: WalConfig| match c.validate() {
+            Ok(()) => None,
+            Err(WalError::Config(e)) => Some(e.field),
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(SEGMENT_BYTES_MIN, 4096);
+        assert_eq!(SEGMENT_BYTES_MAX, 1 << 30);
+        let small = |segment_bytes| WalConfig {
+            segment_bytes,
+            record_bytes_max: 1,
+            durability: Durability::Never,
+        };
+        assert_eq!(field(small(SEGMENT_BYTES_MIN)), None);
+        assert_eq!(
+            field(small(SEGMENT_BYTES_MIN - ALIGN as u64)),
+            Some("segment_bytes")
+        );
+        assert_eq!(field(small(SEGMENT_BYTES_MAX)), None);
+        assert_eq!(
+            field(small(SEGMENT_BYTES_MAX + ALIGN as u64)),
+            Some("segment_bytes")
+        );
+        // The largest record fills an empty segment but for the headers and one alignment.
+        let room = (64 << 10) - (SEGMENT_HEADER_LEN + RECORD_HEADER_LEN + ALIGN) as u32;
+        let with_record = |record_bytes_max| WalConfig {
+            record_bytes_max,
+            ..WalConfig::for_test()
+        };
+        assert_eq!(field(with_record(room)), None);
+        assert_eq!(field(with_record(room + 1)), Some("record_bytes_max"));
+        let every = |d| WalConfig {
+            durability: Durability::Interval(d),
+            ..WalConfig::for_test()
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(field(every(ms(1))), None);
+        assert_eq!(
+            field(every(ms(1) - Duration::from_nanos(1))),
+            Some("durability")
+        );
+        assert_eq!(field(every(ms(60_000))), None);
+        assert_eq!(
+            field(every(ms(60_000) + Duration::from_nanos(1))),
+            Some("durability")
+        );
+        assert_eq!(field(every(ms(500))), None);
+    }
 }
