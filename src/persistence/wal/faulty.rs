@@ -187,3 +187,25 @@ impl Fs for FaultyFs {
         OsFs.sync_dir(dir)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plan_counts_flushes_fails_one_and_delays_each() {
+        let plan = FaultPlan::default();
+        assert_eq!((plan.syncs(), plan.sync_failures()), (0, 0));
+        plan.sync().unwrap();
+        plan.sync().unwrap();
+        plan.fail_next_sync();
+        assert!(plan.sync().is_err());
+        plan.sync().unwrap();
+        assert_eq!((plan.syncs(), plan.sync_failures()), (4, 1));
+        // A delay is a lower bound on each flush (a sleep never returns early).
+        plan.set_sync_delay(Duration::from_millis(30));
+        let t = std::time::Instant::now();
+        plan.sync().unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(30), "{:?}", t.elapsed());
+    }
+}
