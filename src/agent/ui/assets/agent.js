@@ -15,6 +15,7 @@
   let firstSample = null;              // time of the first metrics sample
   let chaos = null;
   let streamAbort = null;
+  let streamGen = 0;                   // a newer follower ends the older one
   let authFailed = false;
 
   // --- members ----------------------------------------------------------------------------
@@ -77,6 +78,7 @@
     renderMembers();
     renderChaosMembers();
     drawCoordinates();
+    notice("");
   }
 
   // --- events -----------------------------------------------------------------------------
@@ -110,7 +112,8 @@
   }
 
   async function followEvents() {
-    for (;;) {
+    const gen = ++streamGen;
+    while (gen === streamGen) {
       streamAbort = new AbortController();
       try {
         setLive(true, "live");
@@ -121,8 +124,9 @@
           addEvent(e);
           if (e.type.startsWith("member_") || e.type === "refuted") refreshSoon();
         }, streamAbort.signal);
-        setLive(false, "stream ended");
+        if (gen === streamGen) setLive(false, "stream ended");
       } catch (err) {
+        if (gen !== streamGen) return;
         if (err instanceof dc.AuthError) { needToken(); return; }
         setLive(false, "reconnecting");
       }
@@ -297,8 +301,7 @@
     try {
       chaos = await api("PUT", "/v1/chaos", base);
       renderChaos();
-      notice("");
-    } catch (e) { failed(e); }
+    } catch (e) { chaosFailed(e); }
   }
 
   async function clearChaos() {
@@ -306,7 +309,12 @@
       chaos = await api("DELETE", "/v1/chaos");
       $("chaos-members").querySelectorAll("input").forEach((i) => (i.checked = false));
       renderChaos();
-    } catch (e) { failed(e); }
+    } catch (e) { chaosFailed(e); }
+  }
+
+  function chaosFailed(e) {
+    if (e instanceof dc.AuthError) needToken();
+    else $("chaos-summary").textContent = "refused: " + (e.message || e);
   }
 
   // --- plumbing ---------------------------------------------------------------------------
