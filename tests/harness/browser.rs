@@ -147,9 +147,27 @@ impl Browser {
             .await;
     }
 
+    /// Asserts that every request the page made since [`Browser::record_requests`] went to
+    /// `origin` (`http://host:port/`) and that the policy refused none; returns them.
+    pub async fn requests_stayed_on(&self, origin: &str) -> Vec<(String, String, u64)> {
+        let (seen, refused) = self.requests().await;
+        let elsewhere: Vec<_> = (seen.iter())
+            .filter(|(url, ..)| !url.starts_with(origin))
+            .collect();
+        assert!(
+            elsewhere.is_empty(),
+            "requests that left {origin}: {elsewhere:?}"
+        );
+        assert!(
+            refused.is_empty(),
+            "requests the policy refused: {refused:?}"
+        );
+        seen
+    }
+
     /// Every request the page made (the document and each resource or fetch): its address,
     /// its kind and the bytes of its body; and what the policy refused.
-    pub async fn requests(&self) -> (Vec<(String, String, u64)>, Vec<String>) {
+    async fn requests(&self) -> (Vec<(String, String, u64)>, Vec<String>) {
         let v = self
             .js("const all = performance.getEntriesByType('navigation')
                    .concat(performance.getEntriesByType('resource'));

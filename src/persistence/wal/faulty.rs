@@ -206,6 +206,10 @@ mod tests {
         plan.set_sync_delay(Duration::from_millis(30));
         let t = std::time::Instant::now();
         plan.sync().unwrap();
-        assert!(t.elapsed() >= Duration::from_millis(30), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(30),
+            "{:?}",
+            t.elapsed()
+        );
     }
 }
