@@ -200,7 +200,7 @@ async fn the_local_page_shows_the_matrix_and_its_kill_button_fails_a_column() {
     let _serial = harness::serial().await;
     let mut child = KillOnDrop(
         dcore_command()
-            .args(["local", "--nodes", "5", "--preset", "local", "--ui"])
+            .args(["local", "--nodes", "5", "--ui"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

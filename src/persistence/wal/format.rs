@@ -251,6 +251,22 @@ mod tests {
     }
 
     #[test]
+    fn every_record_type_round_trips_and_zero_is_none() {
+        assert_eq!(RecordType::new(0), None);
+        for t in [1u8, 2, 7, 200, 255] {
+            let kind = RecordType::new(t).unwrap();
+            assert_eq!(kind.get(), t);
+            let mut v = Vec::new();
+            encode_record(&mut v, kind, 9, b"typed", crc32c::crc32c(b"typed"));
+            assert_eq!(v[4], t, "the type byte on disk");
+            match read_slot(&v, 0, Some(9)) {
+                Slot::Record(h) => assert_eq!(h.kind, kind),
+                other => panic!("type {t}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn record_round_trips_and_is_aligned() {
         for n in [0usize, 1, 7, 8, 9, 100] {
             let payload = vec![0xAB; n];
