@@ -179,3 +179,35 @@ pub fn make_private_dir(fs: &dyn Fs, dir: &Path) -> io::Result<DirReport> {
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A relative path is climbed up to the first directory that exists, not past it (the
+    /// empty path above a relative one is no directory to make).
+    #[test]
+    fn create_dir_all_makes_what_is_missing_of_a_relative_path() {
+        let base = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let name = base.path().file_name().unwrap().to_owned();
+        let rel = Path::new(&name).join("a").join("b");
+        let made = OsFs.create_dir_all(&rel).unwrap();
+        assert_eq!(made, [Path::new(&name).join("a"), rel.clone()]);
+        assert!(base.path().join("a/b").is_dir());
+        assert_eq!(OsFs.create_dir_all(&rel).unwrap(), Vec::<PathBuf>::new());
+    }
+
+    /// Only a directory that already exists is taken as made by someone else: a file in the
+    /// way, or a dangling symlink where the directory should be, is an error.
+    #[test]
+    fn create_dir_all_refuses_a_file_or_a_dangling_link_in_the_way() {
+        let base = tempfile::tempdir().unwrap();
+        let file = base.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(OsFs.create_dir_all(&file.join("sub")).is_err());
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(base.path().join("nowhere"), &link).unwrap();
+        let e = OsFs.create_dir_all(&link).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+    }
+}
