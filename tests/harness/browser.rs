@@ -29,8 +29,8 @@ const FLAGS: [&str; 12] = [
     "--window-size=1280,960",
 ];
 
-/// `chromedriver` on `PATH` (package `chromium-driver`), and the browser: `None` with the
-/// reason when either is missing.
+/// The path of `chromedriver` on `PATH` (package `chromium-driver`) when it and the browser
+/// are installed; the reason otherwise.
 pub fn available() -> Result<PathBuf, String> {
     if !Path::new(CHROMIUM).exists() {
         return Err(format!("{CHROMIUM} is missing (apt-get install chromium)"));

@@ -14,7 +14,7 @@
 //! with a token every `/v1` route needs it (the pages themselves do not: they hold no data).
 
 use super::guard::Guard;
-use super::http::{self, Limits};
+use super::http::{self, ApiError, Limits};
 use super::AgentError;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -84,11 +84,7 @@ fn file(content_type: &'static str, body: &'static str) -> Response {
 async fn asset(Path(name): Path<String>) -> Response {
     match ASSETS.iter().find(|(n, ..)| *n == name) {
         Some((_, ty, body)) => file(ty, body),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(json!({"error": "no such file", "code": "not_found"})),
-        )
-            .into_response(),
+        None => ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such file").into_response(),
     }
 }
 
@@ -152,10 +148,6 @@ struct CommandBody {
     command: String,
 }
 
-fn refused(status: StatusCode, code: &str, message: String) -> Response {
-    (status, Json(json!({"error": message, "code": code}))).into_response()
-}
-
 async fn local_view(State(s): State<LocalState>) -> Json<LocalView> {
     Json(s.view.borrow().clone())
 }
@@ -164,12 +156,9 @@ async fn local_command(
     State(s): State<LocalState>,
     body: Result<Json<CommandBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Ok(Json(body)) = body else {
-        return refused(
-            StatusCode::BAD_REQUEST,
-            "bad_json",
-            "the body is {\"command\": \"kill 3\"}".into(),
-        );
+    let body = match body {
+        Ok(Json(body)) => body,
+        Err(e) => return ApiError::from(e).into_response(),
     };
     let word = body.command.split_whitespace().next().unwrap_or("");
     if body.command.len() > 256 || !LOCAL_COMMANDS.contains(&word) {
@@ -178,7 +167,7 @@ async fn local_command(
             body.command.chars().take(64).collect::<String>(),
             LOCAL_COMMANDS.join(", ")
         );
-        return refused(StatusCode::BAD_REQUEST, "bad_command", message);
+        return ApiError::new(StatusCode::BAD_REQUEST, "bad_command", message).into_response();
     }
     let (reply, outcome) = oneshot::channel();
     let sent = s.commands.send(LocalCommand {
@@ -186,18 +175,15 @@ async fn local_command(
         reply,
     });
     let stopped = || {
-        refused(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the local cluster is stopping".into(),
-        )
+        let message = "the local cluster is stopping";
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message).into_response()
     };
     if sent.await.is_err() {
         return stopped();
     }
     match outcome.await {
         Ok(Ok(text)) => Json(json!({"ok": text})).into_response(),
-        Ok(Err(e)) => refused(StatusCode::CONFLICT, "refused", e),
+        Ok(Err(e)) => ApiError::new(StatusCode::CONFLICT, "refused", e).into_response(),
         Err(_) => stopped(),
     }
 }

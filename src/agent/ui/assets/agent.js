@@ -5,6 +5,8 @@
   const { api, stream, el, $, notice, setLive, ago, clock, chart, COLORS } = dc;
   const SPAN = 5 * 60 * 1000;          // charts show the last five minutes
   const EVENTS_KEPT = 300;
+  const ROWS_SHOWN = 500;              // a 10,000-member table is filtered, not drawn whole
+  const TEXT_SHOWN = 200;              // characters of an event's payload shown
   const loaded = Date.now();
 
   let self = null;                     // /v1/self
@@ -22,6 +24,9 @@
 
   function track(rows) {
     const now = Date.now();
+    // Only members still in the table: a reaped member's entry goes.
+    const present = new Set(rows.map((r) => r.name));
+    for (const name of since.keys()) if (!present.has(name)) since.delete(name);
     for (const r of rows) {
       const s = since.get(r.name);
       if (!s) since.set(r.name, { state: r.state, incarnation: r.incarnation, t: now, changed: false });
@@ -45,7 +50,7 @@
     const byTag = tagFilter();
     const rows = members.filter((r) => (!state || r.state === state) && byTag(r));
     const now = Date.now();
-    const body = rows.map((r) => {
+    const body = rows.slice(0, ROWS_SHOWN).map((r) => {
       const s = since.get(r.name);
       const age = s ? (s.changed ? ago(now - s.t) : "≥ " + ago(now - loaded)) : "";
       const isSelf = self && r.name === self.name;
@@ -60,15 +65,18 @@
         el("td", { class: "num" }, age));
     });
     $("members").tBodies[0].replaceChildren(...body);
-    $("shown").textContent = rows.length + " of " + members.length + " shown";
+    $("shown").textContent = Math.min(rows.length, ROWS_SHOWN) + " of " + members.length +
+      " shown" + (rows.length > ROWS_SHOWN ? " (filter to see the rest)" : "");
     const count = (st) => members.filter((r) => r.state === st).length;
     $("counts").textContent = ["alive", "suspect", "failed", "left"]
       .map((st) => count(st) + " " + st).join(" · ");
   }
 
+  // The node's own row is in /v1/members; /v1/self only says which one it is.
   async function loadMembers() {
-    const [me, rows] = await Promise.all([api("GET", "/v1/self"), api("GET", "/v1/members")]);
-    self = me;
+    if (!self) self = await api("GET", "/v1/self");
+    const rows = await api("GET", "/v1/members");
+    const me = rows.find((r) => r.name === self.name) || self;
     members = rows;
     track(rows);
     $("self-name").textContent = me.name;
@@ -92,11 +100,15 @@
     if (WORDS[e.type]) return [e.member.name + " " + WORDS[e.type] + " (incarnation " + e.member.incarnation + ")", e.member.state];
     switch (e.type) {
       case "refuted": return ["this node refuted a suspicion (incarnation " + e.incarnation + ")", "alive"];
-      case "user_event": return ["user event " + e.name + " from " + e.origin + (e.payload ? ": " + e.payload : ""), "unknown"];
+      case "user_event": return ["user event " + e.name + " from " + e.origin + (e.payload ? ": " + clip(e.payload) : ""), "unknown"];
       case "member_conflict": return [e.member.name + ": a claim to move it to " + e.claimed_addr + " was refused", "suspect"];
       case "query": return ["query " + e.name + " from " + e.origin, "unknown"];
       default: return null;
     }
+  }
+
+  function clip(text) {
+    return text.length > TEXT_SHOWN ? text.slice(0, TEXT_SHOWN) + "…" : text;
   }
 
   function addEvent(e) {
@@ -266,7 +278,7 @@
     const box = $("chaos-members");
     const blocked = new Set((chaos && chaos.config.blocked) || []);
     const checked = new Set([...box.querySelectorAll("input:checked")].map((i) => i.value));
-    const others = members.filter((r) => !self || r.name !== self.name);
+    const others = members.filter((r) => !self || r.name !== self.name).slice(0, ROWS_SHOWN);
     const key = JSON.stringify(others.map((r) => [r.name, r.addr]));
     if (key === shownChaosMembers) return;
     shownChaosMembers = key;
