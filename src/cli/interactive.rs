@@ -148,9 +148,10 @@ impl Cluster {
             .with_context(|| format!("n{i} is not running (restart it first)"))
     }
 
-    /// Every node's row as the page shows it.
-    fn view(&self, log: &VecDeque<String>) -> LocalView {
-        let nodes = (self.slots.iter())
+    /// Every node's row: what it sees of every node (the page's data, and the terminal's
+    /// matrix drawn from it by [`matrix`]).
+    fn view(&self) -> Vec<LocalNode> {
+        (self.slots.iter())
             .map(|s| {
                 let view = self.seen_by(s);
                 let sees = (self.slots.iter())
@@ -178,11 +179,7 @@ impl Cluster {
                     sees,
                 }
             })
-            .collect();
-        LocalView {
-            nodes,
-            log: log.iter().cloned().collect(),
-        }
+            .collect()
     }
 
     /// The members `s` sees, by name (none when it is not running).
@@ -200,44 +197,6 @@ impl Cluster {
             .unwrap_or_default()
     }
 
-    fn matrix(&self) -> String {
-        let n = self.slots.len();
-        let mut out = format!("{:>6} ", "");
-        for s in &self.slots {
-            out += &format!("{:>4}", s.name);
-        }
-        out += "\n";
-        for (i, s) in self.slots.iter().enumerate() {
-            out += &format!("{:>6} ", s.name);
-            let view = self.seen_by(s);
-            for j in 0..n {
-                let c = if s.agent.is_none() {
-                    "-"
-                } else if i == j {
-                    "."
-                } else {
-                    match view.get(&format!("n{j}")) {
-                        Some(MemberState::Alive) => "A",
-                        Some(MemberState::Suspect) => "S",
-                        Some(MemberState::Dead) => "F",
-                        Some(MemberState::Left) => "L",
-                        None => " ",
-                    }
-                };
-                out += &format!("{c:>4}");
-            }
-            let status = s.status.name();
-            let http = s
-                .http
-                .filter(|_| s.agent.is_some())
-                .map(|h| format!("http://{h}"))
-                .unwrap_or_default();
-            out += &format!("   {status:<8} {http}\n");
-        }
-        out += "  (row: what that node sees; A alive, S suspect, F failed, L left)\n";
-        out
-    }
-
     async fn command(&mut self, line: &str) -> anyhow::Result<Step> {
         let mut w = line.split_whitespace();
         let Some(cmd) = w.next() else {
@@ -246,7 +205,7 @@ impl Cluster {
         let said = match cmd {
             "help" | "?" => HELP.to_string(),
             "quit" | "exit" | "q" => return Ok(Step::Quit),
-            "show" | "members" => self.matrix(),
+            "show" | "members" => matrix(&self.view()),
             "kill" => {
                 let i = self.index(w.next())?;
                 let agent = self.slots[i].agent.take().context("not running")?;
@@ -321,6 +280,37 @@ impl Cluster {
         };
         Ok(Step::Say(said))
     }
+}
+
+/// The membership matrix as the terminal prints it: one row per node, a letter per node it
+/// sees (`.` itself, `-` the whole row when it is not running), its status and admin API.
+fn matrix(nodes: &[LocalNode]) -> String {
+    let mut out = format!("{:>6} ", "");
+    for n in nodes {
+        out += &format!("{:>4}", n.name);
+    }
+    out += "\n";
+    for (i, n) in nodes.iter().enumerate() {
+        out += &format!("{:>6} ", n.name);
+        for (j, state) in n.sees.iter().enumerate() {
+            let c = match state.as_str() {
+                "down" => "-",
+                _ if i == j => ".",
+                "alive" => "A",
+                "suspect" => "S",
+                "failed" => "F",
+                "left" => "L",
+                _ => " ",
+            };
+            out += &format!("{c:>4}");
+        }
+        let http = (n.http.as_ref())
+            .map(|h| format!("http://{h}"))
+            .unwrap_or_default();
+        out += &format!("   {:<8} {http}\n", n.status);
+    }
+    out += "  (row: what that node sees; A alive, S suspect, F failed, L left)\n";
+    out
 }
 
 fn describe(e: &Event) -> Option<String> {
@@ -462,7 +452,7 @@ async fn session(args: Session) -> anyhow::Result<i32> {
                     Err(e) => Err(format!("{e:#}")),
                 };
                 let _ = cmd.reply.send(outcome);
-                view_tx.send_replace(c.view(&log));
+                view_tx.send_replace(LocalView { nodes: c.view(), log: log.iter().cloned().collect() });
             }
             Some((observer, e)) = events.recv() => {
                 if let Some(text) = describe(&e) {
@@ -475,13 +465,14 @@ async fn session(args: Session) -> anyhow::Result<i32> {
                 }
             }
             _ = tick.tick() => {
-                let m = c.matrix();
+                let nodes = c.view();
+                let m = matrix(&nodes);
                 if m != shown {
                     print!("{m}");
                     shown = m;
                 }
                 if ui.is_some() {
-                    view_tx.send_replace(c.view(&log));
+                    view_tx.send_replace(LocalView { nodes, log: log.iter().cloned().collect() });
                 }
             }
         }
