@@ -75,11 +75,7 @@ fn a_burst_of_joins_converges_within_a_second_and_a_bit_of_the_last() {
 /// The bound a crash must be detected within (see docs/tuning.md): the first probe of the dead
 /// node, one probe period, the longest suspicion timeout, and a few seconds of dissemination.
 fn detect_bound_ms(c: &Config, n: usize) -> u64 {
-    let min = c
-        .probe_interval
-        .mul_f64(f64::from(c.suspicion_mult) * (n as f64).log10().max(1.0));
-    let bound = c.probe_interval * 2 + min * c.suspicion_max_mult + secs(3);
-    bound.as_millis() as u64
+    (harness::detection_time(c, n) + secs(3)).as_millis() as u64
 }
 
 #[test]

@@ -39,17 +39,6 @@ fn driver() -> Option<std::path::PathBuf> {
     }
 }
 
-/// How long a crash may take to be declared failed with the `local` preset the bed's agents
-/// run (tests/fixtures/agent-local.toml): two probe periods to probe the dead member, then
-/// the longest suspicion (Lifeguard's maximum, as docs/tuning.md gives it for 3 members).
-fn detection_time(members: usize) -> Duration {
-    let c = Config::local();
-    let min = c
-        .probe_interval
-        .mul_f64(f64::from(c.suspicion_mult) * (members as f64).log10().max(1.0));
-    c.probe_interval * 2 + min * c.suspicion_max_mult
-}
-
 /// Counts the member table's rows in `state` (every row when `None`) by name.
 async fn rows(b: &Browser) -> serde_json::Value {
     b.js("const r = {};
@@ -100,7 +89,8 @@ async fn the_agent_page_follows_a_crash_and_a_restart_and_sets_a_partition() {
 
     bed.kill(2);
     let killed = Instant::now();
-    let bound = detection_time(3) + Duration::from_secs(2);
+    // The bed's agents run the `local` preset (tests/fixtures/agent-local.toml).
+    let bound = harness::detection_time(&Config::local(), 3) + Duration::from_secs(2);
     eventually("h3's row turns failed", DEADLINE, async || {
         let r = rows(&b).await;
         if r["h3"] == "failed" {

@@ -26,7 +26,7 @@ pub use node::{
 #[allow(unused_imports)]
 pub use process::{dcore, dcore_command, KillOnDrop, Lines, Run, DCORE};
 #[allow(unused_imports)]
-pub use sim::{ensure, for_seeds};
+pub use sim::{detection_time, ensure, for_seeds};
 #[allow(unused_imports)]
 pub use store::{faulty_fs, modes_under, wal_records, wal_segments};
 #[allow(unused_imports)]

@@ -1,6 +1,17 @@
 //! Seeded simulations: one scenario over several seeds, and checks that say what failed.
 
+use distributed_core::cluster::Config;
 use distributed_core::sim::{self, Report, Scenario};
+use std::time::Duration;
+
+/// How long a crash among `members` takes to be declared failed at most (docs/tuning.md): two
+/// probe periods to probe the dead member, then Lifeguard's longest suspicion.
+pub fn detection_time(c: &Config, members: usize) -> Duration {
+    let min = c
+        .probe_interval
+        .mul_f64(f64::from(c.suspicion_mult) * (members as f64).log10().max(1.0));
+    c.probe_interval * 2 + min * c.suspicion_max_mult
+}
 
 /// Runs `scenario` once per seed and hands each report to `check`; a failed check names the seed
 /// and the whole report, so the run can be replayed with `dcore sim --seed S ...`.
