@@ -64,7 +64,9 @@ esac
 if [ -n "${MUTANTS_TEST_ARGS:-}" ]; then read -r -a tests <<< "$MUTANTS_TEST_ARGS"; fi
 
 test_args=()
-for t in "${tests[@]}"; do test_args+=(--cargo-test-arg="$t"); done
+# As cargo arguments, not test arguments: they then choose what is built as well as what runs
+# (building all 20 test binaries for each mutant cost about a third of its time).
+for t in "${tests[@]}"; do test_args+=(--cargo-arg="$t"); done
 start=$(date +%s)
 set +e
 cargo mutants --profile mutants --timeout-multiplier 3 "${files[@]}" "${test_args[@]}" "$@"

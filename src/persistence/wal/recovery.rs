@@ -424,6 +424,56 @@ fn clear_tail(fs: &dyn Fs, p: &Problem) -> Result<TornTail, WalError> {
 mod tests {
     use super::*;
 
+    fn summary(first_index: u64, records: u64) -> SegmentSummary {
+        SegmentSummary {
+            path: PathBuf::from(format!("{first_index:020}.wal")),
+            first_index,
+            records,
+            data_end: 0,
+            file_bytes: 0,
+        }
+    }
+
+    /// The first and last index `dcore wal verify` prints, and its speed.
+    #[test]
+    fn a_report_gives_its_first_and_last_index_and_its_speed() {
+        assert_eq!(summary(7, 0).last_index(), None);
+        assert_eq!(summary(1, 0).last_index(), None);
+        assert_eq!(summary(7, 1).last_index(), Some(7));
+        assert_eq!(summary(7, 5).last_index(), Some(11));
+
+        let mut report = ScanReport {
+            segments: vec![],
+            records: 0,
+            bytes_scanned: 0,
+            elapsed: Duration::ZERO,
+            problem: None,
+        };
+        assert_eq!(report.first_index(), None);
+        assert_eq!(report.last_index(), None);
+        report.segments = vec![summary(42, 3), summary(45, 0)];
+        assert_eq!(report.first_index(), Some(42));
+        assert_eq!(report.last_index(), Some(44));
+
+        report.bytes_scanned = 6_000_000;
+        report.elapsed = Duration::from_millis(1_500);
+        assert!(
+            (report.mb_per_s() - 4.0).abs() < 1e-9,
+            "{}",
+            report.mb_per_s()
+        );
+        report.bytes_scanned = 3_000_000;
+        report.elapsed = Duration::from_secs(2);
+        assert!(
+            (report.mb_per_s() - 1.5).abs() < 1e-9,
+            "{}",
+            report.mb_per_s()
+        );
+        // A scan too quick to time is fast, not a division by zero.
+        report.elapsed = Duration::ZERO;
+        assert!(report.mb_per_s().is_finite() && report.mb_per_s() > 1e6);
+    }
+
     /// What `dcore wal verify` and an open refused for corruption print.
     #[test]
     fn every_corruption_says_what_it_is() {
