@@ -449,6 +449,175 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().field, "broadcast_queue_max");
     }
 
+    /// Every bound at its edge: the last value accepted and the first refused, naming the field.
+    #[test]
+    fn bounds_are_checked_at_their_edges() {
+        type Set = fn(&mut Config);
+        let ok: &[(&str, Set)] = &[
+            ("probe_interval 10ms", |c| {
+                c.probe_interval = Duration::from_millis(10);
+                c.probe_timeout = Duration::from_millis(5);
+            }),
+            ("probe_timeout just below", |c| {
+                c.probe_timeout = c.probe_interval - Duration::from_nanos(1)
+            }),
+            ("gossip_interval 1ms", |c| {
+                c.gossip_interval = Duration::from_millis(1)
+            }),
+            ("push_pull_interval = probe", |c| {
+                c.push_pull_interval = c.probe_interval
+            }),
+            ("join_sync_interval off", |c| {
+                c.join_sync_interval = Duration::ZERO
+            }),
+            ("join_sync_interval 10ms", |c| {
+                c.join_sync_interval = Duration::from_millis(10)
+            }),
+            ("reconnect_interval = probe", |c| {
+                c.reconnect_interval = c.probe_interval
+            }),
+            ("dead_retention = gossip_to_the_dead", |c| {
+                c.dead_retention = c.gossip_to_the_dead
+            }),
+            ("join_retry_base = max", |c| {
+                c.join_retry_base = c.join_retry_max
+            }),
+            ("indirect_checks max", |c| {
+                c.indirect_checks = INDIRECT_CHECKS_MAX
+            }),
+            ("suspicion_mult 1", |c| c.suspicion_mult = 1),
+            ("suspicion_max_mult 1", |c| c.suspicion_max_mult = 1),
+            ("awareness_max 64", |c| c.awareness_max = 64),
+            ("gossip_fanout 1", |c| c.gossip_fanout = 1),
+            ("gossip_fanout 64", |c| c.gossip_fanout = 64),
+            ("retransmit_mult 1", |c| c.retransmit_mult = 1),
+            ("packet_bytes_max min", |c| {
+                c.packet_bytes_max = PACKET_BYTES_MIN;
+                c.tags_bytes_max = PACKET_BYTES_MIN - 200;
+                c.user_event_bytes_max = PACKET_BYTES_MIN - 64;
+            }),
+            ("packet_bytes_max max", |c| c.packet_bytes_max = 65_000),
+            ("tags_bytes_max fits", |c| {
+                c.tags_bytes_max = c.packet_bytes_max - 200
+            }),
+            ("user_event_bytes_max fits", |c| {
+                c.user_event_bytes_max = c.packet_bytes_max - 64
+            }),
+            ("query_bytes_max 256", |c| c.query_bytes_max = 256),
+            ("query_response_bytes_max 256", |c| {
+                c.query_response_bytes_max = 256
+            }),
+            ("query_timeout_mult 1", |c| c.query_timeout_mult = 1),
+            ("query_timeout_mult 1000", |c| c.query_timeout_mult = 1000),
+            ("direct_bytes_max 1 KiB", |c| c.direct_bytes_max = 1024),
+            ("direct_bytes_max 64 MiB", |c| c.direct_bytes_max = 64 << 20),
+            ("members_max 2", |c| c.members_max = 2),
+            ("members_max 2^24", |c| c.members_max = 1 << 24),
+            ("ones", |c| {
+                c.user_event_buffer = 1;
+                c.broadcast_queue_max = 1;
+                c.push_pull_members_max = 1;
+                c.indirect_pending_max = 1;
+                c.members_admit_per_push_pull = 1;
+                c.members_admit_per_sec = 1;
+                c.queries_max = 1;
+                c.queries_per_sec = 1;
+            }),
+        ];
+        for (what, set) in ok {
+            let mut c = Config::lan();
+            set(&mut c);
+            assert_eq!(c.validate(), Ok(()), "{what}");
+        }
+        let refused: &[(&str, Set)] = &[
+            ("probe_interval", |c| {
+                c.probe_interval = Duration::from_millis(9);
+                c.probe_timeout = Duration::from_millis(5);
+            }),
+            ("probe_timeout", |c| c.probe_timeout = Duration::ZERO),
+            ("gossip_interval", |c| {
+                c.gossip_interval = Duration::from_millis(1) - Duration::from_nanos(1)
+            }),
+            ("push_pull_interval", |c| {
+                c.push_pull_interval = c.probe_interval - Duration::from_nanos(1)
+            }),
+            ("join_sync_interval", |c| {
+                c.join_sync_interval = Duration::from_millis(10) - Duration::from_nanos(1)
+            }),
+            ("reconnect_interval", |c| {
+                c.reconnect_interval = c.probe_interval - Duration::from_nanos(1)
+            }),
+            ("dead_retention", |c| {
+                c.dead_retention = c.gossip_to_the_dead - Duration::from_nanos(1)
+            }),
+            ("join_retry_base", |c| c.join_retry_base = Duration::ZERO),
+            ("join_retry_base", |c| {
+                c.join_retry_base = c.join_retry_max + Duration::from_nanos(1)
+            }),
+            ("indirect_checks", |c| {
+                c.indirect_checks = INDIRECT_CHECKS_MAX + 1
+            }),
+            ("suspicion_mult", |c| c.suspicion_mult = 0),
+            ("suspicion_max_mult", |c| c.suspicion_max_mult = 0),
+            ("awareness_max", |c| c.awareness_max = 65),
+            ("gossip_fanout", |c| c.gossip_fanout = 0),
+            ("gossip_fanout", |c| c.gossip_fanout = 65),
+            ("retransmit_mult", |c| c.retransmit_mult = 0),
+            ("packet_bytes_max", |c| {
+                c.packet_bytes_max = PACKET_BYTES_MIN - 1;
+                c.tags_bytes_max = 8;
+                c.user_event_bytes_max = 8;
+            }),
+            ("packet_bytes_max", |c| c.packet_bytes_max = 65_001),
+            ("tags_bytes_max", |c| {
+                c.tags_bytes_max = c.packet_bytes_max - 199
+            }),
+            ("user_event_bytes_max", |c| {
+                c.user_event_bytes_max = c.packet_bytes_max - 63
+            }),
+            ("query_bytes_max", |c| c.query_bytes_max = 255),
+            ("query_response_bytes_max", |c| {
+                c.query_response_bytes_max = 255
+            }),
+            ("query_timeout_mult", |c| c.query_timeout_mult = 0),
+            ("query_timeout_mult", |c| c.query_timeout_mult = 1001),
+            ("direct_bytes_max", |c| c.direct_bytes_max = 1023),
+            ("direct_bytes_max", |c| c.direct_bytes_max = (64 << 20) + 1),
+            ("user_event_buffer", |c| c.user_event_buffer = 0),
+            ("push_pull_members_max", |c| c.push_pull_members_max = 0),
+            ("indirect_pending_max", |c| c.indirect_pending_max = 0),
+            ("members_admit_per_push_pull", |c| {
+                c.members_admit_per_push_pull = 0
+            }),
+            ("members_admit_per_sec", |c| c.members_admit_per_sec = 0),
+            ("queries_max", |c| c.queries_max = 0),
+            ("queries_per_sec", |c| c.queries_per_sec = 0),
+            ("members_max", |c| c.members_max = 1),
+            ("members_max", |c| c.members_max = (1 << 24) + 1),
+        ];
+        for (field, set) in refused {
+            let mut c = Config::lan();
+            set(&mut c);
+            assert_eq!(c.validate().unwrap_err().field, *field);
+        }
+    }
+
+    #[test]
+    fn largest_queries_fit_a_packet_and_awareness_stretches_timeouts() {
+        let mut c = Config::lan();
+        assert_eq!(
+            (c.query_len_max(), c.query_response_len_max()),
+            (1024, 1024)
+        );
+        c.query_bytes_max = 4000;
+        c.query_response_bytes_max = 3000;
+        assert_eq!(c.query_len_max(), 1350 - 64);
+        assert_eq!(c.query_response_len_max(), 1350 - 64);
+        let d = Duration::from_millis(500);
+        assert_eq!(c.scaled(d, 0), d);
+        assert_eq!(c.scaled(d, 3), d * 4);
+    }
+
     #[test]
     fn retransmit_limit_table() {
         let c = Config::lan();
