@@ -30,6 +30,7 @@ fn golden_ping_packet() {
     let bytes = encode_packet(std::slice::from_ref(&msg));
     // version 1, one message of 6 bytes: type 1, seq 1, "b", "a".
     assert_eq!(bytes, [1, 1, 6, 1, 1, 1, b'b', 1, b'a']);
+    assert_eq!((msg.msg_type(), msg.kind()), (1, "ping"));
     assert_eq!(packet_len(&[msg]), bytes.len());
 }
 

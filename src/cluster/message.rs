@@ -318,6 +318,28 @@ pub mod msg_type {
     pub const QUERY: u8 = 13;
     /// [`super::QueryResponse`]
     pub const QUERY_RESPONSE: u8 = 14;
+
+    /// The short name of a message type, for counters and traces; `None` for a byte that
+    /// names no type.
+    pub fn name(ty: u8) -> Option<&'static str> {
+        Some(match ty {
+            PING => "ping",
+            PING_REQ => "ping_req",
+            ACK => "ack",
+            NACK => "nack",
+            ALIVE => "alive",
+            SUSPECT => "suspect",
+            DEAD => "dead",
+            PUSH_PULL => "push_pull",
+            USER_EVENT => "user_event",
+            SYNC => "sync",
+            DIRECT => "direct",
+            COORD => "coord",
+            QUERY => "query",
+            QUERY_RESPONSE => "query_response",
+            _ => return None,
+        })
+    }
 }
 
 /// Why bytes did not decode. Nothing is changed by a failed decode.
@@ -361,24 +383,9 @@ impl Message {
         }
     }
 
-    /// A short name for counters and traces.
+    /// A short name for counters and traces (see [`msg_type::name`]).
     pub fn kind(&self) -> &'static str {
-        match self {
-            Message::Ping(_) => "ping",
-            Message::PingReq(_) => "ping_req",
-            Message::Ack(_) => "ack",
-            Message::Nack(_) => "nack",
-            Message::Alive(_) => "alive",
-            Message::Suspect(_) => "suspect",
-            Message::Dead(_) => "dead",
-            Message::PushPull(_) => "push_pull",
-            Message::UserEvent(_) => "user_event",
-            Message::Sync(_) => "sync",
-            Message::Direct(_) => "direct",
-            Message::Coord(_) => "coord",
-            Message::Query(_) => "query",
-            Message::QueryResponse(_) => "query_response",
-        }
+        msg_type::name(self.msg_type()).unwrap_or("unknown")
     }
 
     /// Appends `[msg_type][body]` to `out`.
@@ -562,4 +569,27 @@ pub fn decode_packet(mut bytes: &[u8]) -> Result<DecodedPacket, DecodeMessageErr
         return Err(DecodeMessageError::Trailing);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_type_byte_has_its_own_name_and_no_other_byte_has_one() {
+        let names: Vec<_> = (1..=msg_type::QUERY_RESPONSE)
+            .map(|ty| msg_type::name(ty).unwrap())
+            .collect();
+        let mut distinct = names.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), names.len(), "{names:?}");
+        assert_eq!(names[0], "ping");
+        assert_eq!(names[13], "query_response");
+        for ty in std::iter::once(0).chain(msg_type::QUERY_RESPONSE + 1..=u8::MAX) {
+            assert_eq!(msg_type::name(ty), None, "type {ty}");
+        }
+        assert_eq!(MemberState::Dead.as_str(), "failed");
+        assert_eq!(MemberState::Left.as_str(), "left");
+    }
 }

@@ -1,5 +1,6 @@
 //! Counters of what a node sent, received and rejected, shared by its tasks.
 
+use crate::cluster::message::msg_type;
 use crate::cluster::Message;
 use crate::transport::frame::OpenFrameError;
 use crate::transport::replay::ReplayError;
@@ -129,7 +130,7 @@ impl Traffic {
             for (ty, c) in counters.iter().enumerate() {
                 let n = c.load(Ordering::Relaxed);
                 let bytes = self.kind_bytes[row][ty].load(Ordering::Relaxed);
-                let Some(kind) = kind_name(ty as u8).filter(|_| n > 0) else {
+                let Some(kind) = msg_type::name(ty as u8).filter(|_| n > 0) else {
                     continue;
                 };
                 out.push(KindCount {
@@ -170,27 +171,6 @@ pub struct KindCount {
     pub bytes: u64,
 }
 
-fn kind_name(ty: u8) -> Option<&'static str> {
-    use crate::cluster::message::msg_type as t;
-    Some(match ty {
-        t::PING => "ping",
-        t::PING_REQ => "ping_req",
-        t::ACK => "ack",
-        t::NACK => "nack",
-        t::ALIVE => "alive",
-        t::SUSPECT => "suspect",
-        t::DEAD => "dead",
-        t::PUSH_PULL => "push_pull",
-        t::USER_EVENT => "user_event",
-        t::SYNC => "sync",
-        t::DIRECT => "direct",
-        t::COORD => "coord",
-        t::QUERY => "query",
-        t::QUERY_RESPONSE => "query_response",
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,7 +179,7 @@ mod tests {
     #[test]
     fn every_named_kind_has_a_counter() {
         for ty in 0..=u8::MAX {
-            if let Some(kind) = kind_name(ty) {
+            if let Some(kind) = msg_type::name(ty) {
                 assert!(
                     usize::from(ty) < KINDS,
                     "{kind} (type {ty}) is never counted"
