@@ -891,6 +891,131 @@ mod tests {
         );
     }
 
+    /// Queries and answers from the wire that lie about their time, their filters, their
+    /// origin or their relaying are dropped and counted; a full table of queries to answer
+    /// makes room without growing.
+    #[test]
+    fn hostile_queries_and_answers_are_dropped_and_counted() {
+        let config = Config {
+            queries_max: 2,
+            queries_per_sec: 1000,
+            ..Config::lan()
+        };
+        let mut b = T::with(config, 2, &[1, 3]);
+        let q = |ltime: u64, id_: u64, timeout_ms: u32| Query {
+            ltime,
+            id: id_,
+            origin: id(1),
+            filters: Vec::new(),
+            ack: false,
+            relay_factor: 0,
+            timeout_ms,
+            name: "q".into(),
+            payload: Vec::new(),
+        };
+        let send = |b: &mut T, q: Query| b.msg(1, Message::Query(Box::new(q)));
+        // A Lamport time far ahead of ours: implausible, not taken and not passed on.
+        let queued = b.swim.broadcast_queue_len();
+        let out = send(&mut b, q(u64::MAX, 1, 1000));
+        assert!(requests(&out).is_empty());
+        assert_eq!(b.swim.stats().implausible, 1);
+        assert_eq!(b.swim.broadcast_queue_len(), queued);
+        // Taken once; the same again is a duplicate, dropped without a count.
+        assert_eq!(requests(&send(&mut b, q(5_000, 2, 1000))).len(), 1);
+        assert!(requests(&send(&mut b, q(5_000, 2, 1000))).is_empty());
+        assert_eq!(b.swim.stats().queries_in, 1);
+        // Older than the dedup window (user_event_buffer times back): too old, dropped.
+        let dropped = b.swim.stats().dropped;
+        assert!(requests(&send(&mut b, q(1, 3, 1000))).is_empty());
+        assert_eq!(b.swim.stats().dropped, dropped + 1);
+        // A filter that does not compile here: passed on, not taken, counted.
+        let mut bad = q(5_001, 4, 1000);
+        bad.filters = vec![QueryFilter::Tag {
+            key: "role".into(),
+            pattern: "(".into(),
+        }];
+        let queued = b.swim.broadcast_queue_len();
+        assert!(requests(&send(&mut b, bad)).is_empty());
+        assert_eq!(b.swim.stats().dropped, dropped + 2);
+        assert_eq!(b.swim.broadcast_queue_len(), queued + 1, "passed on");
+
+        // Queries to answer are kept at four times queries_max (8): query 2 is held; 8 more
+        // with later deadlines push out the one whose deadline is nearest (query 2's).
+        for i in 0..8 {
+            assert_eq!(requests(&send(&mut b, q(5_010 + i, 10 + i, 2000))).len(), 1);
+        }
+        assert_eq!(b.swim.queries.answering.len(), 8);
+        let r = b
+            .swim
+            .respond(at(b.ms), &id(1), 2, Vec::new(), &mut Vec::new());
+        assert_eq!(r, Err(CommandError::QueryUnknown));
+        b.swim
+            .respond(at(b.ms), &id(1), 10, Vec::new(), &mut Vec::new())
+            .unwrap();
+        // Later, the expired go first: all 8 (deadline 2 s), and the new one is the only one.
+        b.ms = 2_001;
+        assert_eq!(requests(&send(&mut b, q(5_100, 99, 1000))).len(), 1);
+        assert_eq!(b.swim.queries.answering.len(), 1);
+
+        // Answers: too large, counted; not for us and not relayed, misdirected; relayed to
+        // an origin that is not live here, misdirected too.
+        let resp = |origin: u8, relay: bool, payload: usize| QueryResponse {
+            ltime: 5_100,
+            id: 99,
+            origin: id(origin),
+            from: id(3),
+            ack: false,
+            relay,
+            payload: vec![0; payload],
+        };
+        let answer = |b: &mut T, r: QueryResponse| b.msg(3, Message::QueryResponse(Box::new(r)));
+        let over = b.swim.stats().over_limit;
+        assert!(responses(&answer(&mut b, resp(1, true, 1100))).is_empty());
+        assert_eq!(b.swim.stats().over_limit, over + 1);
+        let misdirected = b.swim.stats().misdirected;
+        assert!(responses(&answer(&mut b, resp(1, false, 0))).is_empty());
+        assert!(responses(&answer(&mut b, resp(9, true, 0))).is_empty());
+        assert_eq!(b.swim.stats().misdirected, misdirected + 2);
+        // Relayed to a live origin: passed on once, marked as no longer relayed; at most
+        // RELAYS_PER_SEC a second (the relay to a stranger above took one of them).
+        let out = answer(&mut b, resp(1, true, 0));
+        assert_eq!(responses(&out), vec![(addr(1), resp(1, false, 0))]);
+        for _ in 2..RELAYS_PER_SEC {
+            answer(&mut b, resp(1, true, 0));
+        }
+        assert_eq!(b.swim.stats().query_relays, u64::from(RELAYS_PER_SEC - 1));
+        assert!(responses(&answer(&mut b, resp(1, true, 0))).is_empty());
+        assert_eq!(b.swim.stats().queries_limited, 1);
+
+        // Our answer to a query whose origin has since failed here: not sent, counted.
+        b.swim
+            .members
+            .update(&id(1), |m| m.state = MemberState::Dead);
+        let mut out = Vec::new();
+        b.swim
+            .respond(at(b.ms), &id(1), 99, Vec::new(), &mut out)
+            .unwrap();
+        assert!(responses(&out).is_empty());
+        assert_eq!(b.swim.stats().misdirected, misdirected + 3);
+    }
+
+    #[test]
+    fn a_leaving_node_asks_nothing_and_a_timeout_under_a_millisecond_is_refused() {
+        let mut a = T::new(1, &[2]);
+        let mut quick = QueryParams::new("q", Vec::new());
+        quick.timeout = Some(Duration::from_micros(999));
+        let r = a.swim.query(at(0), quick, &mut Vec::new());
+        assert!(matches!(r, Err(CommandError::BadQuery(_))), "{r:?}");
+        let mut ms = QueryParams::new("q", Vec::new());
+        ms.timeout = Some(Duration::from_millis(1));
+        assert!(a.swim.query(at(0), ms, &mut Vec::new()).is_ok());
+        a.input(crate::cluster::Input::Command(Command::Leave));
+        let r = a
+            .swim
+            .query(at(0), QueryParams::new("q", Vec::new()), &mut Vec::new());
+        assert_eq!(r, Err(CommandError::Left));
+    }
+
     #[test]
     fn answers_from_strangers_and_for_other_queries_are_dropped() {
         let mut a = T::new(1, &[2]);
