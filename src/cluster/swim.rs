@@ -1212,3 +1212,30 @@ impl Swim {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_most_64_pending_answers_are_noted_and_the_oldest_goes_first() {
+        let mut pending = FxHashMap::default();
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], 1000 + i));
+        for i in 0..64 {
+            note_pending(&mut pending, addr(i), Time::from_millis(100 + u64::from(i)));
+        }
+        assert_eq!(pending.len(), 64);
+        // Noted again while full: only its time changes, nothing is forgotten.
+        note_pending(&mut pending, addr(5), Time::from_millis(500));
+        assert_eq!(pending.len(), 64);
+        assert_eq!(pending[&addr(5)], Time::from_millis(500));
+        assert!(pending.contains_key(&addr(0)));
+        // A new one while full: the oldest (addr 0, then addr 1) makes room.
+        note_pending(&mut pending, addr(64), Time::from_millis(600));
+        assert_eq!(pending.len(), 64);
+        assert!(!pending.contains_key(&addr(0)) && pending.contains_key(&addr(64)));
+        note_pending(&mut pending, addr(65), Time::from_millis(601));
+        assert!(!pending.contains_key(&addr(1)) && pending.contains_key(&addr(5)));
+        assert_eq!(pending.len(), 64);
+    }
+}

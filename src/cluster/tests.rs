@@ -1153,6 +1153,28 @@ fn user_events_are_delivered_once_and_passed_on() {
 }
 
 #[test]
+fn a_join_without_seeds_and_any_command_after_leaving_are_refused() {
+    let mut a = T::new(1, &[2, 3]);
+    let r = a
+        .swim
+        .command(at(0), Command::Join(Vec::new()), &mut Vec::new());
+    assert_eq!(r, Err(CommandError::NoSeeds));
+    a.input(Input::Command(Command::Leave));
+    let mut out = Vec::new();
+    let r = a
+        .swim
+        .command(at(0), Command::Join(vec![addr(2)]), &mut out);
+    assert_eq!(r, Err(CommandError::Left));
+    assert!(packets(&out).is_empty(), "{out:?}");
+    // Nor does a leaving node start syncs: not on the push-pull tick, not to reconnect.
+    fail(&mut a, 2);
+    for timer in [Timer::PushPullTick, Timer::ReconnectTick] {
+        let out = a.timer(timer);
+        assert!(packets(&out).is_empty() && streams(&out).is_empty(), "{out:?}");
+    }
+}
+
+#[test]
 fn leave_announces_left_and_stops_probing() {
     let mut a = T::new(1, &[2]);
     a.input(Input::Command(Command::Leave));
