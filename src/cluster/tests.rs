@@ -1170,7 +1170,10 @@ fn a_join_without_seeds_and_any_command_after_leaving_are_refused() {
     fail(&mut a, 2);
     for timer in [Timer::PushPullTick, Timer::ReconnectTick] {
         let out = a.timer(timer);
-        assert!(packets(&out).is_empty() && streams(&out).is_empty(), "{out:?}");
+        assert!(
+            packets(&out).is_empty() && streams(&out).is_empty(),
+            "{out:?}"
+        );
     }
 }
 

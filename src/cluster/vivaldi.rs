@@ -372,6 +372,61 @@ mod tests {
     }
 
     #[test]
+    fn bounds_are_inclusive_and_a_coordinate_pushed_out_of_them_resets() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        // At the bounds: plausible.
+        let edge = Coordinate {
+            vec: [COORD_BOUND_S; DIMENSIONS],
+            error: 0.0,
+            adjustment: -COORD_BOUND_S,
+            height: 0.0,
+        };
+        assert!(edge.is_plausible());
+        for nudge in [
+            |c: &mut Coordinate| c.vec[7] = COORD_BOUND_S * 1.001,
+            |c: &mut Coordinate| c.error = -0.001,
+            |c: &mut Coordinate| c.error = COORD_BOUND_S * 1.001,
+            |c: &mut Coordinate| c.adjustment = -COORD_BOUND_S * 1.001,
+            |c: &mut Coordinate| c.height = f32::INFINITY,
+        ] {
+            let mut c = edge.clone();
+            nudge(&mut c);
+            assert!(!c.is_plausible(), "{c:?}");
+        }
+        // A round trip of exactly 10 s is used.
+        let mut v = Vivaldi::default();
+        assert!(v.update(&Coordinate::default(), Duration::from_secs(10), &mut rng));
+
+        // A certain peer at the edge of the space answering at once pulls this node there;
+        // then a peer just behind it answering in 10 s pushes it out of the space: it is reset
+        // to the origin, the reset counted and the updates kept.
+        let mut v = Vivaldi::default();
+        let mut at_edge = Coordinate {
+            error: 0.0,
+            ..Coordinate::default()
+        };
+        at_edge.vec[0] = COORD_BOUND_S;
+        for _ in 0..50 {
+            assert!(v.update(&at_edge, Duration::from_micros(1), &mut rng));
+        }
+        assert!(v.coordinate().vec[0] > 90.0, "{:?}", v.coordinate());
+        let mut results = Vec::new();
+        for _ in 0..10 {
+            let mut behind = v.coordinate();
+            behind.vec[0] -= 0.01;
+            behind.error = 0.0;
+            results.push(v.update(&behind, Duration::from_secs(10), &mut rng));
+            if v.resets > 0 {
+                break;
+            }
+        }
+        assert_eq!(v.resets, 1, "{results:?} {:?}", v.coordinate());
+        assert_eq!(results.last(), Some(&false));
+        assert_eq!(v.updates, 50 + results.len() as u64 - 1);
+        assert_eq!(v.coordinate(), Coordinate::default());
+    }
+
+    #[test]
     fn the_latency_filter_takes_the_median_of_three() {
         let ms = Duration::from_millis;
         let mut f = LatencyFilter::default();
