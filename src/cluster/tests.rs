@@ -1152,6 +1152,49 @@ fn user_events_are_delivered_once_and_passed_on() {
     assert!(matches!(err, Err(CommandError::EventTooLarge { .. })));
 }
 
+/// Ping requests are taken while fewer than `indirect_pending_max` are pending and the node
+/// has not left; past that they are dropped and counted.
+#[test]
+fn ping_requests_are_bounded_and_refused_after_leaving() {
+    let config = Config {
+        indirect_pending_max: 2,
+        ..Config::lan()
+    };
+    let mut b = T::with(config, 2, &[1, 3]);
+    let req = |seq: u32| {
+        Message::PingReq(Box::new(PingReq {
+            seq,
+            target: id(3),
+            target_addr: addr(3),
+            source: id(1),
+            nack: false,
+        }))
+    };
+    let pings_to_3 = |out: &[Output]| {
+        (packets(out).into_iter())
+            .filter(|(to, msgs)| *to == addr(3) && matches!(msgs[0], Message::Ping(_)))
+            .count()
+    };
+    assert_eq!(pings_to_3(&b.msg(1, req(1))), 1);
+    assert_eq!(pings_to_3(&b.msg(1, req(2))), 1);
+    let dropped = b.swim.stats().dropped;
+    assert_eq!(
+        pings_to_3(&b.msg(1, req(3))),
+        0,
+        "two pending: the third is dropped"
+    );
+    assert_eq!(b.swim.stats().dropped, dropped + 1);
+
+    let mut c = T::new(2, &[1, 3]);
+    c.input(Input::Command(Command::Leave));
+    assert_eq!(pings_to_3(&c.msg(1, req(1))), 0);
+    assert_eq!(c.swim.stats().dropped, 1);
+    assert_eq!(
+        c.swim.direct(&id(1), b"hi".to_vec(), false),
+        Err(CommandError::Left)
+    );
+}
+
 #[test]
 fn a_join_without_seeds_and_any_command_after_leaving_are_refused() {
     let mut a = T::new(1, &[2, 3]);

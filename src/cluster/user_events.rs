@@ -149,6 +149,22 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_holds_at_most_64_events_of_one_time() {
+        let o = NodeId::new("o").unwrap();
+        let mut e = UserEvents::new(4);
+        for d in 0..SLOT_EVENTS_MAX as u64 {
+            assert_eq!(e.observe(&o, 2, d), Verdict::Deliver, "event {d}");
+        }
+        assert_eq!(e.observe(&o, 2, 999), Verdict::TooOld, "the 65th");
+        assert_eq!(e.observe(&o, 2, 0), Verdict::Duplicate);
+        assert_eq!(
+            e.observe_query(&o, 2, 999),
+            Verdict::Deliver,
+            "queries apart"
+        );
+    }
+
+    #[test]
     fn queries_are_deduplicated_apart_from_events() {
         let o = NodeId::new("o").unwrap();
         let mut e = UserEvents::new(4);
