@@ -1869,6 +1869,36 @@ fn a_member_that_answers_at_its_old_address_is_not_moved() {
     assert_eq!(t.swim.stats().conflicts, 2);
 }
 
+/// At most MOVES_PENDING_MAX (64) moves wait on a probe of the old address; a claim past that
+/// is refused as a conflict, with no probe sent.
+#[test]
+fn pending_moves_are_bounded() {
+    let others: Vec<u8> = (2..=68).collect();
+    let mut t = T::new(1, &others);
+    for &i in &others[1..] {
+        fail(&mut t, i);
+    }
+    t.ms += 30_000;
+    let elsewhere = |i: u8| SocketAddr::from(([127, 0, 1, i], 7946));
+    for &i in &others[1..65] {
+        // n3 to n66
+        let out = t.msg(2, alive_at(i, 1, elsewhere(i)));
+        assert_eq!(pings_to(&out, addr(i)).len(), 1, "move of n{i} checked");
+    }
+    assert_eq!(t.swim.moves.len(), crate::cluster::merge::MOVES_PENDING_MAX);
+    assert_eq!(t.swim.stats().conflicts, 0);
+    let out = t.msg(2, alive_at(67, 1, elsewhere(67)));
+    assert!(pings_to(&out, addr(67)).is_empty());
+    assert_eq!(t.swim.stats().conflicts, 1);
+    // Silence for a probe period lets the 64 through; then there is room again.
+    let until = t.ms + 1_000;
+    t.fire_until(until);
+    assert_eq!(t.swim.member(&id(65)).unwrap().info.addr, elsewhere(65));
+    assert!(t.swim.moves.is_empty());
+    let out = t.msg(2, alive_at(68, 1, elsewhere(68)));
+    assert_eq!(pings_to(&out, addr(68)).len(), 1);
+}
+
 #[test]
 fn a_failed_members_name_is_reclaimed_only_after_dead_reclaim_time() {
     let mut t = T::new(1, &[2, 3]);
