@@ -118,6 +118,48 @@ fn remove_segments_but(dir: &Path, keep: &[&Path]) {
     }
 }
 
+/// What `dcore wal verify` and `dump` read: every record's index, type, offset, checksum
+/// and payload, in order, across segments.
+#[test]
+fn a_scan_visits_every_record_with_its_payload() {
+    let dir = tmp();
+    let log = Wal::open(dir.path(), small()).unwrap();
+    append_n(&log, 1, 60);
+    log.append(RecordType::new(7).unwrap(), b"seven").unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let mut seen = Vec::new();
+    let r = wal::scan(&wal::fs::OsFs, dir.path(), &mut |v| {
+        assert_eq!(
+            v.payload_crc,
+            crc32c::crc32c(v.payload),
+            "record {}",
+            v.index
+        );
+        seen.push((v.index, v.kind.get(), v.offset, v.payload.to_vec()));
+    })
+    .unwrap();
+    assert!(r.problem.is_none(), "{:?}", r.problem);
+    assert!(r.segments.len() > 1, "several segments");
+    assert_eq!(
+        (r.records, r.first_index(), r.last_index()),
+        (61, Some(1), Some(61))
+    );
+    assert_eq!(seen.len(), 61);
+    for (i, (index, kind, offset, bytes)) in seen.iter().enumerate() {
+        let i = i as u64 + 1;
+        assert_eq!(*index, i);
+        if i <= 60 {
+            assert_eq!((*kind, bytes), (RecordType::DATA.get(), &payload(i)));
+        } else {
+            assert_eq!((*kind, &bytes[..]), (7, &b"seven"[..]));
+        }
+        assert_eq!(offset % 8, 0);
+    }
+    let on_disk: u64 = (r.segments.iter()).map(|s| s.file_bytes).sum();
+    assert_eq!(r.bytes_scanned, on_disk);
+}
+
 #[test]
 fn cut_at_every_byte_of_the_last_record_keeps_exactly_the_complete_records() {
     let d = tmp();
