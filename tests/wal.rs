@@ -327,6 +327,41 @@ fn a_hole_or_a_repeat_is_corruption_even_at_the_tail() {
     }
 }
 
+/// A lost write: the next-to-last record zeroed whole. The one valid record after the hole
+/// makes it corruption in the middle, found at its exact offset, and open refuses the log
+/// instead of cutting the last record off as a torn tail.
+#[test]
+fn a_zeroed_record_before_the_last_is_found_by_the_look_ahead() {
+    let d = tmp();
+    let n = 100;
+    append_n(&open(d.path()).unwrap(), 1, n);
+    let locs = locate(d.path());
+    let (hole, last) = (locs[&(n - 1)].clone(), locs[&n].clone());
+    assert_eq!(hole.path, last.path, "the two last records share a segment");
+    assert_eq!(hole.end(), last.offset);
+    assert!(hole.end() - hole.offset >= 64, "a hole wider than a header");
+    let mut bytes = std::fs::read(&last.path).unwrap();
+    bytes[hole.offset as usize..hole.end() as usize].fill(0);
+    restore(&last.path, &bytes);
+    match open(d.path()) {
+        Err(WalError::Corrupt {
+            path,
+            offset,
+            what:
+                Corruption::Record {
+                    reason: BadRecord::StrayBytes,
+                    expected_index,
+                    valid_record_after,
+                },
+        }) => {
+            assert_eq!((path, offset), (last.path.clone(), hole.offset));
+            assert_eq!(expected_index, n - 1);
+            assert_eq!(valid_record_after, Some(last.offset));
+        }
+        other => panic!("a hole before the last record accepted: {other:?}"),
+    }
+}
+
 /// Appends until the disk is full; returns how many were acknowledged.
 fn fill_disk(log: &Wal) -> u64 {
     for i in 1..10_000 {
