@@ -362,6 +362,44 @@ fn a_zeroed_record_before_the_last_is_found_by_the_look_ahead() {
     }
 }
 
+/// A segment's first record, empty, claiming a later index (its header checksum made good):
+/// the look-ahead names that very record as the valid one after the problem (its first
+/// non-zero byte is its type, four bytes in, near the segment header).
+#[test]
+fn a_later_index_at_the_start_of_a_segment_is_named_at_its_offset() {
+    let d = tmp();
+    let log = open(d.path()).unwrap();
+    for _ in 0..3 {
+        log.append(RecordType::DATA, b"").unwrap();
+    }
+    drop(log);
+    let locs = locate(d.path());
+    let first = locs[&1].clone();
+    assert_eq!(first.offset, 32, "right after the segment header");
+    let mut bytes = std::fs::read(&first.path).unwrap();
+    let h = first.offset as usize;
+    bytes[h + 8..h + 16].copy_from_slice(&5u64.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[h..h + 20]);
+    bytes[h + 20..h + 24].copy_from_slice(&crc.to_le_bytes());
+    restore(&first.path, &bytes);
+    match open(d.path()) {
+        Err(WalError::Corrupt {
+            offset,
+            what:
+                Corruption::Record {
+                    reason: BadRecord::UnexpectedIndex { expected, found },
+                    valid_record_after,
+                    ..
+                },
+            ..
+        }) => {
+            assert_eq!((offset, expected, found), (32, 1, 5));
+            assert_eq!(valid_record_after, Some(32));
+        }
+        other => panic!("a record out of order accepted: {other:?}"),
+    }
+}
+
 /// Appends until the disk is full; returns how many were acknowledged.
 fn fill_disk(log: &Wal) -> u64 {
     for i in 1..10_000 {
