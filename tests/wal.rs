@@ -272,7 +272,14 @@ fn flipping_any_bit_of_the_tail_record_truncates_it() {
         let log = open(d.path()).unwrap_or_else(|e| panic!("bit {bit}: {e}"));
         check_prefix(&log, 39);
         let torn = log.recovery().torn_tail.clone().expect("a torn tail");
-        assert_eq!((torn.path, torn.offset), (l.path.clone(), l.offset));
+        assert_eq!((&torn.path, torn.offset), (&l.path, l.offset));
+        // Why (the record's own fault, not stray bytes), and how much was zeroed: at least
+        // the header (its checksum is never all zeros), at most the record.
+        assert_ne!(torn.reason, BadRecord::StrayBytes, "bit {bit}");
+        assert!(
+            (24..=l.end() - l.offset).contains(&torn.bytes),
+            "bit {bit}: {torn:?}"
+        );
         drop(log);
         restore(&l.path, &original);
     }
@@ -640,6 +647,19 @@ fn one_writer_per_directory_and_leftovers_are_cleaned() {
     assert_eq!(log.recovery().temp_files_removed, 1);
     assert!(!d.path().join("00000000000000000004.wal.tmp").exists());
     check_prefix(&log, 3);
+    drop(log);
+    // The removal is made durable: one more directory flush than an open with nothing to
+    // remove.
+    let dir_syncs = |temp: bool| {
+        if temp {
+            std::fs::write(d.path().join("00000000000000000004.wal.tmp"), b"x").unwrap();
+        }
+        let (plan, log) = faulty_small(d.path(), Durability::Never);
+        assert_eq!(log.recovery().temp_files_removed, usize::from(temp));
+        plan.synced_dirs().len()
+    };
+    let (without, with) = (dir_syncs(false), dir_syncs(true));
+    assert_eq!(with, without + 1);
 }
 
 #[test]
@@ -915,10 +935,15 @@ fn repair_of_a_clean_log_changes_nothing_and_a_dry_run_only_reports() {
     let locs = locate(d.path());
     let last = &locs[&40];
     let before = std::fs::read(&last.path).unwrap();
-    let mid = locs
-        .values()
-        .rfind(|l| l.path == last.path && l.offset < last.offset)
+    let (&mid_index, mid) = locs
+        .iter()
+        .rfind(|(_, l)| l.path == last.path && l.offset < last.offset)
         .unwrap();
+    assert!(
+        locs.values()
+            .any(|l| l.path == mid.path && l.offset < mid.offset),
+        "a record before it in its segment"
+    );
     flip(&mid.path, (mid.offset + 26) * 8);
     let damaged = std::fs::read(&last.path).unwrap();
     assert_ne!(before, damaged);
@@ -928,7 +953,11 @@ fn repair_of_a_clean_log_changes_nothing_and_a_dry_run_only_reports() {
         (p.path.as_path(), p.offset),
         (mid.path.as_path(), mid.offset)
     );
-    assert!(r.bytes_zeroed > 0 && r.segments_removed.is_empty());
+    assert!(r.segments_removed.is_empty());
+    // From the bad record to the end of the last one; the records before it in its segment
+    // are kept.
+    assert_eq!(r.bytes_zeroed, last.end() - mid.offset);
+    assert_eq!(r.last_index_kept, Some(mid_index - 1));
     assert_eq!(
         std::fs::read(&last.path).unwrap(),
         damaged,
