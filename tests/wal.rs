@@ -276,6 +276,12 @@ fn flipping_any_bit_of_the_tail_record_truncates_it() {
         // Why (the record's own fault, not stray bytes), and how much was zeroed: at least
         // the header (its checksum is never all zeros), at most the record.
         assert_ne!(torn.reason, BadRecord::StrayBytes, "bit {bit}");
+        let len = std::fs::metadata(&l.path).unwrap().len();
+        assert_eq!(
+            len,
+            original.len() as u64,
+            "bit {bit}: zeroed in place, not grown"
+        );
         assert!(
             (24..=l.end() - l.offset).contains(&torn.bytes),
             "bit {bit}: {torn:?}"
@@ -283,6 +289,35 @@ fn flipping_any_bit_of_the_tail_record_truncates_it() {
         drop(log);
         restore(&l.path, &original);
     }
+}
+
+/// A torn tail far into its segment is zeroed in place: the segment keeps its size and its
+/// bytes before the tail.
+#[test]
+fn a_torn_tail_is_zeroed_in_place() {
+    let d = tmp();
+    let log = open(d.path()).unwrap();
+    for i in 1..=3u8 {
+        log.append(RecordType::DATA, &[i; 1000]).unwrap();
+    }
+    drop(log);
+    let l = locate(d.path())[&3].clone();
+    assert!(l.offset > 2000, "{l:?}");
+    let original = std::fs::read(&l.path).unwrap();
+    let mut bytes = original.clone();
+    bytes[l.offset as usize + 500] ^= 1;
+    restore(&l.path, &bytes);
+    let log = open(d.path()).unwrap();
+    let torn = log.recovery().torn_tail.clone().expect("a torn tail");
+    assert_eq!((torn.offset, torn.bytes), (l.offset, l.end() - l.offset));
+    let after = std::fs::read(&l.path).unwrap();
+    assert_eq!(after.len(), original.len());
+    assert_eq!(after[..l.offset as usize], original[..l.offset as usize]);
+    assert!(after[l.offset as usize..].iter().all(|&b| b == 0));
+    assert_eq!(
+        wal_records(&log),
+        vec![(1, vec![1; 1000]), (2, vec![2; 1000])]
+    );
 }
 
 #[test]
