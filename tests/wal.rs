@@ -494,6 +494,63 @@ fn disk_full_during_append_loses_nothing_acknowledged_and_reopens_cleanly() {
     }
 }
 
+/// `segments_created` counts the first segment of a new log and every roll, never the
+/// segments an open found.
+#[test]
+fn segments_created_counts_new_segments_only() {
+    let d = tmp();
+    let log = open(d.path()).unwrap();
+    assert_eq!(log.stats().segments_created, 1, "a new log");
+    append_n(&log, 1, 3);
+    drop(log);
+    let log = open(d.path()).unwrap();
+    assert_eq!(log.stats().segments_created, 0, "one segment found");
+    append_n(&log, 4, 60);
+    let rolls = log.stats().segments_created;
+    drop(log);
+    let segments = locate(d.path())
+        .values()
+        .map(|l| l.path.clone())
+        .collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(rolls, segments.len() as u64 - 1);
+    assert_eq!(
+        open(d.path()).unwrap().stats().segments_created,
+        0,
+        "several found"
+    );
+}
+
+/// A segment larger than the preallocation chunk (1 MiB) and not a multiple of it is made
+/// exactly `segment_bytes` long.
+#[test]
+fn a_segment_is_preallocated_to_its_exact_size() {
+    let d = tmp();
+    let config = WalConfig {
+        segment_bytes: (1 << 20) + 4096,
+        ..small()
+    };
+    let log = Wal::open(d.path(), config).unwrap();
+    append_n(&log, 1, 3);
+    drop(log);
+    let seg = locate(d.path())[&1].path.clone();
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), (1 << 20) + 4096);
+}
+
+/// A failed flush names the operation and the segment it failed on (the active one).
+#[test]
+fn a_failed_flush_names_the_active_segment() {
+    let d = tmp();
+    let (plan, log) = faulty_small(d.path(), Durability::Never);
+    append_n(&log, 1, 60);
+    let active = locate(d.path())[&60].path.clone();
+    assert_ne!(active, locate(d.path())[&1].path, "not the first segment");
+    plan.fail_next_sync();
+    match log.sync() {
+        Err(WalError::Io { op, path, .. }) => assert_eq!((op, path), ("fsync", active)),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn a_failed_fsync_poisons_the_log_and_is_never_retried() {
     let d = tmp();
