@@ -587,6 +587,26 @@ fn truncate_suffix_is_refused_while_appends_are_in_flight() {
     assert_eq!(log.last_index(), 5);
 }
 
+/// With an interval flusher, closing the log stops it and flushes what is left, once; the
+/// log keeps the config it was opened with.
+#[test]
+fn closing_an_interval_log_flushes_what_is_left() {
+    let d = tmp();
+    let interval = Durability::Interval(Duration::from_secs(60));
+    let (plan, log) = faulty_small(d.path(), interval);
+    assert_eq!(
+        log.config(),
+        &WalConfig {
+            durability: interval,
+            ..small()
+        }
+    );
+    append_n(&log, 1, 3);
+    let before = plan.syncs();
+    drop(log);
+    assert_eq!(plan.syncs(), before + 1, "one flush at close");
+}
+
 /// A failed flush names the operation and the segment it failed on (the active one).
 #[test]
 fn a_failed_flush_names_the_active_segment() {
