@@ -607,6 +607,73 @@ fn closing_an_interval_log_flushes_what_is_left() {
     assert_eq!(plan.syncs(), before + 1, "one flush at close");
 }
 
+/// Every segment removed by a truncation is made durable with a flush of the directory.
+#[test]
+fn removing_segments_flushes_the_directory_each_time() {
+    let d = tmp();
+    let (plan, log) = faulty_small(d.path(), Durability::Never);
+    append_n(&log, 1, 150);
+    let segments = |d: &Path| {
+        (std::fs::read_dir(d).unwrap())
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("wal".as_ref()))
+            .count()
+    };
+    let n = segments(d.path());
+    assert!(n >= 4, "{n} segments");
+    let dir_syncs = || plan.synced_dirs().iter().filter(|p| *p == d.path()).count();
+    let before = dir_syncs();
+    let first = log.truncate_prefix(log.first_index() + 40).unwrap();
+    let dropped = n - segments(d.path());
+    assert!(dropped >= 1 && first > 1);
+    assert_eq!(dir_syncs(), before + dropped);
+    let (before, n) = (dir_syncs(), segments(d.path()));
+    log.truncate_suffix(first).unwrap();
+    assert_eq!(segments(d.path()), 1);
+    assert_eq!(dir_syncs(), before + n - 1);
+}
+
+/// Records fill a segment to its last byte, and a batch spanning several segments lays them
+/// out exactly as the same records appended one at a time.
+#[test]
+fn segments_are_filled_exactly_and_batches_lay_out_like_single_appends() {
+    // 32 header bytes + 4 records of 1016 bytes (992 of payload) = 4096.
+    let d = tmp();
+    let log = open(d.path()).unwrap();
+    for i in 0..5u8 {
+        log.append(RecordType::DATA, &[i + 1; 992]).unwrap();
+    }
+    drop(log);
+    let locs = locate(d.path());
+    assert_eq!(
+        locs[&4].path, locs[&1].path,
+        "the fourth fills the first segment"
+    );
+    assert_eq!(locs[&4].end(), 4096);
+    assert_ne!(locs[&5].path, locs[&1].path);
+
+    let one = tmp();
+    let batch = tmp();
+    let log = open(one.path()).unwrap();
+    append_n(&log, 1, 120);
+    drop(log);
+    let payloads: Vec<Vec<u8>> = (1..=120).map(payload).collect();
+    let records: Vec<(RecordType, &[u8])> = payloads
+        .iter()
+        .map(|p| (RecordType::DATA, &p[..]))
+        .collect();
+    let log = open(batch.path()).unwrap();
+    assert_eq!(log.append_batch(&records).unwrap(), 1..121);
+    drop(log);
+    let layout = |d: &Path| {
+        (locate(d).into_iter())
+            .map(|(i, l)| (i, l.path.file_name().unwrap().to_owned(), l.offset))
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (layout(one.path()), layout(batch.path()));
+    assert!(a.last().unwrap().1 != a[0].1, "several segments");
+    assert_eq!(a, b);
+}
+
 /// A failed flush names the operation and the segment it failed on (the active one).
 #[test]
 fn a_failed_flush_names_the_active_segment() {
