@@ -674,6 +674,51 @@ fn segments_are_filled_exactly_and_batches_lay_out_like_single_appends() {
     assert_eq!(a, b);
 }
 
+/// Truncating at a segment boundary: keeping the first record of the last segment keeps
+/// that segment; keeping only what is before it empties the segment in place (no file
+/// removed or created); later segments go whole.
+#[test]
+fn truncate_suffix_at_a_segment_boundary() {
+    let d = tmp();
+    let log = open(d.path()).unwrap();
+    append_n(&log, 1, 150);
+    let firsts = |d: &Path| {
+        let mut first_of = BTreeMap::new();
+        for (i, l) in locate(d) {
+            first_of.entry(l.path).or_insert(i);
+        }
+        let mut v: Vec<u64> = first_of.into_values().collect();
+        v.sort_unstable();
+        v
+    };
+    let seg_files = |d: &Path| {
+        (std::fs::read_dir(d).unwrap())
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("wal".as_ref()))
+            .count()
+    };
+    let before = firsts(d.path());
+    assert!(before.len() >= 4, "{before:?}");
+    let (third, fourth) = (before[2], before[3]);
+    // Keep the first record of the fourth segment: the fourth stays, later ones go.
+    log.truncate_suffix(fourth).unwrap();
+    assert_eq!(log.last_index(), fourth);
+    assert_eq!(seg_files(d.path()), 4);
+    // Keep everything before it: the fourth is emptied, not removed.
+    log.truncate_suffix(fourth - 1).unwrap();
+    assert_eq!(log.last_index(), fourth - 1);
+    assert_eq!(seg_files(d.path()), 4);
+    check_prefix(&log, fourth - 1);
+    // And before the third's first: the fourth goes, the third is emptied.
+    log.truncate_suffix(third - 1).unwrap();
+    assert_eq!(seg_files(d.path()), 3);
+    assert_eq!(
+        log.append(RecordType::DATA, &payload(third)).unwrap(),
+        third
+    );
+    drop(log);
+    check_prefix(&open(d.path()).unwrap(), third);
+}
+
 /// A failed flush names the operation and the segment it failed on (the active one).
 #[test]
 fn a_failed_flush_names_the_active_segment() {
