@@ -719,6 +719,34 @@ fn truncate_suffix_at_a_segment_boundary() {
     check_prefix(&open(d.path()).unwrap(), third);
 }
 
+/// A record damaged on disk under an open log, met by a truncation that reads up to it:
+/// refused as corruption naming the record's own fault, and the log is poisoned.
+#[test]
+fn a_truncation_that_meets_a_damaged_record_names_it() {
+    let d = tmp();
+    let log = open(d.path()).unwrap();
+    append_n(&log, 1, 40);
+    let l = locate(d.path())[&38].clone();
+    flip(&l.path, (l.offset + 30) * 8);
+    match log.truncate_suffix(39) {
+        Err(WalError::Corrupt {
+            path,
+            offset,
+            what:
+                Corruption::Record {
+                    reason: BadRecord::PayloadChecksum,
+                    expected_index: 38,
+                    ..
+                },
+        }) => assert_eq!((path, offset), (l.path.clone(), l.offset)),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        log.append(RecordType::DATA, b"x"),
+        Err(WalError::Poisoned(_))
+    ));
+}
+
 /// A failed flush names the operation and the segment it failed on (the active one).
 #[test]
 fn a_failed_flush_names_the_active_segment() {
