@@ -551,42 +551,6 @@ fn figures_hold_one_duration_per_flush() {
     assert!(f.fsync_duration.sum_seconds() >= 0.010, "{f:?}");
 }
 
-/// A truncation while appends are in flight (one being flushed, one waiting for it) is
-/// refused, and the appends all land.
-#[test]
-fn truncate_suffix_is_refused_while_appends_are_in_flight() {
-    let d = tmp();
-    let (plan, log) = faulty_small(d.path(), Durability::Always);
-    append_n(&log, 1, 3);
-    plan.set_sync_delay(Duration::from_millis(500));
-    let log = Arc::new(log);
-    let batches = log.stats().batches;
-    let a = std::thread::spawn({
-        let log = log.clone();
-        move || log.append(RecordType::DATA, b"a").unwrap()
-    });
-    // A leads and is in its flush (its batch is counted before the flush).
-    let mut waited = 0;
-    while log.stats().batches == batches {
-        assert!(waited < 5_000, "A never wrote");
-        std::thread::sleep(Duration::from_millis(1));
-        waited += 1;
-    }
-    let b = std::thread::spawn({
-        let log = log.clone();
-        move || log.append(RecordType::DATA, b"b").unwrap()
-    });
-    // B's records wait behind A's flush (500 ms); the truncation comes meanwhile.
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(matches!(
-        log.truncate_suffix(1),
-        Err(WalError::AppendsInFlight)
-    ));
-    let (ia, ib) = (a.join().unwrap(), b.join().unwrap());
-    assert_eq!((ia, ib), (4, 5));
-    assert_eq!(log.last_index(), 5);
-}
-
 /// With an interval flusher, closing the log stops it and flushes what is left, once; the
 /// log keeps the config it was opened with.
 #[test]

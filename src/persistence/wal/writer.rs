@@ -657,3 +657,27 @@ impl Inner {
         Ok(off as u64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records submitted and not yet acknowledged make a truncation wait for them: it is
+    /// refused, and the append lands once waited for. (From outside the crate the state is a
+    /// race: a leader may finish first, and then the truncation is rightly allowed.)
+    #[test]
+    fn truncate_suffix_is_refused_while_appends_are_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Wal::open(dir.path(), WalConfig::for_test()).unwrap();
+        log.append(RecordType::DATA, b"one").unwrap();
+        let ticket = log.submit(&[(RecordType::DATA, b"two")]).unwrap();
+        assert!(matches!(
+            log.truncate_suffix(0),
+            Err(WalError::AppendsInFlight)
+        ));
+        log.wait(&ticket).unwrap();
+        assert_eq!(log.last_index(), 2);
+        log.truncate_suffix(1).unwrap();
+        assert_eq!(log.last_index(), 1);
+    }
+}
