@@ -383,7 +383,7 @@ impl Message {
         }
     }
 
-    /// A short name for counters and traces (see [`msg_type::name`]).
+    /// A short name for counters and traces (the name of its type byte).
     pub fn kind(&self) -> &'static str {
         msg_type::name(self.msg_type()).unwrap_or("unknown")
     }
