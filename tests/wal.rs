@@ -442,6 +442,13 @@ fn a_later_index_at_the_start_of_a_segment_is_named_at_its_offset() {
     }
 }
 
+/// Segment files in `dir`.
+fn segment_files(dir: &Path) -> usize {
+    (std::fs::read_dir(dir).unwrap())
+        .filter(|e| e.as_ref().unwrap().path().extension() == Some("wal".as_ref()))
+        .count()
+}
+
 /// Appends until the disk is full; returns how many were acknowledged.
 fn fill_disk(log: &Wal) -> u64 {
     for i in 1..10_000 {
@@ -577,22 +584,17 @@ fn removing_segments_flushes_the_directory_each_time() {
     let d = tmp();
     let (plan, log) = faulty_small(d.path(), Durability::Never);
     append_n(&log, 1, 150);
-    let segments = |d: &Path| {
-        (std::fs::read_dir(d).unwrap())
-            .filter(|e| e.as_ref().unwrap().path().extension() == Some("wal".as_ref()))
-            .count()
-    };
-    let n = segments(d.path());
+    let n = segment_files(d.path());
     assert!(n >= 4, "{n} segments");
     let dir_syncs = || plan.synced_dirs().iter().filter(|p| *p == d.path()).count();
     let before = dir_syncs();
     let first = log.truncate_prefix(log.first_index() + 40).unwrap();
-    let dropped = n - segments(d.path());
+    let dropped = n - segment_files(d.path());
     assert!(dropped >= 1 && first > 1);
     assert_eq!(dir_syncs(), before + dropped);
-    let (before, n) = (dir_syncs(), segments(d.path()));
+    let (before, n) = (dir_syncs(), segment_files(d.path()));
     log.truncate_suffix(first).unwrap();
-    assert_eq!(segments(d.path()), 1);
+    assert_eq!(segment_files(d.path()), 1);
     assert_eq!(dir_syncs(), before + n - 1);
 }
 
@@ -646,19 +648,10 @@ fn truncate_suffix_at_a_segment_boundary() {
     let d = tmp();
     let log = open(d.path()).unwrap();
     append_n(&log, 1, 150);
+    // The first index of each segment, from the scan `dcore wal verify` uses.
     let firsts = |d: &Path| {
-        let mut first_of = BTreeMap::new();
-        for (i, l) in locate(d) {
-            first_of.entry(l.path).or_insert(i);
-        }
-        let mut v: Vec<u64> = first_of.into_values().collect();
-        v.sort_unstable();
-        v
-    };
-    let seg_files = |d: &Path| {
-        (std::fs::read_dir(d).unwrap())
-            .filter(|e| e.as_ref().unwrap().path().extension() == Some("wal".as_ref()))
-            .count()
+        let r = wal::scan(&wal::fs::OsFs, d, &mut |_| {}).unwrap();
+        r.segments.iter().map(|s| s.first_index).collect::<Vec<_>>()
     };
     let before = firsts(d.path());
     assert!(before.len() >= 4, "{before:?}");
@@ -666,15 +659,15 @@ fn truncate_suffix_at_a_segment_boundary() {
     // Keep the first record of the fourth segment: the fourth stays, later ones go.
     log.truncate_suffix(fourth).unwrap();
     assert_eq!(log.last_index(), fourth);
-    assert_eq!(seg_files(d.path()), 4);
+    assert_eq!(segment_files(d.path()), 4);
     // Keep everything before it: the fourth is emptied, not removed.
     log.truncate_suffix(fourth - 1).unwrap();
     assert_eq!(log.last_index(), fourth - 1);
-    assert_eq!(seg_files(d.path()), 4);
+    assert_eq!(segment_files(d.path()), 4);
     check_prefix(&log, fourth - 1);
     // And before the third's first: the fourth goes, the third is emptied.
     log.truncate_suffix(third - 1).unwrap();
-    assert_eq!(seg_files(d.path()), 3);
+    assert_eq!(segment_files(d.path()), 3);
     assert_eq!(
         log.append(RecordType::DATA, &payload(third)).unwrap(),
         third
