@@ -540,6 +540,65 @@ mod tests {
     }
 
     #[test]
+    fn an_item_keyed_by_its_subject_stores_no_second_key_and_keys_hash_apart() {
+        use crate::cluster::message::{Query, Suspect, UserEvent};
+        // The queue's size rests on these: a claim, event or query queued under the key its
+        // message names is stored without a copy of that key (the key is read back from the
+        // message), and the key index spreads keys over buckets (a constant hash would still
+        // find every key, one long probe at a time).
+        let a = NodeId::new("a").unwrap();
+        let items = [
+            (BroadcastKey::Member(a.clone()), dead("a", 1).1),
+            (
+                BroadcastKey::Member(a.clone()),
+                Message::Suspect(Suspect {
+                    incarnation: Incarnation(1),
+                    node: a.clone(),
+                    from: a.clone(),
+                }),
+            ),
+            (
+                BroadcastKey::Event(a.clone(), 5),
+                Message::UserEvent(Box::new(UserEvent {
+                    ltime: 5,
+                    origin: a.clone(),
+                    wall_ms: 0,
+                    name: "e".into(),
+                    payload: Vec::new(),
+                })),
+            ),
+            (
+                BroadcastKey::Query(a.clone(), 9),
+                Message::Query(Box::new(Query {
+                    ltime: 1,
+                    id: 9,
+                    origin: a.clone(),
+                    filters: Vec::new(),
+                    ack: false,
+                    relay_factor: 0,
+                    timeout_ms: 1000,
+                    name: "q".into(),
+                    payload: Vec::new(),
+                })),
+            ),
+        ];
+        for (key, msg) in items {
+            let stored = Stored::new(key.clone(), msg);
+            assert!(
+                matches!(&stored, Stored::Other(b) if b.1.is_none()),
+                "{key:?} stored again beside its message"
+            );
+            assert_eq!(stored.key(), key.borrowed());
+        }
+        let ids: Vec<NodeId> = (0..1000)
+            .map(|i| NodeId::new(&format!("member-{i}")).unwrap())
+            .collect();
+        let hashes: std::collections::HashSet<u64> =
+            ids.iter().map(|id| hash(KeyRef::Member(id))).collect();
+        assert_eq!(hashes.len(), ids.len(), "distinct keys share a hash");
+    }
+
+    #[test]
     fn bound_drops_most_sent() {
         let mut q = BroadcastQueue::new(2);
         let (ka, a) = dead("a", 0);
