@@ -228,15 +228,14 @@ impl Config {
         }
     }
 
-    /// One host (loopback): short timeouts, after memberlist's local preset.
+    /// One host (loopback): short timeouts, after memberlist's local preset; suspicion and join
+    /// syncs as on a LAN.
     pub fn local() -> Self {
         Config {
             probe_interval: Duration::from_millis(200),
             probe_timeout: Duration::from_millis(100),
-            suspicion_mult: 3,
             gossip_interval: Duration::from_millis(100),
             push_pull_interval: Duration::from_secs(15),
-            join_sync_interval: Duration::from_millis(250),
             reconnect_interval: Duration::from_secs(5),
             ..Config::lan()
         }
@@ -648,6 +647,78 @@ mod tests {
             (65_536, 4),
         ] {
             assert_eq!(c.push_pull_interval_for(n), base * mult, "n={n}");
+        }
+    }
+
+    /// The settings a passage of docs/operations.md names, as TOML: each field's first mention
+    /// and the value written after it (`500ms`, `1 MiB`, `true`, `[]`).
+    fn documented(passage: &str) -> String {
+        let fields = toml::Value::try_from(Config::lan()).unwrap();
+        let fields = fields.as_table().unwrap();
+        let pieces: Vec<&str> = passage.split('`').collect();
+        let mut seen = std::collections::HashSet::new();
+        let mut text = String::new();
+        for (i, name) in pieces.iter().enumerate().skip(1).step_by(2) {
+            if !fields.contains_key(*name) || !seen.insert(*name) {
+                continue;
+            }
+            let after = pieces.get(i + 1).copied().unwrap_or("");
+            let value = after
+                .split([',', '(', '.', ';'])
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let value = match value.strip_suffix(" MiB") {
+                Some(n) => (n.parse::<u64>().unwrap() << 20).to_string(),
+                None if value.ends_with(|c: char| c.is_ascii_alphabetic())
+                    && value.starts_with(|c: char| c.is_ascii_digit()) =>
+                {
+                    format!("\"{value}\"")
+                }
+                None => value,
+            };
+            text += &format!("{name} = {value}\n");
+        }
+        text
+    }
+
+    /// docs/operations.md gives every default and each preset's changes; they are the code's.
+    #[test]
+    fn documented_defaults_and_presets_are_the_codes() {
+        let doc = include_str!("../../docs/operations.md");
+        let defaults = doc
+            .split("`[protocol]` (defaults are the LAN preset")
+            .nth(1)
+            .unwrap()
+            .split("\n\n")
+            .next()
+            .unwrap();
+        let text = documented(defaults);
+        let all = toml::Value::try_from(Config::lan()).unwrap();
+        assert_eq!(
+            text.lines().count(),
+            all.as_table().unwrap().len(),
+            "a field without its default in docs/operations.md:\n{text}"
+        );
+        assert_eq!(
+            toml::from_str::<Config>(&text).unwrap(),
+            Config::lan(),
+            "{text}"
+        );
+        for name in ["wan", "local"] {
+            let marker = format!("\n- `{name}` (");
+            let passage = doc
+                .split(&marker)
+                .nth(1)
+                .unwrap()
+                .split("\n- ")
+                .next()
+                .unwrap();
+            // Fields left out of a `[protocol]` table take the LAN default.
+            let preset: Config = toml::from_str(&documented(passage)).unwrap();
+            assert_eq!(Config::preset(name).unwrap(), preset, "preset {name}");
         }
     }
 
