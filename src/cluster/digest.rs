@@ -170,6 +170,28 @@ mod tests {
         );
     }
 
+    /// The layout is part of the wire format (the module doc, `docs/protocol.md`): a digest
+    /// this build writes must be read the same by every other build.
+    #[test]
+    fn the_layout_is_the_documented_one() {
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        // The expected values were computed apart from this code, by a few lines of Python that
+        // follow the module doc's formula.
+        assert_eq!(mix(1), 0x5692_161d_100b_05e5, "SplitMix64's finaliser");
+        let d = Digest::build(0x0123_4567_89AB_CDEF, 100, keys(5, 1));
+        assert_eq!(
+            hex(&d.bits),
+            "00000000000000000000000200040080000000000000000002400000000000040800001001340000\
+             08000000004000200000000000000000000000000000000000000000000000000000000000000000"
+        );
+        let mut five = Digest::build(42, 20, std::iter::empty());
+        five.hashes = DIGEST_HASHES_MAX;
+        assert_eq!(
+            five.place(row_key("node-1", 7, MemberState::Left)),
+            (8, 1_443_403_680_639_352_896)
+        );
+    }
+
     #[test]
     fn odd_digests_from_the_wire_are_refused_or_harmless() {
         let mut d = Digest::build(0, 0, std::iter::empty());
@@ -183,6 +205,8 @@ mod tests {
         assert!(!d.is_valid(64));
         d.bits = vec![0xFF; 72];
         assert!(!d.is_valid(64), "too long");
+        d.bits = vec![0xFF; 64];
+        assert!(d.is_valid(64), "as long as allowed");
         d.bits = vec![0xFF; 7];
         assert!(!d.is_valid(64), "not one whole block");
         assert!(!d.contains(1), "and holds nothing");
