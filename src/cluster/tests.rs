@@ -2318,3 +2318,110 @@ fn an_ack_with_the_targets_coordinate_moves_ours_and_nothing_else_does() {
         "{p:?}"
     );
 }
+
+#[test]
+fn coordinates_are_kept_per_member_while_it_is_known_and_only_when_on() {
+    use crate::cluster::vivaldi::Coordinate;
+    let far = Coordinate {
+        vec: [0.05, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        error: 0.2,
+        ..Coordinate::default()
+    };
+    let acked = |t: &mut T, coord: &Coordinate| {
+        let (to, seq) = probe_ping(&t.timer(Timer::ProbeTick));
+        t.ms += 40;
+        t.input(Input::Packet {
+            from: to,
+            msgs: vec![
+                Message::Ack(Ack { seq }),
+                Message::Coord(Box::new(coord.clone())),
+            ],
+        });
+        octet(to)
+    };
+    // Off: a peer's coordinate behind its ack is not taken.
+    let off = Config {
+        coordinates: false,
+        ..Config::lan()
+    };
+    let mut t = T::with(off, 1, &[2]);
+    let start = t.swim.coordinate();
+    acked(&mut t, &far);
+    assert_eq!(t.swim.coordinate(), start);
+    assert_eq!(t.swim.stats().coordinate_updates, 0);
+    assert_eq!(t.swim.coordinates().count(), 0);
+    // On: kept by name while the member is in the table, forgotten once it is reaped.
+    let cfg = Config {
+        dead_retention: Duration::from_secs(60),
+        ..Config::lan()
+    };
+    let mut t = T::with(cfg, 1, &[2, 3]);
+    let i = acked(&mut t, &far);
+    assert_eq!(
+        t.swim.coordinates().collect::<Vec<_>>(),
+        vec![(&id(i), &far)]
+    );
+    fail(&mut t, i);
+    t.fire_until(t.ms + 40_000);
+    assert_eq!(
+        t.swim.coordinates().count(),
+        1,
+        "kept while the member is known"
+    );
+    t.fire_until(t.ms + 50_000);
+    assert!(t.state(i).is_none(), "reaped after dead_retention");
+    t.fire_until(t.ms + 10_000);
+    assert_eq!(
+        t.swim.coordinates().count(),
+        0,
+        "forgotten after it is reaped"
+    );
+    assert_eq!(t.swim.rtt_estimate(&id(i)), None);
+}
+
+#[test]
+fn an_ack_carries_our_coordinate_whenever_it_fits_and_stays_within_the_packet() {
+    let coord_len = packet_len(&[Message::Coord(Box::new(Default::default()))]) - packet_len(&[]);
+    let mut seen_at_edge = false;
+    for budget in 512..700 {
+        let cfg = Config {
+            packet_bytes_max: budget,
+            tags_bytes_max: 256,
+            user_event_bytes_max: 256,
+            ..Config::lan()
+        };
+        let mut t = T::with(cfg, 1, &[2]);
+        for ltime in 1..=60 {
+            t.msg(2, user_event(ltime, 2, "e"));
+        }
+        let p = packets(&t.msg(2, ping(7, 1, 2)));
+        let msgs = &p[0].1;
+        let len = packet_len(msgs);
+        assert!(len <= budget, "{len} bytes in a budget of {budget}");
+        let with_coord = matches!(msgs.last(), Some(Message::Coord(_)));
+        let without = if with_coord {
+            packet_len(&msgs[..msgs.len() - 1])
+        } else {
+            len
+        };
+        assert_eq!(
+            with_coord,
+            without + coord_len <= budget,
+            "budget {budget}: {without} bytes before the coordinate"
+        );
+        seen_at_edge |= with_coord && len == budget;
+    }
+    assert!(seen_at_edge, "no budget the coordinate filled exactly");
+    // A packet full of gossip (255 messages) has no room for it.
+    let cfg = Config {
+        packet_bytes_max: 65_000,
+        ..Config::lan()
+    };
+    let mut t = T::with(cfg, 1, &[2]);
+    for ltime in 1..=300 {
+        t.msg(2, user_event(ltime, 2, "e"));
+    }
+    let p = packets(&t.msg(2, ping(7, 1, 2)));
+    assert_eq!(p[0].1.len(), PACKET_MESSAGES_MAX);
+    assert!(!p[0].1.iter().any(|m| matches!(m, Message::Coord(_))));
+}
