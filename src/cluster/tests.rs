@@ -2220,7 +2220,16 @@ fn a_direct_message_is_delivered_only_from_its_senders_address() {
     fail(&mut t, 3);
     assert!(events(&t.msg(3, direct(3, b"late"))).is_empty());
     assert_eq!(t.swim.stats().direct_refused, 3);
-    // Over the limit: counted as such.
+    // At the limit: delivered; over it: counted as such.
+    let most = vec![0; t.swim.config().direct_bytes_max];
+    assert_eq!(
+        events(&t.input(Input::Stream {
+            from: addr(2),
+            msg: direct(2, &most)
+        }))
+        .len(),
+        1
+    );
     let big = vec![0; t.swim.config().direct_bytes_max + 1];
     assert!(events(&t.input(Input::Stream {
         from: addr(2),
@@ -2228,7 +2237,7 @@ fn a_direct_message_is_delivered_only_from_its_senders_address() {
     }))
     .is_empty());
     assert_eq!(t.swim.stats().over_limit, 1);
-    assert_eq!(t.swim.stats().direct_in, 2);
+    assert_eq!(t.swim.stats().direct_in, 3);
     // Nothing is sent in answer.
     assert!(packets(&t.msg(2, direct(2, b"quiet"))).is_empty());
 }
