@@ -316,6 +316,51 @@ mod tests {
     }
 
     #[test]
+    fn names_with_the_same_crc_are_told_apart_and_crcs_spread_over_the_index() {
+        // Any peer picks its name: two names whose crc32c is equal (found by search) must
+        // still be two rows, each found by its own name.
+        let (a, b) = ("node-1371838", "node-2000402");
+        assert_eq!(super::super::digest::name_hash(a), 0xec42_7a2f);
+        assert_eq!(super::super::digest::name_hash(b), 0xec42_7a2f);
+        let mut t = Members::default();
+        t.insert(member(a, MemberState::Alive, 1));
+        t.insert(member(b, MemberState::Dead, 2));
+        for (name, state) in [(a, MemberState::Alive), (b, MemberState::Dead)] {
+            let id = NodeId::new(name).unwrap();
+            assert_eq!(t.get(&id).map(|m| (m.id(), m.state)), Some((&id, state)));
+        }
+        // The index takes its 7-bit tag from the top of the hash: nearby crcs spread over it
+        // (all in one bucket, every lookup would still succeed, one long probe at a time).
+        let tags: std::collections::HashSet<u64> = (0..1000).map(|c| hash_crc(c) >> 57).collect();
+        assert_eq!(tags.len(), 128);
+    }
+
+    #[test]
+    fn a_growing_table_reallocates_about_thirty_times_for_ten_thousand_rows() {
+        let mut t = Members::default();
+        let mut reallocations = 0;
+        for i in 0..10_000 {
+            let before = t.rows.capacity();
+            t.insert(member(&format!("n{i}"), MemberState::Alive, 0));
+            reallocations += usize::from(t.rows.capacity() != before);
+        }
+        // 16 rows, then a quarter more each time: about 30 steps to 10,000 (16 rows at a time
+        // would be 625; one at a time 10,000).
+        assert!((25..=35).contains(&reallocations), "{reallocations}");
+    }
+
+    #[test]
+    fn sampling_nothing_or_from_nothing_draws_nothing() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let empty = Members::default();
+        assert!(empty.sample(&mut rng, 3, |_| true).is_empty());
+        let mut t = Members::default();
+        t.insert(member("a", MemberState::Alive, 0));
+        assert!(t.sample(&mut rng, 0, |_| true).is_empty());
+        assert_eq!(t.sample(&mut rng, 1, |_| true), vec![0]);
+    }
+
+    #[test]
     fn eviction_drops_the_longest_down_and_keeps_the_index_right() {
         let mut t = Members::default();
         let me = NodeId::new("me").unwrap();
