@@ -2390,7 +2390,7 @@ fn coordinates_are_kept_per_member_while_it_is_known_and_only_when_on() {
 
 #[test]
 fn an_ack_carries_our_coordinate_whenever_it_fits_and_stays_within_the_packet() {
-    let coord_len = packet_len(&[Message::Coord(Box::new(Default::default()))]) - packet_len(&[]);
+    let coord_len = packet_len(&[Message::Coord(Box::default())]) - packet_len(&[]);
     let mut seen_at_edge = false;
     for budget in 512..700 {
         let cfg = Config {

@@ -141,13 +141,6 @@ fn magnitude(v: &[f64; DIMENSIONS]) -> f64 {
 }
 
 impl Point {
-    fn is_valid(&self) -> bool {
-        self.vec.iter().all(|v| v.is_finite())
-            && self.error.is_finite()
-            && self.adjustment.is_finite()
-            && self.height.is_finite()
-    }
-
     /// Euclidean distance plus both heights.
     fn raw_distance_to(&self, other: &Point) -> f64 {
         let mut diff = [0.0; DIMENSIONS];
@@ -254,16 +247,13 @@ impl Vivaldi {
         self.adjustment_next = (self.adjustment_next + 1) % ADJUSTMENT_WINDOW;
         self.me.adjustment =
             self.adjustment_samples.iter().sum::<f64>() / (2.0 * ADJUSTMENT_WINDOW as f64);
-        // Gravity towards the origin.
-        let origin = Point::from(&Coordinate {
-            error: 0.0,
-            height: 0.0,
-            ..Coordinate::default()
-        });
+        // Gravity towards the origin (serf's: a new node's coordinate).
+        let origin = Point::from(&Coordinate::default());
         let from_origin = self.me.distance_to(&origin);
         let pull = -(from_origin / GRAVITY_RHO).powi(2);
         self.me.apply_force(pull, &origin, rng);
-        if !self.me.is_valid() || !Coordinate::from(&self.me).is_plausible() {
+        // Not finite in f64 is not finite in f32 either: plausibility covers both.
+        if !Coordinate::from(&self.me).is_plausible() {
             *self = Vivaldi {
                 resets: self.resets + 1,
                 updates: self.updates,
@@ -424,6 +414,153 @@ mod tests {
         assert_eq!(results.last(), Some(&false));
         assert_eq!(v.updates, 50 + results.len() as u64 - 1);
         assert_eq!(v.coordinate(), Coordinate::default());
+    }
+
+    fn close(got: f64, want: f64, what: &str) {
+        assert!((got - want).abs() <= 1e-12, "{what}: {got} against {want}");
+    }
+
+    /// Serf's algorithm step by step: the expected values come from a separate implementation
+    /// written from serf's code (`tests/fixtures/vivaldi_reference.py`).
+    #[test]
+    fn updates_move_the_coordinate_as_serfs_client_does() {
+        let peer = |vec: &[f32], error: f32, adjustment: f32, height: f32| {
+            let mut c = Coordinate {
+                error,
+                adjustment,
+                height,
+                ..Coordinate::default()
+            };
+            c.vec[..vec.len()].copy_from_slice(vec);
+            c
+        };
+        let p = |e: i32| 2f32.powi(e);
+        let peers = [
+            peer(&[p(-7)], 0.5, p(-10), p(-13)),
+            peer(&[-p(-6), p(-7)], 0.25, -p(-11), p(-12)),
+            peer(&[0.0, 0.0, p(-5)], 1.0, 0.0, p(-14)),
+            peer(&[p(-8); DIMENSIONS], 0.125, p(-11), p(-13)),
+        ];
+        let rtts_us = [23_000, 41_000, 67_000, 12_500, 8_000, 150_000, 31_250];
+        #[allow(clippy::type_complexity)]
+        let want: [(usize, [f64; 3], [f64; 3]); 4] = [
+            (
+                1,
+                [-0.0026397871940449904, 0.0, 0.0],
+                [
+                    1.3335233738132006,
+                    0.0003092754120198796,
+                    5.462559911908455e-05,
+                ],
+            ),
+            (
+                2,
+                [0.0020011256035101744, -0.002792185739902968, 0.0],
+                [
+                    1.1848758390038194,
+                    0.0008098777899331486,
+                    0.00016140456400055945,
+                ],
+            ),
+            (
+                3,
+                [
+                    0.0022991076568266763,
+                    -0.003207962360100068,
+                    -0.004653364809467786,
+                ],
+                [
+                    1.094105515995446,
+                    0.001575497620022269,
+                    0.00019452746776779932,
+                ],
+            ),
+            (
+                40,
+                [
+                    0.022946232466076452,
+                    -0.016980159132170693,
+                    -0.0008736381230994182,
+                ],
+                [1.5, -0.0006334726296556915, 0.0008472860434399119],
+            ),
+        ];
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut v = Vivaldi::default();
+        let mut checks = want.iter();
+        let mut next = checks.next();
+        for i in 0..40 {
+            let rtt = Duration::from_micros(rtts_us[i % 7]);
+            assert!(v.update(&peers[i % 4], rtt, &mut rng));
+            if let Some((after, vec, [error, adjustment, height])) = next {
+                if *after == i + 1 {
+                    for (d, want) in vec.iter().enumerate() {
+                        close(v.me.vec[d], *want, &format!("vec[{d}] after {after}"));
+                    }
+                    // Past the third, every dimension moves by the fourth peer's pushes alike.
+                    let rest = if *after == 40 {
+                        0.001870957046615906
+                    } else {
+                        0.0
+                    };
+                    for d in 3..DIMENSIONS {
+                        close(v.me.vec[d], rest, &format!("vec[{d}] after {after}"));
+                    }
+                    close(v.me.error, *error, &format!("error after {after}"));
+                    close(
+                        v.me.adjustment,
+                        *adjustment,
+                        &format!("adjustment after {after}"),
+                    );
+                    close(v.me.height, *height, &format!("height after {after}"));
+                    next = checks.next();
+                }
+            }
+        }
+        assert!(next.is_none());
+        assert_eq!((v.updates, v.resets), (40, 0));
+    }
+
+    /// On top of a peer the first push takes a random direction (as serf's): its length, the
+    /// error, adjustment and height are known, and the direction differs from draw to draw.
+    #[test]
+    fn a_peer_on_top_of_us_pushes_us_off_in_a_random_direction() {
+        let other = Coordinate {
+            error: 0.5,
+            height: 2f32.powi(-12),
+            ..Coordinate::default()
+        };
+        other.vec.iter().for_each(|&x| assert_eq!(x, 0.0));
+        let mut signs = std::collections::HashSet::new();
+        for seed in 0..16 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut v = Vivaldi::default();
+            assert!(v.update(&other, Duration::from_millis(20), &mut rng));
+            let len = v.me.vec.iter().map(|x| x * x).sum::<f64>().sqrt();
+            close(len, 0.0037023478771830774, "length");
+            close(v.me.error, 1.4038674316429933, "error");
+            close(v.me.adjustment, 0.00040108776855981887, "adjustment");
+            close(v.me.height, 1e-5, "height");
+            signs.extend(v.me.vec.iter().map(|x| x.is_sign_positive()));
+        }
+        assert_eq!(signs.len(), 2, "every draw pushed the same way");
+    }
+
+    /// The adjustments count only while the adjusted distance stays positive; at zero the raw
+    /// distance is the estimate.
+    #[test]
+    fn a_distance_adjusted_to_zero_falls_back_to_the_raw_distance() {
+        let mut a = Coordinate {
+            adjustment: -0.5,
+            height: 0.25,
+            ..Coordinate::default()
+        };
+        let mut b = a.clone();
+        b.vec[0] = 0.5;
+        assert_eq!(a.rtt_to(&b), Duration::from_secs(1));
+        a.adjustment = -0.25;
+        b.adjustment = -0.5;
+        assert_eq!(a.rtt_to(&b), Duration::from_millis(250));
     }
 
     #[test]
