@@ -447,6 +447,17 @@ mod tests {
         let used = q.pick(20, 0, 10, 5, &mut out);
         assert_eq!(out, vec![Message::Ack(Ack { seq: 1 })]);
         assert!(used <= 20);
+        // The smallest item still goes into the last bytes it fits exactly.
+        let ack = Message::Ack(Ack { seq: 300 });
+        let len = item_len(ack.encoded_len());
+        assert_eq!(len, ITEM_BYTES_MIN);
+        q.push(
+            BroadcastKey::Event(NodeId::new("o").unwrap(), 2),
+            ack.clone(),
+        );
+        out.clear();
+        assert_eq!(q.pick(len, 0, 10, 5, &mut out), len);
+        assert_eq!(out, vec![ack]);
     }
 
     #[test]
