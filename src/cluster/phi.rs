@@ -710,6 +710,28 @@ mod tests {
         assert_close(fd.phi(ms(3000)), phi1, 0.001, "phi after window turnover");
     }
 
+    /// Past about 65,000 intervals near the largest size, n·Σx² no longer fits in u128 and the
+    /// deviation is computed in floating point: still right.
+    #[test]
+    fn a_huge_window_of_huge_intervals_falls_back_to_floating_point() {
+        let mut h = History::new(100_000);
+        let big = INTERVAL_MAX_NANOS;
+        for i in 0..100_000u64 {
+            h.push(if i % 2 == 0 { big } else { big / 2 });
+        }
+        assert!(
+            100_000u128.checked_mul(h.sum_sq).is_none(),
+            "the exact path"
+        );
+        let big = big as f64;
+        assert_eq!(h.mean(), Some(0.75 * big));
+        let sd = h.std_dev().unwrap();
+        assert!((sd - 0.25 * big).abs() <= 1e-9 * big, "{sd}");
+        let mut flat = History::new(100_000);
+        (0..70_000).for_each(|_| flat.push(INTERVAL_MAX_NANOS));
+        assert_eq!(flat.std_dev(), Some(0.0));
+    }
+
     #[test]
     fn history_statistics_match_akka() {
         // AccrualFailureDetectorSpec "Statistics for heartbeats", in ms (sd² = variance).
