@@ -163,6 +163,46 @@ mod tests {
 
     const KEYS: usize = 100_000;
 
+    /// Placement is a pure function other clients may compute (docs/coordination.md gives the
+    /// formula): the expected values come from Python's `xxhash` package and the formula.
+    #[test]
+    fn scores_and_owners_are_the_documented_ones() {
+        let named = |name: &str| MemberView {
+            info: Arc::new(NodeInfo::new(
+                NodeId::new(name).unwrap(),
+                ([127, 0, 0, 1], 7000).into(),
+            )),
+            incarnation: Incarnation(0),
+            state: MemberState::Alive,
+        };
+        for (key, name, weight, want) in [
+            (&b"key-1"[..], "node-0", 1.0, 1.661_205_970_727_956_5),
+            (b"key-1", "node-1", 2.5, 34.932_784_073_022_94),
+            (b"", "node-7", 1.0, 1.257_736_742_276_563_7),
+            (b"orders/42", "db-3", 0.5, 3.583_240_543_530_246_6),
+        ] {
+            let got = score(key, &named(name), weight);
+            assert!(
+                (got - want).abs() <= 1e-12 * want,
+                "{name}: {got} against {want}"
+            );
+        }
+        let members: Vec<MemberView> = (0..10)
+            .map(|i| member(i, &[("w", if i == 3 { "2" } else { "1" })]))
+            .collect();
+        let f = PlacementFilter::parse(&[], Some("w".into())).unwrap();
+        for (key, want) in [
+            (&b"orders/42"[..], ["node-0", "node-3", "node-7"]),
+            (b"key-7", ["node-3", "node-2", "node-5"]),
+        ] {
+            let got: Vec<&str> = owners(key, &members, 3, &f)
+                .iter()
+                .map(|m| m.info.id.as_str())
+                .collect();
+            assert_eq!(got, want);
+        }
+    }
+
     #[test]
     fn one_leave_moves_only_the_leavers_keys_and_about_one_in_n() {
         let members: Vec<_> = (0..100).map(|i| member(i, &[])).collect();
