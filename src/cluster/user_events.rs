@@ -144,8 +144,25 @@ mod tests {
             "slot reused, too old to check"
         );
         assert_eq!(e.observe(&o, 5, d), Verdict::TooOld);
+        // The oldest time still checked is the clock (11) less the buffer (4).
+        assert_eq!(e.observe(&o, 6, d), Verdict::TooOld);
+        assert_eq!(e.observe(&o, 7, d), Verdict::Deliver);
+        assert_eq!(e.observe(&o, 7, d), Verdict::Duplicate);
         assert_eq!(e.next_time(), 11);
         assert_eq!(e.clock(), 12);
+    }
+
+    #[test]
+    fn the_clock_jumps_at_most_ltime_jump_max_unless_trusted() {
+        let mut e = UserEvents::new(4);
+        assert!(e.witness(100, false));
+        assert_eq!(e.clock(), 101);
+        assert!(!e.witness(102 + LTIME_JUMP_MAX, false), "one past the jump");
+        assert_eq!(e.clock(), 101, "a refused time leaves the clock");
+        assert!(e.witness(101 + LTIME_JUMP_MAX, false), "the largest jump");
+        assert_eq!(e.clock(), 102 + LTIME_JUMP_MAX);
+        assert!(e.witness(u64::MAX, true), "trusted: any time");
+        assert_eq!(e.clock(), u64::MAX);
     }
 
     #[test]
@@ -178,5 +195,8 @@ mod tests {
     #[test]
     fn digest_separates_name_from_payload() {
         assert_ne!(digest("ab", b"c"), digest("a", b"bc"));
+        // FNV-1a 64 of name, 0xff, payload (values from a few lines of Python).
+        assert_eq!(digest("deploy", b"v1"), 0x57f8_0734_e655_aaea);
+        assert_eq!(digest("", b""), 0xaf64_724c_8602_eb6e);
     }
 }
