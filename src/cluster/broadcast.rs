@@ -461,6 +461,41 @@ mod tests {
     }
 
     #[test]
+    fn items_fill_the_budget_together_and_packing_gives_up_after_misses_in_a_row() {
+        let mut q = BroadcastQueue::new(100);
+        let items: Vec<_> = (0..3).map(|i| dead(&format!("n{i}"), 0)).collect();
+        let len = item_len(items[0].1.encoded_len());
+        for (k, m) in items {
+            q.push(k, m);
+        }
+        let mut out = Vec::new();
+        assert_eq!(q.pick(2 * len + len / 2, 0, 10, 5, &mut out), 2 * len);
+        assert_eq!(out.len(), 2, "two of three fit");
+        // One small item behind MISSES_MAX newer ones too large to fit: not reached.
+        let mut q = BroadcastQueue::new(100);
+        let (k, small) = dead("s", 0);
+        let small_len = item_len(small.encoded_len());
+        q.push(k, small);
+        for i in 0..MISSES_MAX {
+            let (k, m) = dead(&format!("{i:0>60}"), 0);
+            q.push(k, m);
+        }
+        out.clear();
+        assert_eq!(q.pick(small_len, 0, 10, 5, &mut out), 0);
+        // One fewer large item: it is.
+        let mut q2 = BroadcastQueue::new(100);
+        let (k2, small) = dead("s", 0);
+        q2.push(k2, small.clone());
+        for i in 1..MISSES_MAX {
+            let (k, m) = dead(&format!("{i:0>60}"), 0);
+            q2.push(k, m);
+        }
+        out.clear();
+        assert_eq!(q2.pick(small_len, 0, 10, 5, &mut out), small_len);
+        assert_eq!(out, vec![small]);
+    }
+
+    #[test]
     fn queries_are_sent_twice_as_often() {
         use crate::cluster::message::Query;
         let o = NodeId::new("o").unwrap();
