@@ -733,6 +733,7 @@ mod tests {
         let late = a.msg(2, Message::QueryResponse(Box::new(answer[0].1.clone())));
         assert!(answers(&late).is_empty());
         assert_eq!(a.swim.stats().query_answers_late, 1);
+        assert_eq!(a.swim.stats().query_answers_in, 2, "one ack, one answer");
     }
 
     #[test]

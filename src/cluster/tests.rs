@@ -243,7 +243,19 @@ fn missed_ack_goes_indirect_then_suspects() {
     assert_eq!(t.state(target_id), Some((MemberState::Suspect, 0)));
     assert_eq!(t.swim.awareness(), 2);
     assert!(matches!(&events(&out)[..], [Event::MemberSuspected(v)] if v.info.id == id(target_id)));
-    assert_eq!(t.swim.stats().probes_failed, 1);
+    let s = t.swim.stats();
+    assert_eq!(
+        (
+            s.probes,
+            s.indirect_probes,
+            s.nacks,
+            s.probes_failed,
+            s.suspicions_raised
+        ),
+        (1, 3, 1, 1, 1)
+    );
+    // Four alive claims at the start and the nack.
+    assert_eq!(s.messages_in, 5);
 }
 
 /// Probes `t`'s first target and lets its ack wait pass unanswered at `timeout_ms`; returns
@@ -589,6 +601,7 @@ fn suspicion_times_out_to_dead_and_stale_timers_are_ignored() {
     });
     assert_eq!(t.state(2), Some((MemberState::Dead, 0)));
     assert!(matches!(&events(&out)[..], [Event::MemberFailed(v)] if v.info.id == id(2)));
+    assert_eq!(t.swim.stats().failures_declared, 1);
 }
 
 #[test]
@@ -929,6 +942,8 @@ fn join_exchanges_state_and_retries_until_answered() {
     });
     assert!(events(&out).contains(&Event::JoinCompleted { members: 3 }));
     assert_eq!(joiner.state(3), Some((MemberState::Alive, 0)));
+    assert_eq!(joiner.swim.stats().push_pulls, 2, "the join and its retry");
+    assert_eq!(seed.swim.stats().push_pulls_answered, 1);
     // The joiner gossips its own claim as soon as it knows whom to tell: the early round it
     // had with nobody to tell (at the join command) did not use up its allowance.
     let p = packets(&out);
@@ -1137,6 +1152,7 @@ fn user_events_are_delivered_once_and_passed_on() {
         events(&b.msg(3, ev.clone())).is_empty(),
         "a duplicate is not delivered again"
     );
+    assert_eq!(b.swim.stats().user_events, 1);
     assert!(
         events(&a.msg(2, ev)).is_empty(),
         "our own event coming back is not delivered"
@@ -2050,8 +2066,10 @@ fn a_sync_sends_each_side_only_the_rows_the_other_lacks() {
     let mut a = T::new(1, &[2, 3]);
     let mut b = T::new(2, &[1, 4]);
     // A sync goes to a random alive member; take one that went to b.
+    let mut ticks = 0;
     let start = (0..50)
         .find_map(|_| {
+            ticks += 1;
             let out = a.timer(Timer::PushPullTick);
             streams(&out).into_iter().find(|(to, _)| *to == addr(2))
         })
@@ -2085,6 +2103,12 @@ fn a_sync_sends_each_side_only_the_rows_the_other_lacks() {
     assert_eq!(a.swim.broadcasts.transmits(&key), None);
     assert_eq!(b.swim.stats().sync_rows_received, 1);
     assert_eq!(a.swim.stats().sync_rows_sent, 1);
+    // One sync a tick, each also a push-pull; b answered one.
+    assert_eq!(
+        (a.swim.stats().syncs, a.swim.stats().push_pulls),
+        (ticks, ticks)
+    );
+    assert_eq!(b.swim.stats().push_pulls_answered, 1);
 }
 
 #[test]
