@@ -1166,6 +1166,16 @@ fn user_events_are_delivered_once_and_passed_on() {
         &mut Vec::new(),
     );
     assert!(matches!(err, Err(CommandError::EventTooLarge { .. })));
+    let most = a.swim.config().user_event_bytes_max - 1;
+    let at_limit = a.swim.command(
+        at(0),
+        Command::Broadcast {
+            name: "x".into(),
+            payload: vec![0; most],
+        },
+        &mut Vec::new(),
+    );
+    assert!(at_limit.is_ok(), "{at_limit:?}");
 }
 
 /// Ping requests are taken while fewer than `indirect_pending_max` are pending and the node
@@ -1545,6 +1555,28 @@ fn a_claim_over_the_tag_limit_is_dropped_on_receipt_and_never_queued() {
         payload: vec![0; Config::lan().user_event_bytes_max],
     }));
     assert!(events(&t.msg(2, big)).is_empty());
+    assert_eq!(t.swim.stats().over_limit, 2);
+    // At the limits: taken. Tags count key, value and 2 bytes each; an event its name and
+    // payload.
+    let max = Config::lan().tags_bytes_max;
+    let mut full = NodeInfo::new(id(8), addr(8));
+    full.tags.insert("blob".into(), "x".repeat(max - 6));
+    t.msg(
+        2,
+        Message::Alive(Alive {
+            incarnation: Incarnation(0),
+            info: Arc::new(full),
+        }),
+    );
+    assert_eq!(t.state(8), Some((MemberState::Alive, 0)));
+    let fits = Message::UserEvent(Box::new(UserEvent {
+        ltime: 1,
+        origin: id(2),
+        wall_ms: 0,
+        name: "e".into(),
+        payload: vec![0; Config::lan().user_event_bytes_max - 1],
+    }));
+    assert_eq!(events(&t.msg(2, fits)).len(), 1);
     assert_eq!(t.swim.stats().over_limit, 2);
 }
 
