@@ -200,6 +200,11 @@ impl Filters {
     }
 }
 
+/// Whether a query may ask for `relay_factor` relays (at most [`QUERY_RELAY_MAX`]).
+fn relays_allowed(relay_factor: u8) -> bool {
+    relay_factor <= QUERY_RELAY_MAX
+}
+
 /// Bytes of a message carrying `q`.
 fn query_len(q: &Query) -> usize {
     1 + size(q)
@@ -268,6 +273,19 @@ impl Swim {
             .min(QUERY_TIMEOUT_MAX)
     }
 
+    /// `Some((len, max))` when a message carrying `q` is over the size in force: the same rule
+    /// for a query asked here and one from the wire.
+    fn query_over(&self, q: &Query) -> Option<(usize, usize)> {
+        let (len, max) = (query_len(q), self.config.query_len_max());
+        (len > max).then_some((len, max))
+    }
+
+    /// As `query_over`, for an acknowledgement or answer.
+    fn response_over(&self, r: &QueryResponse) -> Option<(usize, usize)> {
+        let (len, max) = (response_len(r), self.config.query_response_len_max());
+        (len > max).then_some((len, max))
+    }
+
     fn start_query(&mut self, p: QueryParams) -> Result<u64, CommandError> {
         if self.leaving {
             return Err(CommandError::Left);
@@ -276,7 +294,7 @@ impl Swim {
         if self.queries.pending.len() >= max {
             return Err(CommandError::TooManyQueries { max });
         }
-        if p.relay_factor > QUERY_RELAY_MAX {
+        if !relays_allowed(p.relay_factor) {
             return Err(CommandError::BadQuery(format!(
                 "relay factor {} is over {QUERY_RELAY_MAX}",
                 p.relay_factor
@@ -308,9 +326,7 @@ impl Swim {
             name: p.name,
             payload: p.payload,
         };
-        let len = query_len(&query);
-        let max = self.config.query_len_max();
-        if len > max {
+        if let Some((len, max)) = self.query_over(&query) {
             return Err(CommandError::QueryTooLarge { len, max });
         }
         let ltime = self.user_events.next_time();
@@ -345,7 +361,7 @@ impl Swim {
 
     /// A query from the wire: passed on and, when its filters select this node, taken.
     pub(crate) fn on_query(&mut self, q: Query) {
-        if query_len(&q) > self.config.query_len_max() || q.relay_factor > QUERY_RELAY_MAX {
+        if self.query_over(&q).is_some() || !relays_allowed(q.relay_factor) {
             self.stats.over_limit += 1;
             return;
         }
@@ -459,8 +475,7 @@ impl Swim {
             relay: false,
             payload,
         };
-        let (len, max) = (response_len(&r), self.config.query_response_len_max());
-        if len > max {
+        if let Some((len, max)) = self.response_over(&r) {
             return Err(CommandError::ResponseTooLarge { len, max });
         }
         let (ltime, relay_factor) = (a.ltime, a.relay_factor);
@@ -531,7 +546,7 @@ impl Swim {
     /// An acknowledgement or answer from the wire: for one of our queries, taken; to relay,
     /// passed on once to the origin's address in our table.
     pub(crate) fn on_query_response(&mut self, r: QueryResponse) {
-        if response_len(&r) > self.config.query_response_len_max() {
+        if self.response_over(&r).is_some() {
             self.stats.over_limit += 1;
             return;
         }
@@ -890,6 +905,76 @@ mod tests {
             matches!(r, Err(CommandError::ResponseTooLarge { .. })),
             "{r:?}"
         );
+    }
+
+    /// A query or answer exactly at a limit is taken, one byte or relay more is not; an answer
+    /// at the deadline itself is still sent.
+    #[test]
+    fn queries_and_answers_at_their_limits_are_taken() {
+        let mut b = T::new(2, &[1]);
+        let q = |i: u64, payload: usize, relay_factor: u8| Query {
+            ltime: i,
+            id: i,
+            origin: id(1),
+            filters: Vec::new(),
+            ack: false,
+            relay_factor,
+            timeout_ms: 1000,
+            name: "q".into(),
+            payload: vec![0; payload],
+        };
+        let max = b.swim.config().query_len_max();
+        // The payload's length prefix takes two bytes at this size.
+        let most = max - query_len(&q(1, 0, 0)) - 1;
+        assert_eq!(query_len(&q(1, most, 0)), max);
+        b.msg(1, Message::Query(Box::new(q(1, most, 0))));
+        b.msg(1, Message::Query(Box::new(q(2, 0, QUERY_RELAY_MAX))));
+        assert_eq!(b.swim.stats().queries_in, 2);
+        b.msg(1, Message::Query(Box::new(q(3, most + 1, 0))));
+        b.msg(1, Message::Query(Box::new(q(4, 0, QUERY_RELAY_MAX + 1))));
+        assert_eq!(
+            (b.swim.stats().queries_in, b.swim.stats().over_limit),
+            (2, 2)
+        );
+        // An answer of exactly the largest size, at the deadline (1 s after the query came).
+        let rmax = b.swim.config().query_response_len_max();
+        let answer = |payload: usize| QueryResponse {
+            ltime: 1,
+            id: 1,
+            origin: id(1),
+            from: id(2),
+            ack: false,
+            relay: false,
+            payload: vec![0; payload],
+        };
+        let most = rmax - response_len(&answer(0)) - 1;
+        assert_eq!(response_len(&answer(most)), rmax);
+        let r = b
+            .swim
+            .respond(at(1000), &id(1), 1, vec![0; most + 1], &mut Vec::new());
+        assert!(
+            matches!(r, Err(CommandError::ResponseTooLarge { .. })),
+            "{r:?}"
+        );
+        let mut out = Vec::new();
+        let r = b.swim.respond(at(1000), &id(1), 1, vec![0; most], &mut out);
+        assert_eq!(r, Ok(()));
+        assert_eq!(responses(&out).len(), 1);
+        // From the wire: one of exactly the largest size is read (here: an answer to a query
+        // b does not have, so late), one byte more is dropped as over the limit.
+        b.ms = 1000;
+        let mine = |payload: usize| QueryResponse {
+            origin: id(2),
+            from: id(1),
+            ..answer(payload)
+        };
+        b.msg(1, Message::QueryResponse(Box::new(mine(most))));
+        assert_eq!(
+            (b.swim.stats().query_answers_late, b.swim.stats().over_limit),
+            (1, 2)
+        );
+        b.msg(1, Message::QueryResponse(Box::new(mine(most + 1))));
+        assert_eq!(b.swim.stats().over_limit, 3);
     }
 
     /// Queries and answers from the wire that lie about their time, their filters, their
