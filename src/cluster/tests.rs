@@ -1666,6 +1666,8 @@ fn an_answer_we_asked_for_adds_at_most_the_per_push_pull_cap() {
     });
     assert_eq!(t.swim.members().count(), 2 + 100);
     assert_eq!(t.swim.stats().admission, 900);
+    // A hundred joins were a hundred outputs at once: the core keeps no room for them.
+    assert_eq!(t.swim.out.capacity(), 0);
 }
 
 #[test]
@@ -2489,4 +2491,31 @@ fn an_ack_carries_our_coordinate_whenever_it_fits_and_stays_within_the_packet() 
     let p = packets(&t.msg(2, ping(7, 1, 2)));
     assert_eq!(p[0].1.len(), PACKET_MESSAGES_MAX);
     assert!(!p[0].1.iter().any(|m| matches!(m, Message::Coord(_))));
+}
+
+#[test]
+fn failed_members_hear_gossip_for_gossip_to_the_dead_and_no_longer() {
+    let mut t = T::new(1, &[2]);
+    let window = t.swim.config().gossip_to_the_dead.as_millis() as u64;
+    fail(&mut t, 2);
+    let gossip_to_2 = |t: &mut T| {
+        let mut out = Vec::new();
+        let name = format!("e{}", t.ms);
+        t.swim
+            .command(
+                at(t.ms),
+                Command::Broadcast {
+                    name,
+                    payload: Vec::new(),
+                },
+                &mut out,
+            )
+            .unwrap();
+        let out = t.timer(Timer::GossipTick);
+        packets(&out).iter().any(|(to, _)| *to == addr(2))
+    };
+    t.ms = window - 1;
+    assert!(gossip_to_2(&mut t), "within the window");
+    t.ms = window;
+    assert!(!gossip_to_2(&mut t), "the window is over");
 }
