@@ -2519,3 +2519,33 @@ fn failed_members_hear_gossip_for_gossip_to_the_dead_and_no_longer() {
     t.ms = window;
     assert!(!gossip_to_2(&mut t), "the window is over");
 }
+
+/// Lifeguard waits for `suspicion_mult - 2` confirmations only when as many other members
+/// (besides the suspect and this node) could give them; otherwise the shortest timeout holds.
+#[test]
+fn a_suspicion_waits_for_confirmations_only_when_enough_members_could_give_them() {
+    for (others, want_ms) in [(&[2, 3][..], 1_500), (&[2, 3, 4][..], 11_500)] {
+        let mut t = T::new(1, others);
+        let out = t.msg(
+            3,
+            Message::Suspect(Suspect {
+                incarnation: Incarnation(0),
+                node: id(2),
+                from: id(3),
+            }),
+        );
+        let at = out.iter().find_map(|o| match o {
+            Output::Timer {
+                at,
+                timer: Timer::Suspicion { .. },
+            } => Some(*at),
+            _ => None,
+        });
+        assert_eq!(
+            at,
+            Some(Time::from_millis(want_ms)),
+            "{} members",
+            others.len() + 1
+        );
+    }
+}
