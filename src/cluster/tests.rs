@@ -2549,3 +2549,34 @@ fn a_suspicion_waits_for_confirmations_only_when_enough_members_could_give_them(
         );
     }
 }
+
+/// At most LEAVES_PENDING_MAX (1,024) relayed leaves wait on a probe of the member; past that a
+/// relayed leave is believed at once (checking is a defence, not a queue without end).
+#[test]
+fn pending_leave_checks_are_bounded() {
+    use crate::cluster::merge::LEAVES_PENDING_MAX;
+    let mut t = T::with(Config::lan(), 2, &[]);
+    t.input(Input::Command(Command::Join(vec![addr(1)])));
+    let n = LEAVES_PENDING_MAX as u32 + 1;
+    t.input(Input::Stream {
+        from: addr(1),
+        msg: push_pull(true, (0..n).map(fake).collect()),
+    });
+    let relayed = |i: u32| {
+        let name = fake(i).info.id.clone();
+        Message::Dead(Dead {
+            incarnation: Incarnation(0),
+            node: name.clone(),
+            from: name,
+        })
+    };
+    let state = |t: &T, i: u32| t.swim.member(&fake(i).info.id).unwrap().state;
+    for i in 0..n - 1 {
+        t.msg(9, relayed(i));
+    }
+    assert_eq!(t.swim.leaves.len(), LEAVES_PENDING_MAX);
+    assert_eq!(state(&t, 0), MemberState::Alive, "checked first");
+    t.msg(9, relayed(n - 1));
+    assert_eq!(state(&t, n - 1), MemberState::Left, "believed at once");
+    assert_eq!(t.swim.leaves.len(), LEAVES_PENDING_MAX);
+}
