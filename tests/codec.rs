@@ -84,6 +84,17 @@ fn unknown_message_types_are_skipped_not_fatal() {
     assert_eq!(p.messages, vec![Message::Ack(Ack { seq: 7 })]);
 }
 
+/// The largest packet by count, 255 messages (a two-byte count), round-trips; its length is
+/// known before encoding.
+#[test]
+fn a_packet_of_255_messages_round_trips() {
+    let msgs: Vec<Message> = (0..255u32).map(|seq| Message::Ack(Ack { seq })).collect();
+    let bytes = encode_packet(&msgs);
+    assert_eq!(&bytes[..3], &[1, 0xff, 0x01]);
+    assert_eq!(bytes.len(), packet_len(&msgs));
+    assert_eq!(decode_packet(&bytes).unwrap().messages, msgs);
+}
+
 #[test]
 fn malformed_packets_name_their_fault() {
     assert_eq!(decode_packet(&[]), Err(DecodeMessageError::Truncated));
