@@ -2580,3 +2580,17 @@ fn pending_leave_checks_are_bounded() {
     assert_eq!(state(&t, n - 1), MemberState::Left, "believed at once");
     assert_eq!(t.swim.leaves.len(), LEAVES_PENDING_MAX);
 }
+
+/// With no member to ask for a nack, a failed probe costs this node one point of health (it
+/// cannot tell its own trouble from the target's).
+#[test]
+fn a_failed_probe_with_no_helpers_raises_awareness_by_one() {
+    let (wait, period) = lan_wait_and_period();
+    let mut t = T::new(1, &[2]);
+    let (target, seq) = unanswered_probe(&mut t, wait);
+    assert_eq!(t.swim.stats().indirect_probes, 0);
+    t.ms = period;
+    t.timer(Timer::ProbeEnd { seq });
+    assert_eq!(t.state(target), Some((MemberState::Suspect, 0)));
+    assert_eq!(t.swim.awareness(), 1);
+}
