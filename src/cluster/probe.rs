@@ -261,7 +261,7 @@ impl Swim {
     /// An ack counts only from the address pinged or a helper asked (a guessed sequence number
     /// from elsewhere neither saves a dead target nor is passed on).
     pub(crate) fn on_ack(&mut self, from: SocketAddr, seq: u32) {
-        if !self.moves.is_empty() && self.on_move_ack(from, seq) {
+        if self.on_move_ack(from, seq) {
             return;
         }
         let ours = |p: &&mut ActiveProbe| {

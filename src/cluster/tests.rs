@@ -2594,3 +2594,20 @@ fn a_failed_probe_with_no_helpers_raises_awareness_by_one() {
     assert_eq!(t.state(target), Some((MemberState::Suspect, 0)));
     assert_eq!(t.swim.awareness(), 1);
 }
+
+/// Only an ack in time talks the health multiplier down; one that needed the indirect round
+/// does not (a slow node sees every ack late).
+#[test]
+fn an_ack_after_the_indirect_round_leaves_awareness_alone() {
+    let (wait, _) = lan_wait_and_period();
+    let mut t = T::new(1, &[2, 3, 4]);
+    t.swim.awareness.apply(2);
+    let (target, seq) = unanswered_probe(&mut t, 3 * wait);
+    t.msg(target, Message::Ack(Ack { seq }));
+    assert_eq!(t.swim.awareness(), 2);
+    t.timer(Timer::ProbeEnd { seq });
+    let out = t.timer(Timer::ProbeTick);
+    let (to, seq) = probe_ping(&out);
+    t.msg(octet(to), Message::Ack(Ack { seq }));
+    assert_eq!(t.swim.awareness(), 1, "an ack in time");
+}
