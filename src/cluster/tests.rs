@@ -1330,6 +1330,18 @@ fn oversized_push_pull_is_dropped() {
     });
     assert!(out.is_empty());
     assert!(t.state(2).is_none());
+    // Exactly at the limit: taken.
+    let pp = PushPull {
+        join: true,
+        reply: false,
+        event_ltime: 0,
+        members: vec![row(2)],
+    };
+    t.input(Input::Stream {
+        from: addr(2),
+        msg: Message::PushPull(pp),
+    });
+    assert_eq!(t.state(2), Some((MemberState::Alive, 0)));
 }
 
 #[test]
@@ -2610,4 +2622,20 @@ fn an_ack_after_the_indirect_round_leaves_awareness_alone() {
     let (to, seq) = probe_ping(&out);
     t.msg(octet(to), Message::Ack(Ack { seq }));
     assert_eq!(t.swim.awareness(), 1, "an ack in time");
+}
+
+/// Each reconnect tick syncs with a failed member with probability failed / alive: one failed
+/// among four alive (this node included) is tried on about a quarter of the ticks.
+#[test]
+fn reconnects_are_tried_in_proportion_to_the_failed() {
+    let mut t = T::new(1, &[2, 3, 4, 5]);
+    fail(&mut t, 5);
+    let tried = (0..400)
+        .filter(|_| {
+            let out = t.timer(Timer::ReconnectTick);
+            streams(&out).iter().any(|(to, _)| *to == addr(5))
+        })
+        .count();
+    // Binomial(400, 1/4): mean 100, standard deviation 8.7.
+    assert!((65..=135).contains(&tried), "{tried} of 400");
 }
