@@ -1275,6 +1275,10 @@ fn leave_announces_left_and_stops_probing() {
         }),
     );
     assert_eq!(a.swim.incarnation(), Incarnation(0));
+    // Alone, there is nobody to tell: announced at once.
+    let mut solo = T::new(1, &[]);
+    solo.input(Input::Command(Command::Leave));
+    assert!(solo.swim.leave_announced());
 }
 
 #[test]
