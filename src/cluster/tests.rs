@@ -2643,3 +2643,68 @@ fn reconnects_are_tried_in_proportion_to_the_failed() {
     // Binomial(400, 1/4): mean 100, standard deviation 8.7.
     assert!((65..=135).contains(&tried), "{tried} of 400");
 }
+
+/// A timer armed for one suspicion does nothing to a later suspicion of the same member: the
+/// last-chance timer of a refuted suspicion fires during the next one and must not cut it short.
+#[test]
+fn a_timer_of_an_earlier_suspicion_leaves_the_next_one_alone() {
+    let mut t = T::new(1, &[2, 3, 4, 5, 6]);
+    let suspect_2 = |t: &mut T, incarnation: u64| {
+        t.msg(
+            3,
+            Message::Suspect(Suspect {
+                incarnation: Incarnation(incarnation),
+                node: id(2),
+                from: id(3),
+            }),
+        )
+    };
+    suspect_2(&mut t, 0);
+    t.ms = 11_500;
+    let first = t.swim.generation;
+    let out = t.timer(Timer::Suspicion {
+        node: id(2),
+        generation: first,
+    });
+    assert_eq!(pings_to(&out, addr(2)).len(), 1, "the last-chance probe");
+    let last_chance = t.swim.generation;
+    // The suspect refutes, and is suspected again at its new incarnation.
+    t.ms = 11_600;
+    t.msg(2, alive_at(2, 1, addr(2)));
+    t.ms = 11_700;
+    suspect_2(&mut t, 1);
+    assert_eq!(t.state(2), Some((MemberState::Suspect, 1)));
+    // The earlier suspicion's last timer, at 12 s: nothing happens to the new one.
+    t.ms = 12_000;
+    let out = t.timer(Timer::Suspicion {
+        node: id(2),
+        generation: last_chance,
+    });
+    assert!(
+        pings_to(&out, addr(2)).is_empty() && events(&out).is_empty(),
+        "{out:?}"
+    );
+    assert_eq!(t.state(2), Some((MemberState::Suspect, 1)));
+}
+
+/// A newer claim about a member whose move is being checked replaces the pending one: the move
+/// that goes through is the newest.
+#[test]
+fn a_newer_claim_replaces_a_pending_move() {
+    let mut t = T::new(1, &[2, 3]);
+    fail(&mut t, 2);
+    t.ms += 30_000;
+    let elsewhere = |p: u8| SocketAddr::from(([127, 0, 1, p], 7946));
+    let out = t.msg(3, alive_at(2, 1, elsewhere(1)));
+    assert_eq!(
+        pings_to(&out, addr(2)).len(),
+        1,
+        "the old address is checked"
+    );
+    t.msg(3, alive_at(2, 3, elsewhere(3)));
+    t.msg(3, alive_at(2, 2, elsewhere(2)));
+    let until = t.ms + 1_000;
+    t.fire_until(until);
+    let m = t.swim.member(&id(2)).unwrap();
+    assert_eq!((m.info.addr, m.incarnation), (elsewhere(3), Incarnation(3)));
+}
