@@ -2708,3 +2708,24 @@ fn a_newer_claim_replaces_a_pending_move() {
     let m = t.swim.member(&id(2)).unwrap();
     assert_eq!((m.info.addr, m.incarnation), (elsewhere(3), Incarnation(3)));
 }
+
+/// The check of a relayed leave that was refuted does not decide the check of a later one.
+#[test]
+fn a_check_of_an_earlier_leave_leaves_the_next_one_alone() {
+    let mut t = T::new(1, &[2, 3, 4]);
+    t.msg(3, leave(2, 0));
+    let first = t.swim.generation;
+    // Refuted at once; a new relayed leave, at the new incarnation, half a period later.
+    t.ms = 100;
+    t.msg(2, alive_at(2, 1, addr(2)));
+    t.ms = 500;
+    t.msg(3, leave(2, 1));
+    assert_eq!(t.swim.leaves.len(), 1);
+    // The first check's timer, one period after the first leave: the second waits its own.
+    t.ms = 1_000;
+    t.timer(Timer::LeaveCheck {
+        node: id(2),
+        generation: first,
+    });
+    assert_eq!(t.state(2), Some((MemberState::Alive, 1)));
+}
