@@ -2729,3 +2729,28 @@ fn a_check_of_an_earlier_leave_leaves_the_next_one_alone() {
     });
     assert_eq!(t.state(2), Some((MemberState::Alive, 1)));
 }
+
+/// A death declared by another node is believed once this node has suspected the member for
+/// the shortest suspicion timeout (2 s here), not a moment sooner.
+#[test]
+fn a_relayed_death_is_believed_after_the_shortest_suspicion_timeout() {
+    let mut t = T::new(1, &[2, 3, 4, 5, 6]);
+    t.msg(3, suspect(2, 0, 3));
+    let dead_from = |t: &mut T, from: u8| {
+        t.msg(
+            from,
+            Message::Dead(Dead {
+                incarnation: Incarnation(0),
+                node: id(2),
+                from: id(from),
+            }),
+        )
+    };
+    t.ms = 1_999;
+    dead_from(&mut t, 4);
+    assert_eq!(t.state(2), Some((MemberState::Suspect, 0)));
+    t.ms = 2_000;
+    let out = dead_from(&mut t, 5);
+    assert_eq!(t.state(2), Some((MemberState::Dead, 0)));
+    assert!(matches!(&events(&out)[..], [Event::MemberFailed(_)]));
+}
