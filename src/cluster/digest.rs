@@ -184,6 +184,9 @@ mod tests {
             "00000000000000000000000200040080000000000000000002400000000000040800001001340000\
              08000000004000200000000000000000000000000000000000000000000000000000000000000000"
         );
+        // node-3's three bits under salt 7 are 26, 26 and 13: a bit picked twice is set once.
+        let d = Digest::build(7, 1, [row_key("node-3", 1, MemberState::Alive)].into_iter());
+        assert_eq!(d.bits, 0x0400_2000u64.to_le_bytes());
         let mut five = Digest::build(42, 20, std::iter::empty());
         five.hashes = DIGEST_HASHES_MAX;
         assert_eq!(
