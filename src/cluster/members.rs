@@ -320,8 +320,8 @@ mod tests {
         // Any peer picks its name: two names whose crc32c is equal (found by search) must
         // still be two rows, each found by its own name.
         let (a, b) = ("node-1371838", "node-2000402");
-        assert_eq!(super::super::digest::name_hash(a), 0xec42_7a2f);
-        assert_eq!(super::super::digest::name_hash(b), 0xec42_7a2f);
+        assert_eq!(crate::cluster::digest::name_hash(a), 0xec42_7a2f);
+        assert_eq!(crate::cluster::digest::name_hash(b), 0xec42_7a2f);
         let mut t = Members::default();
         t.insert(member(a, MemberState::Alive, 1));
         t.insert(member(b, MemberState::Dead, 2));

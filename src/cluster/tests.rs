@@ -156,6 +156,17 @@ pub(super) fn ping(seq: u32, target: u8, source: u8) -> Message {
 }
 
 /// The ping the node sent by its last probe tick: (target address, seq).
+/// When the first suspicion timer in `out` is armed for, whatever its member and generation.
+fn suspicion_timer(out: &[Output]) -> Option<Time> {
+    out.iter().find_map(|o| match o {
+        Output::Timer {
+            at,
+            timer: Timer::Suspicion { .. },
+        } => Some(*at),
+        _ => None,
+    })
+}
+
 fn probe_ping(out: &[Output]) -> (SocketAddr, u32) {
     packets(out)
         .into_iter()
@@ -704,13 +715,7 @@ fn independent_confirmations_shrink_the_suspicion_timeout() {
             from: id(4),
         }),
     );
-    let first = out.iter().find_map(|o| match o {
-        Output::Timer {
-            at,
-            timer: Timer::Suspicion { .. },
-        } => Some(*at),
-        _ => None,
-    });
+    let first = suspicion_timer(&out);
     // 12 s - 10 s * ln 2 / ln 3 = 5.69 s after the start, less the ack wait of the
     // last-chance probe (500 ms).
     let want = Time::ZERO
@@ -768,13 +773,7 @@ fn without_lifeguard_the_suspicion_timeout_is_fixed_at_min() {
             from: id(3),
         }),
     );
-    let deadline = out.iter().find_map(|o| match o {
-        Output::Timer {
-            at,
-            timer: Timer::Suspicion { .. },
-        } => Some(*at),
-        _ => None,
-    });
+    let deadline = suspicion_timer(&out);
     assert_eq!(deadline, Some(Time::from_secs(2)));
 }
 
@@ -2542,21 +2541,8 @@ fn failed_members_hear_gossip_for_gossip_to_the_dead_and_no_longer() {
 fn a_suspicion_waits_for_confirmations_only_when_enough_members_could_give_them() {
     for (others, want_ms) in [(&[2, 3][..], 1_500), (&[2, 3, 4][..], 11_500)] {
         let mut t = T::new(1, others);
-        let out = t.msg(
-            3,
-            Message::Suspect(Suspect {
-                incarnation: Incarnation(0),
-                node: id(2),
-                from: id(3),
-            }),
-        );
-        let at = out.iter().find_map(|o| match o {
-            Output::Timer {
-                at,
-                timer: Timer::Suspicion { .. },
-            } => Some(*at),
-            _ => None,
-        });
+        let out = t.msg(3, suspect(2, 0, 3));
+        let at = suspicion_timer(&out);
         assert_eq!(
             at,
             Some(Time::from_millis(want_ms)),
@@ -2649,17 +2635,7 @@ fn reconnects_are_tried_in_proportion_to_the_failed() {
 #[test]
 fn a_timer_of_an_earlier_suspicion_leaves_the_next_one_alone() {
     let mut t = T::new(1, &[2, 3, 4, 5, 6]);
-    let suspect_2 = |t: &mut T, incarnation: u64| {
-        t.msg(
-            3,
-            Message::Suspect(Suspect {
-                incarnation: Incarnation(incarnation),
-                node: id(2),
-                from: id(3),
-            }),
-        )
-    };
-    suspect_2(&mut t, 0);
+    t.msg(3, suspect(2, 0, 3));
     t.ms = 11_500;
     let first = t.swim.generation;
     let out = t.timer(Timer::Suspicion {
@@ -2672,7 +2648,7 @@ fn a_timer_of_an_earlier_suspicion_leaves_the_next_one_alone() {
     t.ms = 11_600;
     t.msg(2, alive_at(2, 1, addr(2)));
     t.ms = 11_700;
-    suspect_2(&mut t, 1);
+    t.msg(3, suspect(2, 1, 3));
     assert_eq!(t.state(2), Some((MemberState::Suspect, 1)));
     // The earlier suspicion's last timer, at 12 s: nothing happens to the new one.
     t.ms = 12_000;
