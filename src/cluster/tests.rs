@@ -2465,6 +2465,14 @@ fn coordinates_are_kept_per_member_while_it_is_known_and_only_when_on() {
 fn an_ack_carries_our_coordinate_whenever_it_fits_and_stays_within_the_packet() {
     let coord_len = packet_len(&[Message::Coord(Box::default())]) - packet_len(&[]);
     let mut seen_at_edge = false;
+    // A core with `events` user events queued to pass on: its ack to a ping.
+    let ack_after_events = |cfg: Config, events: u64| {
+        let mut t = T::with(cfg, 1, &[2]);
+        for ltime in 1..=events {
+            t.msg(2, user_event(ltime, 2, "e"));
+        }
+        packets(&t.msg(2, ping(7, 1, 2))).remove(0).1
+    };
     for budget in 512..700 {
         let cfg = Config {
             packet_bytes_max: budget,
@@ -2472,12 +2480,7 @@ fn an_ack_carries_our_coordinate_whenever_it_fits_and_stays_within_the_packet() 
             user_event_bytes_max: 256,
             ..Config::lan()
         };
-        let mut t = T::with(cfg, 1, &[2]);
-        for ltime in 1..=60 {
-            t.msg(2, user_event(ltime, 2, "e"));
-        }
-        let p = packets(&t.msg(2, ping(7, 1, 2)));
-        let msgs = &p[0].1;
+        let msgs = &ack_after_events(cfg, 60);
         let len = packet_len(msgs);
         assert!(len <= budget, "{len} bytes in a budget of {budget}");
         let with_coord = matches!(msgs.last(), Some(Message::Coord(_)));
@@ -2499,13 +2502,9 @@ fn an_ack_carries_our_coordinate_whenever_it_fits_and_stays_within_the_packet() 
         packet_bytes_max: 65_000,
         ..Config::lan()
     };
-    let mut t = T::with(cfg, 1, &[2]);
-    for ltime in 1..=300 {
-        t.msg(2, user_event(ltime, 2, "e"));
-    }
-    let p = packets(&t.msg(2, ping(7, 1, 2)));
-    assert_eq!(p[0].1.len(), PACKET_MESSAGES_MAX);
-    assert!(!p[0].1.iter().any(|m| matches!(m, Message::Coord(_))));
+    let msgs = ack_after_events(cfg, 300);
+    assert_eq!(msgs.len(), PACKET_MESSAGES_MAX);
+    assert!(!msgs.iter().any(|m| matches!(m, Message::Coord(_))));
 }
 
 #[test]
