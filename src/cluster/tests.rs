@@ -696,6 +696,23 @@ fn a_stale_claim_about_us_is_answered_with_our_alive() {
 }
 
 #[test]
+fn an_alive_about_us_is_refuted_if_newer_or_different_at_our_incarnation_only() {
+    let mut t = T::new(1, &[2]);
+    let elsewhere = SocketAddr::from(([127, 0, 0, 66], 7946));
+    t.msg(2, suspect(1, 0, 2));
+    assert_eq!(t.swim.incarnation(), Incarnation(1));
+    // Older, whatever it says: old news. Ours exactly: nothing to answer.
+    t.msg(2, alive_at(1, 0, elsewhere));
+    t.msg(2, alive_at(1, 1, addr(1)));
+    assert_eq!(t.swim.stats().refutations, 1);
+    assert_eq!(t.swim.incarnation(), Incarnation(1));
+    // At our incarnation with other details (an impostor, a stale address): refuted.
+    t.msg(2, alive_at(1, 1, elsewhere));
+    assert_eq!(t.swim.stats().refutations, 2);
+    assert_eq!(t.swim.incarnation(), Incarnation(2));
+}
+
+#[test]
 fn independent_confirmations_shrink_the_suspicion_timeout() {
     let mut t = T::new(1, &[2, 3, 4, 5, 6]);
     t.msg(
@@ -1448,6 +1465,27 @@ fn claims_near_u64_max_about_a_live_member_are_dropped_and_counted() {
 }
 
 #[test]
+fn a_members_own_word_from_its_own_address_may_raise_it_any_amount() {
+    let mut t = T::new(1, &[2, 3]);
+    let far = INCARNATION_JUMP_MAX + 1_000;
+    // Relayed, the jump is implausible; so is the member's own word for another address.
+    t.msg(3, alive_at(2, far, addr(2)));
+    let elsewhere = SocketAddr::from(([127, 0, 0, 66], 7946));
+    t.msg(2, alive_at(2, far, elsewhere));
+    assert_eq!(t.state(2), Some((MemberState::Alive, 0)));
+    assert_eq!(t.swim.stats().implausible, 2);
+    // From its own address, about its own address, it is believed.
+    let out = t.msg(2, alive_at(2, far, addr(2)));
+    assert_eq!(t.state(2), Some((MemberState::Alive, far)));
+    assert_eq!(t.swim.stats().implausible, 2);
+    // Same information at a newer incarnation is no update.
+    assert!(events(&out).is_empty(), "{:?}", events(&out));
+    let out = t.msg(2, alive_at(2, far + 1, addr(2)));
+    assert!(events(&out).is_empty(), "{:?}", events(&out));
+    assert_eq!(t.state(2), Some((MemberState::Alive, far + 1)));
+}
+
+#[test]
 fn a_forged_claim_about_us_near_u64_max_neither_panics_nor_moves_us() {
     let mut t = T::new(1, &[2]);
     t.msg(2, suspect(1, u64::MAX, 2));
@@ -1932,6 +1970,57 @@ fn a_member_that_answers_at_its_old_address_is_not_moved() {
     t.fire_until(until);
     assert_eq!(t.swim.member(&id(2)).unwrap().info.addr, addr(2));
     assert_eq!(t.swim.stats().conflicts, 2);
+}
+
+#[test]
+fn a_pending_move_takes_only_a_newer_claim() {
+    // Two claims at one incarnation for two addresses: the first stays pending; a newer one
+    // replaces it.
+    let mut t = T::new(1, &[2, 3]);
+    let (first, second, third) = (
+        SocketAddr::from(([127, 0, 0, 66], 7946)),
+        SocketAddr::from(([127, 0, 0, 67], 7946)),
+        SocketAddr::from(([127, 0, 0, 68], 7946)),
+    );
+    fail(&mut t, 2);
+    t.ms += 30_000;
+    t.msg(3, alive_at(2, 1, first));
+    t.msg(3, alive_at(2, 1, second));
+    let until = t.ms + 1_000;
+    t.fire_until(until);
+    assert_eq!(t.swim.member(&id(2)).unwrap().info.addr, first);
+    fail(&mut t, 2);
+    t.ms += 30_000;
+    t.msg(3, alive_at(2, 2, second));
+    t.msg(3, alive_at(2, 3, third));
+    // (Its check waits longer: the unanswered check probe raised our awareness.)
+    let until = t.ms + 5_000;
+    t.fire_until(until);
+    assert_eq!(t.state(2).map(|s| s.1), Some(3));
+    assert_eq!(t.swim.member(&id(2)).unwrap().info.addr, third);
+}
+
+#[test]
+fn only_the_old_addresses_ack_to_the_check_probe_stops_a_move() {
+    let mut t = T::new(1, &[2, 3]);
+    let elsewhere = SocketAddr::from(([127, 0, 0, 66], 7946));
+    fail(&mut t, 2);
+    t.ms += 30_000;
+    let out = t.msg(3, alive_at(2, 1, elsewhere));
+    let seq = pings_to(&out, addr(2))[0];
+    // The probe's seq from another address, or another seq from the old address: no answer.
+    t.msg(3, Message::Ack(Ack { seq }));
+    t.msg(
+        2,
+        Message::Ack(Ack {
+            seq: seq.wrapping_add(1_000),
+        }),
+    );
+    assert_eq!(t.swim.stats().conflicts, 0);
+    assert_eq!(t.swim.moves.len(), 1);
+    let until = t.ms + 1_000;
+    t.fire_until(until);
+    assert_eq!(t.swim.member(&id(2)).unwrap().info.addr, elsewhere);
 }
 
 /// At most MOVES_PENDING_MAX (64) moves wait on a probe of the old address; a claim past that
@@ -2551,6 +2640,25 @@ fn a_suspicion_waits_for_confirmations_only_when_enough_members_could_give_them(
     }
 }
 
+#[test]
+fn a_relayed_leave_already_being_checked_is_checked_again_only_when_newer() {
+    let mut t = T::new(1, &[2, 3, 4]);
+    let out = t.msg(3, leave(2, 0));
+    assert_eq!(pings_to(&out, addr(2)).len(), 1);
+    // The same leave relayed again, by anyone, adds no probe.
+    let out = t.msg(4, leave(2, 0));
+    assert!(pings_to(&out, addr(2)).is_empty());
+    assert_eq!(t.swim.leaves.len(), 1);
+    // Once the member is at a newer incarnation, a leave at that one is checked in its own
+    // right, and only its check counts.
+    t.msg(2, alive_at(2, 1, addr(2)));
+    let out = t.msg(3, leave(2, 1));
+    assert_eq!(pings_to(&out, addr(2)).len(), 1);
+    let until = t.ms + 1_500;
+    t.fire_until(until);
+    assert_eq!(t.state(2), Some((MemberState::Left, 1)));
+}
+
 /// At most LEAVES_PENDING_MAX (1,024) relayed leaves wait on a probe of the member; past that a
 /// relayed leave is believed at once (checking is a defence, not a queue without end).
 #[test]
@@ -2703,6 +2811,35 @@ fn a_check_of_an_earlier_leave_leaves_the_next_one_alone() {
         generation: first,
     });
     assert_eq!(t.state(2), Some((MemberState::Alive, 1)));
+}
+
+#[test]
+fn a_check_of_an_earlier_move_leaves_the_next_one_alone() {
+    let mut t = T::new(1, &[2, 3]);
+    let elsewhere = SocketAddr::from(([127, 0, 0, 66], 7946));
+    fail(&mut t, 2);
+    t.ms = 30_000;
+    let out = t.msg(3, alive_at(2, 1, elsewhere));
+    let first = t.swim.generation;
+    // The member acks at its old address (a conflict), and half a period later the claim
+    // comes again: a check of its own.
+    t.msg(
+        2,
+        Message::Ack(Ack {
+            seq: pings_to(&out, addr(2))[0],
+        }),
+    );
+    t.ms = 30_500;
+    t.msg(3, alive_at(2, 2, elsewhere));
+    assert_eq!(t.swim.moves.len(), 1);
+    // The first check's timer, one period after the first claim: the second waits its own.
+    t.ms = 31_000;
+    t.timer(Timer::MoveCheck {
+        node: id(2),
+        generation: first,
+    });
+    assert_eq!(t.swim.member(&id(2)).unwrap().info.addr, addr(2));
+    assert_eq!(t.swim.moves.len(), 1);
 }
 
 /// A death declared by another node is believed once this node has suspected the member for
