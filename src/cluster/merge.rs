@@ -156,7 +156,7 @@ impl Swim {
         }
         let m = self.members.get(&id).expect("caller looked it up");
         let (old_addr, incarnation) = (m.info.addr, m.incarnation);
-        self.generation += 1;
+        next_generation(&mut self.generation);
         let generation = self.generation;
         let suspect = self.suspect_claim(&id, incarnation);
         let timer = Timer::MoveCheck {
@@ -402,7 +402,7 @@ impl Swim {
         if !self.config.lifeguard || !susp.confirm(&s.from) {
             return;
         }
-        self.generation += 1;
+        next_generation(&mut self.generation);
         susp.generation = self.generation;
         let generation = susp.generation;
         let after = self.suspicion_wait(&s.node);
@@ -430,7 +430,7 @@ impl Swim {
         } else {
             (min, 0)
         };
-        self.generation += 1;
+        next_generation(&mut self.generation);
         let susp = Suspicion::new(s.from.clone(), self.now.mono, min, max, k, self.generation);
         let now = self.now.mono;
         self.members.update(&s.node, |m| {
@@ -494,7 +494,7 @@ impl Swim {
         // detection time, and the death is declared no sooner than one ack wait after it.
         if self.config.lifeguard && susp.last_chance.is_none() {
             susp.last_chance = Some(self.now.mono);
-            self.generation += 1;
+            next_generation(&mut self.generation);
             susp.generation = self.generation;
             let (addr, incarnation) = (m.info.addr, m.incarnation);
             let suspect = self.suspect_claim(&node, incarnation);
@@ -578,7 +578,7 @@ impl Swim {
         {
             return;
         }
-        self.generation += 1;
+        next_generation(&mut self.generation);
         let generation = self.generation;
         self.leaves.insert(
             d.node.clone(),
@@ -709,4 +709,10 @@ impl Swim {
             _ => self.on_suspect(s),
         }
     }
+}
+
+/// Takes the next timer generation: a timer armed before carries an older one, and is ignored
+/// when it fires.
+fn next_generation(generation: &mut u64) {
+    *generation += 1;
 }
