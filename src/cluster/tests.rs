@@ -1091,8 +1091,10 @@ fn push_pull_down_rows_are_told_to_the_member_and_dead_about_us_is_refuted() {
         .into_iter()
         .any(|(to, m)| to == addr(2) && matches!(&m[0], Message::Suspect(s) if s.node == id(2)));
     assert!(told);
-    // n3 was already suspect here: the row counts as our own confirmation (no change) and stays.
+    // n3 was already suspect here: the row counts as our own confirmation (no change) and stays;
+    // it is not told (our own probes of it carry the suspicion).
     assert_eq!(t.state(3), Some((MemberState::Suspect, 0)));
+    assert!(!packets(&out).iter().any(|(to, _)| *to == addr(3)));
     assert_eq!(
         t.swim.incarnation(),
         Incarnation(1),
@@ -1103,6 +1105,19 @@ fn push_pull_down_rows_are_told_to_the_member_and_dead_about_us_is_refuted() {
         6,
         "the Lamport clock witnesses the peer's"
     );
+    // A row older than what we know of a live member is old news: nobody is told.
+    t.msg(2, alive_at(2, 2, addr(2)));
+    let out = t.input(Input::Stream {
+        from: addr(3),
+        msg: Message::PushPull(PushPull {
+            join: false,
+            reply: true,
+            event_ltime: 5,
+            members: vec![row(2, MemberState::Dead)],
+        }),
+    });
+    assert!(!packets(&out).iter().any(|(to, _)| *to == addr(2)));
+    assert_eq!(t.state(2), Some((MemberState::Alive, 2)));
 }
 
 #[test]
