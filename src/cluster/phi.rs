@@ -609,6 +609,26 @@ mod tests {
     }
 
     #[test]
+    fn phi_at_the_threshold_counts_as_failed() {
+        // "Phi at or above which the peer counts as failed": the threshold itself is failed.
+        let beats = |config| {
+            let mut fd = detector(config);
+            for t in [0, 1000, 2000] {
+                fd.heartbeat(ms(t));
+            }
+            fd
+        };
+        let at = beats(PhiConfig::default()).phi(ms(3500));
+        assert!(at > 0.0 && at.is_finite(), "{at}");
+        let fd = beats(PhiConfig {
+            threshold: at,
+            ..PhiConfig::default()
+        });
+        assert!(fd.is_available(ms(3400)));
+        assert!(!fd.is_available(ms(3500)));
+    }
+
+    #[test]
     fn missed_heartbeats_mark_peer_failed() {
         // AccrualFailureDetectorSpec "mark node as dead if heartbeat are missed".
         let mut fd = detector(PhiConfig {
