@@ -268,6 +268,25 @@ mod tests {
     }
 
     #[test]
+    fn only_a_finite_positive_weight_owns_keys_at_any_rank() {
+        let members: Vec<_> = ["2", " 0.5 ", "0", "-1", "inf", "-inf", "NaN", "many", ""]
+            .iter()
+            .enumerate()
+            .map(|(i, w)| member(i, &[("w", w)]))
+            .collect();
+        let f = PlacementFilter::parse(&[], Some("w".into())).unwrap();
+        for key in 0..20 {
+            let key = format!("key-{key}");
+            let mut names: Vec<_> = owners(key.as_bytes(), &members, 10, &f)
+                .iter()
+                .map(|m| m.info.id.as_str().to_string())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["node-0", "node-1"], "{key}");
+        }
+    }
+
+    #[test]
     fn filters_select_exactly_the_matching_live_members() {
         let mut members = vec![
             member(0, &[("role", "web")]),
