@@ -224,6 +224,24 @@ fn acked_probe_raises_no_suspicion_and_lowers_awareness() {
 }
 
 #[test]
+fn the_probe_round_skips_ourselves_and_members_that_are_down() {
+    let mut t = T::new(1, &[2, 3, 4]);
+    fail(&mut t, 3);
+    let mut probed = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        let out = t.timer(Timer::ProbeTick);
+        let (to, seq) = probe_ping(&out);
+        probed.insert(octet(to));
+        t.input(Input::Packet {
+            from: to,
+            msgs: vec![Message::Ack(Ack { seq })],
+        });
+        t.timer(Timer::ProbeEnd { seq });
+    }
+    assert_eq!(probed.into_iter().collect::<Vec<_>>(), [2, 4]);
+}
+
+#[test]
 fn missed_ack_goes_indirect_then_suspects() {
     let mut t = T::new(1, &[2, 3, 4, 5]);
     let out = t.timer(Timer::ProbeTick);
