@@ -1127,12 +1127,7 @@ fn push_pull_down_rows_are_told_to_the_member_and_dead_about_us_is_refuted() {
     t.msg(2, alive_at(2, 2, addr(2)));
     let out = t.input(Input::Stream {
         from: addr(3),
-        msg: Message::PushPull(PushPull {
-            join: false,
-            reply: true,
-            event_ltime: 5,
-            members: vec![row(2, MemberState::Dead)],
-        }),
+        msg: push_pull(true, vec![row(2, MemberState::Dead)]),
     });
     assert!(!packets(&out).iter().any(|(to, _)| *to == addr(2)));
     assert_eq!(t.state(2), Some((MemberState::Alive, 2)));
