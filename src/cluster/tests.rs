@@ -2010,22 +2010,21 @@ fn a_pending_move_takes_only_a_newer_claim() {
         SocketAddr::from(([127, 0, 0, 67], 7946)),
         SocketAddr::from(([127, 0, 0, 68], 7946)),
     );
-    fail(&mut t, 2);
-    t.ms += 30_000;
-    t.msg(3, alive_at(2, 1, first));
-    t.msg(3, alive_at(2, 1, second));
-    let until = t.ms + 1_000;
-    t.fire_until(until);
-    assert_eq!(t.swim.member(&id(2)).unwrap().info.addr, first);
-    fail(&mut t, 2);
-    t.ms += 30_000;
-    t.msg(3, alive_at(2, 2, second));
-    t.msg(3, alive_at(2, 3, third));
-    // (Its check waits longer: the unanswered check probe raised our awareness.)
-    let until = t.ms + 5_000;
-    t.fire_until(until);
-    assert_eq!(t.state(2).map(|s| s.1), Some(3));
-    assert_eq!(t.swim.member(&id(2)).unwrap().info.addr, third);
+    // Each round: the member fails, and two claims come while the move is pending. (The
+    // second round's check waits longer: the unanswered first check raised our awareness.)
+    for ((a, b), want) in [
+        (((1, first), (1, second)), (1, first)),
+        (((2, second), (3, third)), (3, third)),
+    ] {
+        fail(&mut t, 2);
+        t.ms += 30_000;
+        t.msg(3, alive_at(2, a.0, a.1));
+        t.msg(3, alive_at(2, b.0, b.1));
+        let until = t.ms + 5_000;
+        t.fire_until(until);
+        assert_eq!(t.state(2).map(|s| s.1), Some(want.0));
+        assert_eq!(t.swim.member(&id(2)).unwrap().info.addr, want.1);
+    }
 }
 
 #[test]
