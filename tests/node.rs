@@ -492,13 +492,16 @@ on_both!(each_member_carries_a_live_phi_and_rtt);
 async fn each_member_carries_a_live_phi_and_rtt(net: Net) {
     use distributed_core::identity::NodeId;
     let nodes = net.cluster(named(4), Duration::from_secs(10)).await;
+    // phi is a live figure: a late ack on a loaded machine (CI runs many clusters at once) can
+    // lift it past 8 for a moment, and the next ack brings it down. So "low" is looked for, not
+    // asserted at one instant.
     eventually(
-        "every node has phi and an RTT for the 3 others",
+        "every node has a low phi and an RTT for the 3 others",
         Duration::from_secs(10),
         async || {
             nodes.iter().all(|n| {
                 let h = n.member_health();
-                h.len() == 3 && h.values().all(|m| m.rtt.is_some())
+                h.len() == 3 && h.values().all(|m| m.rtt.is_some() && m.phi < 8.0)
             })
         },
     )
@@ -507,7 +510,7 @@ async fn each_member_carries_a_live_phi_and_rtt(net: Net) {
         let me = &n.local_member().info.id;
         for (id, h) in n.member_health() {
             assert_ne!(&id, me, "a node does not measure itself");
-            assert!(h.phi.is_finite() && h.phi < 8.0, "{me} -> {id}: {h:?}");
+            assert!(h.phi.is_finite(), "{me} -> {id}: {h:?}");
             let rtt = h.rtt.unwrap();
             assert!(rtt < Duration::from_secs(1), "{me} -> {id}: {h:?}");
             assert!(
@@ -542,10 +545,20 @@ async fn each_member_carries_a_live_phi_and_rtt(net: Net) {
             now > before,
             "{me}: n3's phi rises with silence: {before} -> {now}"
         );
-        for (id, h) in n.member_health().into_iter().filter(|(id, _)| id != &n3) {
-            assert!(h.phi < 8.0, "{me} -> {id} still answers: {h:?}");
-        }
     }
+    eventually(
+        "the survivors' phi for each other is low: they still answer",
+        Duration::from_secs(10),
+        async || {
+            nodes[..3].iter().all(|n| {
+                n.member_health()
+                    .iter()
+                    .filter(|(id, _)| *id != &n3)
+                    .all(|(_, h)| h.phi < 8.0)
+            })
+        },
+    )
+    .await;
 
     assert!(nodes[2].leave(Duration::from_secs(5)).await.unwrap());
     eventually(
