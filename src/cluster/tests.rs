@@ -224,6 +224,29 @@ fn acked_probe_raises_no_suspicion_and_lowers_awareness() {
 }
 
 #[test]
+fn a_probe_timeout_for_an_acked_or_an_earlier_probe_sends_nothing() {
+    let mut t = T::new(1, &[2, 3, 4]);
+    let quiet = |out: &[Output]| packets(out).is_empty() && streams(out).is_empty();
+    let out = t.timer(Timer::ProbeTick);
+    let (to, seq) = probe_ping(&out);
+    t.input(Input::Packet {
+        from: to,
+        msgs: vec![Message::Ack(Ack { seq })],
+    });
+    t.ms = 200;
+    let out = t.timer(Timer::ProbeTimeout { seq });
+    assert!(quiet(&out), "acked: no ping-req, no tcp ping: {out:?}");
+    t.timer(Timer::ProbeEnd { seq });
+    // The next probe waits for its ack when the timer of the one before comes late.
+    let out = t.timer(Timer::ProbeTick);
+    let (_, next) = probe_ping(&out);
+    assert_ne!(next, seq);
+    let out = t.timer(Timer::ProbeTimeout { seq });
+    assert!(quiet(&out), "an earlier probe's timer: {out:?}");
+    assert_eq!(t.swim.stats().indirect_probes, 0);
+}
+
+#[test]
 fn the_probe_round_skips_ourselves_and_members_that_are_down() {
     let mut t = T::new(1, &[2, 3, 4]);
     fail(&mut t, 3);
