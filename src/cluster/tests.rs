@@ -377,6 +377,31 @@ fn a_probe_ended_an_ack_wait_late_raises_our_awareness_not_a_suspicion() {
 }
 
 #[test]
+fn a_target_that_refuted_or_left_while_probed_is_not_suspected() {
+    let (wait, period) = lan_wait_and_period();
+    // Its alive at a newer incarnation came in by gossip: the missing ack was about the old one.
+    let mut t = T::new(1, &[2, 3, 4]);
+    let (target, seq) = unanswered_probe(&mut t, wait);
+    t.msg(target, alive_at(target, 1, addr(target)));
+    t.ms = period;
+    let out = t.timer(Timer::ProbeEnd { seq });
+    assert_eq!(t.state(target), Some((MemberState::Alive, 1)));
+    assert!(events(&out).is_empty(), "{out:?}");
+    // It left: a member that is gone is not suspected.
+    let mut t = T::new(1, &[2, 3, 4]);
+    let (target, seq) = unanswered_probe(&mut t, wait);
+    t.swim
+        .members
+        .update(&id(target), |m| m.state = MemberState::Left);
+    t.ms = period;
+    let out = t.timer(Timer::ProbeEnd { seq });
+    assert_eq!(t.state(target), Some((MemberState::Left, 0)));
+    assert!(events(&out).is_empty(), "{out:?}");
+    let s = t.swim.stats();
+    assert_eq!((s.probes_failed, s.suspicions_raised), (1, 0));
+}
+
+#[test]
 fn an_ack_timeout_fired_an_ack_wait_late_spoils_the_probe() {
     let (wait, period) = lan_wait_and_period();
     let mut t = T::new(1, &[2, 3, 4]);
