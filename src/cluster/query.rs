@@ -684,6 +684,7 @@ mod tests {
         p.timeout = Some(Duration::from_secs(2));
         let (qid, q) = ask(&mut a, p);
         assert!(requests(&a.out).is_empty(), "the origin is not selected");
+        assert_eq!(a.swim.queries_pending(), 1);
 
         // n2 is selected: it acks to the origin's address and hands the query up.
         let mut b = T::new(2, &[1, 3, 4]);
@@ -927,6 +928,13 @@ mod tests {
         // The payload's length prefix takes two bytes at this size.
         let most = max - query_len(&q(1, 0, 0)) - 1;
         assert_eq!(query_len(&q(1, most, 0)), max);
+        // Measured on the bytes themselves, not by the rule under test.
+        let encoded = |m: Message| {
+            let mut bytes = Vec::new();
+            m.encode_into(&mut bytes);
+            bytes.len()
+        };
+        assert_eq!(encoded(Message::Query(Box::new(q(1, most, 0)))), max);
         b.msg(1, Message::Query(Box::new(q(1, most, 0))));
         b.msg(1, Message::Query(Box::new(q(2, 0, QUERY_RELAY_MAX))));
         assert_eq!(b.swim.stats().queries_in, 2);
@@ -949,6 +957,8 @@ mod tests {
         };
         let most = rmax - response_len(&answer(0)) - 1;
         assert_eq!(response_len(&answer(most)), rmax);
+        let bytes = encoded(Message::QueryResponse(Box::new(answer(most))));
+        assert_eq!(bytes, rmax);
         let r = b
             .swim
             .respond(at(1000), &id(1), 1, vec![0; most + 1], &mut Vec::new());
