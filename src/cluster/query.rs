@@ -1169,6 +1169,9 @@ mod tests {
         let t = T::new(1, &[2, 3, 4, 5, 6, 7, 8, 9]);
         // 9 members: ceil(log10(10)) = 1; 200 ms x 16.
         assert_eq!(t.swim.default_query_timeout(), Duration::from_millis(3200));
+        // 10: ceil(log10(11)) = 2, the first size past one decade.
+        let t = T::new(1, &(2..=10).collect::<Vec<u8>>());
+        assert_eq!(t.swim.default_query_timeout(), Duration::from_millis(6400));
         let t = T::new(1, &(2..=50).collect::<Vec<u8>>());
         assert_eq!(t.swim.default_query_timeout(), Duration::from_millis(6400));
     }
