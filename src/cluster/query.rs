@@ -773,7 +773,7 @@ mod tests {
         let mut a = T::new(1, &[2, 3, 4, 5]);
         let (_, q) = ask(&mut a, p);
         let mut b = T::new(2, &[1, 3, 4, 5]);
-        let out = b.msg(1, Message::Query(Box::new(q)));
+        let out = b.msg(1, Message::Query(Box::new(q.clone())));
         let sent = responses(&out);
         assert_eq!(sent.len(), 3, "to the origin and through two relays");
         let relayed: Vec<_> = sent.iter().filter(|(_, r)| r.relay).collect();
@@ -803,6 +803,22 @@ mod tests {
         assert_eq!(answers(&via_relay), vec![QueryAnswer::Ack(id(2))]);
         let direct = sent.iter().find(|(_, r)| !r.relay).unwrap().1.clone();
         assert!(answers(&a.msg(2, Message::QueryResponse(Box::new(direct)))).is_empty());
+        // Asked for more relays than there are: every live member but this node and the
+        // origin, and never a failed one.
+        let mut b = T::new(2, &[1, 3, 4, 5]);
+        b.swim
+            .members
+            .update(&id(5), |m| m.state = MemberState::Dead);
+        let wide = Query {
+            relay_factor: QUERY_RELAY_MAX,
+            ..q
+        };
+        let out = b.msg(1, Message::Query(Box::new(wide)));
+        let mut via: Vec<_> = (responses(&out).into_iter())
+            .filter_map(|(to, r)| r.relay.then_some(to))
+            .collect();
+        via.sort();
+        assert_eq!(via, [addr(3), addr(4)]);
     }
 
     #[test]
