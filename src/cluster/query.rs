@@ -1132,6 +1132,7 @@ mod tests {
     fn answers_from_strangers_and_for_other_queries_are_dropped() {
         let mut a = T::new(1, &[2]);
         let (qid, q) = ask(&mut a, QueryParams::new("q", Vec::new()));
+        let dropped = a.swim.stats().dropped;
         let ack = |from: u8, ltime: u64, id_: u64| QueryResponse {
             ltime,
             id: id_,
@@ -1154,9 +1155,21 @@ mod tests {
             Message::QueryResponse(Box::new(ack(2, q.ltime, qid ^ 1)))
         ))
         .is_empty());
+        let s = a.swim.stats();
+        assert_eq!((s.dropped - dropped, s.query_answers_late), (2, 1));
         assert_eq!(
             answers(&a.msg(2, Message::QueryResponse(Box::new(ack(2, q.ltime, qid))))).len(),
             1
+        );
+        // An ack without an answer is taking part: not missing (the origin acks itself).
+        let out = a.timer(Timer::QueryEnd { id: qid });
+        assert_eq!(
+            answers(&out),
+            vec![QueryAnswer::Done(QuerySummary {
+                acks: vec![id(1), id(2)],
+                responses: Vec::new(),
+                missing: Vec::new(),
+            })]
         );
     }
 
