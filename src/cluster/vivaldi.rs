@@ -172,14 +172,15 @@ impl Point {
         if mag > ZERO {
             unit.iter_mut().for_each(|u| *u /= mag);
         } else {
-            // On top of each other: push apart in a random direction.
-            loop {
-                unit.iter_mut().for_each(|u| *u = rng.gen::<f64>() - 0.5);
-                let m = magnitude(&unit);
-                if m > ZERO {
-                    unit.iter_mut().for_each(|u| *u /= m);
-                    break;
-                }
+            // On top of each other: push apart in a random direction; should the draw itself be
+            // too short to give one, along the first axis (serf's rule: one draw, no loop).
+            unit.iter_mut().for_each(|u| *u = rng.gen::<f64>() - 0.5);
+            let m = magnitude(&unit);
+            if m > ZERO {
+                unit.iter_mut().for_each(|u| *u /= m);
+            } else {
+                unit = [0.0; DIMENSIONS];
+                unit[0] = 1.0;
             }
         }
         for (v, u) in self.vec.iter_mut().zip(unit) {
@@ -544,6 +545,23 @@ mod tests {
             signs.extend(v.me.vec.iter().map(|x| x.is_sign_positive()));
         }
         assert_eq!(signs.len(), 2, "every draw pushed the same way");
+    }
+
+    /// A draw that gives no direction (every coordinate 0.5: a unit vector of length 0) pushes
+    /// along the first axis instead of drawing again: no loop waits on the random source.
+    #[test]
+    fn a_draw_too_short_for_a_direction_pushes_along_the_first_axis() {
+        let other = Coordinate {
+            error: 0.5,
+            height: 2f32.powi(-12),
+            ..Coordinate::default()
+        };
+        // Every draw is 2^63, which `gen::<f64>()` reads as exactly 0.5.
+        let mut rng = rand::rngs::mock::StepRng::new(1 << 63, 0);
+        let mut v = Vivaldi::default();
+        assert!(v.update(&other, Duration::from_millis(20), &mut rng));
+        close(v.me.vec[0], 0.0037023478771830774, "first axis");
+        v.me.vec[1..].iter().for_each(|&x| assert_eq!(x, 0.0));
     }
 
     /// The adjustments count only while the adjusted distance stays positive; at zero the raw
