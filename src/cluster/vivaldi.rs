@@ -556,6 +556,30 @@ mod tests {
         v.me.vec[1..].iter().for_each(|&x| assert_eq!(x, 0.0));
     }
 
+    /// A peer exactly [`ZERO`] away is on top of us (serf's `>` against its zero threshold):
+    /// the push takes a random direction and leaves the height alone. One a step further is
+    /// pushed straight away from, and the height moves with the push.
+    #[test]
+    fn a_peer_exactly_the_zero_threshold_away_is_on_top_of_us() {
+        let me = Point::from(&Coordinate::default());
+        let mut other = me.clone();
+        other.vec[0] = ZERO;
+        let mut signs = std::collections::HashSet::new();
+        for seed in 0..16 {
+            let mut p = me.clone();
+            p.apply_force(1.0, &other, &mut ChaCha8Rng::seed_from_u64(seed));
+            signs.insert(p.vec[0].is_sign_positive());
+            assert_eq!(p.height, me.height, "seed {seed}");
+        }
+        assert_eq!(signs.len(), 2, "every push went the same way");
+        other.vec[0] = 2.0 * ZERO;
+        let mut p = me.clone();
+        p.apply_force(1.0, &other, &mut ChaCha8Rng::seed_from_u64(0));
+        assert_eq!(p.vec[0], -1.0);
+        assert!(p.vec[1..].iter().all(|&x| x == 0.0));
+        assert!(p.height > me.height);
+    }
+
     /// The adjustments count only while the adjusted distance stays positive; at zero the raw
     /// distance is the estimate.
     #[test]
