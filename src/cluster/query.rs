@@ -626,7 +626,7 @@ impl Swim {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{addr, at, events, id, packets, T};
+    use super::super::tests::{addr, at, events, fail, id, packets, T};
     use super::*;
     use crate::cluster::{Command, Config};
 
@@ -806,9 +806,7 @@ mod tests {
         // Asked for more relays than there are: every live member but this node and the
         // origin, and never a failed one.
         let mut b = T::new(2, &[1, 3, 4, 5]);
-        b.swim
-            .members
-            .update(&id(5), |m| m.state = MemberState::Dead);
+        fail(&mut b, 5);
         let wide = Query {
             relay_factor: QUERY_RELAY_MAX,
             ..q
@@ -1100,9 +1098,7 @@ mod tests {
         assert_eq!(b.swim.stats().queries_limited, 1);
 
         // Our answer to a query whose origin has since failed here: not sent, counted.
-        b.swim
-            .members
-            .update(&id(1), |m| m.state = MemberState::Dead);
+        fail(&mut b, 1);
         let mut out = Vec::new();
         b.swim
             .respond(at(b.ms), &id(1), 99, Vec::new(), &mut out)

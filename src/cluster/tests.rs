@@ -105,7 +105,7 @@ impl T {
 }
 
 /// Marks member `i` failed in `t`'s table now, as its own suspicion timeout would.
-fn fail(t: &mut T, i: u8) {
+pub(super) fn fail(t: &mut T, i: u8) {
     let now = Time::from_millis(t.ms);
     t.swim.members.update(&id(i), |m| {
         m.state = MemberState::Dead;

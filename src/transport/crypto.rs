@@ -246,6 +246,19 @@ mod tests {
         assert_eq!(ring.open(b"label", &sealed).unwrap(), b"hello");
     }
 
+    /// An empty message seals to exactly the overhead and opens; one byte less is truncated.
+    #[test]
+    fn an_empty_message_opens_and_a_shorter_body_is_truncated() {
+        let ring = Keyring::new(key(1));
+        let sealed = ring.seal(b"label", b"", &mut rng());
+        assert_eq!(sealed.len(), SEAL_OVERHEAD_BYTES);
+        assert_eq!(ring.open(b"label", &sealed).unwrap(), b"");
+        assert_eq!(
+            ring.open(b"label", &sealed[..SEAL_OVERHEAD_BYTES - 1]),
+            Err(CryptoError::Truncated)
+        );
+    }
+
     #[test]
     fn nonces_differ_between_messages() {
         let ring = Keyring::new(key(1));

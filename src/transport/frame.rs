@@ -386,6 +386,17 @@ mod tests {
         assert_eq!(body, b"body");
     }
 
+    /// Each flag is its own bit of the header's flags byte, as the wire format gives it.
+    #[test]
+    fn flags_are_the_header_byte() {
+        assert_eq!(Flags::default().bits(), 0);
+        assert_eq!(Flags::ENCRYPTED.bits(), 1);
+        assert_eq!(Flags::LABELLED.bits(), 2);
+        let mut out = Vec::new();
+        encode_header(Flags::LABELLED, &mut out);
+        assert_eq!(out[3], Flags::LABELLED.bits());
+    }
+
     const NOW: u64 = 1_700_000_000_000;
 
     #[test]
