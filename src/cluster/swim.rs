@@ -230,7 +230,7 @@ pub const LTIME_JUMP_MAX: u64 = 1 << 20;
 /// together it made 80 % of the bytes each node received while the cluster formed).
 pub const JOINS_SHARE_OF_PACKET: usize = 8;
 /// Outputs a core keeps room for between inputs (see `Swim::hand_over`).
-const OUT_KEEP: usize = 64;
+pub(super) const OUT_KEEP: usize = 64;
 
 /// Which channel a message came in on; replies go back the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

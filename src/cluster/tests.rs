@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::cluster::message::packet_len;
+use crate::cluster::swim::OUT_KEEP;
 use crate::common::Now;
 use crate::identity::NodeInfo;
 use std::time::Duration;
@@ -1371,6 +1372,11 @@ fn leave_announces_left_and_stops_probing() {
     let mut solo = T::new(1, &[]);
     solo.input(Input::Command(Command::Leave));
     assert!(solo.swim.leave_announced());
+    // So with only failed members: they are not told.
+    let mut lone = T::new(1, &[2]);
+    fail(&mut lone, 2);
+    lone.input(Input::Command(Command::Leave));
+    assert!(lone.swim.leave_announced());
 }
 
 #[test]
@@ -1797,6 +1803,28 @@ fn an_answer_we_asked_for_adds_at_most_the_per_push_pull_cap() {
     assert_eq!(t.swim.stats().admission, 900);
     // A hundred joins were a hundred outputs at once: the core keeps no room for them.
     assert_eq!(t.swim.out.capacity(), 0);
+}
+
+#[test]
+fn the_core_keeps_room_for_at_most_out_keep_outputs() {
+    let mut t = T::new(1, &[2]);
+    for (room, kept) in [(OUT_KEEP, OUT_KEEP), (OUT_KEEP + 1, 0)] {
+        t.swim.out = Vec::with_capacity(room);
+        assert_eq!(t.swim.out.capacity(), room);
+        t.swim.hand_over(&mut Vec::new());
+        assert_eq!(t.swim.out.capacity(), kept, "room for {room}");
+    }
+}
+
+#[test]
+fn active_members_counts_alive_and_suspect_rows_ourselves_included() {
+    let mut t = T::new(1, &[2, 3, 4]);
+    assert_eq!(t.swim.active_members(), 4);
+    t.swim
+        .members
+        .update(&id(3), |m| m.state = MemberState::Suspect);
+    fail(&mut t, 4);
+    assert_eq!(t.swim.active_members(), 3);
 }
 
 #[test]
