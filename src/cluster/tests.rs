@@ -841,6 +841,30 @@ fn independent_confirmations_shrink_the_suspicion_timeout() {
     assert!(out.is_empty());
 }
 
+/// A suspicion or death claim in our name about another member, relayed back to us (or forged),
+/// is no news: it changes nothing and is not passed on.
+#[test]
+fn a_claim_in_our_name_about_another_member_is_dropped() {
+    let mut t = T::new(1, &[2, 3]);
+    let suspect = Message::Suspect(Suspect {
+        incarnation: Incarnation(0),
+        node: id(2),
+        from: id(1),
+    });
+    let dead = Message::Dead(Dead {
+        incarnation: Incarnation(0),
+        node: id(2),
+        from: id(1),
+    });
+    let queued = t.swim.broadcast_queue_len();
+    for claim in [suspect, dead] {
+        let out = t.msg(3, claim.clone());
+        assert!(out.is_empty(), "{claim:?}: {out:?}");
+        assert_eq!(t.state(2), Some((MemberState::Alive, 0)), "{claim:?}");
+    }
+    assert_eq!(t.swim.broadcast_queue_len(), queued);
+}
+
 #[test]
 fn without_lifeguard_the_suspicion_timeout_is_fixed_at_min() {
     let cfg = Config {
