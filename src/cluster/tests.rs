@@ -1,8 +1,8 @@
 //! Hand-driven tests of the core: messages passed one at a time, timers fired by hand.
 
 use super::*;
-use crate::cluster::message::packet_len;
-use crate::cluster::swim::OUT_KEEP;
+use crate::cluster::message::{item_len, packet_len};
+use crate::cluster::swim::{JOINS_SHARE_OF_PACKET, OUT_KEEP};
 use crate::common::Now;
 use crate::identity::NodeInfo;
 use std::time::Duration;
@@ -1499,6 +1499,66 @@ fn a_probe_carrying_a_suspicion_stays_within_the_packet_budget() {
         "{} bytes",
         packet_len(msgs)
     );
+}
+
+/// Timers are spread by a uniform draw below the bound (e.g. the first push-pull of a node).
+#[test]
+fn jitter_is_drawn_below_its_bound() {
+    let mut t = T::new(1, &[]);
+    let d = Duration::from_secs(1);
+    let draws: Vec<_> = (0..100).map(|_| t.swim.jitter(d)).collect();
+    assert!(draws.iter().all(|&j| j < d), "{draws:?}");
+    assert!(draws.iter().any(|&j| j < d / 2) && draws.iter().any(|&j| j >= d / 2));
+    assert_eq!(t.swim.jitter(Duration::ZERO), Duration::ZERO);
+}
+
+/// Claims of one size fill a packet until the next would not fit, and the claims of members new
+/// to us take at most a `JOINS_SHARE_OF_PACKET`th of it.
+#[test]
+fn gossip_fills_the_packet_and_joins_take_at_most_their_share() {
+    let max = Config::lan().packet_bytes_max;
+    let mut t = T::new(1, &[2]);
+    // Death claims about 300 members whose names are all four characters long: one size.
+    let dead = |i: u32| {
+        Message::Dead(Dead {
+            incarnation: Incarnation(0),
+            node: fake(i).info.id.clone(),
+            from: id(2),
+        })
+    };
+    let item = item_len(dead(100).encoded_len());
+    for i in 100..400 {
+        t.swim.queue_member_claim(fake(i).info.id.clone(), dead(i));
+    }
+    let lead = ping(1, 2, 1);
+    let msgs = t.swim.fill_packet(vec![lead]);
+    let len = packet_len(&msgs);
+    assert!(len <= max, "{len} bytes of {max}");
+    assert!(
+        len + item > max,
+        "{len} bytes of {max}: room for another {item}-byte claim"
+    );
+    // Joins: alive claims of members new to us, all of one size too.
+    let mut t = T::new(1, &[2]);
+    let alive = |i: u32| {
+        let r = fake(i);
+        Message::Alive(Alive {
+            incarnation: r.incarnation,
+            info: r.info,
+        })
+    };
+    let join = item_len(alive(100).encoded_len());
+    for i in 100..400 {
+        t.swim.queue_join_claim(fake(i).info.id.clone(), alive(i));
+    }
+    let msgs = t.swim.fill_packet(Vec::new());
+    let joins = msgs
+        .iter()
+        .filter(|m| matches!(m, Message::Alive(a) if a.info.id != id(1) && a.info.id != id(2)))
+        .count();
+    let share = max / JOINS_SHARE_OF_PACKET;
+    assert!(joins * join <= share, "{joins} joins of {join} bytes");
+    assert!((joins + 1) * join > share, "{joins} joins of {join} bytes");
 }
 
 // ---- integer edges: implausible jumps (docs/protocol.md, "Plausible steps") ----

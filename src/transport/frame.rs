@@ -397,6 +397,35 @@ mod tests {
         assert_eq!(out[3], Flags::LABELLED.bits());
     }
 
+    /// The stamp's clock is the system's wall clock, in milliseconds since 1970.
+    #[test]
+    fn wall_ms_reads_the_system_clock() {
+        let ms = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+        };
+        let before = ms();
+        let got = wall_ms();
+        assert!(before <= got && got <= ms(), "{before} {got}");
+    }
+
+    /// The keyring a sealer shares is the one key rotation changes: a key made primary through
+    /// it seals the next frame.
+    #[test]
+    fn a_sealers_keyring_is_the_one_it_seals_with() {
+        assert!(FrameSealer::new(None, String::new()).keyring().is_none());
+        let key = |b: u8| crate::identity::Key::from_bytes([b; crate::identity::KEY_BYTES]);
+        let sealer = FrameSealer::new(Some(Keyring::new(key(1))), String::new());
+        let ring = sealer.keyring().expect("encryption is on");
+        ring.write().unwrap().install(key(2)).unwrap();
+        ring.write().unwrap().use_key(&key(2)).unwrap();
+        let frame = sealer.seal_at(b"body", NOW);
+        let only_new = FrameSealer::new(Some(Keyring::new(key(2))), String::new());
+        assert_eq!(only_new.open_at(&frame, NOW).unwrap(), b"body");
+    }
+
     const NOW: u64 = 1_700_000_000_000;
 
     #[test]
