@@ -1061,6 +1061,43 @@ fn join_exchanges_state_and_retries_until_answered() {
     assert!(streams(&out).is_empty());
 }
 
+/// Each retry arms the next attempt's timer; an earlier attempt's timer, or any after a leave,
+/// sends nothing.
+#[test]
+fn join_retries_count_up_and_stop_for_a_stale_timer_or_a_leave() {
+    let mut joiner = T::new(2, &[]);
+    joiner.input(Input::Command(Command::Join(vec![addr(1)])));
+    let armed = |out: &[Output]| -> Vec<Timer> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Timer {
+                    timer: t @ Timer::JoinRetry { .. },
+                    ..
+                } => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    for attempt in 0..3 {
+        let out = joiner.timer(Timer::JoinRetry { attempt });
+        assert_eq!(streams(&out).len(), 1, "attempt {attempt}");
+        assert_eq!(
+            armed(&out),
+            [Timer::JoinRetry {
+                attempt: attempt + 1
+            }]
+        );
+    }
+    let out = joiner.timer(Timer::JoinRetry { attempt: 1 });
+    assert!(out.is_empty(), "a stale retry: {out:?}");
+    joiner.input(Input::Command(Command::Leave));
+    let out = joiner.timer(Timer::JoinRetry { attempt: 3 });
+    assert!(
+        streams(&out).is_empty() && armed(&out).is_empty(),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn after_the_join_full_state_is_exchanged_while_the_table_grows() {
     let mut seed = T::new(1, &[3]);
