@@ -1274,6 +1274,13 @@ fn tags_change_bumps_incarnation_and_peers_see_an_update() {
         Incarnation(1),
         "a refused command changes nothing"
     );
+    // Exactly at the limit (key, value and two separator bytes) is taken.
+    let max = a.swim.config().tags_bytes_max;
+    let exact: Tags = [("k".to_string(), "v".repeat(max - 3))].into();
+    a.swim
+        .command(at(0), Command::SetTags(exact), &mut Vec::new())
+        .unwrap();
+    assert_eq!(a.swim.incarnation(), Incarnation(2));
 }
 
 #[test]
@@ -1320,16 +1327,19 @@ fn user_events_are_delivered_once_and_passed_on() {
         &mut Vec::new(),
     );
     assert!(matches!(err, Err(CommandError::EventTooLarge { .. })));
-    let most = a.swim.config().user_event_bytes_max - 1;
-    let at_limit = a.swim.command(
-        at(0),
-        Command::Broadcast {
-            name: "x".into(),
-            payload: vec![0; most],
-        },
-        &mut Vec::new(),
-    );
-    assert!(at_limit.is_ok(), "{at_limit:?}");
+    // Name and payload together are limited: exactly the limit is taken, a byte more is not.
+    let max = a.swim.config().user_event_bytes_max;
+    for (extra, taken) in [(0, true), (1, false)] {
+        let r = a.swim.command(
+            at(0),
+            Command::Broadcast {
+                name: "xy".into(),
+                payload: vec![0; max - 2 + extra],
+            },
+            &mut Vec::new(),
+        );
+        assert_eq!(r.is_ok(), taken, "{r:?}");
+    }
 }
 
 /// Ping requests are taken while fewer than `indirect_pending_max` are pending and the node
