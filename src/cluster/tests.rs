@@ -1314,6 +1314,22 @@ fn user_events_are_delivered_once_and_passed_on() {
         "a duplicate is not delivered again"
     );
     assert_eq!(b.swim.stats().user_events, 1);
+    // Once the clock has moved a whole buffer past it, an event is too old to check for a
+    // duplicate: dropped and counted, never delivered.
+    let Message::UserEvent(first) = &ev else {
+        unreachable!()
+    };
+    let later = |ltime: u64| {
+        Message::UserEvent(Box::new(UserEvent {
+            ltime,
+            ..(**first).clone()
+        }))
+    };
+    let buffer = b.swim.config().user_event_buffer as u64;
+    assert_eq!(events(&b.msg(3, later(first.ltime + buffer + 1))).len(), 1);
+    let dropped = b.swim.stats().dropped;
+    assert!(events(&b.msg(3, later(first.ltime + 1))).is_empty());
+    assert_eq!(b.swim.stats().dropped, dropped + 1);
     assert!(
         events(&a.msg(2, ev)).is_empty(),
         "our own event coming back is not delivered"
