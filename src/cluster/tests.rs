@@ -1098,6 +1098,20 @@ fn join_retries_count_up_and_stop_for_a_stale_timer_or_a_leave() {
     );
 }
 
+/// The periodic sync goes to a live member other than us, and to nobody when none is left.
+#[test]
+fn the_periodic_sync_goes_only_to_live_members() {
+    let mut t = T::new(1, &[2, 3]);
+    fail(&mut t, 2);
+    for _ in 0..20 {
+        let out = t.timer(Timer::PushPullTick);
+        let to: Vec<_> = streams(&out).into_iter().map(|(to, _)| to).collect();
+        assert_eq!(to, [addr(3)]);
+    }
+    fail(&mut t, 3);
+    assert!(streams(&t.timer(Timer::PushPullTick)).is_empty());
+}
+
 #[test]
 fn after_the_join_full_state_is_exchanged_while_the_table_grows() {
     let mut seed = T::new(1, &[3]);
@@ -1158,6 +1172,28 @@ fn after_the_join_full_state_is_exchanged_while_the_table_grows() {
     });
     joiner.swim.awareness.apply(2);
     assert_eq!(sync(&mut joiner), (1, Some(3 * 2 * base)));
+    // Rows moved by syncs, sent or received, make a round busy too.
+    let mut j = T::new(6, &[]);
+    let out = j.input(Input::Command(Command::Join(vec![addr(1)])));
+    let out = seed.input(Input::Stream {
+        from: addr(6),
+        msg: streams(&out)[0].1.clone(),
+    });
+    j.swim.stats.sync_rows_received = 2;
+    j.input(Input::Stream {
+        from: addr(1),
+        msg: streams(&out).pop().unwrap().1,
+    });
+    assert_eq!(
+        sync(&mut j),
+        (1, Some(2 * base)),
+        "nothing moved since the join"
+    );
+    j.swim.stats.sync_rows_received += 1;
+    assert_eq!(sync(&mut j), (1, Some(base)), "rows received");
+    assert_eq!(sync(&mut j), (1, Some(2 * base)));
+    j.swim.stats.sync_rows_sent += 1;
+    assert_eq!(sync(&mut j), (1, Some(base)), "rows sent");
     // Off with 0.
     let config = Config {
         join_sync_interval: Duration::ZERO,
