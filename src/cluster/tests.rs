@@ -2564,14 +2564,15 @@ fn sync_rows_are_taken_only_in_answer_to_a_sync_and_only_over_streams() {
     let out = b.msg(1, sync(SyncStep::Start, empty()));
     assert!(streams(&out).is_empty());
     assert_eq!(b.swim.stats().misdirected, 1);
-    // A start without a usable digest is dropped.
+    // A start without a usable digest is dropped (rows or none).
     let mut bad = empty().unwrap();
     bad.hashes = 0;
     for digest in [None, Some(bad)] {
-        let out = b.input(Input::Stream {
-            from: addr(1),
-            msg: sync(SyncStep::Start, digest),
-        });
+        let mut msg = sync(SyncStep::Start, digest);
+        if let Message::Sync(s) = &mut msg {
+            s.rows.clear();
+        }
+        let out = b.input(Input::Stream { from: addr(1), msg });
         assert!(streams(&out).is_empty());
     }
     // So is one with rows: a start carries none, and nobody asked for them.
@@ -2596,6 +2597,38 @@ fn sync_rows_are_taken_only_in_answer_to_a_sync_and_only_over_streams() {
     rows.sort();
     assert_eq!(rows, ["n1", "n2"]);
     assert_eq!(b.state(9), None);
+    // An asked-for answer carries at most `push_pull_members_max` rows: exactly that many are
+    // taken, one more and the answer is dropped.
+    let config = Config {
+        push_pull_members_max: 2,
+        ..Config::lan()
+    };
+    let mut c = T::with(config, 2, &[1]);
+    let answer = |n: u8| {
+        Message::Sync(Box::new(Sync {
+            step: SyncStep::Answer,
+            event_ltime: 0,
+            digest: empty(),
+            rows: (10..10 + n)
+                .map(|i| PushMember {
+                    info: info(i),
+                    incarnation: Incarnation(0),
+                    state: MemberState::Alive,
+                })
+                .collect(),
+        }))
+    };
+    for (rows, taken) in [(3, false), (2, true)] {
+        let start = streams(&c.timer(Timer::PushPullTick));
+        assert_eq!(start.len(), 1, "a sync to n1");
+        let dropped = c.swim.stats().dropped;
+        c.input(Input::Stream {
+            from: addr(1),
+            msg: answer(rows),
+        });
+        assert_eq!(c.state(11).is_some(), taken, "{rows} rows");
+        assert_eq!(c.swim.stats().dropped, dropped + u64::from(!taken));
+    }
 }
 
 fn direct(from: u8, payload: &[u8]) -> Message {
