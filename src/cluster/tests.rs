@@ -2597,6 +2597,23 @@ fn sync_rows_are_taken_only_in_answer_to_a_sync_and_only_over_streams() {
     rows.sort();
     assert_eq!(rows, ["n1", "n2"]);
     assert_eq!(b.state(9), None);
+    // The event clock a sync carries moves ours, unless it jumps implausibly far: counted.
+    let start = |event_ltime: u64| {
+        Message::Sync(Box::new(Sync {
+            step: SyncStep::Start,
+            event_ltime,
+            digest: empty(),
+            rows: Vec::new(),
+        }))
+    };
+    for (ltime, clock, implausible) in [(5, 6, 0), (u64::MAX, 6, 1)] {
+        b.input(Input::Stream {
+            from: addr(1),
+            msg: start(ltime),
+        });
+        let got = (b.swim.event_clock(), b.swim.stats().implausible);
+        assert_eq!(got, (clock, implausible), "event time {ltime}");
+    }
     // An asked-for answer carries at most `push_pull_members_max` rows: exactly that many are
     // taken, one more and the answer is dropped.
     let config = Config {
