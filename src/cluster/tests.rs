@@ -1555,6 +1555,7 @@ fn oversized_push_pull_is_dropped() {
     });
     assert!(out.is_empty());
     assert!(t.state(2).is_none());
+    assert_eq!(t.swim.stats().dropped, 1);
     // Exactly at the limit: taken.
     let pp = PushPull {
         join: true,
@@ -1935,6 +1936,36 @@ fn fake(i: u32) -> PushMember {
         incarnation: Incarnation(0),
         state: MemberState::Alive,
     }
+}
+
+/// Only the answer to our join, from a seed we asked, is trusted with our clock: a reply from
+/// that seed's address afterwards that we did not ask for keeps to the plausible steps.
+#[test]
+fn a_seed_is_trusted_only_with_the_answer_to_our_join() {
+    let mut seed = T::new(1, &[]);
+    let mut joiner = T::new(2, &[]);
+    let out = joiner.input(Input::Command(Command::Join(vec![addr(1)])));
+    let out = seed.input(Input::Stream {
+        from: addr(2),
+        msg: streams(&out)[0].1.clone(),
+    });
+    let out = joiner.input(Input::Stream {
+        from: addr(1),
+        msg: streams(&out).pop().unwrap().1,
+    });
+    assert!(events(&out).contains(&Event::JoinCompleted { members: 2 }));
+    let far = Message::PushPull(PushPull {
+        join: false,
+        reply: true,
+        event_ltime: u64::MAX / 2,
+        members: Vec::new(),
+    });
+    joiner.input(Input::Stream {
+        from: addr(1),
+        msg: far,
+    });
+    assert_eq!(joiner.swim.stats().implausible, 1);
+    assert!(joiner.swim.event_clock() <= LTIME_JUMP_MAX);
 }
 
 fn push_pull(reply: bool, members: Vec<PushMember>) -> Message {
