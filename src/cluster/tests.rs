@@ -114,6 +114,21 @@ pub(super) fn fail(t: &mut T, i: u8) {
     });
 }
 
+/// `joiner` joins through `seed`: its join push-pull goes to the seed, whose answer it takes.
+/// The joiner's outputs for the answer.
+fn join_through(seed: &mut T, joiner: &mut T) -> Vec<Output> {
+    let (from, to) = (joiner.swim.local().info.addr, seed.swim.local().info.addr);
+    let out = joiner.input(Input::Command(Command::Join(vec![to])));
+    let out = seed.input(Input::Stream {
+        from,
+        msg: streams(&out)[0].1.clone(),
+    });
+    joiner.input(Input::Stream {
+        from: to,
+        msg: streams(&out).pop().unwrap().1,
+    })
+}
+
 pub(super) fn packets(out: &[Output]) -> Vec<(SocketAddr, Vec<Message>)> {
     out.iter()
         .filter_map(|o| match o {
@@ -1116,15 +1131,7 @@ fn the_periodic_sync_goes_only_to_live_members() {
 fn after_the_join_full_state_is_exchanged_while_the_table_grows() {
     let mut seed = T::new(1, &[3]);
     let mut joiner = T::new(2, &[]);
-    let out = joiner.input(Input::Command(Command::Join(vec![addr(1)])));
-    let out = seed.input(Input::Stream {
-        from: addr(2),
-        msg: streams(&out)[0].1.clone(),
-    });
-    let out = joiner.input(Input::Stream {
-        from: addr(1),
-        msg: streams(&out).pop().unwrap().1,
-    });
+    let out = join_through(&mut seed, &mut joiner);
     assert!(out.iter().any(|o| matches!(
         o,
         Output::Timer {
@@ -1161,29 +1168,13 @@ fn after_the_join_full_state_is_exchanged_while_the_table_grows() {
     assert_eq!(sync(&mut joiner), (0, None));
     assert_eq!(joiner.swim.stats().join_syncs, 6);
     // A node whose health multiplier is up syncs less often, like it probes less often.
-    let out = joiner.input(Input::Command(Command::Join(vec![addr(1)])));
-    let out = seed.input(Input::Stream {
-        from: addr(2),
-        msg: streams(&out)[0].1.clone(),
-    });
-    joiner.input(Input::Stream {
-        from: addr(1),
-        msg: streams(&out).pop().unwrap().1,
-    });
+    join_through(&mut seed, &mut joiner);
     joiner.swim.awareness.apply(2);
     assert_eq!(sync(&mut joiner), (1, Some(3 * 2 * base)));
     // Rows moved by syncs, sent or received, make a round busy too.
     let mut j = T::new(6, &[]);
-    let out = j.input(Input::Command(Command::Join(vec![addr(1)])));
-    let out = seed.input(Input::Stream {
-        from: addr(6),
-        msg: streams(&out)[0].1.clone(),
-    });
     j.swim.stats.sync_rows_received = 2;
-    j.input(Input::Stream {
-        from: addr(1),
-        msg: streams(&out).pop().unwrap().1,
-    });
+    join_through(&mut seed, &mut j);
     assert_eq!(
         sync(&mut j),
         (1, Some(2 * base)),
@@ -1200,15 +1191,7 @@ fn after_the_join_full_state_is_exchanged_while_the_table_grows() {
         ..Config::lan()
     };
     let mut quiet = T::with(config, 5, &[]);
-    let out = quiet.input(Input::Command(Command::Join(vec![addr(1)])));
-    let out = seed.input(Input::Stream {
-        from: addr(5),
-        msg: streams(&out)[0].1.clone(),
-    });
-    let out = quiet.input(Input::Stream {
-        from: addr(1),
-        msg: streams(&out).pop().unwrap().1,
-    });
+    let out = join_through(&mut seed, &mut quiet);
     assert!(!out.iter().any(|o| matches!(
         o,
         Output::Timer {
@@ -1944,15 +1927,7 @@ fn fake(i: u32) -> PushMember {
 fn a_seed_is_trusted_only_with_the_answer_to_our_join() {
     let mut seed = T::new(1, &[]);
     let mut joiner = T::new(2, &[]);
-    let out = joiner.input(Input::Command(Command::Join(vec![addr(1)])));
-    let out = seed.input(Input::Stream {
-        from: addr(2),
-        msg: streams(&out)[0].1.clone(),
-    });
-    let out = joiner.input(Input::Stream {
-        from: addr(1),
-        msg: streams(&out).pop().unwrap().1,
-    });
+    let out = join_through(&mut seed, &mut joiner);
     assert!(events(&out).contains(&Event::JoinCompleted { members: 2 }));
     let far = Message::PushPull(PushPull {
         join: false,
